@@ -1,0 +1,241 @@
+//! The in-process Check decision path with a million keys cached: parse +
+//! hash + cache hit + decide + response build, through
+//! `ExtAuthzService::decide` exactly as the gRPC handler calls it (the gRPC
+//! transport itself is `keygate-bench check`'s business).
+//!
+//! The service is assembled as `app::start` does, from the default
+//! configuration, except the cache TTL (an hour: the default minute would
+//! expire the entries while Criterion is still measuring), usage (`None`:
+//! the buffer is a `try_send`, measured end to end by `keygate-bench`) and no
+//! metrics recorder (counters are no-ops here, atomics in `serve`).
+//!
+//!     cargo bench --bench decision_path
+//!     KEYGATE_BENCH_KEYS=100000 cargo bench --bench decision_path   # quicker setup
+
+use std::{
+    collections::HashMap,
+    hint::black_box,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use criterion::{criterion_group, criterion_main, Criterion};
+use envoy_types::{
+    ext_authz::v3::pb::{CheckRequest, HttpResponse},
+    pb::envoy::service::auth::v3::{
+        attribute_context::{HttpRequest, Request as AttrRequest},
+        AttributeContext,
+    },
+};
+use keygate::{
+    authz::{Authorizer, AuthzSettings},
+    cache::{CacheSettings, KeyCache},
+    config::Settings,
+    domain::CheckKey,
+    grpc::ext_authz::{CredentialHeaders, ExtAuthzService},
+    ratelimit::RateLimiters,
+    store::{Store, StoreOptions},
+};
+use uuid::Uuid;
+
+const DEFAULT_KEYS: usize = 1_000_000;
+/// Distinct valid keys the hit benchmark cycles through, spread over the
+/// whole cache so that lookups are not all served from one hot entry.
+const PROBES: usize = 10_000;
+const ABILITY: &str = "read:orders";
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    service: ExtAuthzService,
+    valid: Vec<CheckRequest>,
+    revoked: CheckRequest,
+    malformed: CheckRequest,
+    // Keeps the SQLite file alive for the fixture's lifetime.
+    _dir: tempfile::TempDir,
+}
+
+fn check_request(key: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/v1/orders/42".into(),
+                    headers: HashMap::from([
+                        ("authorization".into(), format!("Bearer {key}")),
+                        ("x-forwarded-for".into(), "203.0.113.7".into()),
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([("keygate.abilities".into(), ABILITY.into())]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn check_key(id: Uuid, key_prefix: String, revoked: bool) -> CheckKey {
+    CheckKey {
+        id,
+        id_header: id.to_string(),
+        owner_id: format!("owner-{}", id.as_u128() % 10_000),
+        environment: "live".into(),
+        key_prefix,
+        abilities: vec![ABILITY.into()],
+        abilities_header: ABILITY.into(),
+        superkey: false,
+        rate_limit: None,
+        expires_at: None,
+        revoked_at: revoked.then(|| Utc::now() - chrono::Duration::hours(1)),
+        owner_suspended: false,
+        deleted: false,
+    }
+}
+
+fn fixture() -> Fixture {
+    let keys: usize = std::env::var("KEYGATE_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_KEYS);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = Settings::default().validate().expect("default settings");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+
+    let (service, valid, revoked, malformed) = runtime.block_on(async {
+        let store = Store::connect(&StoreOptions::new(url))
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let cache = Arc::new(KeyCache::new(
+            store,
+            CacheSettings {
+                capacity: config.cache_capacity.max(keys as u64 + 1),
+                ttl: Duration::from_secs(3600),
+                negative_capacity: config.negative_cache_capacity,
+                negative_ttl: config.negative_cache_ttl,
+            },
+        ));
+
+        let started = Instant::now();
+        let stride = (keys / PROBES).max(1);
+        let mut valid = Vec::with_capacity(PROBES);
+        for i in 0..keys {
+            let issued = config.key_format.generate("live");
+            let id = Uuid::from_u128(i as u128 + 1);
+            cache
+                .insert_for_bench(issued.hash, check_key(id, issued.key_prefix, false))
+                .await;
+            if i % stride == 0 && valid.len() < PROBES {
+                valid.push(check_request(issued.plaintext.expose()));
+            }
+        }
+        let issued = config.key_format.generate("live");
+        cache
+            .insert_for_bench(
+                issued.hash,
+                check_key(Uuid::new_v4(), issued.key_prefix, true),
+            )
+            .await;
+        let revoked = check_request(issued.plaintext.expose());
+        let mut bad = config.key_format.generate("live").plaintext.into_exposed();
+        let last = bad.pop().expect("non-empty key");
+        bad.push(if last == 'z' { 'y' } else { 'z' });
+        let malformed = check_request(&bad);
+        cache.run_pending_tasks().await;
+        eprintln!(
+            "decision_path: {} keys cached in {:.1?}",
+            cache.entry_count(),
+            started.elapsed()
+        );
+
+        let authorizer = Arc::new(Authorizer::new(
+            AuthzSettings {
+                format: config.key_format.clone(),
+                foreign_bearer: config.foreign_bearer,
+                default_rate_limit: config.default_rate_limit,
+                routes: config.routes.clone(),
+                trusted_proxy_hops: config.trusted_proxy_hops,
+            },
+            cache,
+            Arc::new(RateLimiters::new(1_000_000)),
+            None,
+        ));
+        let service = ExtAuthzService::new(
+            authorizer,
+            CredentialHeaders {
+                authorization: config.authorization_header.clone(),
+                api_key: config.api_key_header.clone(),
+                strip: config.strip_credential,
+            },
+        );
+        (service, valid, revoked, malformed)
+    });
+    Fixture {
+        runtime,
+        service,
+        valid,
+        revoked,
+        malformed,
+        _dir: dir,
+    }
+}
+
+/// HTTP status and code of a decision, to check each benchmark measures
+/// the path it is named after.
+fn decision(fixture: &Fixture, request: &CheckRequest) -> (i32, String) {
+    let response = fixture
+        .runtime
+        .block_on(fixture.service.decide(request))
+        .expect("decide");
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => (200, String::new()),
+        Some(HttpResponse::DeniedResponse(denied)) => (
+            denied.status.map_or(0, |s| s.code),
+            response.status.unwrap_or_default().message,
+        ),
+        _ => (0, String::new()),
+    }
+}
+
+fn decision_path(c: &mut Criterion) {
+    let fixture = fixture();
+    assert!(fixture.valid.iter().all(|r| decision(&fixture, r).0 == 200));
+    assert_eq!(
+        decision(&fixture, &fixture.revoked),
+        (401, "key_revoked".into())
+    );
+    assert_eq!(
+        decision(&fixture, &fixture.malformed),
+        (401, "malformed_key".into())
+    );
+
+    let mut group = c.benchmark_group("decide");
+    group.bench_function("allowed_cache_hit", |b| {
+        let mut i = 0usize;
+        b.to_async(&fixture.runtime).iter(|| {
+            i = (i + 1) % fixture.valid.len();
+            let request = &fixture.valid[i];
+            let service = &fixture.service;
+            async move { black_box(service.decide(black_box(request)).await) }
+        })
+    });
+    group.bench_function("denied_revoked_cache_hit", |b| {
+        b.to_async(&fixture.runtime)
+            .iter(|| async { black_box(fixture.service.decide(black_box(&fixture.revoked)).await) })
+    });
+    group.bench_function("denied_malformed", |b| {
+        b.to_async(&fixture.runtime).iter(|| async {
+            black_box(fixture.service.decide(black_box(&fixture.malformed)).await)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision_path);
+criterion_main!(benches);

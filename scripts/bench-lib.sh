@@ -1,0 +1,121 @@
+# Helpers shared by scripts/bench*.sh (sourced, not run).
+#
+# Every process started here is recorded and stopped by its own pid on exit.
+
+BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${BENCH_BIN:-$BENCH_ROOT/target/release}"
+# Two cores: the server(s) under test on one, the load generator on the other.
+SERVER_CPU="${BENCH_SERVER_CPU:-0}"
+CLIENT_CPU="${BENCH_CLIENT_CPU:-1}"
+PG_BASE="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
+
+BENCH_PIDS=()
+bench_cleanup() {
+  local pid
+  for pid in "${BENCH_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${BENCH_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  BENCH_PIDS=()
+}
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# Records the machine's load before a measurement; warns when a compiler or
+# another heavy process is running (the figure would be noisy).
+note_load() {
+  local label="$1" file="$2"
+  {
+    echo "== $label: $(date -Is)"
+    uptime
+    top -bn1 | head -15
+  } >>"$file"
+  if pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; then
+    log "WARNING: cargo/rustc is running during '$label': the figure will be noisy"
+    echo "WARNING: cargo/rustc running" >>"$file"
+  fi
+}
+
+wait_port() {
+  local port="$1" i
+  for i in $(seq 1 200); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  log "nothing listens on port $port"; return 1
+}
+
+# start_keygate NAME AUTHZ_PORT ADMIN_PORT METRICS_PORT [VAR=value...]
+# Starts `keygate serve` on SERVER_CPU with a fresh SQLite database unless
+# KEYGATE_DATABASE_URL is among the extra variables; sets KG_PID.
+start_keygate() {
+  local name="$1" authz="$2" admin="$3" metrics="$4"; shift 4
+  local db="$BENCH_WORK/$name.db"
+  rm -f "$db" "$db-wal" "$db-shm"
+  env KEYGATE_DATABASE_URL="sqlite://$db" \
+      KEYGATE_AUTHZ_ADDR="127.0.0.1:$authz" \
+      KEYGATE_ADMIN_ADDR="127.0.0.1:$admin" \
+      KEYGATE_METRICS_ADDR="127.0.0.1:$metrics" \
+      RUST_LOG="${BENCH_RUST_LOG:-warn}" \
+      "$@" \
+      taskset -c "$SERVER_CPU" "$BIN/keygate" serve >"$BENCH_WORK/$name.log" 2>&1 &
+  KG_PID=$!
+  BENCH_PIDS+=("$KG_PID")
+  wait_port "$authz" && wait_port "$admin"
+}
+
+stop_pid() {
+  local pid="$1" p keep=()
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${BENCH_PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+  BENCH_PIDS=("${keep[@]}")
+}
+
+# The value of one counter on a Prometheus endpoint (0 when absent).
+metric() {
+  local port="$1" name="$2"
+  python3 - "$port" "$name" <<'PY'
+import sys, urllib.request
+port, name = sys.argv[1], sys.argv[2]
+try:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+except Exception:
+    print("n/a"); sys.exit()
+total = sum(float(l.split()[-1]) for l in text.splitlines()
+            if l.startswith(name) and not l.startswith("#") and (l[len(name)] in " {"))
+print(int(total))
+PY
+}
+
+# json FILE EXPR: evaluates a Python expression over the JSON in FILE (as `d`).
+json() {
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+psql_admin() { psql "$PG_BASE/postgres" -v ON_ERROR_STOP=1 -qAtc "$1"; }
+
+# The bucket bounds holding quantiles of keygate's own Check histogram
+# (`keygate_check_duration_seconds`: time inside the handler, transport
+# excluded), cumulative since start: "p50<=X p99<=Y (n=N)".
+check_duration_buckets() {
+  local port="$1"
+  python3 - "$port" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=2).read().decode()
+buckets = []
+for line in text.splitlines():
+    if line.startswith("keygate_check_duration_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+buckets.sort()
+total = buckets[-1][1] if buckets else 0
+def q(p):
+    for le, n in buckets:
+        if n >= p * total:
+            return "inf" if le == float("inf") else f"{le * 1e6:g}us"
+print(f"p50<={q(0.5)} p99<={q(0.99)} p99.9<={q(0.999)} (n={int(total)})")
+PY
+}

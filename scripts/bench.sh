@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# The measurements behind BENCHMARKS.md, re-runnable.
+#
+# Usage: scripts/bench.sh [SECTION...]
+#   check        keygate vs the no-op baseline, full speed and at half of it,
+#                valid=100 and the 90/5/5 mix
+#   usage        full speed with KEYGATE_USAGE_ENABLED=false vs =true
+#   latency      fixed rate at half of usage=false's maximum (from `usage`)
+#                and at 1,000 req/s, usage off and on, each against the
+#                no-op baseline too
+#   criterion    the in-process decision path (cargo bench)
+#   flush        usage events/s into PostgreSQL (database keygate_bench_usage)
+#   propagation  revoke on one replica → denied on another (Postgres)
+#   envoy        1,000 req/s through a real Envoy: alone / + keygate / + no-op
+# Default: all of them, in that order.
+#
+# Env: BENCH_DURATION (measured seconds per run, default 10s),
+#      BENCH_OUT (results folder, default target/bench-results/<time>),
+#      BENCH_NO_BUILD=1 (use the binaries already in target/release),
+#      BENCH_SERVER_CPU / BENCH_CLIENT_CPU (default 0 / 1),
+#      BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432).
+#
+# Servers run pinned to BENCH_SERVER_CPU, the load generator to
+# BENCH_CLIENT_CPU. Each run's load average and top are appended to
+# $BENCH_OUT/load.txt; a warning is printed when cargo/rustc is running.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+cd "$BENCH_ROOT"
+
+DURATION="${BENCH_DURATION:-10s}"
+BENCH_OUT="${BENCH_OUT:-$BENCH_ROOT/target/bench-results/$(date +%Y%m%d-%H%M%S)}"
+BENCH_WORK="$(mktemp -d)"
+mkdir -p "$BENCH_OUT"
+export BENCH_OUT BENCH_WORK
+trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
+
+AUTHZ=51051 ADMIN=51052 METRICS=51090
+SECTIONS=("$@")
+[[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(check usage latency criterion flush propagation envoy)
+
+if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
+  log "building release binaries"
+  cargo build --release --bins
+fi
+{
+  echo "nproc: $(nproc)"
+  grep -m1 'model name' /proc/cpuinfo
+  echo "kernel: $(uname -r)"
+  free -h | head -2
+} >"$BENCH_OUT/machine.txt"
+
+bench() { taskset -c "$CLIENT_CPU" "$BIN/keygate-bench" "$@"; }
+
+section_check() {
+  start_keygate check "$AUTHZ" "$ADMIN" "$METRICS"
+  local mix name out rate
+  for mix in valid=100 valid=90,unknown=5,malformed=5; do
+    name="check-${mix//[=,]/-}"
+    note_load "$name full speed" "$BENCH_OUT/load.txt"
+    log "$name: full speed, baseline then keygate"
+    bench check --target "127.0.0.1:$AUTHZ" --admin "127.0.0.1:$ADMIN" \
+      --mix "$mix" --baseline --baseline-cpu "$SERVER_CPU" --server-pid "$KG_PID" \
+      --duration "$DURATION" --json >"$BENCH_OUT/$name-full.json"
+    rate="$(json "$BENCH_OUT/$name-full.json" 'round(d["target"]["rps"] / 2)')"
+    note_load "$name at $rate req/s" "$BENCH_OUT/load.txt"
+    log "$name: open loop at $rate req/s (half of keygate's maximum)"
+    bench check --target "127.0.0.1:$AUTHZ" --admin "127.0.0.1:$ADMIN" \
+      --mix "$mix" --rate "$rate" --baseline --baseline-cpu "$SERVER_CPU" \
+      --server-pid "$KG_PID" --duration "$DURATION" --json >"$BENCH_OUT/$name-half.json"
+  done
+  echo "usage dropped: $(metric "$METRICS" keygate_usage_dropped_total), flushed: $(metric "$METRICS" keygate_usage_flushed_total)" \
+    >"$BENCH_OUT/check-usage-metrics.txt"
+  echo "check keygate_check_duration_seconds $(check_duration_buckets "$METRICS")" \
+    >"$BENCH_OUT/check-server-side.txt"
+  stop_pid "$KG_PID"
+}
+
+section_usage() {
+  # Two rounds, alternating, so that drift in the machine's state does not
+  # land on one side only.
+  local round usage name extra
+  for round in 1 2; do
+    for usage in false true; do
+      name="usage-$usage-$round"
+      start_keygate "$name" "$AUTHZ" "$ADMIN" "$METRICS" KEYGATE_USAGE_ENABLED="$usage"
+      note_load "$name" "$BENCH_OUT/load.txt"
+      log "$name: full speed, valid=100"
+      # The first usage-off run also measures the no-op baseline, for
+      # keygate's own ratio without usage.
+      extra=()
+      [[ "$name" == usage-false-1 ]] && extra=(--baseline --baseline-cpu "$SERVER_CPU")
+      bench check --target "127.0.0.1:$AUTHZ" --admin "127.0.0.1:$ADMIN" \
+        --mix valid=100 --server-pid "$KG_PID" --name "usage=$usage" "${extra[@]}" \
+        --duration "$DURATION" --json >"$BENCH_OUT/$name.json"
+      echo "$name dropped: $(metric "$METRICS" keygate_usage_dropped_total), flushed: $(metric "$METRICS" keygate_usage_flushed_total)" \
+        >>"$BENCH_OUT/usage-metrics.txt"
+      stop_pid "$KG_PID"
+    done
+  done
+}
+
+section_latency() {
+  local usage name rate half=6000
+  if [[ -f "$BENCH_OUT/usage-false-1.json" ]]; then
+    half="$(json "$BENCH_OUT/usage-false-1.json" 'round(d["target"]["rps"] / 2)')"
+  fi
+  for usage in false true; do
+    start_keygate "latency-$usage" "$AUTHZ" "$ADMIN" "$METRICS" KEYGATE_USAGE_ENABLED="$usage"
+    for rate in "$half" 1000; do
+      name="latency-usage-$usage-$rate"
+      note_load "$name" "$BENCH_OUT/load.txt"
+      log "$name: open loop at $rate req/s, 90/5/5 mix, baseline then keygate"
+      bench check --target "127.0.0.1:$AUTHZ" --admin "127.0.0.1:$ADMIN" \
+        --rate "$rate" --baseline --baseline-cpu "$SERVER_CPU" --server-pid "$KG_PID" \
+        --name "usage=$usage" --duration "$DURATION" --json >"$BENCH_OUT/$name.json"
+    done
+    echo "latency-usage-$usage keygate_check_duration_seconds $(check_duration_buckets "$METRICS")" \
+      >>"$BENCH_OUT/latency-server-side.txt"
+    stop_pid "$KG_PID"
+  done
+}
+
+section_criterion() {
+  note_load "criterion" "$BENCH_OUT/load.txt"
+  log "criterion: decision path with 1,000,000 cached keys"
+  taskset -c "$SERVER_CPU" cargo bench --bench decision_path -- --noplot \
+    2>&1 | tee "$BENCH_OUT/criterion.txt"
+  local d
+  for d in allowed_cache_hit denied_revoked_cache_hit denied_malformed; do
+    echo "$d median_ns $(json "target/criterion/decide/$d/new/estimates.json" 'round(d["median"]["point_estimate"], 1)')"
+  done | tee "$BENCH_OUT/criterion-medians.txt"
+}
+
+section_flush() {
+  # Two shapes of traffic: every event a different (key, endpoint) among
+  # 1000 keys x 10 endpoints (the daily-count upsert touches 5000 rows per
+  # batch: worst case), and 100 active keys x 3 endpoints (300 rows).
+  local db=keygate_bench_usage shape keys endpoints
+  for shape in 1000x10 100x3; do
+    keys="${shape%x*}" endpoints="${shape#*x}"
+    psql_admin "DROP DATABASE IF EXISTS $db"
+    psql_admin "CREATE DATABASE $db"
+    note_load "usage-flush $shape" "$BENCH_OUT/load.txt"
+    log "usage-flush into Postgres ($db), $keys keys x $endpoints endpoints, batches of 5000, log on"
+    bench usage-flush --database-url "$PG_BASE/$db" --keys "$keys" --endpoints "$endpoints" \
+      --duration 20s --json >"$BENCH_OUT/usage-flush-$shape.json" \
+      || { psql_admin "DROP DATABASE IF EXISTS $db"; return 1; }
+    psql "$PG_BASE/$db" -qAtc "SELECT 'usage_log rows: ' || count(*) FROM usage_log" \
+      >"$BENCH_OUT/usage-flush-$shape.rows.txt"
+  done
+  psql_admin "DROP DATABASE IF EXISTS $db"
+}
+
+section_propagation() {
+  note_load "propagation" "$BENCH_OUT/load.txt"
+  "$BENCH_ROOT/scripts/bench-propagation.sh" >"$BENCH_OUT/propagation.json"
+}
+
+section_envoy() {
+  note_load "envoy" "$BENCH_OUT/load.txt"
+  "$BENCH_ROOT/scripts/bench-envoy.sh" >"$BENCH_OUT/envoy.json"
+}
+
+for s in "${SECTIONS[@]}"; do
+  case "$s" in
+    check|usage|latency|criterion|flush|propagation|envoy) "section_$s" ;;
+    *) echo "unknown section $s" >&2; exit 2 ;;
+  esac
+done
+log "results in $BENCH_OUT"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit and integration tests against SQLite and a
+# real PostgreSQL, the Python suites that drive the keygate binary through
+# Envoy's generated stubs and a real Envoy, and the Helm chart tests.
+#
+# PostgreSQL: KEYGATE_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+# If it is not reachable the script tries to start the local cluster, and
+# fails loudly if that does not work: the Postgres tests are never skipped.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+export KEYGATE_TEST_POSTGRES_URL="${KEYGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; }
+if ! pg_ready; then
+  echo "test.sh: PostgreSQL is not reachable on 127.0.0.1:5432; starting the local cluster" >&2
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_ready && break; sleep 1; done
+  if ! pg_ready; then
+    echo "test.sh: FATAL: PostgreSQL is still not reachable on 127.0.0.1:5432." >&2
+    echo "test.sh: start it (pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start) or set KEYGATE_TEST_POSTGRES_URL." >&2
+    exit 1
+  fi
+fi
+
+echo "== cargo test (SQLite and PostgreSQL)"
+cargo test --locked --lib --bins --tests
+
+echo "== Python suites: Envoy stubs and a real Envoy"
+# cargo test above built target/debug/keygate (a separate `cargo build` would
+# rebuild half the dependency tree: dev-dependencies change tokio's features).
+test -x "$TARGET/debug/keygate" || { echo "test.sh: $TARGET/debug/keygate was not built" >&2; exit 1; }
+KEYGATE_BIN="$TARGET/debug/keygate" scripts/test-py.sh
+
+echo "== Helm chart"
+scripts/test-chart.sh

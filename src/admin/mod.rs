@@ -1,0 +1,576 @@
+//! Key lifecycle use-cases: create, read, list, update, rotate, revoke,
+//! usage, owner suspension, audit listing and pruning.
+//!
+//! Every mutation is stored with its audit event in one transaction, then
+//! evicts the affected keys from this replica's cache before returning, so a
+//! Check on this replica never sees the old state after the call returns.
+
+pub mod page_token;
+pub mod validate;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+use crate::{
+    cache::KeyCache,
+    config::AdminRole,
+    domain::{ability, Ability, AbilityError, ApiKey, KeyFormat, Owner, PlaintextKey, RateLimit},
+    ratelimit::RateLimiters,
+    store::{
+        self, AuditEvent, AuditFilter, AuditRecord, Cursor, KeyChanges, KeyFilter, KeyUsage,
+        NewKey, PruneSummary, Store, StoreError,
+    },
+};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+pub const DEFAULT_RECENT_LOGS: u32 = 20;
+pub const MAX_RECENT_LOGS: u32 = 100;
+const TOP_ENDPOINTS: u32 = 10;
+
+/// Who is calling: the admin token's name (the audit actor) and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub actor: String,
+    pub role: AdminRole,
+}
+
+impl Caller {
+    pub fn require_admin(&self) -> Result<(), AdminError> {
+        match self.role {
+            AdminRole::Admin => Ok(()),
+            AdminRole::Service => Err(AdminError::AdminRoleRequired),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("owner_id must be 1 to 255 printable characters")]
+    InvalidOwnerId,
+    #[error("name must be 1 to 100 characters (got {chars})")]
+    InvalidName { chars: usize },
+    #[error("environment {0:?} is not configured")]
+    UnknownEnvironment(String),
+    #[error(transparent)]
+    InvalidAbility(#[from] AbilityError),
+    #[error("expires_at must be in the future")]
+    ExpiryInPast,
+    #[error("rate_limit needs max_attempts and decay_seconds greater than zero")]
+    InvalidRateLimit,
+    #[error("metadata allows 50 entries, keys of 1 to 40 characters and values of up to 500")]
+    InvalidMetadata,
+    #[error("reason must be at most 500 printable characters")]
+    InvalidReason,
+    #[error("id must be a UUID")]
+    InvalidId,
+    #[error("page_size must not be negative")]
+    InvalidPageSize,
+    #[error(transparent)]
+    InvalidPageToken(#[from] page_token::BadPageToken),
+    #[error("update_mask path {0:?} cannot be changed")]
+    ImmutableField(String),
+    #[error("update_mask path {0:?} is not a field of ApiKey")]
+    UnknownField(String),
+    #[error("update_mask must name at least one field")]
+    EmptyUpdateMask,
+    #[error("no such key")]
+    NotFound,
+    #[error("the key belongs to another owner")]
+    OtherOwnersKey,
+    #[error("this call requires an admin token")]
+    AdminRoleRequired,
+    #[error("owner already holds the maximum of {limit} keys")]
+    OwnerKeyLimit { limit: u32 },
+    #[error("the key is already revoked")]
+    AlreadyRevoked,
+    #[error("the key has expired; create a new one instead")]
+    AlreadyExpired,
+    #[error("overlap_minutes would keep the old key working past the year 9999")]
+    OverlapTooLong,
+    #[error("the key store failed")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => AdminError::NotFound,
+            StoreError::OwnerKeyLimit { limit } => AdminError::OwnerKeyLimit { limit },
+            StoreError::AlreadyRevoked => AdminError::AlreadyRevoked,
+            other => AdminError::Store(other),
+        }
+    }
+}
+
+pub type AdminResult<T> = Result<T, AdminError>;
+
+/// A key just issued: the plaintext, shown once, and the stored record.
+#[derive(Debug)]
+pub struct Issued {
+    pub plaintext: PlaintextKey,
+    pub key: ApiKey,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateKey {
+    pub owner_id: String,
+    pub name: String,
+    pub environment: String,
+    pub abilities: Vec<String>,
+    pub superkey: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An update as requested: the mask's paths and the values they refer to.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateKey {
+    pub paths: Vec<String>,
+    pub name: String,
+    pub abilities: Vec<String>,
+    pub superkey: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListKeys {
+    pub owner_id: Option<String>,
+    pub environment: String,
+    pub include_revoked: bool,
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+    pub total_size: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListAudit {
+    pub key_id: String,
+    pub owner_id: String,
+    pub event: String,
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+pub struct KeyAdmin {
+    store: Store,
+    format: KeyFormat,
+    catalog: Vec<Ability>,
+    max_keys_per_owner: u32,
+    retention_days: u32,
+    cache: Arc<KeyCache>,
+    limiters: Arc<RateLimiters>,
+}
+
+pub fn parse_id(raw: &str) -> AdminResult<Uuid> {
+    Uuid::parse_str(raw.trim()).map_err(|_| AdminError::InvalidId)
+}
+
+fn audit_log(record: &AuditRecord, key: Option<&ApiKey>, owner_id: &str) {
+    tracing::info!(
+        target: "keygate::audit",
+        event = record.event,
+        actor = %record.actor,
+        owner_id,
+        key_id = key.map(|k| k.id.to_string()).unwrap_or_default(),
+        key_prefix = key.map(|k| k.key_prefix.as_str()).unwrap_or_default(),
+        metadata = ?record.metadata,
+        "audit"
+    );
+}
+
+impl KeyAdmin {
+    pub fn new(
+        store: Store,
+        format: KeyFormat,
+        catalog: Vec<Ability>,
+        max_keys_per_owner: u32,
+        retention_days: u32,
+        cache: Arc<KeyCache>,
+        limiters: Arc<RateLimiters>,
+    ) -> Self {
+        Self {
+            store,
+            format,
+            catalog,
+            max_keys_per_owner,
+            retention_days,
+            cache,
+            limiters,
+        }
+    }
+
+    pub fn abilities(&self) -> &[Ability] {
+        &self.catalog
+    }
+
+    fn abilities_of(&self, raw: &[String]) -> AdminResult<Vec<String>> {
+        Ok(ability::parse_all(raw, &self.catalog)?
+            .into_iter()
+            .map(|a| a.as_str().to_owned())
+            .collect())
+    }
+
+    /// Reads a key and checks that `owner_id` owns it.
+    async fn owned_key(&self, owner_id: &str, id: &str) -> AdminResult<ApiKey> {
+        let owner_id = validate::owner_id(owner_id)?;
+        let key = self.store.get_key(parse_id(id)?).await?;
+        if key.owner_id != owner_id {
+            return Err(AdminError::OtherOwnersKey);
+        }
+        Ok(key)
+    }
+
+    fn new_key(&self, template: NewKeyTemplate, now: DateTime<Utc>) -> (PlaintextKey, NewKey) {
+        let issued = self.format.generate(&template.environment);
+        let new = NewKey {
+            id: Uuid::now_v7(),
+            owner_id: template.owner_id,
+            name: template.name,
+            environment: template.environment,
+            key_hash: issued.hash,
+            key_prefix: issued.key_prefix,
+            abilities: template.abilities,
+            superkey: template.superkey,
+            rate_limit: template.rate_limit,
+            expires_at: template.expires_at,
+            metadata: template.metadata,
+            rotated_from_id: template.rotated_from_id,
+            created_at: now,
+        };
+        (issued.plaintext, new)
+    }
+
+    pub async fn create_key(&self, caller: &Caller, request: CreateKey) -> AdminResult<Issued> {
+        let now = store::now();
+        let owner_id = validate::owner_id(&request.owner_id)?.to_owned();
+        let name = validate::name(&request.name)?;
+        let environment = match request.environment.trim() {
+            "" => "live".to_owned(),
+            env if self.format.has_environment(env) => env.to_owned(),
+            env => return Err(AdminError::UnknownEnvironment(env.to_owned())),
+        };
+        let template = NewKeyTemplate {
+            owner_id,
+            name,
+            environment,
+            abilities: self.abilities_of(&request.abilities)?,
+            superkey: request.superkey,
+            rate_limit: validate::rate_limit(request.rate_limit)?,
+            expires_at: validate::expiry(request.expires_at, now)?,
+            metadata: validate::metadata(request.metadata)?,
+            rotated_from_id: None,
+        };
+        let (plaintext, new) = self.new_key(template, now);
+        let audit = AuditRecord::new("api_key.created", &caller.actor)
+            .with("environment", new.environment.clone())
+            .with("name", new.name.clone());
+        let key = self
+            .store
+            .insert_key(&new, Some(self.max_keys_per_owner), &audit)
+            .await?;
+        audit_log(&audit, Some(&key), &key.owner_id);
+        Ok(Issued { plaintext, key })
+    }
+
+    pub async fn get_key(&self, owner_id: &str, id: &str) -> AdminResult<ApiKey> {
+        self.owned_key(owner_id, id).await
+    }
+
+    /// Lists keys newest first. `request.owner_id = None` lists across owners
+    /// (admin only; the gRPC layer enforces the role).
+    pub async fn list_keys(&self, request: ListKeys) -> AdminResult<Page<ApiKey>> {
+        let owner_id = request
+            .owner_id
+            .as_deref()
+            .map(validate::owner_id)
+            .transpose()?;
+        let environment = match request.environment.trim() {
+            "" => None,
+            env if self.format.has_environment(env) => Some(env.to_owned()),
+            env => return Err(AdminError::UnknownEnvironment(env.to_owned())),
+        };
+        let limit = validate::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let query = page_token::fingerprint(&[
+            "keys",
+            owner_id.unwrap_or("*"),
+            environment.as_deref().unwrap_or("*"),
+            if request.include_revoked {
+                "all"
+            } else {
+                "live"
+            },
+        ]);
+        let after = page_token::decode(&request.page_token, query)?
+            .map(|(created_at, id)| Cursor { created_at, id });
+        let filter = KeyFilter {
+            owner_id: owner_id.map(str::to_owned),
+            environment,
+            include_revoked: request.include_revoked,
+            now: store::now(),
+        };
+        let (keys, total) = self.store.list_keys(&filter, after, limit).await?;
+        let next_page_token = next_token(&keys, limit, query, |k| (k.created_at, k.id));
+        Ok(Page {
+            items: keys,
+            next_page_token,
+            total_size: Some(total),
+        })
+    }
+
+    pub async fn update_key(
+        &self,
+        caller: &Caller,
+        owner_id: &str,
+        id: &str,
+        update: UpdateKey,
+    ) -> AdminResult<ApiKey> {
+        if update.paths.is_empty() {
+            return Err(AdminError::EmptyUpdateMask);
+        }
+        let mut changes = KeyChanges::default();
+        for path in &update.paths {
+            match path.as_str() {
+                "name" => changes.name = Some(validate::name(&update.name)?),
+                "abilities" => changes.abilities = Some(self.abilities_of(&update.abilities)?),
+                "superkey" => changes.superkey = Some(update.superkey),
+                "rate_limit" => changes.rate_limit = Some(validate::rate_limit(update.rate_limit)?),
+                "metadata" => changes.metadata = Some(validate::metadata(update.metadata.clone())?),
+                "environment" | "id" | "owner_id" | "key_prefix" | "masked_key" | "expires_at"
+                | "revoked_at" | "created_at" | "updated_at" | "rotated_from_id"
+                | "rotated_to_id" | "request_count" | "last_used_at" | "last_used_ip" | "state"
+                | "revocation_reason" => return Err(AdminError::ImmutableField(path.clone())),
+                other => return Err(AdminError::UnknownField(other.to_owned())),
+            }
+        }
+        let key = self.owned_key(owner_id, id).await?;
+        let audit = AuditRecord::new("api_key.updated", &caller.actor)
+            .with("fields", changes.field_names().join(","));
+        let updated = self
+            .store
+            .update_key(key.id, &changes, store::now(), &audit)
+            .await?;
+        self.cache.invalidate_key(key.id).await;
+        self.limiters.forget(key.id);
+        audit_log(&audit, Some(&updated), &updated.owner_id);
+        Ok(updated)
+    }
+
+    /// Issues a successor with the same settings; the old key stops working
+    /// now or after `overlap_minutes`, never later than its own expiry.
+    pub async fn rotate_key(
+        &self,
+        caller: &Caller,
+        owner_id: &str,
+        id: &str,
+        overlap_minutes: u32,
+    ) -> AdminResult<(Issued, ApiKey)> {
+        let old = self.owned_key(owner_id, id).await?;
+        if old.is_revoked() {
+            return Err(AdminError::AlreadyRevoked);
+        }
+        let now = store::now();
+        if old.expires_at.is_some_and(|expiry| expiry <= now) {
+            // The successor would inherit the expiry and be born dead.
+            return Err(AdminError::AlreadyExpired);
+        }
+        let overlap_end = now + Duration::minutes(i64::from(overlap_minutes));
+        let old_revoked_at = old
+            .expires_at
+            .map_or(overlap_end, |expiry| overlap_end.min(expiry))
+            .max(now);
+        if old_revoked_at.timestamp() > validate::MAX_TIMESTAMP_SECONDS {
+            return Err(AdminError::OverlapTooLong);
+        }
+        let template = NewKeyTemplate {
+            owner_id: old.owner_id.clone(),
+            name: old.name.clone(),
+            environment: old.environment.clone(),
+            abilities: old.abilities.clone(),
+            superkey: old.superkey,
+            rate_limit: old.rate_limit,
+            expires_at: old.expires_at,
+            metadata: old.metadata.clone(),
+            rotated_from_id: Some(old.id),
+        };
+        let (plaintext, new) = self.new_key(template, now);
+        let audit = AuditRecord::new("api_key.rotated", &caller.actor)
+            .with("rotated_to_id", new.id.to_string())
+            .with("rotated_to_prefix", new.key_prefix.clone())
+            .with("overlap_minutes", overlap_minutes.to_string())
+            .with("revoked_at", old_revoked_at.to_rfc3339());
+        let (key, previous) = self
+            .store
+            .rotate_key(old.id, &new, old_revoked_at, &audit)
+            .await?;
+        self.cache.invalidate_key(old.id).await;
+        audit_log(&audit, Some(&previous), &previous.owner_id);
+        Ok((Issued { plaintext, key }, previous))
+    }
+
+    /// Revokes a key now. `owner_id = None` is the admin form (any owner).
+    pub async fn revoke_key(
+        &self,
+        caller: &Caller,
+        owner_id: Option<&str>,
+        id: &str,
+        reason: &str,
+    ) -> AdminResult<ApiKey> {
+        let reason = validate::reason(reason)?;
+        let key = match owner_id {
+            Some(owner_id) => self.owned_key(owner_id, id).await?,
+            None => self.store.get_key(parse_id(id)?).await?,
+        };
+        let event = if owner_id.is_some() {
+            "api_key.revoked"
+        } else {
+            "api_key.admin_revoked"
+        };
+        let reason = if reason.is_empty() {
+            "revoked".to_owned()
+        } else {
+            reason
+        };
+        let audit = AuditRecord::new(event, &caller.actor).with("reason", reason.clone());
+        let revoked = self
+            .store
+            .revoke_key(key.id, &reason, store::now(), &audit)
+            .await?;
+        self.cache.invalidate_key(key.id).await;
+        self.limiters.forget(key.id);
+        audit_log(&audit, Some(&revoked), &revoked.owner_id);
+        Ok(revoked)
+    }
+
+    pub async fn key_usage(
+        &self,
+        owner_id: &str,
+        id: &str,
+        recent_limit: i32,
+    ) -> AdminResult<(ApiKey, KeyUsage)> {
+        let recent = validate::page_size(recent_limit, DEFAULT_RECENT_LOGS, MAX_RECENT_LOGS)?;
+        let key = self.owned_key(owner_id, id).await?;
+        let since = (store::now() - Duration::days(i64::from(self.retention_days))).date_naive();
+        let usage = self
+            .store
+            .key_usage(key.id, since, TOP_ENDPOINTS, recent)
+            .await?;
+        Ok((key, usage))
+    }
+
+    pub async fn set_owner_suspension(
+        &self,
+        caller: &Caller,
+        owner_id: &str,
+        suspend: Option<&str>,
+    ) -> AdminResult<Owner> {
+        let owner_id = validate::owner_id(owner_id)?;
+        let reason = suspend.map(validate::reason).transpose()?;
+        let audit = match &reason {
+            Some(reason) => {
+                AuditRecord::new("owner.suspended", &caller.actor).with("reason", reason.clone())
+            }
+            None => AuditRecord::new("owner.resumed", &caller.actor),
+        };
+        let owner = self
+            .store
+            .set_owner_suspension(owner_id, reason.as_deref(), store::now(), &audit)
+            .await?;
+        self.cache.invalidate_owner(owner_id);
+        audit_log(&audit, None, owner_id);
+        Ok(owner)
+    }
+
+    pub async fn list_audit(&self, request: ListAudit) -> AdminResult<Page<AuditEvent>> {
+        let limit = validate::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let filter = AuditFilter {
+            key_id: Some(request.key_id.trim())
+                .filter(|s| !s.is_empty())
+                .map(parse_id)
+                .transpose()?,
+            owner_id: Some(request.owner_id.trim())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            event: Some(request.event.trim())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        };
+        let key_part = filter.key_id.map(|k| k.to_string()).unwrap_or_default();
+        let query = page_token::fingerprint(&[
+            "audit",
+            &key_part,
+            filter.owner_id.as_deref().unwrap_or(""),
+            filter.event.as_deref().unwrap_or(""),
+        ]);
+        let after = page_token::decode(&request.page_token, query)?;
+        let events = self.store.list_audit(&filter, after, limit).await?;
+        let next_page_token = next_token(&events, limit, query, |e| (e.at, e.id));
+        Ok(Page {
+            items: events,
+            next_page_token,
+            total_size: None,
+        })
+    }
+
+    /// Soft-deletes expired keys and deletes usage past the retention.
+    /// `None` when another replica is pruning.
+    pub async fn prune(&self, actor: &str) -> AdminResult<Option<PruneSummary>> {
+        let now = store::now();
+        let cutoff = now - Duration::days(i64::from(self.retention_days));
+        let summary = self.store.prune(now, cutoff, actor).await?;
+        if let Some(summary) = &summary {
+            if summary.keys_expired > 0 {
+                // Which keys is not returned; expired keys already fail Check
+                // by time, so a full clear only costs refills.
+                self.cache.clear();
+            }
+            tracing::info!(
+                target: "keygate::prune",
+                keys_expired = summary.keys_expired,
+                usage_logs_deleted = summary.usage_logs_deleted,
+                daily_counts_deleted = summary.daily_counts_deleted,
+                "prune finished"
+            );
+        }
+        Ok(summary)
+    }
+}
+
+/// The token for the page after `items`: empty when this page was not full.
+fn next_token<T>(
+    items: &[T],
+    limit: u32,
+    query: [u8; 8],
+    position: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+) -> String {
+    match items.last() {
+        Some(last) if items.len() == limit as usize => {
+            let (at, id) = position(last);
+            page_token::encode(at, id, query)
+        }
+        _ => String::new(),
+    }
+}
+
+/// The settings a new key is issued with (by create or by rotation).
+struct NewKeyTemplate {
+    owner_id: String,
+    name: String,
+    environment: String,
+    abilities: Vec<String>,
+    superkey: bool,
+    rate_limit: Option<RateLimit>,
+    expires_at: Option<DateTime<Utc>>,
+    metadata: BTreeMap<String, String>,
+    rotated_from_id: Option<Uuid>,
+}

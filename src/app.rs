@@ -1,0 +1,357 @@
+//! The composition root: store, cache, usage, services and listeners, and the
+//! ordered drain on stop.
+//!
+//! Stop order, each step bounded by what is left of the grace period:
+//! health NOT_SERVING → listeners stop accepting and finish in-flight calls →
+//! final usage flush → background tasks end → pool closed.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
+use tonic::transport::{server::TcpIncoming, Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+use crate::{
+    admin::KeyAdmin,
+    authz::{Authorizer, AuthzSettings},
+    cache::{CacheSettings, KeyCache},
+    config::{Config, TlsConfig},
+    grpc::{
+        auth::AdminAuth,
+        ext_authz::{CredentialHeaders, ExtAuthzService},
+        key_admin::KeyAdminService,
+    },
+    invalidation,
+    proto::key_admin_server::KeyAdminServer,
+    ratelimit::RateLimiters,
+    store::{Store, StoreOptions},
+    usage::{self, FlushSettings},
+};
+
+/// Rate-limiter states kept at most (idle ones expire on their own).
+const LIMITER_CAPACITY: u64 = 1_000_000;
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(60);
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
+/// How long start-up waits for the first LISTEN before serving anyway.
+const LISTENER_START_WAIT: Duration = Duration::from_secs(5);
+
+/// A started server.
+pub struct Running {
+    pub authz_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub store: Store,
+    pub cache: Arc<KeyCache>,
+    stop: watch::Sender<bool>,
+    lifecycle: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the drain and waits for it to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.lifecycle.await {
+            tracing::error!(%error, "the server task failed during shutdown");
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves, then drains.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Opens the store, migrates if configured, binds both listeners and starts
+/// every task. Returns once the listeners accept connections.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = Store::connect(&StoreOptions {
+        url: config.database_url.clone(),
+        max_connections: config.database_max_connections,
+        check_timeout: config.check_timeout,
+    })
+    .await
+    .context("cannot open the database")?;
+    if config.migrate_on_start {
+        store
+            .migrate()
+            .await
+            .context("cannot run database migrations")?;
+    }
+
+    let cache = Arc::new(KeyCache::new(
+        store.clone(),
+        CacheSettings {
+            capacity: config.cache_capacity,
+            ttl: config.cache_ttl,
+            negative_capacity: config.negative_cache_capacity,
+            negative_ttl: config.negative_cache_ttl,
+        },
+    ));
+    let limiters = Arc::new(RateLimiters::new(LIMITER_CAPACITY));
+    let (usage_sender, flusher) = usage::buffer(
+        config.usage_buffer,
+        store.clone(),
+        FlushSettings {
+            interval: config.usage_flush_interval,
+            batch_size: config.usage_batch_size,
+            log_enabled: config.usage_log_enabled,
+        },
+    );
+    let authorizer = Arc::new(Authorizer::new(
+        AuthzSettings {
+            format: config.key_format.clone(),
+            foreign_bearer: config.foreign_bearer,
+            default_rate_limit: config.default_rate_limit,
+            routes: config.routes.clone(),
+            trusted_proxy_hops: config.trusted_proxy_hops,
+        },
+        cache.clone(),
+        limiters.clone(),
+        config.usage_enabled.then(|| usage_sender.clone()),
+    ));
+    let admin = Arc::new(KeyAdmin::new(
+        store.clone(),
+        config.key_format.clone(),
+        config.ability_catalog.clone(),
+        config.max_keys_per_owner,
+        config.usage_log_retention_days,
+        cache.clone(),
+        limiters.clone(),
+    ));
+    if config.admin_tokens.is_empty() {
+        tracing::warn!(
+            addr = %config.admin_addr,
+            "KeyAdmin has NO admin tokens: every local caller is an administrator. Development only; set KEYGATE_ADMIN_TOKENS (see `keygate admin-token`)."
+        );
+    }
+
+    let authz_listener = TcpListener::bind(config.authz_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the Check listener on {} (KEYGATE_AUTHZ_ADDR)",
+                config.authz_addr
+            )
+        })?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the KeyAdmin listener on {} (KEYGATE_ADMIN_ADDR)",
+                config.admin_addr
+            )
+        })?;
+    let authz_addr = authz_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1alpha too: the grpcurl shipped on PyPI (1.8) only speaks v1alpha.
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    // Listeners stop on their own signal, sent after health turns NOT_SERVING.
+    let (drain, drain_rx) = watch::channel(false);
+
+    let ext_authz = ExtAuthzService::new(
+        authorizer,
+        CredentialHeaders {
+            authorization: config.authorization_header.clone(),
+            api_key: config.api_key_header.clone(),
+            strip: config.strip_credential,
+        },
+    );
+    let authz_server = server_builder(config.tls.as_ref(), false)?
+        .add_service(health_service.clone())
+        .add_service(reflection_v1.clone())
+        .add_service(reflection_v1alpha.clone())
+        .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+            ext_authz,
+        ))
+        .serve_with_incoming_shutdown(incoming(authz_listener), stopped(drain_rx.clone()));
+    let admin_server = server_builder(config.tls.as_ref(), true)?
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(KeyAdminServer::with_interceptor(
+            KeyAdminService::new(admin.clone()),
+            AdminAuth::new(config.admin_tokens.clone()),
+        ))
+        .serve_with_incoming_shutdown(incoming(admin_listener), stopped(drain_rx));
+    let mut background = Vec::new();
+    if let Some(pool) = store.postgres_pool() {
+        let (connected, listening) = tokio::sync::oneshot::channel();
+        background.push(tokio::spawn(invalidation::listen(
+            pool.clone(),
+            cache.clone(),
+            limiters.clone(),
+            stopped(stop_rx.clone()),
+            connected,
+        )));
+        // Serving before the subscription exists would let a revoke made in
+        // between go unheard until the cache TTL. The bound keeps a slow
+        // LISTEN from blocking start-up; every later connect clears the cache.
+        if tokio::time::timeout(LISTENER_START_WAIT, listening)
+            .await
+            .is_err()
+        {
+            tracing::warn!(waited = ?LISTENER_START_WAIT, "serving before the invalidation listener connected");
+        }
+    }
+    let authz_task = tokio::spawn(authz_server);
+    let admin_task = tokio::spawn(admin_server);
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(%authz_addr, %admin_addr, database = store_kind(&store), "keygate serving");
+
+    let (finish_usage, finish_usage_rx) = watch::channel(false);
+    let flusher_task = tokio::spawn(flusher.run(stopped(finish_usage_rx)));
+    if config.prune_enabled {
+        background.push(tokio::spawn(prune_daily(admin, stopped(stop_rx.clone()))));
+    }
+    background.push(tokio::spawn(report_gauges(
+        cache.clone(),
+        usage_sender,
+        stopped(stop_rx.clone()),
+    )));
+
+    let grace = config.shutdown_grace;
+    let lifecycle_store = store.clone();
+    let lifecycle = tokio::spawn(async move {
+        stopped(stop_rx).await;
+        let deadline = Instant::now() + grace;
+        tracing::info!(?grace, "draining");
+        set_health(&health, ServingStatus::NotServing).await;
+        let _ = drain.send(true);
+        for (name, task) in [
+            ("Check listener", authz_task),
+            ("KeyAdmin listener", admin_task),
+        ] {
+            bounded(name, deadline, task).await;
+        }
+        let _ = finish_usage.send(true);
+        bounded("final usage flush", deadline, flusher_task).await;
+        for task in background {
+            bounded("background task", deadline, task).await;
+        }
+        lifecycle_store.close().await;
+        tracing::info!("stopped");
+    });
+
+    Ok(Running {
+        authz_addr,
+        admin_addr,
+        store,
+        cache,
+        stop,
+        lifecycle,
+    })
+}
+
+fn store_kind(store: &Store) -> &'static str {
+    if store.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+fn server_builder(tls: Option<&TlsConfig>, admin: bool) -> anyhow::Result<Server> {
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = tls {
+        let cert = std::fs::read(&tls.cert)
+            .with_context(|| format!("cannot read KEYGATE_TLS_CERT {}", tls.cert.display()))?;
+        let key = std::fs::read(&tls.key)
+            .with_context(|| format!("cannot read KEYGATE_TLS_KEY {}", tls.key.display()))?;
+        let mut settings = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let (true, Some(ca)) = (admin, &tls.admin_client_ca) {
+            let ca = std::fs::read(ca)
+                .with_context(|| format!("cannot read KEYGATE_ADMIN_CLIENT_CA {}", ca.display()))?;
+            settings = settings.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(settings)
+            .context("invalid TLS configuration")?;
+    }
+    Ok(builder)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in [
+        "",
+        "envoy.service.auth.v3.Authorization",
+        "keygate.admin.v1.KeyAdmin",
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Awaits `task` until `deadline`; past it, logs and abandons the step so a
+/// stuck connection cannot hang the stop (hyper issue 4170).
+async fn bounded(step: &str, deadline: Instant, task: JoinHandle<impl Sized>) {
+    let abort = task.abort_handle();
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(Ok(_)) => tracing::debug!(step, "drained"),
+        Ok(Err(error)) => tracing::error!(step, %error, "task failed while draining"),
+        Err(_) => {
+            tracing::warn!(step, "shutdown grace expired; abandoning this step");
+            abort.abort();
+        }
+    }
+}
+
+async fn prune_daily(admin: Arc<KeyAdmin>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut next = Instant::now() + FIRST_PRUNE_AFTER;
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        match admin.prune("keygate-prune").await {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::debug!("another replica is pruning"),
+            Err(error) => {
+                tracing::warn!(error = %crate::grpc::status::chain(&error), "prune failed; will retry tomorrow")
+            }
+        }
+        next = Instant::now() + PRUNE_EVERY;
+    }
+}
+
+async fn report_gauges(
+    cache: Arc<KeyCache>,
+    usage: usage::UsageSender,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let entries = metrics::gauge!("keygate_cache_entries");
+    let depth = metrics::gauge!("keygate_usage_buffer_depth");
+    let mut ticker = tokio::time::interval(GAUGE_EVERY);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticker.tick() => {
+                entries.set(cache.entry_count() as f64);
+                depth.set(usage.depth() as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The Check decision: credential → cache/store → `decide(key, route, now)` →
+//! rate limit, plus the usage event. The gRPC layer turns the [`Outcome`] into
+//! an Envoy `CheckResponse`; nothing here knows the proto types.
+
+use std::{collections::HashMap, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use metrics::Counter;
+
+use crate::{
+    cache::{CachedKey, KeyCache, LookupError},
+    config::{ForeignBearer, RouteRule},
+    domain::{decide, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
+    ratelimit::{RateLimiters, RateOutcome},
+    usage::{client_ip::client_ip, CheckEvent, UsageSender},
+};
+
+/// Context-extension names Envoy sets per route (`check_settings`).
+pub const EXT_ABILITIES: &str = "keygate.abilities";
+pub const EXT_ENVIRONMENT: &str = "keygate.environment";
+pub const EXT_MODE: &str = "keygate.mode";
+
+/// A header value as received: text, or bytes that are not UTF-8.
+pub type HeaderText<'a> = Result<&'a str, NotUtf8>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotUtf8;
+
+/// Which header carried the credential (it is stripped before upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    Authorization,
+    ApiKey,
+}
+
+/// What Check needs of a request, borrowed from it.
+#[derive(Debug, Default)]
+pub struct CheckInput<'a> {
+    pub authorization: Option<HeaderText<'a>>,
+    pub api_key: Option<HeaderText<'a>>,
+    pub forwarded_for: Option<&'a str>,
+    pub source_address: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub context_extensions: Option<&'a HashMap<String, String>>,
+}
+
+/// Rate-limit state reported in response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_secs: u64,
+}
+
+/// An allowed request and what to tell Envoy about it.
+#[derive(Debug, Clone)]
+pub struct Allowance {
+    /// `None` for a foreign bearer token let through without identity, or a
+    /// shadow-mode request that would have been denied.
+    pub identity: Option<Arc<CachedKey>>,
+    pub credential: Option<CredentialSource>,
+    pub rate: Option<RateHeaders>,
+    /// Inside a rotation overlap: when the key stops working.
+    pub sunset: Option<DateTime<Utc>>,
+    /// Shadow mode: the code the enforced decision would have produced.
+    pub shadow_decision: Option<&'static str>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Allow(Allowance),
+    Deny(DenyReason),
+}
+
+pub struct AuthzSettings {
+    pub format: KeyFormat,
+    pub foreign_bearer: ForeignBearer,
+    pub default_rate_limit: Option<RateLimit>,
+    pub routes: Vec<RouteRule>,
+    pub trusted_proxy_hops: usize,
+}
+
+pub struct Authorizer {
+    settings: AuthzSettings,
+    cache: Arc<KeyCache>,
+    limiters: Arc<RateLimiters>,
+    usage: Option<UsageSender>,
+    decisions: DecisionCounters,
+}
+
+/// One pre-registered counter per decision code: no label formatting on the
+/// hot path.
+struct DecisionCounters {
+    allowed: Counter,
+    denied: [Counter; DenyReason::ALL_CODES.len()],
+    shadow: Counter,
+}
+
+impl DecisionCounters {
+    fn new() -> Self {
+        Self {
+            allowed: metrics::counter!("keygate_check_decisions_total", "code" => "allowed"),
+            denied: DenyReason::ALL_CODES
+                .map(|code| metrics::counter!("keygate_check_decisions_total", "code" => code)),
+            shadow: metrics::counter!("keygate_check_shadow_total"),
+        }
+    }
+
+    fn count(&self, code: &str) {
+        match DenyReason::ALL_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.denied[i].increment(1),
+            None => self.allowed.increment(1),
+        }
+    }
+}
+
+/// The result of evaluating a credential, before shadow mode is applied.
+struct Evaluation {
+    decision: Result<Option<RateHeaders>, DenyReason>,
+    key: Option<Arc<CachedKey>>,
+    credential: Option<CredentialSource>,
+}
+
+impl Authorizer {
+    pub fn new(
+        settings: AuthzSettings,
+        cache: Arc<KeyCache>,
+        limiters: Arc<RateLimiters>,
+        usage: Option<UsageSender>,
+    ) -> Self {
+        Self {
+            settings,
+            cache,
+            limiters,
+            usage,
+            decisions: DecisionCounters::new(),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<KeyCache> {
+        &self.cache
+    }
+
+    /// Decides one request. `Err` only when the store was needed and failed:
+    /// the caller returns a gRPC error so Envoy's own failure settings apply.
+    pub async fn check(
+        &self,
+        input: &CheckInput<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, LookupError> {
+        let route = self.requirements(input);
+        let evaluation = self.evaluate(input, &route, now).await?;
+        let code = match &evaluation.decision {
+            Ok(_) => "allowed",
+            Err(reason) => reason.code(),
+        };
+        self.decisions.count(code);
+        if let (Some(key), Some(usage)) = (&evaluation.key, &self.usage) {
+            usage.record(CheckEvent {
+                key_id: key.key.id,
+                at: now,
+                ip: client_ip(
+                    input.forwarded_for,
+                    input.source_address,
+                    self.settings.trusted_proxy_hops,
+                ),
+                method: input.method.to_owned(),
+                path: input.path.to_owned(),
+                decision: code,
+                allowed: evaluation.decision.is_ok(),
+            });
+        }
+        let sunset = |key: &Arc<CachedKey>| key.key.revoked_at.filter(|at| *at > now);
+        Ok(match evaluation.decision {
+            Ok(rate) => Outcome::Allow(Allowance {
+                sunset: evaluation.key.as_ref().and_then(sunset),
+                identity: evaluation.key,
+                credential: evaluation.credential,
+                rate,
+                shadow_decision: route.shadow.then_some(code),
+            }),
+            Err(_) if route.shadow => {
+                self.decisions.shadow.increment(1);
+                Outcome::Allow(Allowance {
+                    identity: None,
+                    credential: evaluation.credential,
+                    rate: None,
+                    sunset: None,
+                    shadow_decision: Some(code),
+                })
+            }
+            Err(reason) => Outcome::Deny(reason),
+        })
+    }
+
+    async fn evaluate(
+        &self,
+        input: &CheckInput<'_>,
+        route: &RouteRequirements<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Evaluation, LookupError> {
+        let denied = |reason, credential| Evaluation {
+            decision: Err(reason),
+            key: None,
+            credential,
+        };
+        let Some((raw, source)) = credential(input) else {
+            return Ok(denied(DenyReason::MissingCredentials, None));
+        };
+        let Ok(raw) = raw else {
+            return Ok(denied(DenyReason::MalformedKey, Some(source)));
+        };
+        let parsed = match self.settings.format.parse(raw) {
+            Ok(parsed) => parsed,
+            Err(KeyParseError::NotOurPrefix) => {
+                let allow = source == CredentialSource::Authorization
+                    && self.settings.foreign_bearer == ForeignBearer::Allow;
+                return Ok(Evaluation {
+                    decision: if allow {
+                        Ok(None)
+                    } else {
+                        Err(DenyReason::MissingCredentials)
+                    },
+                    key: None,
+                    credential: None,
+                });
+            }
+            Err(_) => return Ok(denied(DenyReason::MalformedKey, Some(source))),
+        };
+        let Some(cached) = self.cache.lookup(&parsed.hash()).await? else {
+            return Ok(denied(DenyReason::InvalidKey, Some(source)));
+        };
+        // The hash covers only the token, so the environment written in the
+        // key must be checked against the key's own.
+        if cached.key.environment != parsed.environment {
+            return Ok(denied(DenyReason::InvalidKey, Some(source)));
+        }
+        let decision = decide(&cached.key, route, now).and_then(|()| self.rate_limit(&cached));
+        Ok(Evaluation {
+            decision,
+            key: Some(cached),
+            credential: Some(source),
+        })
+    }
+
+    fn rate_limit(&self, cached: &CachedKey) -> Result<Option<RateHeaders>, DenyReason> {
+        let Some(limit) = cached.key.rate_limit.or(self.settings.default_rate_limit) else {
+            return Ok(None);
+        };
+        match self.limiters.check(cached.key.id, limit) {
+            RateOutcome::Allowed {
+                limit,
+                remaining,
+                reset_secs,
+            } => Ok(Some(RateHeaders {
+                limit,
+                remaining,
+                reset_secs,
+            })),
+            RateOutcome::Limited {
+                retry_after_secs, ..
+            } => Err(DenyReason::RateLimited { retry_after_secs }),
+        }
+    }
+
+    /// Requirements from Envoy's context extensions when it sends any
+    /// `keygate.*` entry, otherwise from the first matching configured rule.
+    fn requirements<'a>(&'a self, input: &CheckInput<'a>) -> RouteRequirements<'a> {
+        if let Some(ext) = input.context_extensions {
+            let abilities = ext.get(EXT_ABILITIES).map(String::as_str);
+            let environment = ext
+                .get(EXT_ENVIRONMENT)
+                .map(String::as_str)
+                .filter(|e| !e.is_empty());
+            let mode = ext.get(EXT_MODE).map(String::as_str);
+            if abilities.is_some() || environment.is_some() || mode.is_some() {
+                return RouteRequirements {
+                    abilities,
+                    environment,
+                    shadow: mode == Some("shadow"),
+                };
+            }
+        }
+        self.settings
+            .routes
+            .iter()
+            .find(|rule| rule.matches(input.method, input.path))
+            .map(|rule| RouteRequirements {
+                abilities: Some(rule.abilities.as_str()),
+                environment: rule.environment.as_deref(),
+                shadow: rule.shadow,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The credential, first match wins: `Authorization: Bearer <key>` (scheme
+/// case-insensitive), then the API-key header. Another scheme (Basic) in
+/// `Authorization` is not a credential of ours.
+fn credential<'a>(input: &CheckInput<'a>) -> Option<(HeaderText<'a>, CredentialSource)> {
+    let bearer = input.authorization.and_then(|value| match value {
+        Ok(text) => {
+            let text = text.trim();
+            let (scheme, rest) = text.split_at_checked(7)?;
+            scheme
+                .eq_ignore_ascii_case("bearer ")
+                .then(|| Ok(rest.trim_start()))
+        }
+        Err(NotUtf8) => Some(Err(NotUtf8)),
+    });
+    if let Some(token) = bearer.filter(|t| t.is_err() || t.is_ok_and(|s| !s.is_empty())) {
+        return Some((token, CredentialSource::Authorization));
+    }
+    input
+        .api_key
+        .map(|value| value.map(str::trim))
+        .filter(|v| v.is_err() || v.is_ok_and(|s| !s.is_empty()))
+        .map(|value| (value, CredentialSource::ApiKey))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> CheckInput<'a> {
+        CheckInput {
+            authorization: authorization.map(Ok),
+            api_key: api_key.map(Ok),
+            method: "GET",
+            path: "/",
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_wins_over_the_api_key_header() {
+        let i = input(Some("BeArEr sk_live_x"), Some("sk_live_y"));
+        assert_eq!(
+            credential(&i),
+            Some((Ok("sk_live_x"), CredentialSource::Authorization))
+        );
+    }
+
+    #[test]
+    fn other_schemes_and_empty_values_fall_through_to_the_api_key_header() {
+        let i = input(Some("Basic dXNlcjpwYXNz"), Some(" sk_live_y "));
+        assert_eq!(
+            credential(&i),
+            Some((Ok("sk_live_y"), CredentialSource::ApiKey))
+        );
+        let i = input(Some("Bearer   "), None);
+        assert_eq!(credential(&i), None);
+        assert_eq!(credential(&input(None, Some(""))), None);
+        assert_eq!(credential(&input(Some("Bearer"), None)), None);
+    }
+
+    #[test]
+    fn non_utf8_credentials_are_reported_as_such() {
+        let i = CheckInput {
+            api_key: Some(Err(NotUtf8)),
+            ..Default::default()
+        };
+        assert_eq!(
+            credential(&i),
+            Some((Err(NotUtf8), CredentialSource::ApiKey))
+        );
+    }
+}

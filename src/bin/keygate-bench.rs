@@ -1,0 +1,76 @@
+//! `keygate-bench`: load generator and measurements for keygate; the
+//! commands behind BENCHMARKS.md (`scripts/bench.sh` runs them all).
+//!
+//! - `check`: drives `Authorization/Check` at full speed or at a fixed rate,
+//!   optionally against a built-in no-op server first (`--baseline`).
+//! - `http`: a fixed-rate HTTP/1.1 load, e.g. through Envoy.
+//! - `usage-flush`: usage events/s the store write sustains.
+//! - `propagation`: revoke on one replica → denied on another.
+//! - `noop-server`: the no-op ext_authz server used as the baseline.
+
+// Printing results on stdout is this tool's whole job.
+#![allow(clippy::print_stdout)]
+
+#[path = "keygate_bench/mod.rs"]
+mod bench;
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use bench::{check, http, noop, propagation, usage_flush};
+
+#[derive(Parser)]
+#[command(
+    name = "keygate-bench",
+    version,
+    about = "Load generator and measurements for keygate"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive ext_authz Check (gRPC) and report throughput, latency and decisions.
+    Check(check::CheckArgs),
+    /// Fixed-rate HTTP/1.1 load against one or more URLs (e.g. through Envoy).
+    Http(http::HttpArgs),
+    /// Sustained usage events/s written by the store (Postgres or SQLite).
+    UsageFlush(usage_flush::UsageFlushArgs),
+    /// Revoke on replica A → denied on replica B, per key.
+    Propagation(propagation::PropagationArgs),
+    /// Serve a no-op ext_authz Check (always OK) until killed.
+    NoopServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keygate-bench: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Check(args) => check::run(args).await,
+            Command::Http(args) => http::run(args).await,
+            Command::UsageFlush(args) => usage_flush::run(args).await,
+            Command::Propagation(args) => propagation::run(args).await,
+            Command::NoopServer { listen } => noop::serve(listen).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("keygate-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The two ways of driving a target.
+//!
+//! - Closed loop (full speed): `concurrency` workers per connection, each
+//!   sending its next request when the previous one returns. Measures the
+//!   maximum throughput; latency is service time under saturation.
+//! - Open loop (fixed rate): requests are due at `start + i / rate`
+//!   whatever happened to earlier ones, and latency runs from the *intended*
+//!   send time, so a stall is charged to every request it delayed (no
+//!   coordinated omission). Tokio's timer has millisecond granularity, too
+//!   coarse for sub-millisecond latencies, so the schedule is kept either by
+//!   a plain thread that sleeps until each send ([`Pacer::Thread`], the
+//!   default) or by the sending task yielding in a loop near each send
+//!   ([`Pacer::Spin`]). Either way the generator's own lateness is recorded
+//!   ("send lag"), so its share of a latency figure is visible. On a small
+//!   VM neither is precise to better than about a millisecond at p99.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{stream::FuturesUnordered, StreamExt};
+
+use super::{
+    procstat::CpuMeter,
+    stats::{CpuReport, Outcome, Recorder},
+};
+
+/// Within this of the next send, the open loop spins instead of sleeping
+/// (a tokio timer can fire up to a millisecond late).
+const SPIN_WITHIN: Duration = Duration::from_millis(2);
+
+/// Something requests can be sent to.
+pub trait Target: Send + Sync + 'static {
+    fn connections(&self) -> usize;
+    /// Sends request number `seq` of the workload on `connection`.
+    fn call(&self, connection: usize, seq: u64) -> impl Future<Output = Outcome> + Send + 'static;
+}
+
+/// The measured window: requests sent during `warmup` are not recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// What a run measured.
+pub struct Measured {
+    pub recorder: Recorder,
+    pub elapsed: Duration,
+    pub cpu: CpuReport,
+}
+
+/// Samples CPU use over exactly the measured window.
+fn spawn_cpu_window(
+    measure_from: Instant,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> tokio::task::JoinHandle<CpuReport> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let meter = CpuMeter::start(server_pid);
+        tokio::time::sleep(duration).await;
+        meter.stop()
+    })
+}
+
+pub async fn closed_loop<T: Target>(
+    target: Arc<T>,
+    concurrency: usize,
+    window: Window,
+    server_pid: Option<u32>,
+) -> Measured {
+    let start = Instant::now();
+    let measure_from = start + window.warmup;
+    let end = measure_from + window.duration;
+    let cpu = spawn_cpu_window(measure_from, window.duration, server_pid);
+    let seq = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..target.connections() * concurrency.max(1))
+        .map(|worker| {
+            let target = target.clone();
+            let seq = seq.clone();
+            tokio::spawn(async move {
+                let connection = worker % target.connections();
+                let mut recorder = Recorder::default();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let outcome = target
+                        .call(connection, seq.fetch_add(1, Ordering::Relaxed))
+                        .await;
+                    if sent >= measure_from {
+                        recorder.record(sent.elapsed(), outcome);
+                    }
+                }
+                recorder
+            })
+        })
+        .collect();
+    let mut recorder = Recorder::default();
+    for worker in workers {
+        recorder.merge(worker.await.expect("worker panicked"));
+    }
+    Measured {
+        recorder,
+        elapsed: window.duration,
+        cpu: cpu.await.expect("cpu sampler panicked"),
+    }
+}
+
+/// How the open loop keeps its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pacer {
+    /// The sending task sleeps until a timer tick before the next send,
+    /// then yields in a loop: busy core, precise sends.
+    Spin,
+    /// A separate thread sleeps until each send and hands it to the
+    /// runtime: idle core between sends, one thread wake-up per request.
+    Thread,
+}
+
+pub async fn open_loop<T: Target>(
+    target: Arc<T>,
+    rate: f64,
+    pacer: Pacer,
+    window: Window,
+    server_pid: Option<u32>,
+) -> Measured {
+    match pacer {
+        Pacer::Spin => open_loop_spin(target, rate, window, server_pid).await,
+        Pacer::Thread => open_loop_thread(target, rate, window, server_pid).await,
+    }
+}
+
+async fn open_loop_spin<T: Target>(
+    target: Arc<T>,
+    rate: f64,
+    window: Window,
+    server_pid: Option<u32>,
+) -> Measured {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(10);
+    let measure_from = start + window.warmup;
+    let end = measure_from + window.duration;
+    let cpu = spawn_cpu_window(measure_from, window.duration, server_pid);
+
+    let mut recorder = Recorder::default();
+    let mut in_flight = FuturesUnordered::new();
+    let mut seq: u64 = 0;
+    let mut next_due = start;
+    loop {
+        // Send everything due. After a late wake-up several go at once: the
+        // schedule never slips, and the lateness shows in the latency.
+        let now = Instant::now();
+        while next_due <= now && next_due < end {
+            if next_due >= measure_from {
+                recorder.record_send_lag(now - next_due);
+            }
+            let due = next_due;
+            let call = target.call((seq % target.connections() as u64) as usize, seq);
+            in_flight.push(async move { (due, call.await) });
+            seq += 1;
+            next_due = start + interval.mul_f64(seq as f64);
+        }
+        let sending = next_due < end;
+        if !sending && in_flight.is_empty() {
+            break;
+        }
+        let wait = next_due.saturating_duration_since(now);
+        tokio::select! {
+            biased;
+            Some((due, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                if due >= measure_from {
+                    recorder.record(Instant::now() - due, outcome);
+                }
+            }
+            // Far from the next send: sleep, waking a timer tick early.
+            () = tokio::time::sleep(wait.saturating_sub(SPIN_WITHIN)), if sending && wait > SPIN_WITHIN => {}
+            // Close to it: stay runnable, letting I/O and completions in
+            // between (yield_now polls the I/O driver before returning).
+            () = tokio::task::yield_now(), if sending && wait <= SPIN_WITHIN => {}
+        }
+    }
+    Measured {
+        recorder,
+        elapsed: window.duration,
+        cpu: cpu.await.expect("cpu sampler panicked"),
+    }
+}
+
+async fn open_loop_thread<T: Target>(
+    target: Arc<T>,
+    rate: f64,
+    window: Window,
+    server_pid: Option<u32>,
+) -> Measured {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(10);
+    let measure_from = start + window.warmup;
+    let end = measure_from + window.duration;
+    let cpu = spawn_cpu_window(measure_from, window.duration, server_pid);
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let scheduler = std::thread::Builder::new()
+        .name("schedule".into())
+        .spawn(move || keep_schedule(start, end, interval, &due_tx))
+        .expect("cannot start the scheduler thread");
+
+    let mut recorder = Recorder::default();
+    let mut in_flight = FuturesUnordered::new();
+    let mut scheduling = true;
+    while scheduling || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some((due, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                if due >= measure_from {
+                    recorder.record(Instant::now() - due, outcome);
+                }
+            }
+            next = due_rx.recv(), if scheduling => match next {
+                Some((seq, due)) => {
+                    if due >= measure_from {
+                        recorder.record_send_lag(Instant::now().saturating_duration_since(due));
+                    }
+                    let call = target.call((seq % target.connections() as u64) as usize, seq);
+                    in_flight.push(async move { (due, call.await) });
+                }
+                None => scheduling = false,
+            },
+        }
+    }
+    scheduler.join().expect("scheduler panicked");
+    Measured {
+        recorder,
+        elapsed: window.duration,
+        cpu: cpu.await.expect("cpu sampler panicked"),
+    }
+}
+
+/// Sends `(seq, due)` for every instant `start + seq * interval` before
+/// `end`, each as soon as it is due (all those already due after a late
+/// wake-up).
+fn keep_schedule(
+    start: Instant,
+    end: Instant,
+    interval: Duration,
+    due_tx: &tokio::sync::mpsc::UnboundedSender<(u64, Instant)>,
+) {
+    let mut seq: u64 = 0;
+    loop {
+        let due = start + interval.mul_f64(seq as f64);
+        if due >= end {
+            return;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if due_tx.send((seq, due)).is_err() {
+            return;
+        }
+        seq += 1;
+    }
+}

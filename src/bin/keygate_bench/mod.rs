@@ -1,0 +1,12 @@
+//! The modules of `keygate-bench` (see `src/bin/keygate-bench.rs`).
+
+pub mod check;
+pub mod grpc;
+pub mod http;
+pub mod load;
+pub mod noop;
+pub mod procstat;
+pub mod propagation;
+pub mod stats;
+pub mod usage_flush;
+pub mod workload;

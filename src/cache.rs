@@ -1,0 +1,299 @@
+//! The Check path's key cache: moka, keyed by key hash.
+//!
+//! - Concurrent misses on one hash share a single store read (moka's entry
+//!   API coalesces initialisers).
+//! - Unknown hashes go to a separate, smaller negative cache with a short TTL.
+//! - Time conditions are not resolved here: entries hold instants and the
+//!   decision compares them with the current time on every Check.
+//! - A revoke can race a fill: the fill may read the row just before the
+//!   revoke commits and put it in the cache just after the revoke evicted
+//!   it, and callers that joined that fill receive the stale row too.
+//!   Every invalidation leaves a tombstone (for the key id, the owner, or
+//!   the whole cache) holding the generation it was made under, then bumps
+//!   `generation`. A fill records the generation it started under; an entry
+//!   at or below a matching tombstone is stale. Hits pay for the tombstone
+//!   lookup only when the generation moved since the entry was last vetted.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use metrics::Counter;
+use moka::future::Cache;
+use uuid::Uuid;
+
+use crate::{
+    domain::{CheckKey, KeyHash},
+    store::{Store, StoreError},
+};
+
+/// A cached key and the invalidation generation its fill started under.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub key: CheckKey,
+    filled_at_generation: u64,
+    /// The newest generation at which no tombstone applied to this entry.
+    vetted_at_generation: AtomicU64,
+}
+
+impl CachedKey {
+    fn new(key: CheckKey, generation: u64) -> Self {
+        Self {
+            key,
+            filled_at_generation: generation,
+            vetted_at_generation: AtomicU64::new(generation),
+        }
+    }
+}
+
+/// How many times a lookup refills after finding its fill outdated by a
+/// concurrent invalidation before it gives up.
+const MAX_REFILLS: usize = 4;
+/// Tombstones outlive the entries they condemn: an entry lives `ttl` after
+/// its fill, and no fill outlasts this margin (Check misses time out long
+/// before it).
+const TOMBSTONE_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    pub capacity: u64,
+    pub ttl: Duration,
+    pub negative_capacity: u64,
+    pub negative_ttl: Duration,
+}
+
+/// Why a fill produced no entry.
+#[derive(Debug, thiserror::Error)]
+enum FillError {
+    #[error("no such key")]
+    Unknown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the key kept changing while it was being read")]
+    Contended,
+}
+
+/// The store was needed for a lookup and failed; the cause is kept for the log.
+#[derive(Debug, thiserror::Error)]
+#[error("the key store could not be read")]
+pub struct LookupError(#[source] Arc<FillError>);
+
+impl LookupError {
+    /// Whether the store was unreachable (as opposed to failing otherwise).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.0.as_ref(), FillError::Store(store) if store.is_unavailable())
+    }
+}
+
+pub struct KeyCache {
+    store: Store,
+    known: Cache<KeyHash, Arc<CachedKey>>,
+    unknown: moka::sync::Cache<KeyHash, ()>,
+    /// Key id → hash, so a change to a key (named by id in admin calls and
+    /// notifications) can evict it without the hash leaving the process.
+    hash_by_id: moka::sync::Cache<Uuid, KeyHash>,
+    generation: AtomicU64,
+    key_tombstones: moka::sync::Cache<Uuid, u64>,
+    owner_tombstones: moka::sync::Cache<String, u64>,
+    /// Generation of the last full clear: everything filled at or before it
+    /// is stale.
+    cleared_at_generation: AtomicU64,
+    store_reads: AtomicU64,
+    hits: Counter,
+    misses: Counter,
+    negative_hits: Counter,
+}
+
+impl KeyCache {
+    pub fn new(store: Store, settings: CacheSettings) -> Self {
+        Self {
+            store,
+            known: Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(settings.ttl)
+                .support_invalidation_closures()
+                .build(),
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(settings.negative_capacity)
+                .time_to_live(settings.negative_ttl)
+                .build(),
+            hash_by_id: moka::sync::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(settings.ttl)
+                .build(),
+            generation: AtomicU64::new(1),
+            key_tombstones: tombstones(settings),
+            owner_tombstones: tombstones(settings),
+            cleared_at_generation: AtomicU64::new(0),
+            store_reads: AtomicU64::new(0),
+            hits: metrics::counter!("keygate_cache_hits_total"),
+            misses: metrics::counter!("keygate_cache_misses_total"),
+            negative_hits: metrics::counter!("keygate_cache_negative_hits_total"),
+        }
+    }
+
+    /// The key with this hash, `None` if no such key exists.
+    pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Arc<CachedKey>>, LookupError> {
+        if let Some(hit) = self.known.get(hash).await {
+            if self.is_current(&hit) {
+                self.hits.increment(1);
+                return Ok(Some(hit));
+            }
+            self.known.invalidate(hash).await;
+        }
+        if self.unknown.contains_key(hash) {
+            self.negative_hits.increment(1);
+            return Ok(None);
+        }
+        self.misses.increment(1);
+        for _ in 0..MAX_REFILLS {
+            let entry = self
+                .known
+                .entry_by_ref(hash)
+                .or_try_insert_with(self.fill(*hash))
+                .await;
+            let cached = match entry {
+                Ok(entry) => entry.into_value(),
+                Err(error) => {
+                    return match error.as_ref() {
+                        FillError::Unknown => Ok(None),
+                        FillError::Store(_) | FillError::Contended => Err(LookupError(error)),
+                    }
+                }
+            };
+            // Callers that joined a fill started before an invalidation get
+            // its stale row: look again rather than answer from it.
+            if self.is_current(&cached) {
+                self.hash_by_id.insert(cached.key.id, *hash);
+                return Ok(Some(cached));
+            }
+            self.known.invalidate(hash).await;
+        }
+        Err(LookupError(Arc::new(FillError::Contended)))
+    }
+
+    /// Whether no invalidation made since this entry's fill began applies to
+    /// it. Costs two atomic loads unless some invalidation happened since
+    /// the entry was last vetted.
+    fn is_current(&self, cached: &CachedKey) -> bool {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if cached.vetted_at_generation.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        let filled = cached.filled_at_generation;
+        let condemned = |tombstone: Option<u64>| tombstone.is_some_and(|at| filled <= at);
+        if filled <= self.cleared_at_generation.load(Ordering::SeqCst)
+            || condemned(self.key_tombstones.get(&cached.key.id))
+            || condemned(self.owner_tombstones.get(cached.key.owner_id.as_str()))
+        {
+            return false;
+        }
+        // Tombstones are written before the generation moves, so every
+        // invalidation up to `generation` has been looked at.
+        cached
+            .vetted_at_generation
+            .fetch_max(generation, Ordering::AcqRel);
+        true
+    }
+
+    async fn fill(&self, hash: KeyHash) -> Result<Arc<CachedKey>, FillError> {
+        // A caller may have missed the negative entry just before an earlier
+        // fill recorded it; fills for one hash are serialised, so look again.
+        if self.unknown.contains_key(&hash) {
+            return Err(FillError::Unknown);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        self.store_reads.fetch_add(1, Ordering::Relaxed);
+        match self.store.find_for_check(&hash).await? {
+            Some(key) => Ok(Arc::new(CachedKey::new(key, generation))),
+            None => {
+                // Inserted before the shared error is returned, so a caller
+                // arriving after this fill finds the negative entry.
+                self.unknown.insert(hash, ());
+                Err(FillError::Unknown)
+            }
+        }
+    }
+
+    /// Evicts one key (by id) after a change that may alter its decisions.
+    pub async fn invalidate_key(&self, id: Uuid) {
+        let at = self.generation.load(Ordering::SeqCst);
+        self.key_tombstones
+            .entry(id)
+            .and_upsert_with(|old| old.map_or(at, |old| at.max(*old.value())));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(hash) = self.hash_by_id.remove(&id) {
+            self.known.invalidate(&hash).await;
+        }
+    }
+
+    /// Evicts every key of an owner, e.g. after a suspension.
+    pub fn invalidate_owner(&self, owner_id: &str) {
+        let at = self.generation.load(Ordering::SeqCst);
+        self.owner_tombstones
+            .entry_by_ref(owner_id)
+            .and_upsert_with(|old| old.map_or(at, |old| at.max(*old.value())));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let owner_id = owner_id.to_owned();
+        if let Err(error) = self
+            .known
+            .invalidate_entries_if(move |_, cached| cached.key.owner_id == owner_id)
+        {
+            // The tombstone already keeps the owner's entries from being
+            // served; this only frees their memory sooner.
+            tracing::warn!(%error, "owner eviction could not be registered; entries expire on their own");
+        }
+    }
+
+    /// Drops everything, e.g. when notifications may have been missed.
+    pub fn clear(&self) {
+        let at = self.generation.load(Ordering::SeqCst);
+        self.cleared_at_generation.fetch_max(at, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.known.invalidate_all();
+        self.unknown.invalidate_all();
+        self.hash_by_id.invalidate_all();
+    }
+
+    /// Store reads made by fills since start (for tests and diagnostics).
+    pub fn store_reads(&self) -> u64 {
+        self.store_reads.load(Ordering::Relaxed)
+    }
+
+    /// Entries in the positive cache (approximate, as moka reports).
+    pub fn entry_count(&self) -> u64 {
+        self.known.entry_count()
+    }
+
+    /// Applies pending evictions now (tests and the metrics gauge).
+    pub async fn run_pending_tasks(&self) {
+        self.known.run_pending_tasks().await;
+    }
+
+    /// Inserts a key directly, bypassing the store: for benchmarks that need
+    /// a million warm entries without a million rows.
+    #[doc(hidden)]
+    pub async fn insert_for_bench(&self, hash: KeyHash, key: CheckKey) {
+        let generation = self.generation.load(Ordering::SeqCst);
+        self.known
+            .insert(hash, Arc::new(CachedKey::new(key, generation)))
+            .await;
+    }
+}
+
+/// Least-recently-used, so a fresh tombstone is never refused admission the
+/// way moka's default TinyLFU policy may refuse a rarely seen key.
+fn tombstones<K>(settings: CacheSettings) -> moka::sync::Cache<K, u64>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    moka::sync::Cache::builder()
+        .max_capacity(settings.capacity)
+        .time_to_live(settings.ttl + TOMBSTONE_MARGIN)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .build()
+}

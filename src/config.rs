@@ -1,0 +1,788 @@
+//! Typed settings from a TOML file and `KEYGATE_*` environment variables,
+//! validated once at start.
+//!
+//! `Settings` is at once the clap surface (flags, env names, `--help`) and the
+//! TOML schema, so every setting is declared in exactly one place. Precedence:
+//! flag, then environment, then file, then default. `*_FILE` variants let a
+//! mounted Kubernetes Secret supply the database URL and admin token hashes.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ability, Ability, KeyFormat, RateLimit};
+
+/// Every setting, as given. All optional: defaults are applied in [`Config`].
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Database URL: `sqlite://keygate.db` (embedded default, a file) or
+    /// `postgres://user:pass@host/db` (production). [default: sqlite://keygate.db]
+    #[arg(long, env = "KEYGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the database URL (for a mounted Secret); used when
+    /// `database_url` is not set.
+    #[arg(long, env = "KEYGATE_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// Connections in the database pool shared by KeyAdmin and the usage
+    /// flusher. [default: 10]
+    #[arg(long, env = "KEYGATE_DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
+    /// Run migrations when `serve` starts. [default: true]
+    #[arg(long, env = "KEYGATE_MIGRATE_ON_START")]
+    pub migrate_on_start: Option<bool>,
+
+    /// Address of the Envoy ext_authz Check listener. [default: 0.0.0.0:50051]
+    #[arg(long, env = "KEYGATE_AUTHZ_ADDR")]
+    pub authz_addr: Option<String>,
+    /// Address of the KeyAdmin listener. Without admin tokens only a loopback
+    /// address is accepted. [default: 127.0.0.1:50052]
+    #[arg(long, env = "KEYGATE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Address of the Prometheus `/metrics` listener. [default: 0.0.0.0:9090]
+    #[arg(long, env = "KEYGATE_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// KeyAdmin tokens, comma-separated `name:role:sha256hex`; role is
+    /// `service` or `admin`. `keygate admin-token` prints a fresh one.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKENS", hide_env_values = true)]
+    pub admin_tokens: Option<String>,
+    /// File holding the admin tokens (for a mounted Secret).
+    #[arg(long, env = "KEYGATE_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
+
+    /// Product prefix of every key, `[a-z][a-z0-9]{0,15}`. [default: sk]
+    #[arg(long, env = "KEYGATE_KEY_PREFIX")]
+    pub key_prefix: Option<String>,
+    /// Comma-separated environments a key may belong to. [default: live,test]
+    #[arg(long, env = "KEYGATE_ENVIRONMENTS")]
+    pub environments: Option<String>,
+    /// Random base58 characters in a new key (16..=128). [default: 32]
+    #[arg(long, env = "KEYGATE_TOKEN_LENGTH")]
+    pub token_length: Option<usize>,
+    /// Keys (not revoked) one owner may hold at once. [default: 100]
+    #[arg(long, env = "KEYGATE_MAX_KEYS_PER_OWNER")]
+    pub max_keys_per_owner: Option<u32>,
+    /// Comma-separated ability catalog; when set, unknown abilities are
+    /// rejected at create and update. [default: none, any ability accepted]
+    #[arg(long, env = "KEYGATE_ABILITIES")]
+    pub abilities: Option<String>,
+    /// Rate limit for keys that have none, `max_attempts/decay_seconds`
+    /// such as `100/60`. [default: none]
+    #[arg(long, env = "KEYGATE_DEFAULT_RATE_LIMIT")]
+    pub default_rate_limit: Option<String>,
+
+    /// How long a known key stays cached; the last bound on staleness.
+    /// [default: 60s]
+    #[arg(long, env = "KEYGATE_CACHE_TTL")]
+    pub cache_ttl: Option<String>,
+    /// How long an unknown key hash stays cached. [default: 5s]
+    #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL")]
+    pub negative_cache_ttl: Option<String>,
+    /// Keys held in the cache at most. [default: 1000000]
+    #[arg(long, env = "KEYGATE_CACHE_CAPACITY")]
+    pub cache_capacity: Option<u64>,
+    /// Unknown hashes held in the negative cache at most. [default: 100000]
+    #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_CAPACITY")]
+    pub negative_cache_capacity: Option<u64>,
+    /// Bound on a cache-miss database read in Check (pool acquire and query),
+    /// well inside Envoy's 200 ms default. [default: 100ms]
+    #[arg(long, env = "KEYGATE_CHECK_TIMEOUT")]
+    pub check_timeout: Option<String>,
+
+    /// Header carrying `Bearer <key>`. [default: authorization]
+    #[arg(long, env = "KEYGATE_AUTHORIZATION_HEADER")]
+    pub authorization_header: Option<String>,
+    /// Header carrying a bare key. [default: x-api-key]
+    #[arg(long, env = "KEYGATE_API_KEY_HEADER")]
+    pub api_key_header: Option<String>,
+    /// Remove the credential header before the request goes upstream.
+    /// [default: true]
+    #[arg(long, env = "KEYGATE_STRIP_CREDENTIAL")]
+    pub strip_credential: Option<bool>,
+    /// `deny` or `allow` bearer tokens that are not ours (allowed without
+    /// identity). [default: deny]
+    #[arg(long, env = "KEYGATE_FOREIGN_BEARER")]
+    pub foreign_bearer: Option<String>,
+    /// Trusted `x-forwarded-for` hops used to find the client IP; 0 uses the
+    /// source address Envoy reports. [default: 0]
+    #[arg(long, env = "KEYGATE_TRUSTED_PROXY_HOPS")]
+    pub trusted_proxy_hops: Option<usize>,
+
+    /// Record usage (counters, daily endpoint counts, log). Off only for
+    /// measuring its cost. [default: true]
+    #[arg(long, env = "KEYGATE_USAGE_ENABLED")]
+    pub usage_enabled: Option<bool>,
+    /// Usage flush interval. [default: 1s]
+    #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL")]
+    pub usage_flush_interval: Option<String>,
+    /// Usage events written per flush at most. [default: 5000]
+    #[arg(long, env = "KEYGATE_USAGE_BATCH_SIZE")]
+    pub usage_batch_size: Option<usize>,
+    /// Usage events buffered in memory at most; beyond it events are dropped
+    /// and counted, never blocking a Check. [default: 100000]
+    #[arg(long, env = "KEYGATE_USAGE_BUFFER")]
+    pub usage_buffer: Option<usize>,
+    /// Keep one row per request in the usage log. [default: true]
+    #[arg(long, env = "KEYGATE_USAGE_LOG_ENABLED")]
+    pub usage_log_enabled: Option<bool>,
+    /// Days of usage log and daily counts kept by pruning. [default: 30]
+    #[arg(long, env = "KEYGATE_USAGE_LOG_RETENTION_DAYS")]
+    pub usage_log_retention_days: Option<u32>,
+    /// Run the daily prune job in `serve` (one replica at a time). [default: true]
+    #[arg(long, env = "KEYGATE_PRUNE_ENABLED")]
+    pub prune_enabled: Option<bool>,
+
+    /// Time allowed for a graceful stop: drain calls, flush usage, close the
+    /// pool. [default: 25s]
+    #[arg(long, env = "KEYGATE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Log format, `pretty` or `json`. [default: pretty]
+    #[arg(long, env = "KEYGATE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+
+    /// PEM certificate chain for TLS on both gRPC listeners.
+    #[arg(long, env = "KEYGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on both gRPC listeners.
+    #[arg(long, env = "KEYGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, the admin listener requires client
+    /// certificates signed by it.
+    #[arg(long, env = "KEYGATE_ADMIN_CLIENT_CA")]
+    pub admin_client_ca: Option<PathBuf>,
+
+    /// Route rules (TOML only): `[[routes]]` with `method`, `path` (exact, or
+    /// a prefix ending in `*`), `abilities`, `environment`, `mode`. Used when
+    /// Envoy sends no `keygate.*` context extensions, e.g. under Istio.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteRuleSettings>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRuleSettings {
+    pub method: Option<String>,
+    pub path: String,
+    #[serde(default)]
+    pub abilities: Vec<String>,
+    pub environment: Option<String>,
+    pub mode: Option<String>,
+}
+
+/// A setting that could not be used, named as the operator wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting} ({env}): {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub env: &'static str,
+    pub problem: String,
+}
+
+fn invalid(setting: &'static str, env: &'static str, problem: impl ToString) -> ConfigError {
+    ConfigError {
+        setting,
+        env,
+        problem: problem.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignBearer {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// An application backend acting for its users.
+    Service,
+    /// An operator; may also call the admin RPCs.
+    Admin,
+}
+
+/// A configured admin token: its name (the audit actor), role and SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    pub name: String,
+    pub role: AdminRole,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configured route rule, matched by method and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    pub method: Option<String>,
+    pub path: String,
+    pub abilities: String,
+    pub environment: Option<String>,
+    pub shadow: bool,
+}
+
+impl RouteRule {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let method_ok = self
+            .method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method));
+        let path_ok = match self.path.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == self.path,
+        };
+        method_ok && path_ok
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub admin_client_ca: Option<PathBuf>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub migrate_on_start: bool,
+    pub authz_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub admin_tokens: Vec<AdminToken>,
+    pub key_format: KeyFormat,
+    pub max_keys_per_owner: u32,
+    pub ability_catalog: Vec<Ability>,
+    pub default_rate_limit: Option<RateLimit>,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub negative_cache_capacity: u64,
+    pub check_timeout: Duration,
+    pub authorization_header: String,
+    pub api_key_header: String,
+    pub strip_credential: bool,
+    pub foreign_bearer: ForeignBearer,
+    pub trusted_proxy_hops: usize,
+    pub usage_enabled: bool,
+    pub usage_flush_interval: Duration,
+    pub usage_batch_size: usize,
+    pub usage_buffer: usize,
+    pub usage_log_enabled: bool,
+    pub usage_log_retention_days: u32,
+    pub prune_enabled: bool,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub tls: Option<TlsConfig>,
+    pub routes: Vec<RouteRule>,
+}
+
+impl Settings {
+    /// Reads the TOML file, if any, beneath the flags and environment.
+    pub fn with_file(self, path: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+        let Some(path) = path else { return Ok(self) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let file: Settings = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        Ok(self.over(file))
+    }
+
+    /// `self` wins field by field; `below` fills what `self` leaves unset.
+    pub fn over(self, below: Settings) -> Settings {
+        let mut merged = serde_json::to_value(below).expect("settings serialize");
+        let top = serde_json::to_value(self).expect("settings serialize");
+        if let (Some(merged), serde_json::Value::Object(top)) = (merged.as_object_mut(), top) {
+            for (name, value) in top {
+                if !value.is_null() {
+                    merged.insert(name, value);
+                }
+            }
+        }
+        serde_json::from_value(merged).expect("merged settings deserialize")
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let database_url = match (self.database_url, self.database_url_file) {
+            (Some(url), _) => url,
+            (None, Some(file)) => read_secret_file(&file)
+                .map_err(|e| invalid("database_url_file", "KEYGATE_DATABASE_URL_FILE", e))?,
+            (None, None) => "sqlite://keygate.db".to_owned(),
+        };
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "KEYGATE_DATABASE_URL",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        let tokens_text = match (self.admin_tokens, self.admin_tokens_file) {
+            (Some(tokens), _) => tokens,
+            (None, Some(file)) => read_secret_file(&file)
+                .map_err(|e| invalid("admin_tokens_file", "KEYGATE_ADMIN_TOKENS_FILE", e))?,
+            (None, None) => String::new(),
+        };
+        let admin_tokens = parse_admin_tokens(&tokens_text)
+            .map_err(|e| invalid("admin_tokens", "KEYGATE_ADMIN_TOKENS", e))?;
+
+        let environments = split_list(self.environments.as_deref().unwrap_or("live,test"));
+        let key_format = KeyFormat::new(
+            self.key_prefix.as_deref().unwrap_or("sk"),
+            &environments,
+            self.token_length.unwrap_or(32),
+        )
+        .map_err(|e| {
+            invalid(
+                "key_format",
+                "KEYGATE_KEY_PREFIX / KEYGATE_ENVIRONMENTS / KEYGATE_TOKEN_LENGTH",
+                e,
+            )
+        })?;
+
+        let ability_catalog =
+            ability::parse_all(&split_list(self.abilities.as_deref().unwrap_or("")), &[])
+                .map_err(|e| invalid("abilities", "KEYGATE_ABILITIES", e))?;
+
+        let default_rate_limit = self
+            .default_rate_limit
+            .as_deref()
+            .filter(|s| !s.trim().is_empty() && s.trim() != "none")
+            .map(parse_rate_limit)
+            .transpose()
+            .map_err(|e| invalid("default_rate_limit", "KEYGATE_DEFAULT_RATE_LIMIT", e))?;
+
+        let foreign_bearer = match self.foreign_bearer.as_deref().unwrap_or("deny") {
+            "deny" => ForeignBearer::Deny,
+            "allow" => ForeignBearer::Allow,
+            other => {
+                return Err(invalid(
+                    "foreign_bearer",
+                    "KEYGATE_FOREIGN_BEARER",
+                    format!("{other:?} is neither deny nor allow"),
+                ))
+            }
+        };
+        let log_format = match self.log_format.as_deref().unwrap_or("pretty") {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    "KEYGATE_LOG_FORMAT",
+                    format!("{other:?} is neither pretty nor json"),
+                ))
+            }
+        };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert,
+                key,
+                admin_client_ca: self.admin_client_ca,
+            }),
+            (None, None) if self.admin_client_ca.is_some() => {
+                return Err(invalid(
+                    "admin_client_ca",
+                    "KEYGATE_ADMIN_CLIENT_CA",
+                    "requires tls_cert and tls_key",
+                ))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "tls_cert",
+                    "KEYGATE_TLS_CERT / KEYGATE_TLS_KEY",
+                    "set both or neither",
+                ))
+            }
+        };
+        let routes = self
+            .routes
+            .into_iter()
+            .map(|r| route_rule(r, &key_format))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("routes", "(config file only)", e))?;
+
+        let header = |v: Option<String>, default: &str, setting, env| {
+            let name = v.unwrap_or_else(|| default.to_owned()).to_ascii_lowercase();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                Err(invalid(
+                    setting,
+                    env,
+                    format!("{name:?} is not a header name"),
+                ))
+            } else {
+                Ok(name)
+            }
+        };
+
+        let config = Config {
+            database_url,
+            database_max_connections: positive(
+                self.database_max_connections.unwrap_or(10),
+                "database_max_connections",
+                "KEYGATE_DATABASE_MAX_CONNECTIONS",
+            )?,
+            migrate_on_start: self.migrate_on_start.unwrap_or(true),
+            authz_addr: addr(
+                self.authz_addr,
+                "0.0.0.0:50051",
+                "authz_addr",
+                "KEYGATE_AUTHZ_ADDR",
+            )?,
+            admin_addr: addr(
+                self.admin_addr,
+                "127.0.0.1:50052",
+                "admin_addr",
+                "KEYGATE_ADMIN_ADDR",
+            )?,
+            metrics_addr: addr(
+                self.metrics_addr,
+                "0.0.0.0:9090",
+                "metrics_addr",
+                "KEYGATE_METRICS_ADDR",
+            )?,
+            admin_tokens,
+            key_format,
+            max_keys_per_owner: positive(
+                self.max_keys_per_owner.unwrap_or(100),
+                "max_keys_per_owner",
+                "KEYGATE_MAX_KEYS_PER_OWNER",
+            )?,
+            ability_catalog,
+            default_rate_limit,
+            cache_ttl: duration(self.cache_ttl, "60s", "cache_ttl", "KEYGATE_CACHE_TTL")?,
+            negative_cache_ttl: duration(
+                self.negative_cache_ttl,
+                "5s",
+                "negative_cache_ttl",
+                "KEYGATE_NEGATIVE_CACHE_TTL",
+            )?,
+            cache_capacity: self.cache_capacity.unwrap_or(1_000_000),
+            negative_cache_capacity: self.negative_cache_capacity.unwrap_or(100_000),
+            check_timeout: duration(
+                self.check_timeout,
+                "100ms",
+                "check_timeout",
+                "KEYGATE_CHECK_TIMEOUT",
+            )?,
+            authorization_header: header(
+                self.authorization_header,
+                "authorization",
+                "authorization_header",
+                "KEYGATE_AUTHORIZATION_HEADER",
+            )?,
+            api_key_header: header(
+                self.api_key_header,
+                "x-api-key",
+                "api_key_header",
+                "KEYGATE_API_KEY_HEADER",
+            )?,
+            strip_credential: self.strip_credential.unwrap_or(true),
+            foreign_bearer,
+            trusted_proxy_hops: self.trusted_proxy_hops.unwrap_or(0),
+            usage_enabled: self.usage_enabled.unwrap_or(true),
+            usage_flush_interval: duration(
+                self.usage_flush_interval,
+                "1s",
+                "usage_flush_interval",
+                "KEYGATE_USAGE_FLUSH_INTERVAL",
+            )?,
+            usage_batch_size: positive(
+                self.usage_batch_size.unwrap_or(5000),
+                "usage_batch_size",
+                "KEYGATE_USAGE_BATCH_SIZE",
+            )?,
+            usage_buffer: positive(
+                self.usage_buffer.unwrap_or(100_000),
+                "usage_buffer",
+                "KEYGATE_USAGE_BUFFER",
+            )?,
+            usage_log_enabled: self.usage_log_enabled.unwrap_or(true),
+            usage_log_retention_days: positive(
+                self.usage_log_retention_days.unwrap_or(30),
+                "usage_log_retention_days",
+                "KEYGATE_USAGE_LOG_RETENTION_DAYS",
+            )?,
+            prune_enabled: self.prune_enabled.unwrap_or(true),
+            shutdown_grace: duration(
+                self.shutdown_grace,
+                "25s",
+                "shutdown_grace",
+                "KEYGATE_SHUTDOWN_GRACE",
+            )?,
+            log_format,
+            tls,
+            routes,
+        };
+        if config.admin_tokens.is_empty() && !config.admin_addr.ip().is_loopback() {
+            return Err(invalid(
+                "admin_addr",
+                "KEYGATE_ADMIN_ADDR",
+                "without admin tokens the KeyAdmin listener may only bind a loopback address; set KEYGATE_ADMIN_TOKENS (see `keygate admin-token`)",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn positive<T: PartialOrd + Default + Copy>(
+    value: T,
+    setting: &'static str,
+    env: &'static str,
+) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(invalid(setting, env, "must be greater than zero"))
+    }
+}
+
+fn addr(
+    value: Option<String>,
+    default: &str,
+    setting: &'static str,
+    env: &'static str,
+) -> Result<SocketAddr, ConfigError> {
+    let raw = value.unwrap_or_else(|| default.to_owned());
+    SocketAddr::from_str(&raw)
+        .map_err(|e| invalid(setting, env, format!("{raw:?} is not host:port ({e})")))
+}
+
+fn duration(
+    value: Option<String>,
+    default: &str,
+    setting: &'static str,
+    env: &'static str,
+) -> Result<Duration, ConfigError> {
+    let raw = value.unwrap_or_else(|| default.to_owned());
+    humantime::parse_duration(&raw).map_err(|e| {
+        invalid(
+            setting,
+            env,
+            format!("{raw:?} is not a duration like 60s or 100ms ({e})"),
+        )
+    })
+}
+
+/// `max_attempts/decay_seconds`, e.g. `100/60`.
+pub fn parse_rate_limit(raw: &str) -> Result<RateLimit, String> {
+    let (max, decay) = raw
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| format!("{raw:?} is not max_attempts/decay_seconds such as 100/60"))?;
+    let max_attempts: u32 = max
+        .trim()
+        .parse()
+        .map_err(|_| format!("{max:?} is not a whole number"))?;
+    let decay_seconds: u32 = decay
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{decay:?} is not a whole number of seconds"))?;
+    if max_attempts == 0 || decay_seconds == 0 {
+        return Err("both numbers must be greater than zero".into());
+    }
+    Ok(RateLimit {
+        max_attempts,
+        decay_seconds,
+    })
+}
+
+/// Parses `name:role:sha256hex,…`. Tokens are configured by hash only.
+pub fn parse_admin_tokens(raw: &str) -> Result<Vec<AdminToken>, String> {
+    let mut tokens: Vec<AdminToken> = Vec::new();
+    for entry in split_list(raw) {
+        let mut parts = entry.splitn(3, ':');
+        let (Some(name), Some(role), Some(hash)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err("each entry must be name:role:sha256hex".into());
+        };
+        let role = match role {
+            "service" => AdminRole::Service,
+            "admin" => AdminRole::Admin,
+            other => {
+                return Err(format!(
+                    "role {other:?} for token {name:?} is neither service nor admin"
+                ))
+            }
+        };
+        let sha256: [u8; 32] = hex::decode(hash)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                format!("token {name:?}: the hash must be 64 hex characters (a SHA-256)")
+            })?;
+        if name.is_empty() || tokens.iter().any(|t| t.name == name) {
+            return Err(format!("token name {name:?} is empty or repeated"));
+        }
+        tokens.push(AdminToken {
+            name: name.to_owned(),
+            role,
+            sha256,
+        });
+    }
+    Ok(tokens)
+}
+
+fn route_rule(rule: RouteRuleSettings, format: &KeyFormat) -> Result<RouteRule, String> {
+    if !rule.path.starts_with('/') {
+        return Err(format!("path {:?} must start with /", rule.path));
+    }
+    let abilities = ability::parse_all(&rule.abilities, &[]).map_err(|e| e.to_string())?;
+    if let Some(env) = rule
+        .environment
+        .as_deref()
+        .filter(|e| !format.has_environment(e))
+    {
+        return Err(format!("environment {env:?} is not configured"));
+    }
+    let shadow = match rule.mode.as_deref() {
+        None | Some("enforce") => false,
+        Some("shadow") => true,
+        Some(other) => return Err(format!("mode {other:?} is neither enforce nor shadow")),
+    };
+    Ok(RouteRule {
+        method: rule.method,
+        path: rule.path,
+        abilities: abilities
+            .iter()
+            .map(Ability::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        environment: rule.environment,
+        shadow,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.database_url, "sqlite://keygate.db");
+        assert_eq!(config.authz_addr.port(), 50051);
+        assert_eq!(config.cache_ttl, Duration::from_secs(60));
+        assert_eq!(config.check_timeout, Duration::from_millis(100));
+        assert_eq!(config.key_format.environments(), ["live", "test"]);
+    }
+
+    #[test]
+    fn an_invalid_setting_is_named_in_the_error() {
+        let settings = Settings {
+            cache_ttl: Some("ten minutes".into()),
+            ..Default::default()
+        };
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("cache_ttl") && message.contains("KEYGATE_CACHE_TTL"),
+            "{message}"
+        );
+        let settings = Settings {
+            foreign_bearer: Some("maybe".into()),
+            ..Default::default()
+        };
+        assert!(settings
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("KEYGATE_FOREIGN_BEARER"));
+    }
+
+    #[test]
+    fn a_public_admin_bind_requires_tokens() {
+        let settings = Settings {
+            admin_addr: Some("0.0.0.0:50052".into()),
+            ..Default::default()
+        };
+        assert!(settings
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("KEYGATE_ADMIN_TOKENS"));
+        let hash = "a".repeat(64);
+        let settings = Settings {
+            admin_addr: Some("0.0.0.0:50052".into()),
+            admin_tokens: Some(format!("ops:admin:{hash}")),
+            ..Default::default()
+        };
+        assert_eq!(
+            settings.validate().unwrap().admin_tokens[0].role,
+            AdminRole::Admin
+        );
+    }
+
+    #[test]
+    fn flags_and_env_win_over_the_file() {
+        let file: Settings = toml::from_str("cache_ttl = \"30s\"\nkey_prefix = \"pk\"\n[[routes]]\npath = \"/v1/orders*\"\nabilities = [\"read:orders\"]\n").unwrap();
+        let cli = Settings {
+            key_prefix: Some("ak".into()),
+            ..Default::default()
+        };
+        let config = cli.over(file).validate().unwrap();
+        assert_eq!(config.key_format.prefix(), "ak");
+        assert_eq!(config.cache_ttl, Duration::from_secs(30));
+        assert!(config.routes[0].matches("GET", "/v1/orders/42?x=1"));
+        assert!(!config.routes[0].matches("GET", "/v2/orders"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<Settings>("cache_tll = \"30s\"").is_err());
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://u@h/db\n").unwrap();
+        let settings = Settings {
+            database_url_file: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(
+            settings.validate().unwrap().database_url,
+            "postgres://u@h/db"
+        );
+    }
+}

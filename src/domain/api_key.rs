@@ -1,0 +1,123 @@
+//! Key records: the full `ApiKey` that KeyAdmin shows and the slim `CheckKey`
+//! that the Check path caches.
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+use super::key::masked;
+
+/// `max_attempts` per `decay_seconds`, enforced per replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max_attempts: u32,
+    pub decay_seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    /// Revoked by a rotation, still usable until `revoked_at`.
+    Rotating,
+    Revoked,
+    Expired,
+}
+
+/// A key as KeyAdmin reports it. It never holds the secret or its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub owner_id: String,
+    pub name: String,
+    pub environment: String,
+    pub key_prefix: String,
+    pub abilities: Vec<String>,
+    pub superkey: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revocation_reason: Option<String>,
+    pub rotated_from_id: Option<Uuid>,
+    pub rotated_to_id: Option<Uuid>,
+    pub request_count: u64,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    pub fn masked_key(&self) -> String {
+        masked(&self.key_prefix)
+    }
+
+    pub fn state(&self, now: DateTime<Utc>) -> KeyState {
+        match (self.revoked_at, self.expires_at) {
+            (Some(revoked), _) if revoked <= now => KeyState::Revoked,
+            _ if self.deleted_at.is_some() => KeyState::Expired,
+            (_, Some(expires)) if expires <= now => KeyState::Expired,
+            (Some(_), _) => KeyState::Rotating,
+            _ => KeyState::Active,
+        }
+    }
+
+    /// Revoked now or at a future instant: no further rotation or revoke.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+}
+
+/// What the Check path needs of a key, with its upstream header values
+/// rendered once at cache-fill time rather than on every request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckKey {
+    pub id: Uuid,
+    pub id_header: String,
+    pub owner_id: String,
+    pub environment: String,
+    pub key_prefix: String,
+    pub abilities: Vec<String>,
+    /// Comma-separated abilities, `*` for a superkey.
+    pub abilities_header: String,
+    pub superkey: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub owner_suspended: bool,
+    pub deleted: bool,
+}
+
+impl CheckKey {
+    pub fn from_key(key: &ApiKey, owner_suspended: bool) -> Self {
+        let abilities_header = if key.superkey {
+            "*".to_owned()
+        } else {
+            key.abilities.join(",")
+        };
+        Self {
+            id: key.id,
+            id_header: key.id.to_string(),
+            owner_id: key.owner_id.clone(),
+            environment: key.environment.clone(),
+            key_prefix: key.key_prefix.clone(),
+            abilities: key.abilities.clone(),
+            abilities_header,
+            superkey: key.superkey,
+            rate_limit: key.rate_limit,
+            expires_at: key.expires_at,
+            revoked_at: key.revoked_at,
+            owner_suspended,
+            deleted: key.deleted_at.is_some(),
+        }
+    }
+}
+
+/// An owner's suspension state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub owner_id: String,
+    pub suspended_at: Option<DateTime<Utc>>,
+    pub suspension_reason: Option<String>,
+}

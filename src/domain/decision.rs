@@ -1,0 +1,213 @@
+//! The pure Check decision: given a cached key, what the route requires and
+//! the current instant, allow or name the reason for denial.
+
+use chrono::{DateTime, Utc};
+
+use super::ability::grants;
+use super::api_key::CheckKey;
+
+/// Why a request is denied. A denial is a value, not an error: it becomes an
+/// ordinary Check response carrying an HTTP status for Envoy to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    MissingCredentials,
+    MalformedKey,
+    InvalidKey,
+    KeyRevoked,
+    KeyExpired,
+    OwnerSuspended,
+    EnvironmentNotAllowed,
+    InsufficientAbility,
+    RateLimited { retry_after_secs: u64 },
+}
+
+impl DenyReason {
+    /// The stable machine-readable code clients and dashboards depend on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "missing_credentials",
+            Self::MalformedKey => "malformed_key",
+            Self::InvalidKey => "invalid_key",
+            Self::KeyRevoked => "key_revoked",
+            Self::KeyExpired => "key_expired",
+            Self::OwnerSuspended => "owner_suspended",
+            Self::EnvironmentNotAllowed => "environment_not_allowed",
+            Self::InsufficientAbility => "insufficient_ability",
+            Self::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::MissingCredentials
+            | Self::MalformedKey
+            | Self::InvalidKey
+            | Self::KeyRevoked
+            | Self::KeyExpired => 401,
+            Self::OwnerSuspended | Self::EnvironmentNotAllowed | Self::InsufficientAbility => 403,
+            Self::RateLimited { .. } => 429,
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "An API key is required: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header.",
+            Self::MalformedKey => "The API key is malformed: check that it was copied completely.",
+            Self::InvalidKey => "The API key is not valid.",
+            Self::KeyRevoked => "The API key has been revoked.",
+            Self::KeyExpired => "The API key has expired.",
+            Self::OwnerSuspended => "The account that owns this API key is suspended.",
+            Self::EnvironmentNotAllowed => "This API key's environment is not allowed on this route.",
+            Self::InsufficientAbility => "This API key lacks an ability this route requires.",
+            Self::RateLimited { .. } => "Too many requests for this API key; retry after the time in Retry-After.",
+        }
+    }
+
+    /// Every code, for metrics that should show zeros before the first hit.
+    pub const ALL_CODES: [&'static str; 9] = [
+        "missing_credentials",
+        "malformed_key",
+        "invalid_key",
+        "key_revoked",
+        "key_expired",
+        "owner_suspended",
+        "environment_not_allowed",
+        "insufficient_ability",
+        "rate_limited",
+    ];
+}
+
+/// What a route requires, borrowed from the Check request or the config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteRequirements<'a> {
+    /// Comma-separated abilities, all required.
+    pub abilities: Option<&'a str>,
+    pub environment: Option<&'a str>,
+    /// Always allow; report the decision that would have been taken.
+    pub shadow: bool,
+}
+
+impl<'a> RouteRequirements<'a> {
+    pub fn required_abilities(&self) -> impl Iterator<Item = &'a str> {
+        self.abilities
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+    }
+}
+
+/// Decides everything about a known key except its rate limit. Time
+/// conditions use `now`, never the instant the key was cached.
+pub fn decide(
+    key: &CheckKey,
+    route: &RouteRequirements<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), DenyReason> {
+    if key.revoked_at.is_some_and(|at| at <= now) {
+        return Err(DenyReason::KeyRevoked);
+    }
+    if key.deleted || key.expires_at.is_some_and(|at| at <= now) {
+        return Err(DenyReason::KeyExpired);
+    }
+    if key.owner_suspended {
+        return Err(DenyReason::OwnerSuspended);
+    }
+    if route.environment.is_some_and(|env| env != key.environment) {
+        return Err(DenyReason::EnvironmentNotAllowed);
+    }
+    if !key.superkey {
+        let mut required = route.required_abilities();
+        if !required.all(|need| key.abilities.iter().any(|held| grants(held, need))) {
+            return Err(DenyReason::InsufficientAbility);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+    use uuid::Uuid;
+
+    fn key(abilities: &[&str]) -> CheckKey {
+        CheckKey {
+            id: Uuid::nil(),
+            id_header: Uuid::nil().to_string(),
+            owner_id: "o".into(),
+            environment: "live".into(),
+            key_prefix: "sk_live_abcdefgh".into(),
+            abilities: abilities.iter().map(|s| s.to_string()).collect(),
+            abilities_header: abilities.join(","),
+            superkey: false,
+            rate_limit: None,
+            expires_at: None,
+            revoked_at: None,
+            owner_suspended: false,
+            deleted: false,
+        }
+    }
+
+    fn route(abilities: &str) -> RouteRequirements<'_> {
+        RouteRequirements {
+            abilities: Some(abilities),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn time_conditions_are_evaluated_at_check_time() {
+        let now = Utc::now();
+        let mut k = key(&[]);
+        k.revoked_at = Some(now + Duration::minutes(5));
+        assert_eq!(decide(&k, &route(""), now), Ok(()));
+        assert_eq!(
+            decide(&k, &route(""), now + Duration::minutes(5)),
+            Err(DenyReason::KeyRevoked)
+        );
+        let mut k = key(&[]);
+        k.expires_at = Some(now + Duration::seconds(1));
+        assert_eq!(decide(&k, &route(""), now), Ok(()));
+        assert_eq!(
+            decide(&k, &route(""), now + Duration::seconds(2)),
+            Err(DenyReason::KeyExpired)
+        );
+    }
+
+    #[test]
+    fn every_required_ability_must_be_granted() {
+        let now = Utc::now();
+        let k = key(&["read:orders", "users:*"]);
+        assert_eq!(decide(&k, &route("read:orders, users:list"), now), Ok(()));
+        assert_eq!(
+            decide(&k, &route("read:orders,write:orders"), now),
+            Err(DenyReason::InsufficientAbility)
+        );
+        assert_eq!(decide(&key(&[]), &route(""), now), Ok(()));
+        assert_eq!(
+            decide(&key(&[]), &route("read:orders"), now),
+            Err(DenyReason::InsufficientAbility)
+        );
+        let mut superkey = key(&[]);
+        superkey.superkey = true;
+        assert_eq!(decide(&superkey, &route("anything:goes"), now), Ok(()));
+    }
+
+    #[test]
+    fn suspension_and_environment_deny_with_403() {
+        let now = Utc::now();
+        let mut k = key(&[]);
+        let live_only = RouteRequirements {
+            environment: Some("test"),
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&k, &live_only, now),
+            Err(DenyReason::EnvironmentNotAllowed)
+        );
+        k.owner_suspended = true;
+        assert_eq!(decide(&k, &route(""), now), Err(DenyReason::OwnerSuspended));
+        assert_eq!(DenyReason::OwnerSuspended.http_status(), 403);
+    }
+}

@@ -1,0 +1,14 @@
+//! Pure domain types: the key format, abilities, key records and Check
+//! decisions. Nothing here knows about tonic, sqlx or the clock's source.
+
+pub mod ability;
+pub mod api_key;
+pub mod decision;
+pub mod key;
+
+pub use ability::{Ability, AbilityError};
+pub use api_key::{ApiKey, CheckKey, KeyState, Owner, RateLimit};
+pub use decision::{decide, DenyReason, RouteRequirements};
+pub use key::{
+    IssuedKey, KeyFormat, KeyFormatError, KeyHash, KeyParseError, ParsedKey, PlaintextKey,
+};

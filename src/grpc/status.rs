@@ -1,0 +1,88 @@
+//! The only place errors become `tonic::Status`. Messages are client-safe;
+//! the cause chain of an internal failure is logged once, here.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tonic::{Code, Status};
+
+use crate::admin::AdminError;
+
+pub fn from_admin(error: AdminError) -> Status {
+    if matches!(error, AdminError::Store(_)) {
+        crate::telemetry::store_error("admin");
+    }
+    let code = match &error {
+        AdminError::InvalidOwnerId
+        | AdminError::InvalidName { .. }
+        | AdminError::UnknownEnvironment(_)
+        | AdminError::InvalidAbility(_)
+        | AdminError::ExpiryInPast
+        | AdminError::InvalidRateLimit
+        | AdminError::InvalidMetadata
+        | AdminError::InvalidReason
+        | AdminError::InvalidId
+        | AdminError::InvalidPageSize
+        | AdminError::InvalidPageToken(_)
+        | AdminError::ImmutableField(_)
+        | AdminError::UnknownField(_)
+        | AdminError::EmptyUpdateMask
+        | AdminError::OverlapTooLong => Code::InvalidArgument,
+        AdminError::NotFound => Code::NotFound,
+        AdminError::OtherOwnersKey | AdminError::AdminRoleRequired => Code::PermissionDenied,
+        AdminError::OwnerKeyLimit { .. }
+        | AdminError::AlreadyRevoked
+        | AdminError::AlreadyExpired => Code::FailedPrecondition,
+        AdminError::Store(store) if store.is_unavailable() => {
+            tracing::warn!(error = %chain(&error), "key store unavailable");
+            return Status::unavailable("the key store is unavailable; retry later");
+        }
+        AdminError::Store(_) => {
+            tracing::error!(error = %chain(&error), "key store failure");
+            return Status::internal("internal error");
+        }
+    };
+    Status::new(code, error.to_string())
+}
+
+/// `error: cause: cause` on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The second in which a Check failure was last logged.
+static LAST_CHECK_FAILURE_LOG: AtomicI64 = AtomicI64::new(0);
+
+/// Check could not consult the store: Envoy's `status_on_error` applies.
+/// Every failure is counted; the log line is written at most once a second,
+/// since an outage would otherwise log once per request.
+pub fn check_unavailable(error: &crate::cache::LookupError) -> Status {
+    crate::telemetry::store_error("check");
+    let second = chrono::Utc::now().timestamp();
+    if LAST_CHECK_FAILURE_LOG.swap(second, Ordering::Relaxed) != second {
+        tracing::warn!(error = %chain(error), "check: key store unavailable on a cache miss (logged at most once a second; see keygate_store_errors_total)");
+    }
+    if error.is_unavailable() {
+        Status::unavailable("key store unavailable")
+    } else {
+        Status::internal("key store error")
+    }
+}
+
+pub(crate) fn bad_timestamp(field: &str) -> Status {
+    Status::invalid_argument(format!("{field} is not a valid timestamp"))
+}
+
+pub(crate) fn missing_credentials() -> Status {
+    Status::unauthenticated("an admin token is required: send 'authorization: Bearer <token>'")
+}
+
+pub(crate) fn unknown_token() -> Status {
+    Status::unauthenticated("the admin token is not recognised")
+}

@@ -1,0 +1,35 @@
+//! keygate: API keys for the Envoy / Istio data plane.
+//!
+//! - [`domain`]: key format, abilities, key records, the pure Check decision.
+//! - [`store`]: PostgreSQL and SQLite persistence; the only home of SQL.
+//! - [`cache`], [`ratelimit`]: the in-memory state behind the Check hot path.
+//! - [`authz`]: the Check decision from credential to outcome.
+//! - [`admin`]: key lifecycle use-cases behind KeyAdmin.
+//! - [`usage`]: the off-hot-path usage buffer and flusher.
+//! - [`invalidation`]: cross-replica cache invalidation via LISTEN/NOTIFY.
+//! - [`grpc`]: the ext_authz and KeyAdmin services and error mapping.
+//! - [`app`]: the composition root: listeners, tasks and the ordered drain.
+
+pub mod admin;
+pub mod app;
+pub mod authz;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod invalidation;
+pub mod ratelimit;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod usage;
+
+/// Generated KeyAdmin API (`proto/keygate/admin/v1/key_admin.proto`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("keygate.admin.v1");
+
+    /// Encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("keygate_admin_descriptor");
+}

@@ -1,0 +1,169 @@
+//! The `keygate` binary: parse the command line, load the configuration,
+//! start telemetry, hand over to [`keygate::app`].
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keygate::{
+    admin::KeyAdmin,
+    cache::{CacheSettings, KeyCache},
+    config::{AdminRole, Config, Settings},
+    grpc::auth::new_admin_token,
+    ratelimit::RateLimiters,
+    store::{Store, StoreOptions},
+    telemetry,
+};
+
+/// API keys for the Envoy / Istio data plane: an ext_authz Check service and
+/// a KeyAdmin gRPC API.
+///
+/// Every setting can be given as a flag, as a KEYGATE_* environment variable,
+/// or as a key in the TOML file named by --config (flag > env > file >
+/// default).
+#[derive(Parser)]
+#[command(name = "keygate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Check and KeyAdmin until SIGTERM, then drain gracefully.
+    Serve(ServerArgs),
+    /// Apply database migrations and exit.
+    Migrate(ServerArgs),
+    /// Soft-delete expired keys and delete usage past the retention, once.
+    Prune(ServerArgs),
+    /// Print a fresh admin token and the KEYGATE_ADMIN_TOKENS entry for it.
+    AdminToken {
+        /// Token name: the actor recorded in audit events.
+        #[arg(long, default_value = "operator")]
+        name: String,
+        /// `service` (acts for the owner it names) or `admin` (may also call
+        /// the admin RPCs).
+        #[arg(long, value_enum, default_value = "admin")]
+        role: RoleArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Service,
+    Admin,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// TOML configuration file; its keys are the setting names below.
+    #[arg(long, env = "KEYGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl ServerArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        let settings = self.settings.with_file(self.config.as_deref())?;
+        Ok(settings.validate()?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keygate: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("keygate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let config = args.load()?;
+            telemetry::init_logging(config.log_format);
+            telemetry::init_metrics(config.metrics_addr)?;
+            keygate::app::run(config, keygate::shutdown::signal()).await
+        }
+        Command::Migrate(args) => {
+            let config = args.load()?;
+            telemetry::init_logging(config.log_format);
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            tracing::info!("migrations applied");
+            store.close().await;
+            Ok(())
+        }
+        Command::Prune(args) => {
+            let config = args.load()?;
+            telemetry::init_logging(config.log_format);
+            let store = open_store(&config).await?;
+            let cache = std::sync::Arc::new(KeyCache::new(
+                store.clone(),
+                CacheSettings {
+                    capacity: 1,
+                    ttl: config.cache_ttl,
+                    negative_capacity: 1,
+                    negative_ttl: config.negative_cache_ttl,
+                },
+            ));
+            let admin = KeyAdmin::new(
+                store.clone(),
+                config.key_format.clone(),
+                config.ability_catalog.clone(),
+                config.max_keys_per_owner,
+                config.usage_log_retention_days,
+                cache,
+                std::sync::Arc::new(RateLimiters::new(1)),
+            );
+            let summary = admin.prune("keygate-prune-cli").await?;
+            store.close().await;
+            match summary {
+                Some(s) => print(&format!(
+                    "pruned: {} expired keys soft-deleted, {} usage log rows and {} daily counts deleted",
+                    s.keys_expired, s.usage_logs_deleted, s.daily_counts_deleted
+                )),
+                None => print("another keygate is pruning right now; nothing done"),
+            }
+            Ok(())
+        }
+        Command::AdminToken { name, role } => {
+            let role = match role {
+                RoleArg::Admin => AdminRole::Admin,
+                RoleArg::Service => AdminRole::Service,
+            };
+            let (token, entry) = new_admin_token(&name, role);
+            print(&format!(
+                "token (give to the client; it is not stored anywhere):\n  {token}\n\
+                 config entry (add to KEYGATE_ADMIN_TOKENS, comma-separated):\n  {entry}"
+            ));
+            Ok(())
+        }
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::connect(&StoreOptions {
+        url: config.database_url.clone(),
+        max_connections: config.database_max_connections,
+        check_timeout: config.check_timeout,
+    })
+    .await?)
+}
+
+/// Command output for the operator (not a log line).
+#[allow(clippy::print_stdout)]
+fn print(text: &str) {
+    println!("{text}");
+}

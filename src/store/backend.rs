@@ -1,0 +1,116 @@
+//! What differs between PostgreSQL and SQLite, behind one small trait so the
+//! shared statements in the sibling modules stay written once.
+
+use sqlx::{Database, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+use super::INVALIDATION_CHANNEL;
+
+pub(crate) trait Backend {
+    type Db: Database;
+
+    /// Opens a transaction that will write.
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+
+    /// Serialises writers that act on one owner until the transaction ends,
+    /// so that counting an owner's keys and inserting one is race-free.
+    async fn serialize_owner(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        owner_id: &str,
+    ) -> Result<(), sqlx::Error>;
+
+    /// Tells every replica, at commit, that cached state for `payload`
+    /// (`key:<uuid>` or `owner:<id>`) is stale.
+    async fn notify(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        payload: &str,
+    ) -> Result<(), sqlx::Error>;
+
+    /// Takes the cluster-wide prune lock for this transaction, if free.
+    async fn try_prune_lock(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+    ) -> Result<bool, sqlx::Error>;
+}
+
+/// Arbitrary constant naming keygate's prune job among advisory locks.
+pub const PRUNE_LOCK_ID: i64 = 0x6b65_7967_6174_6501;
+
+impl Backend for PgPool {
+    type Db = Postgres;
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+
+    async fn serialize_owner(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        owner_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(owner_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn notify(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        payload: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(INVALIDATION_CHANNEL)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn try_prune_lock(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(PRUNE_LOCK_ID)
+            .fetch_one(&mut **tx)
+            .await
+    }
+}
+
+impl Backend for SqlitePool {
+    type Db = Sqlite;
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction
+    /// that reads and then writes can fail with SQLITE_BUSY mid-way.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// The immediate transaction already excludes every other writer.
+    async fn serialize_owner(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _owner_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// One process owns a SQLite file; local invalidation suffices.
+    async fn notify(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _payload: &str,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn try_prune_lock(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+    ) -> Result<bool, sqlx::Error> {
+        Ok(true)
+    }
+}

@@ -1,0 +1,210 @@
+//! Persistence: the only module that holds SQL.
+//!
+//! PostgreSQL is the production store and SQLite the embedded default. Most
+//! statements are written once (both accept `$N` placeholders) and run on
+//! whichever pool is configured via [`with_pool!`]; what differs between the
+//! two (transaction mode, owner serialisation, NOTIFY, batch inserts) lives in
+//! [`backend::Backend`].
+
+mod backend;
+mod keys;
+mod owners_audit;
+mod rows;
+mod usage;
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    PgPool, SqlitePool,
+};
+
+pub use backend::PRUNE_LOCK_ID;
+pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
+pub use owners_audit::{AuditEvent, AuditFilter, AuditRecord};
+pub use usage::{KeyUsage, PruneSummary, UsageEvent, UsageLogEntry};
+
+pub(crate) static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("migrations/postgres");
+pub(crate) static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The Postgres channel on which every replica hears of changed keys.
+pub const INVALIDATION_CHANNEL: &str = "keygate_invalidate";
+
+/// Runs `$body` with `$pool` bound to the concrete pool of either backend.
+/// The body is type-checked once per backend, so one text serves both.
+macro_rules! with_pool {
+    ($pools:expr, $pool:ident => $body:expr) => {
+        match $pools {
+            $crate::store::DbPool::Postgres($pool) => $body,
+            $crate::store::DbPool::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+#[derive(Debug, Clone)]
+pub(crate) enum DbPool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Why a store call failed. Variants carry data; `grpc::status` turns them
+/// into client-safe statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("owner already holds the maximum of {limit} keys")]
+    OwnerKeyLimit { limit: u32 },
+    #[error("key is already revoked")]
+    AlreadyRevoked,
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    /// Bound on the Check path's cache-miss read (acquire and query).
+    pub check_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 10,
+            check_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The store. Cheap to clone.
+///
+/// Two pools: `main` for KeyAdmin, usage and pruning, and `check` for the
+/// Check path's cache misses, whose acquire timeout is short so that Envoy
+/// gets `UNAVAILABLE` well inside its own deadline when the database is gone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) main: DbPool,
+    pub(crate) check: DbPool,
+    check_timeout: Duration,
+}
+
+impl Store {
+    /// Opens the pools. Connections are made lazily, so a server can start
+    /// while the database is still coming up.
+    pub async fn connect(options: &StoreOptions) -> StoreResult<Store> {
+        let url = options.url.as_str();
+        let (main, check) = if url.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            // SQLite has one writer; a single writing connection makes
+            // serialisation explicit instead of surfacing SQLITE_BUSY.
+            let main = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy_with(connect.clone());
+            let check = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(options.check_timeout)
+                .connect_lazy_with(connect);
+            (DbPool::Sqlite(main), DbPool::Sqlite(check))
+        } else {
+            let connect = PgConnectOptions::from_str(url)?.application_name("keygate");
+            let main = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(connect.clone());
+            // Kept warm: a connection handshake alone can exceed the Check
+            // bound, so a cold pool would fail the first misses after start.
+            let check = PgPoolOptions::new()
+                .max_connections(options.max_connections.clamp(2, 8))
+                .min_connections(2)
+                .acquire_timeout(options.check_timeout)
+                .connect_lazy_with(connect);
+            (DbPool::Postgres(main), DbPool::Postgres(check))
+        };
+        Ok(Store {
+            main,
+            check,
+            check_timeout: options.check_timeout,
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.main, DbPool::Postgres(_))
+    }
+
+    /// The Postgres pool, for the LISTEN side of cross-replica invalidation.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.main {
+            DbPool::Postgres(pool) => Some(pool),
+            DbPool::Sqlite(_) => None,
+        }
+    }
+
+    /// Applies pending migrations for the configured backend.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match &self.main {
+            DbPool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            DbPool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+        }
+    }
+
+    /// Whether the database answers, for readiness and diagnostics.
+    pub async fn ping(&self) -> StoreResult<()> {
+        with_pool!(&self.main, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        for pools in [&self.main, &self.check] {
+            with_pool!(pools, pool => pool.close().await);
+        }
+    }
+}
+
+/// The current instant at the precision both backends store (microseconds),
+/// so that values read back compare equal to values written.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

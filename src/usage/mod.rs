@@ -1,0 +1,216 @@
+//! Usage tracking off the hot path.
+//!
+//! Check hands each decision about a known key to a bounded channel with
+//! `try_send` and never waits; when the buffer is full the event is dropped
+//! and counted. The [`Flusher`] task batches events into the store every
+//! `flush_interval` or `batch_size` events, retries failed writes with backoff
+//! while it holds them, and drains the buffer on a graceful stop.
+
+pub mod client_ip;
+pub mod normalize;
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use metrics::{Counter, Histogram};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    Notify,
+};
+use uuid::Uuid;
+
+use crate::store::{Store, UsageEvent};
+
+/// A decision as Check records it: raw and cheap to build. Normalisation
+/// happens in the flusher, off the hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckEvent {
+    pub key_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub ip: Option<IpAddr>,
+    pub method: String,
+    pub path: String,
+    pub decision: &'static str,
+    pub allowed: bool,
+}
+
+impl CheckEvent {
+    fn into_usage(self) -> UsageEvent {
+        UsageEvent {
+            key_id: self.key_id,
+            at: self.at,
+            ip: self.ip.map(|ip| ip.to_string()),
+            method: self.method,
+            endpoint: normalize::normalize_endpoint(&self.path),
+            decision: self.decision,
+            allowed: self.allowed,
+        }
+    }
+}
+
+/// The Check side of the buffer. Cheap to clone.
+#[derive(Clone)]
+pub struct UsageSender {
+    tx: mpsc::Sender<CheckEvent>,
+    dropped: Counter,
+    /// Wakes the flusher early once a full batch is waiting.
+    batch_ready: Arc<Notify>,
+    batch_size: usize,
+}
+
+impl UsageSender {
+    /// Records an event without waiting; drops and counts it when full.
+    pub fn record(&self, event: CheckEvent) {
+        match self.tx.try_send(event) {
+            Ok(()) if self.depth() >= self.batch_size => self.batch_ready.notify_one(),
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => self.dropped.increment(1),
+        }
+    }
+
+    /// Events waiting in the buffer.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FlushSettings {
+    pub interval: Duration,
+    pub batch_size: usize,
+    pub log_enabled: bool,
+}
+
+/// The flushing side of the buffer; run it with [`Flusher::run`].
+///
+/// Events stay in the bounded channel until a flush takes them, so the
+/// configured capacity bounds memory: at most `capacity` events wait, plus
+/// one batch being written (or retried).
+pub struct Flusher {
+    rx: mpsc::Receiver<CheckEvent>,
+    store: Store,
+    settings: FlushSettings,
+    batch_ready: Arc<Notify>,
+    flushed: Counter,
+    failures: Counter,
+    latency: Histogram,
+}
+
+/// A bounded usage buffer of `capacity` events.
+pub fn buffer(capacity: usize, store: Store, settings: FlushSettings) -> (UsageSender, Flusher) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let batch_ready = Arc::new(Notify::new());
+    let sender = UsageSender {
+        tx,
+        dropped: metrics::counter!("keygate_usage_dropped_total"),
+        batch_ready: batch_ready.clone(),
+        batch_size: settings.batch_size,
+    };
+    let flusher = Flusher {
+        rx,
+        store,
+        settings,
+        batch_ready,
+        flushed: metrics::counter!("keygate_usage_flushed_total"),
+        failures: metrics::counter!("keygate_usage_flush_failures_total"),
+        latency: metrics::histogram!("keygate_usage_flush_seconds"),
+    };
+    (sender, flusher)
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Flusher {
+    /// Flushes every interval (or as soon as a full batch waits) until
+    /// `finish` resolves, then drains whatever is buffered. `finish` should
+    /// fire only after the Check listener has drained, so no event arrives
+    /// after the final flush.
+    pub async fn run(mut self, finish: impl std::future::Future<Output = ()>) {
+        tokio::pin!(finish);
+        let mut ticker = tokio::time::interval(self.settings.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Events are normalised once, as they leave the channel, so a retried
+        // batch is not converted again.
+        let mut batch: Vec<UsageEvent> = Vec::with_capacity(self.settings.batch_size);
+        let mut backoff = FIRST_BACKOFF;
+        'flushing: loop {
+            tokio::select! {
+                biased;
+                () = &mut finish => break,
+                () = self.batch_ready.notified() => {}
+                _ = ticker.tick() => {}
+            }
+            loop {
+                if batch.is_empty() {
+                    self.take_batch(&mut batch);
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                if self.write(&batch).await {
+                    batch.clear();
+                    backoff = FIRST_BACKOFF;
+                    if self.rx.len() < self.settings.batch_size {
+                        break;
+                    }
+                } else {
+                    // Keep the batch and retry after a pause; stay stoppable.
+                    tokio::select! {
+                        () = &mut finish => break 'flushing,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.drain(batch).await;
+    }
+
+    fn take_batch(&mut self, batch: &mut Vec<UsageEvent>) {
+        while batch.len() < self.settings.batch_size {
+            match self.rx.try_recv() {
+                Ok(event) => batch.push(event.into_usage()),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The final flush: everything buffered, retried until written. The
+    /// caller bounds it with the shutdown grace.
+    async fn drain(&mut self, mut batch: Vec<UsageEvent>) {
+        self.rx.close();
+        while let Ok(event) = self.rx.try_recv() {
+            batch.push(event.into_usage());
+        }
+        tracing::info!(events = batch.len(), "final usage flush");
+        let mut backoff = Duration::from_millis(50);
+        for chunk in batch.chunks(self.settings.batch_size.max(1)) {
+            while !self.write(chunk).await {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    async fn write(&self, events: &[UsageEvent]) -> bool {
+        let started = std::time::Instant::now();
+        match self
+            .store
+            .record_usage(events, self.settings.log_enabled)
+            .await
+        {
+            Ok(()) => {
+                self.latency.record(started.elapsed().as_secs_f64());
+                self.flushed.increment(events.len() as u64);
+                true
+            }
+            Err(error) => {
+                self.failures.increment(1);
+                crate::telemetry::store_error("usage_flush");
+                tracing::warn!(error = %error, events = events.len(), "usage flush failed; will retry");
+                false
+            }
+        }
+    }
+}

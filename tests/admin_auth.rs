@@ -1,0 +1,161 @@
+//! KeyAdmin authentication, the refusal of an unauthenticated public admin
+//! listener, and the health and reflection services on the admin listener.
+
+mod common;
+
+use common::{channel, test_settings, with_token, TestDb, TestServer};
+use keygate::{
+    config::AdminRole,
+    grpc::auth::new_admin_token,
+    proto::{CreateKeyRequest, ListAbilitiesRequest, ListKeysRequest},
+};
+use tokio_stream::StreamExt;
+use tonic::{metadata::MetadataValue, Code, Request};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+use tonic_reflection::pb::v1::{
+    server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+    server_reflection_response::MessageResponse, ServerReflectionRequest,
+};
+
+fn create(owner: &str) -> CreateKeyRequest {
+    CreateKeyRequest {
+        owner_id: owner.into(),
+        name: "k".into(),
+        abilities: vec!["read:orders".into()],
+        ..Default::default()
+    }
+}
+
+fn with_authorization<T>(message: T, value: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(value).expect("ascii"),
+    );
+    request
+}
+
+on_both_backends! {
+    async fn calls_without_a_valid_admin_token_are_unauthenticated(backend) {
+        let (service, service_line) = new_admin_token("billing", AdminRole::Service);
+        let (admin, admin_line) = new_admin_token("ops", AdminRole::Admin);
+        let server = TestServer::start_with(backend, |settings| {
+            settings.admin_tokens = Some(format!("{service_line},{admin_line}"));
+        })
+        .await;
+        let mut client = server.admin.clone();
+
+        let status = client.list_abilities(ListAbilitiesRequest {}).await.expect_err("no metadata");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let status = client.create_key(create("acme")).await.expect_err("no metadata");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+        let (other, _) = new_admin_token("billing", AdminRole::Admin);
+        let refused = [
+            ("an unknown token", format!("Bearer {other}")),
+            ("a wrong token", "Bearer kga_wrong".to_owned()),
+            ("the token without its scheme", service.clone()),
+            ("another scheme", format!("Basic {service}")),
+            ("a bearer without a token", "Bearer ".to_owned()),
+            ("a truncated token", format!("Bearer {}", &service[..service.len() - 1])),
+        ];
+        for (what, value) in refused {
+            let status = client.create_key(with_authorization(create("acme"), &value)).await.expect_err(what);
+            assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+            assert!(!status.message().contains(&service), "{what}: the message echoes no token");
+        }
+        let listed = client
+            .list_keys(with_token(ListKeysRequest { owner_id: "acme".into(), include_revoked: true, ..Default::default() }, &admin))
+            .await
+            .expect("ListKeys")
+            .into_inner();
+        assert_eq!(listed.total_size, 0, "no refused call created a key");
+
+        // The scheme is case-insensitive; both roles may manage keys.
+        let created = client
+            .create_key(with_authorization(create("acme"), &format!("bearer {service}")))
+            .await
+            .expect("a service token can CreateKey")
+            .into_inner();
+        assert_eq!(server.check_key(&created.key, Some("read:orders")).await.code, "allowed");
+        client.create_key(with_token(create("acme"), &admin)).await.expect("an admin token can CreateKey");
+        let listed = client
+            .list_keys(with_token(ListKeysRequest { owner_id: "acme".into(), ..Default::default() }, &service))
+            .await
+            .expect("ListKeys")
+            .into_inner();
+        assert_eq!(listed.total_size, 2);
+    }
+
+    async fn a_public_admin_listener_without_tokens_is_refused(backend) {
+        let db = TestDb::new(backend).await;
+        for addr in ["0.0.0.0:0", "192.0.2.10:50052", "[::]:50052"] {
+            let mut settings = test_settings(&db);
+            settings.admin_addr = Some(addr.into());
+            let error = settings.validate().expect_err("a public bind without tokens").to_string();
+            assert!(error.contains("KEYGATE_ADMIN_TOKENS"), "{addr}: {error}");
+        }
+        let (_, line) = new_admin_token("ops", AdminRole::Admin);
+        let mut settings = test_settings(&db);
+        settings.admin_addr = Some("0.0.0.0:0".into());
+        settings.admin_tokens = Some(line);
+        let config = settings.validate().expect("a public bind with tokens");
+        assert!(config.admin_addr.ip().is_unspecified());
+        // Loopback without tokens stays allowed, for development.
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let mut settings = test_settings(&db);
+            settings.admin_addr = Some(addr.into());
+            settings.validate().unwrap_or_else(|e| panic!("{addr}: {e}"));
+        }
+    }
+
+    async fn health_reports_serving_on_the_admin_listener_without_a_token(backend) {
+        let (_, line) = new_admin_token("ops", AdminRole::Admin);
+        let server = TestServer::start_with(backend, |settings| settings.admin_tokens = Some(line)).await;
+        let mut health = HealthClient::new(channel(server.running().admin_addr).await);
+        for service in ["", "keygate.admin.v1.KeyAdmin"] {
+            let response = health
+                .check(HealthCheckRequest { service: service.into() })
+                .await
+                .unwrap_or_else(|s| panic!("{service:?}: {s:?}"))
+                .into_inner();
+            assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
+        }
+        let status = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.expect_err("unknown service");
+        assert_eq!(status.code(), Code::NotFound);
+    }
+
+    async fn reflection_lists_the_key_admin_service(backend) {
+        let (_, line) = new_admin_token("ops", AdminRole::Admin);
+        let server = TestServer::start_with(backend, |settings| settings.admin_tokens = Some(line)).await;
+        let mut reflection = ServerReflectionClient::new(channel(server.running().admin_addr).await);
+        let requests = [
+            MessageRequest::ListServices(String::new()),
+            MessageRequest::FileContainingSymbol("keygate.admin.v1.KeyAdmin".into()),
+        ]
+        .map(|request| ServerReflectionRequest { host: String::new(), message_request: Some(request) });
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .expect("ServerReflectionInfo")
+            .into_inner();
+
+        let listed = responses.next().await.expect("a response").expect("no error");
+        let Some(MessageResponse::ListServicesResponse(listed)) = listed.message_response else {
+            panic!("expected a service list, got {listed:?}");
+        };
+        let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"keygate.admin.v1.KeyAdmin"), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+        let file = responses.next().await.expect("a response").expect("no error");
+        let Some(MessageResponse::FileDescriptorResponse(file)) = file.message_response else {
+            panic!("expected a file descriptor, got {file:?}");
+        };
+        assert!(!file.file_descriptor_proto.is_empty());
+        let descriptor = String::from_utf8_lossy(&file.file_descriptor_proto[0]).into_owned();
+        assert!(descriptor.contains("keygate/admin/v1/key_admin.proto") && descriptor.contains("RotateKey"), "{descriptor}");
+    }
+}

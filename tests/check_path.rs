@@ -1,0 +1,246 @@
+//! The Check hot path against a real server and database: cache
+//! single-flight, invalidation by KeyAdmin, races, and malformed input.
+
+mod common;
+
+use std::{collections::HashMap, sync::Arc};
+
+use common::{check_request, Decision, TestServer};
+use envoy_types::pb::envoy::{
+    config::core::v3::{HeaderMap, HeaderValue},
+    service::auth::v3::{AttributeContext, CheckRequest},
+};
+use keygate::{domain::KeyFormat, proto::RevokeKeyRequest};
+
+fn bearer(key: &str) -> HashMap<String, String> {
+    HashMap::from([("authorization".to_string(), format!("Bearer {key}"))])
+}
+
+fn unissued_key() -> String {
+    let format = KeyFormat::new("sk", &["live".into(), "test".into()], 32).unwrap();
+    format.generate("live").plaintext.into_exposed()
+}
+
+/// Sends `count` identical Checks at once and returns their decisions.
+async fn concurrent_checks(
+    server: &TestServer,
+    request: CheckRequest,
+    count: usize,
+) -> Vec<Decision> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let mut client = server.authz.clone();
+        let request = request.clone();
+        calls.spawn(async move {
+            Decision::of(client.check(request).await.expect("Check").into_inner())
+        });
+    }
+    calls.join_all().await
+}
+
+on_both_backends! {
+    async fn check_allows_a_fresh_key_and_denies_it_once_revoked(backend) {
+        let server = TestServer::start(backend).await;
+        let created = server.create_key("acme", &["read:orders"]).await;
+        let id = created.api_key.as_ref().unwrap().id.clone();
+        let allowed = server.check_key(&created.key, Some("read:orders")).await;
+        assert_eq!(allowed.code, "allowed");
+        assert_eq!(allowed.upstream_headers["x-keygate-owner-id"], "acme");
+        server.admin.clone().revoke_key(RevokeKeyRequest { owner_id: "acme".into(), id, reason: "test".into() }).await.unwrap();
+        // The revoke evicted this replica's cache before returning.
+        let denied = server.check_key(&created.key, Some("read:orders")).await;
+        assert_eq!((denied.status, denied.code.as_str()), (401, "key_revoked"));
+    }
+
+    async fn a_thousand_concurrent_misses_on_one_key_make_one_store_read(backend) {
+        let server = TestServer::start(backend).await;
+        let created = server.create_key("acme", &[]).await;
+        let cache = server.running().cache.clone();
+        let before = cache.store_reads();
+        let request = check_request(bearer(&created.key), "GET", "/", HashMap::new());
+        let decisions = concurrent_checks(&server, request, 1000).await;
+        assert!(decisions.iter().all(|d| d.code == "allowed"), "{:?}", decisions.iter().find(|d| d.code != "allowed"));
+        assert_eq!(cache.store_reads() - before, 1);
+    }
+
+    async fn concurrent_checks_of_an_unknown_key_make_one_store_read_and_are_negatively_cached(backend) {
+        let server = TestServer::start(backend).await;
+        let cache = server.running().cache.clone();
+        let before = cache.store_reads();
+        let request = check_request(bearer(&unissued_key()), "GET", "/", HashMap::new());
+        let decisions = concurrent_checks(&server, request.clone(), 500).await;
+        assert!(decisions.iter().all(|d| (d.status, d.code.as_str()) == (401, "invalid_key")));
+        let again = server.check(request).await.unwrap();
+        assert_eq!(again.code, "invalid_key");
+        assert_eq!(cache.store_reads() - before, 1);
+    }
+
+    async fn malformed_input_gets_a_clear_denial_and_never_reads_the_store(backend) {
+        let server = TestServer::start(backend).await;
+        let cache = server.running().cache.clone();
+        let before = cache.store_reads();
+        let key = server.create_key("acme", &[]).await.key;
+        let mut bad_checksum = key.clone().into_bytes();
+        let last = bad_checksum.len() - 1;
+        bad_checksum[last] = if bad_checksum[last] == b'2' { b'3' } else { b'2' };
+        let bad_checksum = String::from_utf8(bad_checksum).unwrap();
+
+        let many_headers: HashMap<String, String> = (0..10_000).map(|i| (format!("x-filler-{i}"), "v".repeat(10))).collect();
+        let mut huge = bearer(&format!("sk_live_{}", "A".repeat(64 * 1024)));
+        huge.insert("x-api-key".into(), "é".repeat(1000));
+        let raw_not_utf8 = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(envoy_types::pb::envoy::service::auth::v3::attribute_context::Request {
+                    http: Some(envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
+                        header_map: Some(HeaderMap {
+                            headers: vec![HeaderValue { key: "x-api-key".into(), raw_value: vec![0xff, 0xfe, b's', b'k'], ..Default::default() }],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let cases: Vec<(&str, CheckRequest, &str)> = vec![
+            ("empty request", CheckRequest::default(), "missing_credentials"),
+            ("no http block", CheckRequest { attributes: Some(AttributeContext::default()) }, "missing_credentials"),
+            ("10,000 headers", check_request(many_headers, "GET", "/", HashMap::new()), "missing_credentials"),
+            ("64 KiB bearer", check_request(huge, "GET", "/", HashMap::new()), "malformed_key"),
+            ("non-ASCII key", check_request(HashMap::from([("x-api-key".into(), "sk_live_ключ".into())]), "GET", "/", HashMap::new()), "malformed_key"),
+            ("raw header not UTF-8", raw_not_utf8, "malformed_key"),
+            ("bad checksum", check_request(bearer(&bad_checksum), "GET", "/", HashMap::new()), "malformed_key"),
+            ("unknown environment", check_request(bearer(&key.replacen("sk_live_", "sk_prod_", 1)), "GET", "/", HashMap::new()), "malformed_key"),
+            ("a JWT", check_request(bearer("eyJhbGciOiJIUzI1NiJ9.e30.sig"), "GET", "/", HashMap::new()), "missing_credentials"),
+            ("basic auth", check_request(HashMap::from([("authorization".into(), "Basic dTpw".into())]), "GET", "/", HashMap::new()), "missing_credentials"),
+        ];
+        for (name, request, code) in cases {
+            let decision = server.check(request).await.unwrap_or_else(|e| panic!("{name}: gRPC error {e}"));
+            assert_eq!((decision.status, decision.code.as_str()), (401, code), "{name}");
+            assert!(decision.response_headers.contains_key("www-authenticate"), "{name}");
+        }
+        assert_eq!(cache.store_reads(), before, "malformed input must not reach the store");
+    }
+
+    async fn a_revoke_racing_cache_fills_never_leaves_the_key_usable(backend) {
+        let server = Arc::new(TestServer::start(backend).await);
+        for round in 0..20 {
+            let created = server.create_key("racer", &[]).await;
+            let id = created.api_key.unwrap().id;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut fillers = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                let (server, stop, key) = (server.clone(), stop.clone(), created.key.clone());
+                fillers.spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        server.check_key(&key, None).await;
+                    }
+                });
+            }
+            server.admin.clone().revoke_key(RevokeKeyRequest { owner_id: "racer".into(), id, reason: "race".into() }).await.unwrap();
+            let after = server.check_key(&created.key, None).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            fillers.join_all().await;
+            assert_eq!(after.code, "key_revoked", "round {round}: a revoked key was still allowed");
+            let settled = server.check_key(&created.key, None).await;
+            assert_eq!(settled.code, "key_revoked", "round {round}: a stale entry stayed cached");
+        }
+    }
+
+    async fn route_rules_from_the_config_apply_when_envoy_sends_no_requirements(backend) {
+        use keygate::config::RouteRuleSettings;
+        let server = TestServer::start_with(backend, |s| {
+            s.routes = vec![
+                RouteRuleSettings { method: Some("POST".into()), path: "/v1/orders*".into(), abilities: vec!["write:orders".into()], ..Default::default() },
+                RouteRuleSettings { path: "/v1/live/*".into(), environment: Some("live".into()), ..Default::default() },
+                RouteRuleSettings { path: "/v1/beta".into(), abilities: vec!["beta:use".into()], mode: Some("shadow".into()), ..Default::default() },
+            ];
+        })
+        .await;
+        let reader = server.create_key("acme", &["read:orders"]).await.key;
+        let test_key = server
+            .create(keygate::proto::CreateKeyRequest { owner_id: "acme".into(), name: "t".into(), environment: "test".into(), ..Default::default() })
+            .await
+            .key;
+        let decide = |key: &str, method: &str, path: &str| check_request(bearer(key), method, path, HashMap::new());
+        let code = |d: Decision| (d.status, d.code);
+        assert_eq!(code(server.check(decide(&reader, "POST", "/v1/orders/9")).await.unwrap()), (403, "insufficient_ability".into()));
+        assert_eq!(code(server.check(decide(&reader, "GET", "/v1/orders/9")).await.unwrap()), (200, "allowed".into()));
+        assert_eq!(code(server.check(decide(&test_key, "GET", "/v1/live/x")).await.unwrap()), (403, "environment_not_allowed".into()));
+        let shadow = server.check(decide(&reader, "GET", "/v1/beta?x=1")).await.unwrap();
+        assert_eq!(shadow.status, 200);
+        assert_eq!(shadow.upstream_headers["x-keygate-shadow-decision"], "insufficient_ability");
+        // Context extensions from Envoy take precedence over the rules.
+        let ext = HashMap::from([("keygate.abilities".to_string(), "read:orders".to_string())]);
+        let explicit = server.check(check_request(bearer(&reader), "POST", "/v1/orders/9", ext)).await.unwrap();
+        assert_eq!(explicit.code, "allowed");
+    }
+
+    async fn the_default_rate_limit_applies_to_keys_without_their_own(backend) {
+        let server = TestServer::start_with(backend, |s| s.default_rate_limit = Some("2/60".into())).await;
+        let unlimited_by_default = server.create_key("acme", &[]).await.key;
+        let own_limit = server
+            .create(keygate::proto::CreateKeyRequest {
+                owner_id: "acme".into(),
+                name: "own".into(),
+                rate_limit: Some(keygate::proto::RateLimit { max_attempts: 5, decay_seconds: 60 }),
+                ..Default::default()
+            })
+            .await
+            .key;
+        let first = server.check_key(&unlimited_by_default, None).await;
+        assert_eq!(first.response_headers["x-ratelimit-limit"], "2");
+        assert_eq!(first.response_headers["x-ratelimit-remaining"], "1");
+        assert_eq!(server.check_key(&unlimited_by_default, None).await.code, "allowed");
+        let limited = server.check_key(&unlimited_by_default, None).await;
+        assert_eq!((limited.status, limited.code.as_str()), (429, "rate_limited"));
+        let retry_after: u64 = limited.response_headers["retry-after"].parse().unwrap();
+        assert!(retry_after >= 1);
+        for _ in 0..5 {
+            assert_eq!(server.check_key(&own_limit, None).await.code, "allowed");
+        }
+        assert_eq!(server.check_key(&own_limit, None).await.code, "rate_limited");
+    }
+
+    async fn health_turns_not_serving_as_soon_as_a_stop_begins(backend) {
+        use tokio_stream::StreamExt;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let mut server = TestServer::start(backend).await;
+        let channel = common::channel(server.running().authz_addr).await;
+        let mut watch = HealthClient::new(channel)
+            .watch(HealthCheckRequest { service: "envoy.service.auth.v3.Authorization".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(watch.next().await.unwrap().unwrap().status, 1, "SERVING before the stop");
+        let stopping = tokio::spawn(async move { server.stop().await });
+        let next = watch.next().await.expect("a status before the stream ends").unwrap();
+        assert_eq!(next.status, 2, "NOT_SERVING once the stop began");
+        // A watch is an open stream: the drain waits for it (up to the grace).
+        drop(watch);
+        stopping.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_does_nothing_while_another_replica_holds_the_prune_lock() {
+    use keygate::store::{Store, StoreOptions, PRUNE_LOCK_ID};
+    use sqlx::Connection;
+    let db = common::TestDb::new(common::Backend::Postgres).await;
+    let store = Store::connect(&StoreOptions::new(db.url.clone()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut held = other.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PRUNE_LOCK_ID)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let now = keygate::store::now();
+    assert_eq!(store.prune(now, now, "test").await.unwrap(), None);
+    held.rollback().await.unwrap();
+    assert!(store.prune(now, now, "test").await.unwrap().is_some());
+    store.close().await;
+}

@@ -1,0 +1,116 @@
+//! Behaviour while PostgreSQL is unreachable, with the connection cut by a
+//! proxy in the test (the shared server keeps running): hits are answered,
+//! misses fail fast with UNAVAILABLE, KeyAdmin says UNAVAILABLE, usage stays
+//! buffered, and everything recovers without a restart.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use common::{check_request, eventually, proxy::CuttableProxy, Backend, TestDb, TestServer};
+use keygate::proto::{CreateKeyRequest, GetKeyRequest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_unreachable_hits_are_answered_misses_fail_fast_and_everything_recovers()
+{
+    let db = TestDb::new(Backend::Postgres).await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = proxy.postgres_url(&db.url);
+    let server = TestServer::start_on(db, |s| {
+        s.database_url = Some(url);
+        s.usage_flush_interval = Some("100ms".into());
+        s.check_timeout = Some("100ms".into());
+    })
+    .await;
+    let cached = server.create_key("acme", &[]).await;
+    let uncached = server.create_key("acme", &[]).await;
+    let headers = HashMap::from([(
+        "authorization".to_string(),
+        format!("Bearer {}", cached.key),
+    )]);
+    let warm = check_request(headers, "GET", "/", HashMap::new());
+    // The first miss may need a fresh connection; under load that can take
+    // longer than the Check bound, which is UNAVAILABLE by design.
+    assert!(
+        eventually(Duration::from_secs(10), async || server
+            .check(warm.clone())
+            .await
+            .is_ok_and(|d| d.code == "allowed"))
+        .await
+    );
+
+    proxy.cut();
+    for _ in 0..10 {
+        assert_eq!(
+            server.check_key(&cached.key, None).await.code,
+            "allowed",
+            "a cache hit must not need the store"
+        );
+    }
+    let allowed_during_outage = 10;
+    let headers = HashMap::from([(
+        "authorization".to_string(),
+        format!("Bearer {}", uncached.key),
+    )]);
+    let started = Instant::now();
+    let miss = server
+        .check(check_request(headers, "GET", "/", HashMap::new()))
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(miss.code(), tonic::Code::Unavailable, "{miss:?}");
+    // The Check bound is 100 ms; Envoy's own timeout is 200 ms.
+    assert!(
+        waited < Duration::from_secs(1),
+        "a miss took {waited:?} to fail"
+    );
+
+    let admin_error = server
+        .admin
+        .clone()
+        .create_key(CreateKeyRequest {
+            owner_id: "acme".into(),
+            name: "during outage".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        admin_error.code(),
+        tonic::Code::Unavailable,
+        "{admin_error:?}"
+    );
+
+    proxy.restore();
+    assert!(
+        eventually(Duration::from_secs(15), async || server
+            .check_key(&uncached.key, None)
+            .await
+            .code
+            == "allowed")
+        .await,
+        "Check did not recover after the database came back"
+    );
+    // The allowed checks of the cached key were buffered during the outage
+    // and written once the store returned.
+    let id = cached.api_key.unwrap().id;
+    let flushed = eventually(Duration::from_secs(15), async || {
+        let key = server
+            .admin
+            .clone()
+            .get_key(GetKeyRequest {
+                owner_id: "acme".into(),
+                id: id.clone(),
+            })
+            .await;
+        key.is_ok_and(|k| k.into_inner().request_count == 1 + allowed_during_outage)
+    })
+    .await;
+    assert!(
+        flushed,
+        "usage buffered during the outage was not flushed after recovery"
+    );
+}

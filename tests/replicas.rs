@@ -1,0 +1,190 @@
+//! Many replicas, one truth: two real `keygate serve` processes on one
+//! PostgreSQL database. A change made through one must reach the other's
+//! cache through LISTEN/NOTIFY, not after the cache TTL.
+
+mod common;
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use common::{
+    check_request, eventually, metric_value, process::KeygateProcess, proxy::CuttableProxy,
+    scrape_metrics, Backend, Decision, TestDb,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use keygate::proto::{
+    key_admin_client::KeyAdminClient, CreateKeyRequest, RevokeKeyRequest, RotateKeyRequest,
+    SuspendOwnerRequest,
+};
+use tonic::transport::Channel;
+
+/// A cache TTL far beyond the test, so only notifications can explain a
+/// change seen on the other replica.
+const LONG_TTL: (&str, &str) = ("KEYGATE_CACHE_TTL", "1h");
+
+struct Replica {
+    process: KeygateProcess,
+    admin: KeyAdminClient<Channel>,
+    authz: AuthorizationClient<Channel>,
+}
+
+impl Replica {
+    async fn start(database_url: &str) -> Replica {
+        let process = KeygateProcess::spawn(database_url, &[LONG_TTL]).await;
+        let admin = KeyAdminClient::new(common::channel(process.admin_addr).await);
+        let authz = AuthorizationClient::new(common::channel(process.authz_addr).await);
+        Replica {
+            process,
+            admin,
+            authz,
+        }
+    }
+
+    async fn create(&self, owner: &str) -> (String, String) {
+        let created = self
+            .admin
+            .clone()
+            .create_key(CreateKeyRequest {
+                owner_id: owner.into(),
+                name: "replicated".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (created.key, created.api_key.unwrap().id)
+    }
+
+    async fn code(&self, key: &str) -> String {
+        let headers = HashMap::from([("authorization".to_string(), format!("Bearer {key}"))]);
+        let response = self
+            .authz
+            .clone()
+            .check(check_request(headers, "GET", "/", HashMap::new()))
+            .await
+            .unwrap();
+        Decision::of(response.into_inner()).code
+    }
+
+    async fn becomes(&self, key: &str, code: &str) -> bool {
+        eventually(Duration::from_secs(5), async || {
+            self.code(key).await == code
+        })
+        .await
+    }
+
+    fn metrics(&self) -> String {
+        scrape_metrics(self.process.metrics_addr)
+    }
+}
+
+async fn two_replicas() -> (TestDb, Replica, Replica) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = Replica::start(&db.url).await;
+    let b = Replica::start(&db.url).await;
+    (db, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_on_one_replica_works_on_the_other_and_a_revoke_reaches_it() {
+    let (_db, a, b) = two_replicas().await;
+    let (key, id) = a.create("acme").await;
+    assert_eq!(b.code(&key).await, "allowed");
+    a.admin
+        .clone()
+        .revoke_key(RevokeKeyRequest {
+            owner_id: "acme".into(),
+            id,
+            reason: "leaked".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        b.becomes(&key, "key_revoked").await,
+        "replica B kept allowing a key revoked on A"
+    );
+    assert!(metric_value(&b.metrics(), "keygate_invalidations_total").unwrap_or_default() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_without_overlap_on_one_replica_switches_keys_on_the_other() {
+    let (_db, a, b) = two_replicas().await;
+    let (old_key, id) = a.create("acme").await;
+    assert_eq!(b.code(&old_key).await, "allowed");
+    let rotated = a
+        .admin
+        .clone()
+        .rotate_key(RotateKeyRequest {
+            owner_id: "acme".into(),
+            id,
+            overlap_minutes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.becomes(&old_key, "key_revoked").await);
+    assert_eq!(b.code(&rotated.key).await, "allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspending_an_owner_on_one_replica_denies_all_its_keys_on_the_other() {
+    let (_db, a, b) = two_replicas().await;
+    let (first, _) = a.create("acme").await;
+    let (second, _) = a.create("acme").await;
+    let (bystander, _) = a.create("globex").await;
+    for key in [&first, &second, &bystander] {
+        assert_eq!(b.code(key).await, "allowed");
+    }
+    a.admin
+        .clone()
+        .suspend_owner(SuspendOwnerRequest {
+            owner_id: "acme".into(),
+            reason: "unpaid".into(),
+        })
+        .await
+        .unwrap();
+    assert!(b.becomes(&first, "owner_suspended").await);
+    assert!(b.becomes(&second, "owner_suspended").await);
+    assert_eq!(b.code(&bystander).await, "allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_listener_lost_notifications_clears_its_cache_on_reconnect() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = Replica::start(&db.url).await;
+    let upstream: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = CuttableProxy::start(upstream).await;
+    let b = Replica::start(&proxy.postgres_url(&db.url)).await;
+    let (key, id) = a.create("acme").await;
+    assert_eq!(b.code(&key).await, "allowed");
+
+    proxy.cut();
+    a.admin
+        .clone()
+        .revoke_key(RevokeKeyRequest {
+            owner_id: "acme".into(),
+            id,
+            reason: "while B was away".into(),
+        })
+        .await
+        .unwrap();
+    // B cannot hear the notification; it still answers from its cache.
+    assert_eq!(b.code(&key).await, "allowed");
+    proxy.restore();
+
+    assert!(
+        eventually(Duration::from_secs(15), async || b.code(&key).await
+            == "key_revoked")
+        .await,
+        "after reconnecting, B still allowed a key revoked while it was disconnected:\n{}",
+        b.process.logs()
+    );
+    let metrics = b.metrics();
+    assert!(
+        metric_value(&metrics, "keygate_listener_reconnects_total").unwrap_or_default() >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, "keygate_cache_clears_total").unwrap_or_default() >= 2.0,
+        "{metrics}"
+    );
+}

@@ -1,0 +1,247 @@
+//! Usage tracking: what GetKeyUsage reports, a graceful stop that loses no
+//! event, a full buffer that never blocks Check, and pruning.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{
+    check_request, eventually, execute, metric_value, process::KeygateProcess, scalar_i64,
+    scrape_metrics, Backend, TestDb, TestServer,
+};
+use keygate::{
+    proto::{GetKeyRequest, GetKeyUsageRequest, ListAuditEventsRequest},
+    store::{Store, StoreOptions, UsageEvent},
+};
+use uuid::Uuid;
+
+async fn check_path(
+    server: &TestServer,
+    key: &str,
+    method: &str,
+    path: &str,
+    abilities: &str,
+) -> String {
+    let headers = HashMap::from([
+        ("authorization".to_string(), format!("Bearer {key}")),
+        (
+            "x-forwarded-for".to_string(),
+            "198.51.100.1, 203.0.113.7".to_string(),
+        ),
+    ]);
+    let extensions = HashMap::from([("keygate.abilities".to_string(), abilities.to_string())]);
+    server
+        .check(check_request(headers, method, path, extensions))
+        .await
+        .unwrap()
+        .code
+}
+
+/// Sends `count` allowed Checks for `key` through a running process.
+async fn drive_checks(authz: std::net::SocketAddr, key: &str, count: usize) {
+    let mut client =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            common::channel(authz).await,
+        );
+    for i in 0..count {
+        let headers = HashMap::from([("authorization".to_string(), format!("Bearer {key}"))]);
+        let response = client
+            .check(check_request(
+                headers,
+                "GET",
+                &format!("/v1/items/{i}"),
+                HashMap::new(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(common::Decision::of(response.into_inner()).code, "allowed");
+    }
+}
+
+on_both_backends! {
+    async fn a_batch_larger_than_one_statement_is_written_whole(backend) {
+        use keygate::{domain::KeyFormat, store::{AuditRecord, NewKey}};
+        let db = TestDb::new(backend).await;
+        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+        store.migrate().await.unwrap();
+        let format = KeyFormat::new("sk", &["live".into()], 32).unwrap();
+        let now = keygate::store::now();
+        let mut ids = Vec::new();
+        for i in 0..1_201 {
+            let issued = format.generate("live");
+            let new = NewKey {
+                id: Uuid::now_v7(),
+                owner_id: format!("owner-{}", i % 7),
+                name: "bulk".into(),
+                environment: "live".into(),
+                key_hash: issued.hash,
+                key_prefix: issued.key_prefix,
+                abilities: vec![],
+                superkey: false,
+                rate_limit: None,
+                expires_at: None,
+                metadata: Default::default(),
+                rotated_from_id: None,
+                created_at: now,
+            };
+            ids.push(store.insert_key(&new, None, &AuditRecord::new("api_key.created", "test")).await.unwrap().id);
+        }
+        // 2,402 events: 1,201 keys x 2 distinct endpoints, so every table
+        // needs more than one multi-row statement.
+        let events: Vec<UsageEvent> = ids
+            .iter()
+            .flat_map(|id| (0..2).map(move |n| UsageEvent {
+                key_id: *id,
+                at: now,
+                ip: Some("192.0.2.9".into()),
+                method: "GET".into(),
+                endpoint: format!("/v1/e{n}"),
+                decision: "allowed",
+                allowed: true,
+            }))
+            .collect();
+        store.record_usage(&events, true).await.unwrap();
+        for id in [ids[0], ids[600], ids[1_200]] {
+            let key = store.get_key(id).await.unwrap();
+            assert_eq!(key.request_count, 2);
+            assert_eq!(key.last_used_ip.as_deref(), Some("192.0.2.9"));
+        }
+        store.close().await;
+        assert_eq!(scalar_i64(&db, "SELECT COUNT(*) FROM usage_log WHERE key_id <> $1", Uuid::nil()).await, 2_402);
+        assert_eq!(scalar_i64(&db, "SELECT COUNT(*) FROM usage_daily WHERE key_id <> $1", Uuid::nil()).await, 2_402);
+    }
+
+    async fn get_key_usage_reports_counts_top_endpoints_and_recent_logs(backend) {
+        let server = TestServer::start_with(backend, |s| s.trusted_proxy_hops = Some(1)).await;
+        let created = server.create_key("acme", &["read:orders"]).await;
+        let id = created.api_key.unwrap().id;
+        assert_eq!(check_path(&server, &created.key, "GET", "/v1/orders/1", "read:orders").await, "allowed");
+        assert_eq!(check_path(&server, &created.key, "GET", "/v1/orders/2?expand=items", "read:orders").await, "allowed");
+        assert_eq!(check_path(&server, &created.key, "GET", "/v1/users/me", "").await, "allowed");
+        assert_eq!(check_path(&server, &created.key, "POST", "/v1/orders", "write:orders").await, "insufficient_ability");
+
+        let request = GetKeyUsageRequest { owner_id: "acme".into(), id: id.clone(), recent_limit: 0 };
+        let flushed = eventually(Duration::from_secs(10), async || {
+            let usage = server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner();
+            usage.recent_logs.len() == 4
+        })
+        .await;
+        assert!(flushed, "usage was not flushed");
+        let usage = server.admin.clone().get_key_usage(request).await.unwrap().into_inner();
+        assert_eq!(usage.request_count, 3, "only allowed requests count");
+        assert_eq!(usage.last_used_ip, "203.0.113.7");
+        assert!(usage.last_used_at.is_some());
+        assert_eq!(usage.top_endpoints[0].endpoint, "/v1/orders/{id}");
+        assert_eq!(usage.top_endpoints[0].count, 2);
+        let newest = &usage.recent_logs[0];
+        assert_eq!((newest.method.as_str(), newest.endpoint.as_str(), newest.decision.as_str()), ("POST", "/v1/orders", "insufficient_ability"));
+        assert_eq!(newest.ip, "203.0.113.7");
+
+        let two = server.admin.clone().get_key_usage(GetKeyUsageRequest { owner_id: "acme".into(), id: id.clone(), recent_limit: 2 }).await.unwrap();
+        assert_eq!(two.into_inner().recent_logs.len(), 2);
+        let key = server.admin.clone().get_key(GetKeyRequest { owner_id: "acme".into(), id: id.clone() }).await.unwrap().into_inner();
+        assert_eq!(key.request_count, 3);
+        let other = server.admin.clone().get_key_usage(GetKeyUsageRequest { owner_id: "other".into(), id, recent_limit: 0 }).await.unwrap_err();
+        assert_eq!(other.code(), tonic::Code::PermissionDenied);
+    }
+
+    async fn a_graceful_stop_flushes_every_usage_event(backend) {
+        let db = TestDb::new(backend).await;
+        // A flush interval far beyond the test: only the drain can write.
+        let process = KeygateProcess::spawn(&db.url, &[("KEYGATE_USAGE_FLUSH_INTERVAL", "1h"), ("KEYGATE_USAGE_BATCH_SIZE", "100000")]).await;
+        let mut admin = keygate::proto::key_admin_client::KeyAdminClient::new(common::channel(process.admin_addr).await);
+        let created = admin
+            .create_key(keygate::proto::CreateKeyRequest { owner_id: "acme".into(), name: "drain".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        const N: usize = 300;
+        drive_checks(process.authz_addr, &created.key, N).await;
+        let (status, logs) = process.terminate().await;
+        assert!(status.success(), "keygate exited with {status}:\n{logs}");
+        assert!(logs.contains("final usage flush"), "{logs}");
+
+        let id = Uuid::parse_str(&created.api_key.unwrap().id).unwrap();
+        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+        assert_eq!(store.get_key(id).await.unwrap().request_count, N as u64);
+        store.close().await;
+        assert_eq!(scalar_i64(&db, "SELECT COUNT(*) FROM usage_log WHERE key_id = $1", id).await, N as i64);
+        assert_eq!(scalar_i64(&db, "SELECT CAST(SUM(count) AS BIGINT) FROM usage_daily WHERE key_id = $1", id).await, N as i64);
+    }
+
+    async fn prune_soft_deletes_expired_keys_and_old_usage(backend) {
+        let server = TestServer::start(backend).await;
+        let expired = server.create_key("acme", &[]).await.api_key.unwrap().id;
+        let kept = server.create_key("acme", &[]).await.api_key.unwrap().id;
+        let expired_id = Uuid::parse_str(&expired).unwrap();
+        let store = Store::connect(&StoreOptions::new(server.db.url.clone())).await.unwrap();
+        let event = |days_ago: i64| UsageEvent {
+            key_id: Uuid::parse_str(&kept).unwrap(),
+            at: keygate::store::now() - chrono::Duration::days(days_ago),
+            ip: None,
+            method: "GET".into(),
+            endpoint: "/v1/x".into(),
+            decision: "allowed",
+            allowed: true,
+        };
+        store.record_usage(&[event(40), event(1)], true).await.unwrap();
+        store.close().await;
+        // The API refuses a past expiry, so put one in place directly.
+        let past = if backend == Backend::Sqlite { "'2020-01-01T00:00:00+00:00'" } else { "'2020-01-01T00:00:00Z'" };
+        let id_literal = if backend == Backend::Sqlite { format!("X'{}'", expired_id.simple()) } else { format!("'{expired_id}'") };
+        execute(&server.db, &format!("UPDATE api_keys SET expires_at = {past} WHERE id = {id_literal}")).await;
+
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("prune")
+            .env("KEYGATE_DATABASE_URL", &server.db.url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("1 expired keys soft-deleted, 1 usage log rows and 1 daily counts deleted"), "{stdout}");
+
+        let gone = server.admin.clone().get_key(GetKeyRequest { owner_id: "acme".into(), id: expired.clone() }).await.unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound);
+        server.admin.clone().get_key(GetKeyRequest { owner_id: "acme".into(), id: kept.clone() }).await.unwrap();
+        let events = server.admin.clone()
+            .list_audit_events(ListAuditEventsRequest { key_id: expired, event: "api_key.expired".into(), ..Default::default() })
+            .await.unwrap().into_inner().events;
+        assert_eq!(events.len(), 1);
+        assert_eq!(scalar_i64(&server.db, "SELECT COUNT(*) FROM usage_log WHERE key_id = $1", Uuid::parse_str(&kept).unwrap()).await, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_usage_buffer_drops_and_counts_events_without_blocking_check() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let process = KeygateProcess::spawn(
+        &db.url,
+        &[
+            ("KEYGATE_USAGE_BUFFER", "5"),
+            ("KEYGATE_USAGE_FLUSH_INTERVAL", "1h"),
+            ("KEYGATE_USAGE_BATCH_SIZE", "100000"),
+        ],
+    )
+    .await;
+    let mut admin = keygate::proto::key_admin_client::KeyAdminClient::new(
+        common::channel(process.admin_addr).await,
+    );
+    let created = admin
+        .create_key(keygate::proto::CreateKeyRequest {
+            owner_id: "acme".into(),
+            name: "full".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    drive_checks(process.authz_addr, &created.key, 50).await;
+    let metrics = scrape_metrics(process.metrics_addr);
+    let dropped = metric_value(&metrics, "keygate_usage_dropped_total").unwrap_or_default();
+    assert!(
+        dropped >= 40.0,
+        "expected dropped events to be counted, got {dropped}:\n{metrics}"
+    );
+    let (status, logs) = process.terminate().await;
+    assert!(status.success(), "{logs}");
+}
