@@ -192,7 +192,8 @@ fn decision(fixture: &Fixture, request: &CheckRequest) -> (i32, String) {
     let response = fixture
         .runtime
         .block_on(fixture.service.decide(request))
-        .expect("decide");
+        .expect("decide")
+        .decode();
     match response.http_response {
         Some(HttpResponse::OkResponse(_)) => (200, String::new()),
         Some(HttpResponse::DeniedResponse(denied)) => (
@@ -201,6 +202,18 @@ fn decision(fixture: &Fixture, request: &CheckRequest) -> (i32, String) {
         ),
         _ => (0, String::new()),
     }
+}
+
+async fn decide_and_encode(
+    service: &ExtAuthzService,
+    request: &CheckRequest,
+    buffer: &std::cell::RefCell<Vec<u8>>,
+) -> usize {
+    let response = service.decide(black_box(request)).await.expect("decide");
+    let mut buffer = buffer.borrow_mut();
+    buffer.clear();
+    response.write(&mut *buffer);
+    black_box(buffer.len())
 }
 
 fn decision_path(c: &mut Criterion) {
@@ -215,24 +228,25 @@ fn decision_path(c: &mut Criterion) {
         (401, "malformed_key".into())
     );
 
+    // Each iteration decides and writes the response's wire bytes, as the
+    // transport would, into a buffer reused across iterations.
     let mut group = c.benchmark_group("decide");
+    let service = &fixture.service;
+    let buffer = std::cell::RefCell::new(Vec::with_capacity(4096));
     group.bench_function("allowed_cache_hit", |b| {
         let mut i = 0usize;
         b.to_async(&fixture.runtime).iter(|| {
             i = (i + 1) % fixture.valid.len();
-            let request = &fixture.valid[i];
-            let service = &fixture.service;
-            async move { black_box(service.decide(black_box(request)).await) }
+            decide_and_encode(service, &fixture.valid[i], &buffer)
         })
     });
     group.bench_function("denied_revoked_cache_hit", |b| {
         b.to_async(&fixture.runtime)
-            .iter(|| async { black_box(fixture.service.decide(black_box(&fixture.revoked)).await) })
+            .iter(|| decide_and_encode(service, &fixture.revoked, &buffer))
     });
     group.bench_function("denied_malformed", |b| {
-        b.to_async(&fixture.runtime).iter(|| async {
-            black_box(fixture.service.decide(black_box(&fixture.malformed)).await)
-        })
+        b.to_async(&fixture.runtime)
+            .iter(|| decide_and_encode(service, &fixture.malformed, &buffer))
     });
     group.finish();
 }

@@ -19,7 +19,7 @@ use crate::{
     config::{Config, TlsConfig},
     grpc::{
         auth::AdminAuth,
-        ext_authz::{CredentialHeaders, ExtAuthzService},
+        ext_authz::{AuthorizationServer, CredentialHeaders, ExtAuthzService},
         key_admin::KeyAdminService,
     },
     invalidation,
@@ -177,9 +177,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .add_service(health_service.clone())
         .add_service(reflection_v1.clone())
         .add_service(reflection_v1alpha.clone())
-        .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
-            ext_authz,
-        ))
+        .add_service(AuthorizationServer::new(ext_authz))
         .serve_with_incoming_shutdown(incoming(authz_listener), stopped(drain_rx.clone()));
     let admin_server = server_builder(config.tls.as_ref(), true)?
         .add_service(health_service)

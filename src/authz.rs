@@ -107,9 +107,9 @@ impl DecisionCounters {
         }
     }
 
-    fn count(&self, code: &str) {
-        match DenyReason::ALL_CODES.iter().position(|c| *c == code) {
-            Some(i) => self.denied[i].increment(1),
+    fn count(&self, denial: Option<&DenyReason>) {
+        match denial {
+            Some(reason) => self.denied[reason.index()].increment(1),
             None => self.allowed.increment(1),
         }
     }
@@ -155,7 +155,7 @@ impl Authorizer {
             Ok(_) => "allowed",
             Err(reason) => reason.code(),
         };
-        self.decisions.count(code);
+        self.decisions.count(evaluation.decision.as_ref().err());
         if let (Some(key), Some(usage)) = (&evaluation.key, &self.usage) {
             usage.record(CheckEvent {
                 key_id: key.key.id,

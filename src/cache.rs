@@ -17,13 +17,14 @@
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::Duration,
 };
 
+use bytes::Bytes;
 use metrics::Counter;
-use moka::future::Cache;
+use moka::{future::Cache, ops::compute::Op};
 use uuid::Uuid;
 
 use crate::{
@@ -35,15 +36,33 @@ use crate::{
 #[derive(Debug)]
 pub struct CachedKey {
     pub key: CheckKey,
+    /// The transport's encoding of this key's identity, made on its first
+    /// allowance and reused by every later one while the entry lives.
+    pub encoded: OnceLock<EncodedIdentity>,
     filled_at_generation: u64,
     /// The newest generation at which no tombstone applied to this entry.
     vetted_at_generation: AtomicU64,
 }
 
+/// Identity parts of an allowed Check response, already in wire form
+/// (built by `grpc::ext_authz::render`).
+#[derive(Debug, Clone)]
+pub struct EncodedIdentity {
+    pub upstream_headers: Bytes,
+    pub metadata: Bytes,
+}
+
 impl CachedKey {
+    /// An entry that belongs to no cache, for tests of what is built from it.
+    #[cfg(test)]
+    pub(crate) fn detached(key: CheckKey) -> Self {
+        Self::new(key, 0)
+    }
+
     fn new(key: CheckKey, generation: u64) -> Self {
         Self {
             key,
+            encoded: OnceLock::new(),
             filled_at_generation: generation,
             vetted_at_generation: AtomicU64::new(generation),
         }
@@ -54,9 +73,9 @@ impl CachedKey {
 /// concurrent invalidation before it gives up.
 const MAX_REFILLS: usize = 4;
 /// Tombstones outlive the entries they condemn: an entry lives `ttl` after
-/// its fill, and no fill outlasts this margin (Check misses time out long
-/// before it).
-const TOMBSTONE_MARGIN: Duration = Duration::from_secs(300);
+/// its fill ends, and a fill ends within the store's Check timeout; the
+/// margin covers scheduling delays.
+const TOMBSTONE_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
@@ -87,6 +106,12 @@ impl LookupError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self.0.as_ref(), FillError::Store(store) if store.is_unavailable())
     }
+
+    /// Whether invalidations kept outdating the key's fills (not a store
+    /// failure).
+    pub fn is_contended(&self) -> bool {
+        matches!(self.0.as_ref(), FillError::Contended)
+    }
 }
 
 pub struct KeyCache {
@@ -110,6 +135,7 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(store: Store, settings: CacheSettings) -> Self {
+        let tombstone_ttl = settings.ttl + store.check_timeout() + TOMBSTONE_MARGIN;
         Self {
             store,
             known: Cache::builder()
@@ -126,8 +152,8 @@ impl KeyCache {
                 .time_to_live(settings.ttl)
                 .build(),
             generation: AtomicU64::new(1),
-            key_tombstones: tombstones(settings),
-            owner_tombstones: tombstones(settings),
+            key_tombstones: tombstones(tombstone_ttl),
+            owner_tombstones: tombstones(tombstone_ttl),
             cleared_at_generation: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
             hits: metrics::counter!("keygate_cache_hits_total"),
@@ -139,11 +165,13 @@ impl KeyCache {
     /// The key with this hash, `None` if no such key exists.
     pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Arc<CachedKey>>, LookupError> {
         if let Some(hit) = self.known.get(hash).await {
-            if self.is_current(&hit) {
-                self.hits.increment(1);
-                return Ok(Some(hit));
+            match self.condemned_at(&hit) {
+                None => {
+                    self.hits.increment(1);
+                    return Ok(Some(hit));
+                }
+                Some(at) => self.evict_stale(hash, &hit, at).await,
             }
-            self.known.invalidate(hash).await;
         }
         if self.unknown.contains_key(hash) {
             self.negative_hits.increment(1);
@@ -167,37 +195,64 @@ impl KeyCache {
             };
             // Callers that joined a fill started before an invalidation get
             // its stale row: look again rather than answer from it.
-            if self.is_current(&cached) {
-                self.hash_by_id.insert(cached.key.id, *hash);
-                return Ok(Some(cached));
+            match self.condemned_at(&cached) {
+                None => {
+                    self.hash_by_id.insert(cached.key.id, *hash);
+                    return Ok(Some(cached));
+                }
+                Some(at) => self.evict_stale(hash, &cached, at).await,
             }
-            self.known.invalidate(hash).await;
         }
         Err(LookupError(Arc::new(FillError::Contended)))
     }
 
-    /// Whether no invalidation made since this entry's fill began applies to
-    /// it. Costs two atomic loads unless some invalidation happened since
-    /// the entry was last vetted.
-    fn is_current(&self, cached: &CachedKey) -> bool {
+    /// Removes `stale` (and only it: a concurrent caller may already have
+    /// replaced it with a fresh fill), then waits until the invalidation that
+    /// condemned it has moved the generation on. Between writing its
+    /// tombstone and bumping the generation an invalidation condemns every
+    /// fill starting at the current generation, so refilling earlier would
+    /// only be condemned again.
+    async fn evict_stale(&self, hash: &KeyHash, stale: &Arc<CachedKey>, condemned_at: u64) {
+        self.known
+            .entry_by_ref(hash)
+            .and_compute_with(|entry| {
+                let op = match entry {
+                    Some(entry) if Arc::ptr_eq(entry.value(), stale) => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        while self.generation.load(Ordering::SeqCst) <= condemned_at {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The generation of an invalidation made since this entry's fill began
+    /// that applies to it, if any. Costs two atomic loads unless some
+    /// invalidation happened since the entry was last vetted.
+    fn condemned_at(&self, cached: &CachedKey) -> Option<u64> {
         let generation = self.generation.load(Ordering::SeqCst);
         if cached.vetted_at_generation.load(Ordering::Acquire) == generation {
-            return true;
+            return None;
         }
         let filled = cached.filled_at_generation;
-        let condemned = |tombstone: Option<u64>| tombstone.is_some_and(|at| filled <= at);
-        if filled <= self.cleared_at_generation.load(Ordering::SeqCst)
-            || condemned(self.key_tombstones.get(&cached.key.id))
-            || condemned(self.owner_tombstones.get(cached.key.owner_id.as_str()))
-        {
-            return false;
+        let applies = |at: u64| (filled <= at).then_some(at);
+        let condemned = applies(self.cleared_at_generation.load(Ordering::SeqCst))
+            .or_else(|| self.key_tombstones.get(&cached.key.id).and_then(applies))
+            .or_else(|| {
+                self.owner_tombstones
+                    .get(cached.key.owner_id.as_str())
+                    .and_then(applies)
+            });
+        if condemned.is_none() {
+            // Tombstones are written before the generation moves, so every
+            // invalidation up to `generation` has been looked at.
+            cached
+                .vetted_at_generation
+                .fetch_max(generation, Ordering::AcqRel);
         }
-        // Tombstones are written before the generation moves, so every
-        // invalidation up to `generation` has been looked at.
-        cached
-            .vetted_at_generation
-            .fetch_max(generation, Ordering::AcqRel);
-        true
+        condemned
     }
 
     async fn fill(&self, hash: KeyHash) -> Result<Arc<CachedKey>, FillError> {
@@ -285,15 +340,12 @@ impl KeyCache {
     }
 }
 
-/// Least-recently-used, so a fresh tombstone is never refused admission the
-/// way moka's default TinyLFU policy may refuse a rarely seen key.
-fn tombstones<K>(settings: CacheSettings) -> moka::sync::Cache<K, u64>
+/// Bounded by time only: evicting a tombstone for room could let the stale
+/// entry it condemns be served again. One is a few dozen bytes, written once
+/// per invalidation.
+fn tombstones<K>(ttl: Duration) -> moka::sync::Cache<K, u64>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
 {
-    moka::sync::Cache::builder()
-        .max_capacity(settings.capacity)
-        .time_to_live(settings.ttl + TOMBSTONE_MARGIN)
-        .eviction_policy(moka::policy::EvictionPolicy::lru())
-        .build()
+    moka::sync::Cache::builder().time_to_live(ttl).build()
 }

@@ -64,6 +64,22 @@ impl DenyReason {
     }
 
     /// Every code, for metrics that should show zeros before the first hit.
+    /// This reason's position in [`Self::ALL_CODES`], for tables indexed by
+    /// reason.
+    pub fn index(&self) -> usize {
+        match self {
+            Self::MissingCredentials => 0,
+            Self::MalformedKey => 1,
+            Self::InvalidKey => 2,
+            Self::KeyRevoked => 3,
+            Self::KeyExpired => 4,
+            Self::OwnerSuspended => 5,
+            Self::EnvironmentNotAllowed => 6,
+            Self::InsufficientAbility => 7,
+            Self::RateLimited { .. } => 8,
+        }
+    }
+
     pub const ALL_CODES: [&'static str; 9] = [
         "missing_credentials",
         "malformed_key",
@@ -130,6 +146,26 @@ mod tests {
     use super::*;
     use chrono::Duration;
     use uuid::Uuid;
+
+    #[test]
+    fn every_reason_indexes_its_own_code() {
+        let reasons = [
+            DenyReason::MissingCredentials,
+            DenyReason::MalformedKey,
+            DenyReason::InvalidKey,
+            DenyReason::KeyRevoked,
+            DenyReason::KeyExpired,
+            DenyReason::OwnerSuspended,
+            DenyReason::EnvironmentNotAllowed,
+            DenyReason::InsufficientAbility,
+            DenyReason::RateLimited {
+                retry_after_secs: 1,
+            },
+        ];
+        for reason in reasons {
+            assert_eq!(DenyReason::ALL_CODES[reason.index()], reason.code());
+        }
+    }
 
     fn key(abilities: &[&str]) -> CheckKey {
         CheckKey {

@@ -63,6 +63,9 @@ static LAST_CHECK_FAILURE_LOG: AtomicI64 = AtomicI64::new(0);
 /// Every failure is counted; the log line is written at most once a second,
 /// since an outage would otherwise log once per request.
 pub fn check_unavailable(error: &crate::cache::LookupError) -> Status {
+    if error.is_contended() {
+        return Status::unavailable("the key changed repeatedly while it was read; retry");
+    }
     crate::telemetry::store_error("check");
     let second = chrono::Utc::now().timestamp();
     if LAST_CHECK_FAILURE_LOG.swap(second, Ordering::Relaxed) != second {

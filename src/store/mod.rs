@@ -167,6 +167,11 @@ impl Store {
         })
     }
 
+    /// How long a Check-path read may take before it fails.
+    pub fn check_timeout(&self) -> Duration {
+        self.check_timeout
+    }
+
     pub fn is_postgres(&self) -> bool {
         matches!(self.main, DbPool::Postgres(_))
     }

@@ -1,0 +1,593 @@
+//! Check responses in protobuf wire form, assembled from parts encoded once.
+//!
+//! An allowed response is mostly the same bytes for a given key: its five
+//! identity headers and its dynamic metadata. Those are encoded the first
+//! time the key is allowed and kept with the cached entry; denials are
+//! encoded once per reason at start. Answering is then a few reference-count
+//! increments and slice copies into the transport's buffer, where building
+//! a fresh message cost a dozen string allocations and a hash map per Check.
+//!
+//! Protobuf makes this sound: a message is the concatenation of its fields
+//! in any order, and a repeated field may arrive in several runs, which the
+//! reader appends in order.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes};
+use envoy_types::{
+    ext_authz::v3::pb::{
+        CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+        HttpResponse, HttpStatus, OkHttpResponse,
+    },
+    pb::google::{
+        protobuf::{value::Kind, Struct, Value},
+        rpc,
+    },
+};
+use prost::{
+    encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType},
+    Message,
+};
+
+use super::CredentialHeaders;
+use crate::{
+    authz::{Allowance, CredentialSource},
+    cache::EncodedIdentity,
+    domain::{CheckKey, DenyReason},
+};
+
+pub const HEADER_KEY_ID: &str = "x-keygate-key-id";
+pub const HEADER_OWNER_ID: &str = "x-keygate-owner-id";
+pub const HEADER_ENVIRONMENT: &str = "x-keygate-environment";
+pub const HEADER_KEY_PREFIX: &str = "x-keygate-key-prefix";
+pub const HEADER_ABILITIES: &str = "x-keygate-abilities";
+pub const HEADER_SHADOW_DECISION: &str = "x-keygate-shadow-decision";
+/// The identity headers a key sets upstream. With the shadow header they are
+/// every header keygate owns: whichever a response does not set is removed,
+/// so a client can never forge one.
+const IDENTITY_HEADERS: [&str; 5] = [
+    HEADER_KEY_ID,
+    HEADER_OWNER_ID,
+    HEADER_ENVIRONMENT,
+    HEADER_KEY_PREFIX,
+    HEADER_ABILITIES,
+];
+
+/// `CheckResponse.ok_response`.
+const OK_RESPONSE_FIELD: u32 = 3;
+/// Identity headers, removals (identity, shadow, credential), per-request
+/// headers.
+const OK_PARTS: usize = 5;
+
+/// A Check response ready to be written.
+#[derive(Debug, Clone)]
+pub struct EncodedCheckResponse {
+    /// `status`, and for a denial the whole response.
+    head: Bytes,
+    /// The fields of `ok_response`, in order; `None` for a denial.
+    ok_parts: Option<[Bytes; OK_PARTS]>,
+    /// `dynamic_metadata`, or nothing.
+    tail: Bytes,
+}
+
+impl EncodedCheckResponse {
+    fn ok_len(parts: &[Bytes; OK_PARTS]) -> usize {
+        parts.iter().map(Bytes::len).sum()
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        let ok = self.ok_parts.as_ref().map_or(0, |parts| {
+            let len = Self::ok_len(parts);
+            key_len(OK_RESPONSE_FIELD) + encoded_len_varint(len as u64) + len
+        });
+        self.head.len() + ok + self.tail.len()
+    }
+
+    pub fn write(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.head);
+        if let Some(parts) = &self.ok_parts {
+            encode_key(OK_RESPONSE_FIELD, WireType::LengthDelimited, buf);
+            encode_varint(Self::ok_len(parts) as u64, buf);
+            for part in parts {
+                buf.put_slice(part);
+            }
+        }
+        buf.put_slice(&self.tail);
+    }
+
+    /// The response as the client decodes it (tests and tools).
+    pub fn decode(&self) -> CheckResponse {
+        let mut bytes = Vec::with_capacity(self.encoded_len());
+        self.write(&mut bytes);
+        CheckResponse::decode(bytes.as_slice()).expect("keygate encodes valid responses")
+    }
+}
+
+/// Builds responses from the parts that never change after start.
+pub struct Renderer {
+    ok_status: Bytes,
+    remove_identity_headers: Bytes,
+    remove_shadow_header: Bytes,
+    strip_authorization: Bytes,
+    strip_api_key: Bytes,
+    /// Indexed by [`DenyReason::index`]; the rate-limited one carries a
+    /// per-request `Retry-After` and is encoded when needed.
+    denials: [Bytes; DenyReason::ALL_CODES.len()],
+}
+
+impl Renderer {
+    pub fn new(headers: &CredentialHeaders) -> Self {
+        let removal = |names: &[&str]| {
+            ok_fields(OkHttpResponse {
+                headers_to_remove: names.iter().map(|name| (*name).to_owned()).collect(),
+                ..Default::default()
+            })
+        };
+        let strip = |name: &str| match headers.strip {
+            true => removal(&[name]),
+            false => Bytes::new(),
+        };
+        let static_denial = |index: usize| {
+            let reason = match index {
+                0 => DenyReason::MissingCredentials,
+                1 => DenyReason::MalformedKey,
+                2 => DenyReason::InvalidKey,
+                3 => DenyReason::KeyRevoked,
+                4 => DenyReason::KeyExpired,
+                5 => DenyReason::OwnerSuspended,
+                6 => DenyReason::EnvironmentNotAllowed,
+                7 => DenyReason::InsufficientAbility,
+                _ => return Bytes::new(),
+            };
+            debug_assert_eq!(reason.index(), index);
+            Bytes::from(denied(reason).encode_to_vec())
+        };
+        Self {
+            ok_status: Bytes::from(
+                CheckResponse {
+                    status: Some(ok_status()),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            remove_identity_headers: removal(&IDENTITY_HEADERS),
+            remove_shadow_header: removal(&[HEADER_SHADOW_DECISION]),
+            strip_authorization: strip(&headers.authorization),
+            strip_api_key: strip(&headers.api_key),
+            denials: std::array::from_fn(static_denial),
+        }
+    }
+
+    pub fn allowed(&self, allowance: &Allowance) -> EncodedCheckResponse {
+        let (identity, metadata) = match &allowance.identity {
+            Some(cached) => {
+                let encoded = cached.encoded.get_or_init(|| encode_identity(&cached.key));
+                (encoded.upstream_headers.clone(), encoded.metadata.clone())
+            }
+            None => (Bytes::new(), Bytes::new()),
+        };
+        let remove_identity = match allowance.identity {
+            Some(_) => Bytes::new(),
+            None => self.remove_identity_headers.clone(),
+        };
+        let remove_shadow = match allowance.shadow_decision {
+            Some(_) => Bytes::new(),
+            None => self.remove_shadow_header.clone(),
+        };
+        let strip = match allowance.credential {
+            Some(CredentialSource::Authorization) => self.strip_authorization.clone(),
+            Some(CredentialSource::ApiKey) => self.strip_api_key.clone(),
+            None => Bytes::new(),
+        };
+        EncodedCheckResponse {
+            head: self.ok_status.clone(),
+            ok_parts: Some([
+                identity,
+                remove_identity,
+                remove_shadow,
+                strip,
+                per_request_headers(allowance),
+            ]),
+            tail: metadata,
+        }
+    }
+
+    pub fn denied(&self, reason: DenyReason) -> EncodedCheckResponse {
+        let head = match reason {
+            DenyReason::RateLimited { .. } => Bytes::from(denied(reason).encode_to_vec()),
+            _ => self.denials[reason.index()].clone(),
+        };
+        EncodedCheckResponse {
+            head,
+            ok_parts: None,
+            tail: Bytes::new(),
+        }
+    }
+}
+
+/// The identity headers upstream sees and the same facts as
+/// `dynamic_metadata` for other filters and access logs.
+fn encode_identity(key: &CheckKey) -> EncodedIdentity {
+    let values = [
+        &key.id_header,
+        &key.owner_id,
+        &key.environment,
+        &key.key_prefix,
+        &key.abilities_header,
+    ];
+    let upstream_headers = ok_fields(OkHttpResponse {
+        headers: IDENTITY_HEADERS
+            .iter()
+            .zip(values)
+            .map(|(name, value)| overwrite(name, value.clone()))
+            .collect(),
+        ..Default::default()
+    });
+    let fields = [
+        "key_id",
+        "owner_id",
+        "environment",
+        "key_prefix",
+        "abilities",
+    ]
+    .iter()
+    .zip(values)
+    .map(|(name, value)| {
+        let value = Value {
+            kind: Some(Kind::StringValue(value.clone())),
+        };
+        ((*name).to_owned(), value)
+    });
+    let metadata = CheckResponse {
+        dynamic_metadata: Some(Struct {
+            fields: HashMap::from_iter(fields),
+        }),
+        ..Default::default()
+    };
+    EncodedIdentity {
+        upstream_headers,
+        metadata: Bytes::from(metadata.encode_to_vec()),
+    }
+}
+
+/// The shadow decision, rate-limit state and sunset: rare, so encoded per
+/// request only when present.
+fn per_request_headers(allowance: &Allowance) -> Bytes {
+    if allowance.shadow_decision.is_none() && allowance.rate.is_none() && allowance.sunset.is_none()
+    {
+        return Bytes::new();
+    }
+    let mut headers = Vec::new();
+    let mut response_headers = Vec::new();
+    if let Some(code) = allowance.shadow_decision {
+        headers.push(overwrite(HEADER_SHADOW_DECISION, code.to_owned()));
+    }
+    if let Some(rate) = allowance.rate {
+        response_headers.extend([
+            overwrite("x-ratelimit-limit", rate.limit.to_string()),
+            overwrite("x-ratelimit-remaining", rate.remaining.to_string()),
+            overwrite("x-ratelimit-reset", rate.reset_secs.to_string()),
+        ]);
+    }
+    if let Some(sunset) = allowance.sunset {
+        response_headers.extend([
+            overwrite("deprecation", "true".to_owned()),
+            overwrite(
+                "sunset",
+                sunset.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+            ),
+        ]);
+    }
+    ok_fields(OkHttpResponse {
+        headers,
+        response_headers_to_add: response_headers,
+        ..Default::default()
+    })
+}
+
+/// The fields of an `OkHttpResponse`, to be concatenated with others.
+fn ok_fields(fields: OkHttpResponse) -> Bytes {
+    Bytes::from(fields.encode_to_vec())
+}
+
+fn ok_status() -> rpc::Status {
+    rpc::Status {
+        code: tonic::Code::Ok as i32,
+        ..Default::default()
+    }
+}
+
+fn overwrite(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value,
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The denial Envoy returns to the client: status, JSON body, headers.
+pub fn denied(reason: DenyReason) -> CheckResponse {
+    let status = reason.http_status();
+    let grpc_code = match status {
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        _ => tonic::Code::ResourceExhausted,
+    };
+    let mut headers = vec![overwrite("content-type", "application/json".to_owned())];
+    match reason {
+        DenyReason::RateLimited { retry_after_secs } => {
+            headers.push(overwrite("retry-after", retry_after_secs.to_string()))
+        }
+        _ if status == 401 => headers.push(overwrite(
+            "www-authenticate",
+            "Bearer realm=\"keygate\"".to_owned(),
+        )),
+        _ => {}
+    }
+    let body = serde_json::json!({
+        "error": { "code": reason.code(), "message": reason.message() }
+    })
+    .to_string();
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: grpc_code as i32,
+            message: reason.code().to_owned(),
+            details: vec![],
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(status),
+            }),
+            headers,
+            body,
+        })),
+        dynamic_metadata: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{TimeZone, Utc};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{authz::RateHeaders, cache::CachedKey};
+
+    fn every_reason() -> [DenyReason; 9] {
+        [
+            DenyReason::MissingCredentials,
+            DenyReason::MalformedKey,
+            DenyReason::InvalidKey,
+            DenyReason::KeyRevoked,
+            DenyReason::KeyExpired,
+            DenyReason::OwnerSuspended,
+            DenyReason::EnvironmentNotAllowed,
+            DenyReason::InsufficientAbility,
+            DenyReason::RateLimited {
+                retry_after_secs: 7,
+            },
+        ]
+    }
+
+    fn renderer(strip: bool) -> Renderer {
+        Renderer::new(&CredentialHeaders {
+            authorization: "authorization".into(),
+            api_key: "x-api-key".into(),
+            strip,
+        })
+    }
+
+    fn cached_key() -> Arc<CachedKey> {
+        let id = Uuid::from_u128(42);
+        Arc::new(CachedKey::detached(CheckKey {
+            id,
+            id_header: id.to_string(),
+            owner_id: "acme".into(),
+            environment: "live".into(),
+            key_prefix: "sk_live_AbCd…wxyz".into(),
+            abilities: vec!["read:orders".into(), "write:orders".into()],
+            abilities_header: "read:orders,write:orders".into(),
+            superkey: false,
+            rate_limit: None,
+            expires_at: None,
+            revoked_at: None,
+            owner_suspended: false,
+            deleted: false,
+        }))
+    }
+
+    fn allowance(identity: Option<Arc<CachedKey>>) -> Allowance {
+        Allowance {
+            identity,
+            credential: Some(CredentialSource::Authorization),
+            rate: None,
+            sunset: None,
+            shadow_decision: None,
+        }
+    }
+
+    /// The response as Envoy reads it, and its `OkHttpResponse`.
+    fn ok_response(encoded: &EncodedCheckResponse) -> (CheckResponse, OkHttpResponse) {
+        let mut written = Vec::new();
+        encoded.write(&mut written);
+        assert_eq!(written.len(), encoded.encoded_len());
+        let response = CheckResponse::decode(written.as_slice()).unwrap();
+        assert_eq!(response.status.as_ref().unwrap().code, 0);
+        match &response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => {
+                let ok = ok.clone();
+                (response, ok)
+            }
+            other => panic!("not an OK response: {other:?}"),
+        }
+    }
+
+    fn set(ok: &OkHttpResponse) -> Vec<(&str, &str)> {
+        ok.headers
+            .iter()
+            .map(|h| {
+                assert_eq!(
+                    h.append_action,
+                    HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+                );
+                let header = h.header.as_ref().unwrap();
+                (header.key.as_str(), header.value.as_str())
+            })
+            .collect()
+    }
+
+    fn added(ok: &OkHttpResponse) -> Vec<(&str, &str)> {
+        ok.response_headers_to_add
+            .iter()
+            .map(|h| {
+                let header = h.header.as_ref().unwrap();
+                (header.key.as_str(), header.value.as_str())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_allowed_key_sets_its_identity_removes_the_rest_and_describes_itself() {
+        let key = cached_key();
+        let encoded = renderer(true).allowed(&allowance(Some(key.clone())));
+        let (response, ok) = ok_response(&encoded);
+        let id = key.key.id.to_string();
+        assert_eq!(
+            set(&ok),
+            [
+                (HEADER_KEY_ID, id.as_str()),
+                (HEADER_OWNER_ID, "acme"),
+                (HEADER_ENVIRONMENT, "live"),
+                (HEADER_KEY_PREFIX, "sk_live_AbCd…wxyz"),
+                (HEADER_ABILITIES, "read:orders,write:orders"),
+            ]
+        );
+        assert_eq!(
+            ok.headers_to_remove,
+            [HEADER_SHADOW_DECISION, "authorization"]
+        );
+        assert!(ok.response_headers_to_add.is_empty());
+        let metadata = response.dynamic_metadata.unwrap().fields;
+        let text = |name: &str| match &metadata[name].kind {
+            Some(Kind::StringValue(value)) => value.clone(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(text("key_id"), id);
+        assert_eq!(text("owner_id"), "acme");
+        assert_eq!(text("environment"), "live");
+        assert_eq!(text("key_prefix"), "sk_live_AbCd…wxyz");
+        assert_eq!(text("abilities"), "read:orders,write:orders");
+        assert_eq!(metadata.len(), 5);
+
+        // The second allowance reuses the encoding made by the first.
+        let again = renderer(true).allowed(&allowance(Some(key)));
+        assert_eq!(again.decode(), encoded.decode());
+    }
+
+    #[test]
+    fn without_stripping_the_credential_header_is_kept() {
+        let mut api_key = allowance(Some(cached_key()));
+        api_key.credential = Some(CredentialSource::ApiKey);
+        let (_, ok) = ok_response(&renderer(false).allowed(&api_key));
+        assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION]);
+        let (_, ok) = ok_response(&renderer(true).allowed(&api_key));
+        assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION, "x-api-key"]);
+    }
+
+    #[test]
+    fn an_allowance_without_identity_removes_every_keygate_header() {
+        let (response, ok) = ok_response(&renderer(true).allowed(&allowance(None)));
+        assert!(ok.headers.is_empty());
+        let mut expected: Vec<&str> = IDENTITY_HEADERS.to_vec();
+        expected.extend([HEADER_SHADOW_DECISION, "authorization"]);
+        assert_eq!(ok.headers_to_remove, expected);
+        assert!(response.dynamic_metadata.is_none());
+    }
+
+    #[test]
+    fn shadow_rate_and_sunset_headers_join_the_identity() {
+        let mut shadowed = allowance(Some(cached_key()));
+        shadowed.shadow_decision = Some("insufficient_ability");
+        shadowed.rate = Some(RateHeaders {
+            limit: 100,
+            remaining: 99,
+            reset_secs: 3,
+        });
+        shadowed.sunset = Some(Utc.with_ymd_and_hms(2026, 12, 1, 8, 30, 0).unwrap());
+        let (_, ok) = ok_response(&renderer(true).allowed(&shadowed));
+        let headers = set(&ok);
+        assert_eq!(headers.len(), 6);
+        assert_eq!(headers[5], (HEADER_SHADOW_DECISION, "insufficient_ability"));
+        assert_eq!(ok.headers_to_remove, ["authorization"]);
+        assert_eq!(
+            added(&ok),
+            [
+                ("x-ratelimit-limit", "100"),
+                ("x-ratelimit-remaining", "99"),
+                ("x-ratelimit-reset", "3"),
+                ("deprecation", "true"),
+                ("sunset", "Tue, 01 Dec 2026 08:30:00 GMT"),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_encoded_denial_is_the_structured_one() {
+        let renderer = renderer(true);
+        for reason in every_reason() {
+            assert_eq!(
+                renderer.denied(reason).decode(),
+                denied(reason),
+                "{reason:?}"
+            );
+        }
+    }
+
+    fn denial(reason: DenyReason) -> (i32, DeniedHttpResponse) {
+        let response = denied(reason);
+        match response.http_response {
+            Some(HttpResponse::DeniedResponse(d)) => (response.status.unwrap().code, d),
+            _ => panic!("{reason:?} is not a denial"),
+        }
+    }
+
+    #[test]
+    fn every_denial_body_is_the_documented_json() {
+        for reason in every_reason() {
+            let (_, denied) = denial(reason);
+            let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+            assert_eq!(body["error"]["code"], reason.code());
+            assert_eq!(body["error"]["message"], reason.message());
+            assert_eq!(denied.status.unwrap().code, i32::from(reason.http_status()));
+        }
+    }
+
+    #[test]
+    fn denials_carry_the_right_grpc_code_and_headers() {
+        for reason in every_reason() {
+            let (grpc, denied) = denial(reason);
+            let names: Vec<&str> = denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| h.key.as_str())
+                .collect();
+            let (code, header) = match reason.http_status() {
+                401 => (tonic::Code::Unauthenticated, Some("www-authenticate")),
+                403 => (tonic::Code::PermissionDenied, None),
+                _ => (tonic::Code::ResourceExhausted, Some("retry-after")),
+            };
+            assert_eq!(grpc, code as i32, "{reason:?}");
+            assert!(names.contains(&"content-type"));
+            if let Some(header) = header {
+                assert!(names.contains(&header), "{reason:?} lacks {header}");
+            }
+        }
+    }
+}
