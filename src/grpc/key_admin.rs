@@ -171,11 +171,12 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     rate_limit: convert::rate_limit(r.rate_limit),
                     metadata: convert::metadata(r.metadata),
                 };
-                let key = self
-                    .admin
-                    .update_key(&caller, &r.owner_id, &r.id, update)
-                    .await
-                    .map_err(from_admin)?;
+                let admin = self.admin.clone();
+                let key = to_completion(async move {
+                    admin.update_key(&caller, &r.owner_id, &r.id, update).await
+                })
+                .await?
+                .map_err(from_admin)?;
                 Ok(Response::new(convert::api_key(key, store::now())))
             }
             .await,
@@ -192,11 +193,14 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = caller(&request)?;
                 let r = request.into_inner();
-                let (issued, previous) = self
-                    .admin
-                    .rotate_key(&caller, &r.owner_id, &r.id, r.overlap_minutes)
-                    .await
-                    .map_err(from_admin)?;
+                let admin = self.admin.clone();
+                let (issued, previous) = to_completion(async move {
+                    admin
+                        .rotate_key(&caller, &r.owner_id, &r.id, r.overlap_minutes)
+                        .await
+                })
+                .await?
+                .map_err(from_admin)?;
                 let now = store::now();
                 Ok(Response::new(proto::RotateKeyResponse {
                     key: issued.plaintext.into_exposed(),
@@ -219,11 +223,14 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = caller(&request)?;
                 let r = request.into_inner();
-                let key = self
-                    .admin
-                    .revoke_key(&caller, Some(&r.owner_id), &r.id, &r.reason)
-                    .await
-                    .map_err(from_admin)?;
+                let admin = self.admin.clone();
+                let key = to_completion(async move {
+                    admin
+                        .revoke_key(&caller, Some(&r.owner_id), &r.id, &r.reason)
+                        .await
+                })
+                .await?
+                .map_err(from_admin)?;
                 Ok(Response::new(convert::api_key(key, store::now())))
             }
             .await,
@@ -328,16 +335,19 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = admin_caller(&request)?;
                 let r = request.into_inner();
-                let reason = if r.reason.trim().is_empty() {
-                    "suspended"
-                } else {
-                    r.reason.as_str()
-                };
-                let owner = self
-                    .admin
-                    .set_owner_suspension(&caller, &r.owner_id, Some(reason))
-                    .await
-                    .map_err(from_admin)?;
+                let admin = self.admin.clone();
+                let owner = to_completion(async move {
+                    let reason = if r.reason.trim().is_empty() {
+                        "suspended"
+                    } else {
+                        r.reason.as_str()
+                    };
+                    admin
+                        .set_owner_suspension(&caller, &r.owner_id, Some(reason))
+                        .await
+                })
+                .await?
+                .map_err(from_admin)?;
                 Ok(Response::new(owner_message(owner)))
             }
             .await,
@@ -354,11 +364,12 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = admin_caller(&request)?;
                 let r = request.into_inner();
-                let owner = self
-                    .admin
-                    .set_owner_suspension(&caller, &r.owner_id, None)
-                    .await
-                    .map_err(from_admin)?;
+                let admin = self.admin.clone();
+                let owner = to_completion(async move {
+                    admin.set_owner_suspension(&caller, &r.owner_id, None).await
+                })
+                .await?
+                .map_err(from_admin)?;
                 Ok(Response::new(owner_message(owner)))
             }
             .await,
@@ -393,6 +404,22 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             }
             .await,
         )
+    }
+}
+
+/// Runs a mutation on its own task so that it finishes, cache invalidation
+/// included, even if the client cancels the call: a commit whose local
+/// invalidation never ran would leave this replica answering from the old
+/// row until the cache TTL (SQLite has no NOTIFY to catch up with).
+async fn to_completion<T: Send + 'static>(
+    mutation: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(mutation).await {
+        Ok(done) => Ok(done),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Err(Status::unavailable(
+            "the server stopped during the change; read the key before retrying",
+        )),
     }
 }
 
