@@ -22,7 +22,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use metrics::Counter;
 use moka::{future::Cache, ops::compute::Op};
 use uuid::Uuid;
@@ -45,11 +44,29 @@ pub struct CachedKey {
 }
 
 /// Identity parts of an allowed Check response, already in wire form
-/// (built by `grpc::ext_authz::render`).
+/// (built by `grpc::ext_authz::render`): one buffer, so that answering
+/// touches as few cache lines as possible.
 #[derive(Debug, Clone)]
 pub struct EncodedIdentity {
-    pub upstream_headers: Bytes,
-    pub metadata: Bytes,
+    bytes: Box<[u8]>,
+    upstream_headers_len: usize,
+}
+
+impl EncodedIdentity {
+    pub fn new(upstream_headers: &[u8], metadata: &[u8]) -> Self {
+        Self {
+            bytes: [upstream_headers, metadata].concat().into_boxed_slice(),
+            upstream_headers_len: upstream_headers.len(),
+        }
+    }
+
+    pub fn upstream_headers(&self) -> &[u8] {
+        &self.bytes[..self.upstream_headers_len]
+    }
+
+    pub fn metadata(&self) -> &[u8] {
+        &self.bytes[self.upstream_headers_len..]
+    }
 }
 
 impl CachedKey {

@@ -62,7 +62,7 @@ impl ExtAuthzService {
             .await
             .map_err(|e| check_unavailable(&e))?;
         Ok(match outcome {
-            Outcome::Allow(allowance) => self.render.allowed(&allowance),
+            Outcome::Allow(allowance) => self.render.allowed(allowance),
             Outcome::Deny(reason) => self.render.denied(reason),
         })
     }

@@ -11,7 +11,7 @@
 //! in any order, and a repeated field may arrive in several runs, which the
 //! reader appends in order.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use bytes::{BufMut, Bytes};
 use envoy_types::{
@@ -32,7 +32,7 @@ use prost::{
 use super::CredentialHeaders;
 use crate::{
     authz::{Allowance, CredentialSource},
-    cache::EncodedIdentity,
+    cache::{CachedKey, EncodedIdentity},
     domain::{CheckKey, DenyReason},
 };
 
@@ -55,44 +55,58 @@ const IDENTITY_HEADERS: [&str; 5] = [
 
 /// `CheckResponse.ok_response`.
 const OK_RESPONSE_FIELD: u32 = 3;
-/// Identity headers, removals (identity, shadow, credential), per-request
-/// headers.
-const OK_PARTS: usize = 5;
+/// Removals (identity, shadow, credential) and per-request headers.
+const OK_PARTS: usize = 4;
 
 /// A Check response ready to be written.
 #[derive(Debug, Clone)]
 pub struct EncodedCheckResponse {
     /// `status`, and for a denial the whole response.
     head: Bytes,
-    /// The fields of `ok_response`, in order; `None` for a denial.
+    /// The fields of `ok_response` after the identity headers, in order;
+    /// `None` for a denial.
     ok_parts: Option<[Bytes; OK_PARTS]>,
-    /// `dynamic_metadata`, or nothing.
-    tail: Bytes,
+    /// The allowed key, whose encoded identity supplies the identity
+    /// headers and the `dynamic_metadata`.
+    identity: Option<Arc<CachedKey>>,
 }
 
 impl EncodedCheckResponse {
-    fn ok_len(parts: &[Bytes; OK_PARTS]) -> usize {
-        parts.iter().map(Bytes::len).sum()
+    fn identity(&self) -> Option<&EncodedIdentity> {
+        let cached = self.identity.as_ref()?;
+        Some(cached.encoded.get_or_init(|| encode_identity(&cached.key)))
+    }
+
+    fn ok_len(&self, parts: &[Bytes; OK_PARTS]) -> usize {
+        let identity = self.identity().map_or(0, |i| i.upstream_headers().len());
+        identity + parts.iter().map(Bytes::len).sum::<usize>()
     }
 
     pub fn encoded_len(&self) -> usize {
         let ok = self.ok_parts.as_ref().map_or(0, |parts| {
-            let len = Self::ok_len(parts);
+            let len = self.ok_len(parts);
             key_len(OK_RESPONSE_FIELD) + encoded_len_varint(len as u64) + len
         });
-        self.head.len() + ok + self.tail.len()
+        let metadata = self.identity().map_or(0, |i| i.metadata().len());
+        self.head.len() + ok + metadata
     }
 
     pub fn write(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.head);
+        let identity = self.identity();
         if let Some(parts) = &self.ok_parts {
             encode_key(OK_RESPONSE_FIELD, WireType::LengthDelimited, buf);
-            encode_varint(Self::ok_len(parts) as u64, buf);
+            encode_varint(self.ok_len(parts) as u64, buf);
+            if let Some(identity) = identity {
+                buf.put_slice(identity.upstream_headers());
+            }
             for part in parts {
                 buf.put_slice(part);
             }
         }
-        buf.put_slice(&self.tail);
+        if let Some(identity) = identity {
+            buf.put_slice(identity.metadata());
+        }
     }
 
     /// The response as the client decodes it (tests and tools).
@@ -158,14 +172,7 @@ impl Renderer {
         }
     }
 
-    pub fn allowed(&self, allowance: &Allowance) -> EncodedCheckResponse {
-        let (identity, metadata) = match &allowance.identity {
-            Some(cached) => {
-                let encoded = cached.encoded.get_or_init(|| encode_identity(&cached.key));
-                (encoded.upstream_headers.clone(), encoded.metadata.clone())
-            }
-            None => (Bytes::new(), Bytes::new()),
-        };
+    pub fn allowed(&self, allowance: Allowance) -> EncodedCheckResponse {
         let remove_identity = match allowance.identity {
             Some(_) => Bytes::new(),
             None => self.remove_identity_headers.clone(),
@@ -182,13 +189,12 @@ impl Renderer {
         EncodedCheckResponse {
             head: self.ok_status.clone(),
             ok_parts: Some([
-                identity,
                 remove_identity,
                 remove_shadow,
                 strip,
-                per_request_headers(allowance),
+                per_request_headers(&allowance),
             ]),
-            tail: metadata,
+            identity: allowance.identity,
         }
     }
 
@@ -200,7 +206,7 @@ impl Renderer {
         EncodedCheckResponse {
             head,
             ok_parts: None,
-            tail: Bytes::new(),
+            identity: None,
         }
     }
 }
@@ -244,10 +250,7 @@ fn encode_identity(key: &CheckKey) -> EncodedIdentity {
         }),
         ..Default::default()
     };
-    EncodedIdentity {
-        upstream_headers,
-        metadata: Bytes::from(metadata.encode_to_vec()),
-    }
+    EncodedIdentity::new(&upstream_headers, &metadata.encode_to_vec())
 }
 
 /// The shadow decision, rate-limit state and sunset: rare, so encoded per
@@ -351,13 +354,11 @@ pub fn denied(reason: DenyReason) -> CheckResponse {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use chrono::{TimeZone, Utc};
     use uuid::Uuid;
 
     use super::*;
-    use crate::{authz::RateHeaders, cache::CachedKey};
+    use crate::authz::RateHeaders;
 
     fn every_reason() -> [DenyReason; 9] {
         [
@@ -455,7 +456,7 @@ mod tests {
     #[test]
     fn an_allowed_key_sets_its_identity_removes_the_rest_and_describes_itself() {
         let key = cached_key();
-        let encoded = renderer(true).allowed(&allowance(Some(key.clone())));
+        let encoded = renderer(true).allowed(allowance(Some(key.clone())));
         let (response, ok) = ok_response(&encoded);
         let id = key.key.id.to_string();
         assert_eq!(
@@ -486,7 +487,7 @@ mod tests {
         assert_eq!(metadata.len(), 5);
 
         // The second allowance reuses the encoding made by the first.
-        let again = renderer(true).allowed(&allowance(Some(key)));
+        let again = renderer(true).allowed(allowance(Some(key)));
         assert_eq!(again.decode(), encoded.decode());
     }
 
@@ -494,15 +495,15 @@ mod tests {
     fn without_stripping_the_credential_header_is_kept() {
         let mut api_key = allowance(Some(cached_key()));
         api_key.credential = Some(CredentialSource::ApiKey);
-        let (_, ok) = ok_response(&renderer(false).allowed(&api_key));
+        let (_, ok) = ok_response(&renderer(false).allowed(api_key.clone()));
         assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION]);
-        let (_, ok) = ok_response(&renderer(true).allowed(&api_key));
+        let (_, ok) = ok_response(&renderer(true).allowed(api_key.clone()));
         assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION, "x-api-key"]);
     }
 
     #[test]
     fn an_allowance_without_identity_removes_every_keygate_header() {
-        let (response, ok) = ok_response(&renderer(true).allowed(&allowance(None)));
+        let (response, ok) = ok_response(&renderer(true).allowed(allowance(None)));
         assert!(ok.headers.is_empty());
         let mut expected: Vec<&str> = IDENTITY_HEADERS.to_vec();
         expected.extend([HEADER_SHADOW_DECISION, "authorization"]);
@@ -520,7 +521,7 @@ mod tests {
             reset_secs: 3,
         });
         shadowed.sunset = Some(Utc.with_ymd_and_hms(2026, 12, 1, 8, 30, 0).unwrap());
-        let (_, ok) = ok_response(&renderer(true).allowed(&shadowed));
+        let (_, ok) = ok_response(&renderer(true).allowed(shadowed));
         let headers = set(&ok);
         assert_eq!(headers.len(), 6);
         assert_eq!(headers[5], (HEADER_SHADOW_DECISION, "insufficient_ability"));
