@@ -4,7 +4,8 @@
 # Usage: scripts/bench.sh [SECTION...]
 #   check        keygate vs the no-op baseline, full speed and at half of it,
 #                valid=100 and the 90/5/5 mix
-#   usage        full speed with KEYGATE_USAGE_ENABLED=false vs =true
+#   usage        full speed with KEYGATE_USAGE_ENABLED=false vs =true (SQLite)
+#   usage_pg     the same on a fresh PostgreSQL database per run
 #   latency      fixed rate at half of usage=false's maximum (from `usage`)
 #                and at 1,000 req/s, usage off and on, each against the
 #                no-op baseline too
@@ -36,7 +37,7 @@ trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
 
 AUTHZ=51051 ADMIN=51052 METRICS=51090
 SECTIONS=("$@")
-[[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(check usage latency criterion flush propagation envoy)
+[[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(check usage usage_pg latency criterion flush propagation envoy)
 
 if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
   log "building release binaries"
@@ -75,20 +76,28 @@ section_check() {
   stop_pid "$KG_PID"
 }
 
-section_usage() {
-  # Two rounds, alternating, so that drift in the machine's state does not
-  # land on one side only.
-  local round usage name extra
+# usage_rounds PREFIX STORE: full speed with usage off and on, two rounds,
+# alternating, so that drift in the machine's state does not land on one
+# side only. STORE is sqlite (the embedded default) or postgres (a fresh
+# database per run, Postgres itself unpinned).
+usage_rounds() {
+  local prefix="$1" store="$2" round usage name extra db=keygate_bench_check
   for round in 1 2; do
     for usage in false true; do
-      name="usage-$usage-$round"
-      start_keygate "$name" "$AUTHZ" "$ADMIN" "$METRICS" KEYGATE_USAGE_ENABLED="$usage"
+      name="$prefix-$usage-$round"
+      extra=()
+      if [[ "$store" == postgres ]]; then
+        psql_admin "DROP DATABASE IF EXISTS $db"
+        psql_admin "CREATE DATABASE $db"
+        extra=(KEYGATE_DATABASE_URL="$PG_BASE/$db")
+      fi
+      start_keygate "$name" "$AUTHZ" "$ADMIN" "$METRICS" KEYGATE_USAGE_ENABLED="$usage" "${extra[@]}"
       note_load "$name" "$BENCH_OUT/load.txt"
-      log "$name: full speed, valid=100"
+      log "$name: full speed, valid=100, $store"
       # The first usage-off run also measures the no-op baseline, for
       # keygate's own ratio without usage.
       extra=()
-      [[ "$name" == usage-false-1 ]] && extra=(--baseline --baseline-cpu "$SERVER_CPU")
+      [[ "$name" == "$prefix-false-1" ]] && extra=(--baseline --baseline-cpu "$SERVER_CPU")
       bench check --target "127.0.0.1:$AUTHZ" --admin "127.0.0.1:$ADMIN" \
         --mix valid=100 --server-pid "$KG_PID" --name "usage=$usage" "${extra[@]}" \
         --duration "$DURATION" --json >"$BENCH_OUT/$name.json"
@@ -97,7 +106,11 @@ section_usage() {
       stop_pid "$KG_PID"
     done
   done
+  [[ "$store" != postgres ]] || psql_admin "DROP DATABASE IF EXISTS $db"
 }
+
+section_usage() { usage_rounds usage sqlite; }
+section_usage_pg() { usage_rounds usage-pg postgres; }
 
 section_latency() {
   local usage name rate half=6000
@@ -163,7 +176,7 @@ section_envoy() {
 
 for s in "${SECTIONS[@]}"; do
   case "$s" in
-    check|usage|latency|criterion|flush|propagation|envoy) "section_$s" ;;
+    check|usage|usage_pg|latency|criterion|flush|propagation|envoy) "section_$s" ;;
     *) echo "unknown section $s" >&2; exit 2 ;;
   esac
 done
