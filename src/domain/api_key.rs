@@ -90,6 +90,26 @@ pub struct CheckKey {
 }
 
 impl CheckKey {
+    /// An active key for unit tests, prefix `sk_live_abcdefgh`.
+    #[cfg(test)]
+    pub(crate) fn sample(id: Uuid, owner_id: &str, abilities: &[&str]) -> Self {
+        Self {
+            id,
+            id_header: id.to_string(),
+            owner_id: owner_id.into(),
+            environment: "live".into(),
+            key_prefix: "sk_live_abcdefgh".into(),
+            abilities: abilities.iter().map(|s| s.to_string()).collect(),
+            abilities_header: abilities.join(","),
+            superkey: false,
+            rate_limit: None,
+            expires_at: None,
+            revoked_at: None,
+            owner_suspended: false,
+            deleted: false,
+        }
+    }
+
     pub fn from_key(key: &ApiKey, owner_suspended: bool) -> Self {
         let abilities_header = if key.superkey {
             "*".to_owned()

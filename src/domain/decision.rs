@@ -80,6 +80,22 @@ impl DenyReason {
         }
     }
 
+    /// One reason of each kind, in [`Self::ALL_CODES`] order; the
+    /// rate-limited one carries `retry_after_secs`.
+    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 9] {
+        [
+            Self::MissingCredentials,
+            Self::MalformedKey,
+            Self::InvalidKey,
+            Self::KeyRevoked,
+            Self::KeyExpired,
+            Self::OwnerSuspended,
+            Self::EnvironmentNotAllowed,
+            Self::InsufficientAbility,
+            Self::RateLimited { retry_after_secs },
+        ]
+    }
+
     pub const ALL_CODES: [&'static str; 9] = [
         "missing_credentials",
         "malformed_key",
@@ -149,40 +165,14 @@ mod tests {
 
     #[test]
     fn every_reason_indexes_its_own_code() {
-        let reasons = [
-            DenyReason::MissingCredentials,
-            DenyReason::MalformedKey,
-            DenyReason::InvalidKey,
-            DenyReason::KeyRevoked,
-            DenyReason::KeyExpired,
-            DenyReason::OwnerSuspended,
-            DenyReason::EnvironmentNotAllowed,
-            DenyReason::InsufficientAbility,
-            DenyReason::RateLimited {
-                retry_after_secs: 1,
-            },
-        ];
-        for reason in reasons {
-            assert_eq!(DenyReason::ALL_CODES[reason.index()], reason.code());
+        for (index, reason) in DenyReason::one_of_each(1).into_iter().enumerate() {
+            assert_eq!(reason.index(), index);
+            assert_eq!(DenyReason::ALL_CODES[index], reason.code());
         }
     }
 
     fn key(abilities: &[&str]) -> CheckKey {
-        CheckKey {
-            id: Uuid::nil(),
-            id_header: Uuid::nil().to_string(),
-            owner_id: "o".into(),
-            environment: "live".into(),
-            key_prefix: "sk_live_abcdefgh".into(),
-            abilities: abilities.iter().map(|s| s.to_string()).collect(),
-            abilities_header: abilities.join(","),
-            superkey: false,
-            rate_limit: None,
-            expires_at: None,
-            revoked_at: None,
-            owner_suspended: false,
-            deleted: false,
-        }
+        CheckKey::sample(Uuid::nil(), "o", abilities)
     }
 
     fn route(abilities: &str) -> RouteRequirements<'_> {

@@ -141,20 +141,10 @@ impl Renderer {
             true => removal(&[name]),
             false => Bytes::new(),
         };
-        let static_denial = |index: usize| {
-            let reason = match index {
-                0 => DenyReason::MissingCredentials,
-                1 => DenyReason::MalformedKey,
-                2 => DenyReason::InvalidKey,
-                3 => DenyReason::KeyRevoked,
-                4 => DenyReason::KeyExpired,
-                5 => DenyReason::OwnerSuspended,
-                6 => DenyReason::EnvironmentNotAllowed,
-                7 => DenyReason::InsufficientAbility,
-                _ => return Bytes::new(),
-            };
-            debug_assert_eq!(reason.index(), index);
-            Bytes::from(denied(reason).encode_to_vec())
+        let static_denial = |reason: DenyReason| match reason {
+            // Its Retry-After differs per request.
+            DenyReason::RateLimited { .. } => Bytes::new(),
+            _ => Bytes::from(denied(reason).encode_to_vec()),
         };
         Self {
             ok_status: Bytes::from(
@@ -168,7 +158,7 @@ impl Renderer {
             remove_shadow_header: removal(&[HEADER_SHADOW_DECISION]),
             strip_authorization: strip(&headers.authorization),
             strip_api_key: strip(&headers.api_key),
-            denials: std::array::from_fn(static_denial),
+            denials: DenyReason::one_of_each(0).map(static_denial),
         }
     }
 
@@ -361,19 +351,7 @@ mod tests {
     use crate::authz::RateHeaders;
 
     fn every_reason() -> [DenyReason; 9] {
-        [
-            DenyReason::MissingCredentials,
-            DenyReason::MalformedKey,
-            DenyReason::InvalidKey,
-            DenyReason::KeyRevoked,
-            DenyReason::KeyExpired,
-            DenyReason::OwnerSuspended,
-            DenyReason::EnvironmentNotAllowed,
-            DenyReason::InsufficientAbility,
-            DenyReason::RateLimited {
-                retry_after_secs: 7,
-            },
-        ]
+        DenyReason::one_of_each(7)
     }
 
     fn renderer(strip: bool) -> Renderer {
@@ -385,22 +363,12 @@ mod tests {
     }
 
     fn cached_key() -> Arc<CachedKey> {
-        let id = Uuid::from_u128(42);
-        Arc::new(CachedKey::detached(CheckKey {
-            id,
-            id_header: id.to_string(),
-            owner_id: "acme".into(),
-            environment: "live".into(),
-            key_prefix: "sk_live_AbCd…wxyz".into(),
-            abilities: vec!["read:orders".into(), "write:orders".into()],
-            abilities_header: "read:orders,write:orders".into(),
-            superkey: false,
-            rate_limit: None,
-            expires_at: None,
-            revoked_at: None,
-            owner_suspended: false,
-            deleted: false,
-        }))
+        let key = CheckKey::sample(
+            Uuid::from_u128(42),
+            "acme",
+            &["read:orders", "write:orders"],
+        );
+        Arc::new(CachedKey::detached(key))
     }
 
     fn allowance(identity: Option<Arc<CachedKey>>) -> Allowance {
@@ -465,7 +433,7 @@ mod tests {
                 (HEADER_KEY_ID, id.as_str()),
                 (HEADER_OWNER_ID, "acme"),
                 (HEADER_ENVIRONMENT, "live"),
-                (HEADER_KEY_PREFIX, "sk_live_AbCd…wxyz"),
+                (HEADER_KEY_PREFIX, "sk_live_abcdefgh"),
                 (HEADER_ABILITIES, "read:orders,write:orders"),
             ]
         );
@@ -482,7 +450,7 @@ mod tests {
         assert_eq!(text("key_id"), id);
         assert_eq!(text("owner_id"), "acme");
         assert_eq!(text("environment"), "live");
-        assert_eq!(text("key_prefix"), "sk_live_AbCd…wxyz");
+        assert_eq!(text("key_prefix"), "sk_live_abcdefgh");
         assert_eq!(text("abilities"), "read:orders,write:orders");
         assert_eq!(metadata.len(), 5);
 
