@@ -51,6 +51,8 @@ pub async fn listen(
     let received = metrics::counter!("keygate_invalidations_total");
     let reconnects = metrics::counter!("keygate_listener_reconnects_total");
     let clears = metrics::counter!("keygate_cache_clears_total");
+    let up = metrics::gauge!("keygate_listener_connected");
+    up.set(0.0);
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -85,6 +87,7 @@ pub async fn listen(
         cache.clear();
         clears.increment(1);
         backoff = Duration::from_millis(100);
+        up.set(1.0);
         tracing::info!("invalidation listener connected");
         if let Some(first_connect) = first_connect.take() {
             let _ = first_connect.send(());
@@ -113,6 +116,7 @@ pub async fn listen(
                     }
                 }
                 Ok(None) | Err(_) => {
+                    up.set(0.0);
                     tracing::warn!("invalidation listener lost its connection; reconnecting (the cache is cleared once it is back)");
                     break;
                 }

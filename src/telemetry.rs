@@ -107,6 +107,10 @@ fn describe_metrics() {
         "keygate_invalidations_total",
         "Cache invalidations received from other replicas"
     );
+    describe_gauge!(
+        "keygate_listener_connected",
+        "1 while the Postgres LISTEN connection is up: at 0, revokes made on other replicas are not heard (alert on it)"
+    );
     describe_counter!(
         "keygate_listener_reconnects_total",
         "Reconnects of the Postgres LISTEN connection"

@@ -169,6 +169,13 @@ async fn a_replica_whose_listener_lost_notifications_clears_its_cache_on_reconne
         .unwrap();
     // B cannot hear the notification; it still answers from its cache.
     assert_eq!(b.code(&key).await, "allowed");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            metric_value(&b.metrics(), "keygate_listener_connected") == Some(0.0)
+        })
+        .await,
+        "B's listener was cut but keygate_listener_connected did not drop to 0"
+    );
     proxy.restore();
 
     assert!(
@@ -179,6 +186,11 @@ async fn a_replica_whose_listener_lost_notifications_clears_its_cache_on_reconne
         b.process.logs()
     );
     let metrics = b.metrics();
+    assert_eq!(
+        metric_value(&metrics, "keygate_listener_connected"),
+        Some(1.0),
+        "{metrics}"
+    );
     assert!(
         metric_value(&metrics, "keygate_listener_reconnects_total").unwrap_or_default() >= 1.0,
         "{metrics}"
