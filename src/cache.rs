@@ -36,7 +36,8 @@ use crate::{
 pub struct CachedKey {
     pub key: CheckKey,
     /// The transport's encoding of this key's identity, made on its first
-    /// allowance and reused by every later one while the entry lives.
+    /// allowance and reused by every later one while the entry lives. It
+    /// must derive from `key` alone: a changed key is a new entry.
     pub encoded: OnceLock<EncodedIdentity>,
     filled_at_generation: u64,
     /// The newest generation at which no tombstone applied to this entry.

@@ -63,7 +63,6 @@ impl DenyReason {
         }
     }
 
-    /// Every code, for metrics that should show zeros before the first hit.
     /// This reason's position in [`Self::ALL_CODES`], for tables indexed by
     /// reason.
     pub fn index(&self) -> usize {
@@ -96,6 +95,7 @@ impl DenyReason {
         ]
     }
 
+    /// Every code, for metrics that should show zeros before the first hit.
     pub const ALL_CODES: [&'static str; 9] = [
         "missing_credentials",
         "malformed_key",

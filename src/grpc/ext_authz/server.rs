@@ -93,6 +93,7 @@ impl Encoder for CheckCodec {
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
         item.write(dst);
         Ok(())
     }
@@ -105,9 +106,9 @@ impl Decoder for CheckCodec {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<CheckRequest>, Status> {
         CheckRequest::decode(src)
             .map(Some)
-            // prost's error names the message and field, never a value.
-            .map_err(|error| {
-                Status::invalid_argument(format!("the CheckRequest could not be decoded: {error}"))
-            })
+            // INVALID_ARGUMENT rather than the generated codec's INTERNAL: the
+            // fault is the caller's. prost's error names the message and
+            // field, never a value.
+            .map_err(|error| Status::invalid_argument(format!("invalid CheckRequest: {error}")))
     }
 }
