@@ -20,6 +20,26 @@ impl KeyAdminService {
     pub fn new(admin: Arc<KeyAdmin>) -> Self {
         Self { admin }
     }
+
+    /// Runs a mutation on its own task so that it finishes, cache
+    /// invalidation included, even if the client cancels the call: a commit
+    /// whose local invalidation never ran would leave this replica answering
+    /// from the old row until the cache TTL (SQLite has no NOTIFY to catch up
+    /// with).
+    async fn run_to_completion<T, F, Fut>(&self, mutation: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<KeyAdmin>) -> Fut,
+        Fut: std::future::Future<Output = admin::AdminResult<T>> + Send + 'static,
+    {
+        match tokio::spawn(mutation(self.admin.clone())).await {
+            Ok(done) => done.map_err(from_admin),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(Status::unavailable(
+                "the server stopped during the change; read the key before retrying",
+            )),
+        }
+    }
 }
 
 /// The authenticated caller, put there by [`super::auth::AdminAuth`].
@@ -171,12 +191,11 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     rate_limit: convert::rate_limit(r.rate_limit),
                     metadata: convert::metadata(r.metadata),
                 };
-                let admin = self.admin.clone();
-                let key = to_completion(async move {
-                    admin.update_key(&caller, &r.owner_id, &r.id, update).await
-                })
-                .await?
-                .map_err(from_admin)?;
+                let key = self
+                    .run_to_completion(move |admin| async move {
+                        admin.update_key(&caller, &r.owner_id, &r.id, update).await
+                    })
+                    .await?;
                 Ok(Response::new(convert::api_key(key, store::now())))
             }
             .await,
@@ -193,14 +212,13 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = caller(&request)?;
                 let r = request.into_inner();
-                let admin = self.admin.clone();
-                let (issued, previous) = to_completion(async move {
-                    admin
-                        .rotate_key(&caller, &r.owner_id, &r.id, r.overlap_minutes)
-                        .await
-                })
-                .await?
-                .map_err(from_admin)?;
+                let (issued, previous) = self
+                    .run_to_completion(move |admin| async move {
+                        admin
+                            .rotate_key(&caller, &r.owner_id, &r.id, r.overlap_minutes)
+                            .await
+                    })
+                    .await?;
                 let now = store::now();
                 Ok(Response::new(proto::RotateKeyResponse {
                     key: issued.plaintext.into_exposed(),
@@ -223,14 +241,13 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = caller(&request)?;
                 let r = request.into_inner();
-                let admin = self.admin.clone();
-                let key = to_completion(async move {
-                    admin
-                        .revoke_key(&caller, Some(&r.owner_id), &r.id, &r.reason)
-                        .await
-                })
-                .await?
-                .map_err(from_admin)?;
+                let key = self
+                    .run_to_completion(move |admin| async move {
+                        admin
+                            .revoke_key(&caller, Some(&r.owner_id), &r.id, &r.reason)
+                            .await
+                    })
+                    .await?;
                 Ok(Response::new(convert::api_key(key, store::now())))
             }
             .await,
@@ -335,19 +352,18 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = admin_caller(&request)?;
                 let r = request.into_inner();
-                let admin = self.admin.clone();
-                let owner = to_completion(async move {
-                    let reason = if r.reason.trim().is_empty() {
-                        "suspended"
-                    } else {
-                        r.reason.as_str()
-                    };
-                    admin
-                        .set_owner_suspension(&caller, &r.owner_id, Some(reason))
-                        .await
-                })
-                .await?
-                .map_err(from_admin)?;
+                let owner = self
+                    .run_to_completion(move |admin| async move {
+                        let reason = if r.reason.trim().is_empty() {
+                            "suspended"
+                        } else {
+                            r.reason.as_str()
+                        };
+                        admin
+                            .set_owner_suspension(&caller, &r.owner_id, Some(reason))
+                            .await
+                    })
+                    .await?;
                 Ok(Response::new(owner_message(owner)))
             }
             .await,
@@ -364,12 +380,11 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = admin_caller(&request)?;
                 let r = request.into_inner();
-                let admin = self.admin.clone();
-                let owner = to_completion(async move {
-                    admin.set_owner_suspension(&caller, &r.owner_id, None).await
-                })
-                .await?
-                .map_err(from_admin)?;
+                let owner = self
+                    .run_to_completion(move |admin| async move {
+                        admin.set_owner_suspension(&caller, &r.owner_id, None).await
+                    })
+                    .await?;
                 Ok(Response::new(owner_message(owner)))
             }
             .await,
@@ -404,22 +419,6 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             }
             .await,
         )
-    }
-}
-
-/// Runs a mutation on its own task so that it finishes, cache invalidation
-/// included, even if the client cancels the call: a commit whose local
-/// invalidation never ran would leave this replica answering from the old
-/// row until the cache TTL (SQLite has no NOTIFY to catch up with).
-async fn to_completion<T: Send + 'static>(
-    mutation: impl std::future::Future<Output = T> + Send + 'static,
-) -> Result<T, Status> {
-    match tokio::spawn(mutation).await {
-        Ok(done) => Ok(done),
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(_) => Err(Status::unavailable(
-            "the server stopped during the change; read the key before retrying",
-        )),
     }
 }
 

@@ -321,10 +321,14 @@ pub fn denied(reason: DenyReason) -> CheckResponse {
         )),
         _ => {}
     }
-    let body = serde_json::json!({
-        "error": { "code": reason.code(), "message": reason.message() }
-    })
-    .to_string();
+    // Codes and messages are static ASCII without quotes or backslashes
+    // (a test checks every one parses), so no JSON tree is needed: the
+    // rate-limited denial is built per request, and floods are when it is.
+    let body = format!(
+        r#"{{"error":{{"code":"{}","message":"{}"}}}}"#,
+        reason.code(),
+        reason.message()
+    );
     CheckResponse {
         status: Some(rpc::Status {
             code: grpc_code as i32,
@@ -454,7 +458,8 @@ mod tests {
         assert_eq!(text("abilities"), "read:orders,write:orders");
         assert_eq!(metadata.len(), 5);
 
-        // The second allowance reuses the encoding made by the first.
+        // A later allowance of the same key (answered from its stored
+        // encoding) reads the same.
         let again = renderer(true).allowed(allowance(Some(key)));
         assert_eq!(again.decode(), encoded.decode());
     }
