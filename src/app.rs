@@ -9,7 +9,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
-use tonic::transport::{server::TcpIncoming, Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     cache::{CacheSettings, KeyCache},
     config::{Config, TlsConfig},
     grpc::{
+        accept::incoming,
         auth::AdminAuth,
         ext_authz::{AuthorizationServer, CredentialHeaders, ExtAuthzService},
         key_admin::KeyAdminService,
@@ -265,14 +266,8 @@ fn store_kind(store: &Store) -> &'static str {
     }
 }
 
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 fn server_builder(tls: Option<&TlsConfig>, admin: bool) -> anyhow::Result<Server> {
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    let mut builder = Server::builder();
     if let Some(tls) = tls {
         let cert = std::fs::read(&tls.cert)
             .with_context(|| format!("cannot read KEYGATE_TLS_CERT {}", tls.cert.display()))?;

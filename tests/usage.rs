@@ -58,39 +58,44 @@ async fn drive_checks(authz: std::net::SocketAddr, key: &str, count: usize) {
     }
 }
 
-on_both_backends! {
-    async fn a_batch_larger_than_one_statement_is_written_whole(backend) {
-        use keygate::{domain::KeyFormat, store::{AuditRecord, NewKey}};
-        let db = TestDb::new(backend).await;
-        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
-        store.migrate().await.unwrap();
-        let format = KeyFormat::new("sk", &["live".into()], 32).unwrap();
-        let now = keygate::store::now();
-        let mut ids = Vec::new();
-        for i in 0..1_201 {
-            let issued = format.generate("live");
-            let new = NewKey {
-                id: Uuid::now_v7(),
-                owner_id: format!("owner-{}", i % 7),
-                name: "bulk".into(),
-                environment: "live".into(),
-                key_hash: issued.hash,
-                key_prefix: issued.key_prefix,
-                abilities: vec![],
-                superkey: false,
-                rate_limit: None,
-                expires_at: None,
-                metadata: Default::default(),
-                rotated_from_id: None,
-                created_at: now,
-            };
-            ids.push(store.insert_key(&new, None, &AuditRecord::new("api_key.created", "test")).await.unwrap().id);
-        }
-        // 2,402 events: 1,201 keys x 2 distinct endpoints, so every table
-        // needs more than one multi-row statement.
-        let events: Vec<UsageEvent> = ids
-            .iter()
-            .flat_map(|id| (0..2).map(move |n| UsageEvent {
+/// `count` keys spread over seven owners, straight into the store.
+async fn insert_keys(store: &Store, count: usize) -> Vec<Uuid> {
+    use keygate::{
+        domain::KeyFormat,
+        store::{AuditRecord, NewKey},
+    };
+    let format = KeyFormat::new("sk", &["live".into()], 32).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let issued = format.generate("live");
+        let new = NewKey {
+            id: Uuid::now_v7(),
+            owner_id: format!("owner-{}", i % 7),
+            name: "bulk".into(),
+            environment: "live".into(),
+            key_hash: issued.hash,
+            key_prefix: issued.key_prefix,
+            abilities: vec![],
+            superkey: false,
+            rate_limit: None,
+            expires_at: None,
+            metadata: Default::default(),
+            rotated_from_id: None,
+            created_at: keygate::store::now(),
+        };
+        let audit = AuditRecord::new("api_key.created", "test");
+        ids.push(store.insert_key(&new, None, &audit).await.unwrap().id);
+    }
+    ids
+}
+
+/// Two allowed events per key, on two endpoints (`/v1/e0`, `/v1/e1`), so
+/// that 1,201 keys need more than one multi-row statement for every table.
+fn two_events_per_key(ids: &[Uuid]) -> Vec<UsageEvent> {
+    let now = keygate::store::now();
+    ids.iter()
+        .flat_map(|id| {
+            (0..2).map(move |n| UsageEvent {
                 key_id: *id,
                 at: now,
                 ip: Some("192.0.2.9".into()),
@@ -98,8 +103,43 @@ on_both_backends! {
                 endpoint: format!("/v1/e{n}"),
                 decision: "allowed",
                 allowed: true,
-            }))
-            .collect();
+            })
+        })
+        .collect()
+}
+
+/// Rows in the three places a flush writes: the log, the daily counts, and
+/// the keys' request counters.
+async fn usage_written(db: &TestDb) -> (i64, i64, i64) {
+    (
+        scalar_i64(
+            db,
+            "SELECT COUNT(*) FROM usage_log WHERE key_id <> $1",
+            Uuid::nil(),
+        )
+        .await,
+        scalar_i64(
+            db,
+            "SELECT COUNT(*) FROM usage_daily WHERE key_id <> $1",
+            Uuid::nil(),
+        )
+        .await,
+        scalar_i64(
+            db,
+            "SELECT CAST(COALESCE(SUM(request_count), 0) AS BIGINT) FROM api_keys WHERE id <> $1",
+            Uuid::nil(),
+        )
+        .await,
+    )
+}
+
+on_both_backends! {
+    async fn a_batch_larger_than_one_statement_is_written_whole(backend) {
+        let db = TestDb::new(backend).await;
+        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+        store.migrate().await.unwrap();
+        let ids = insert_keys(&store, 1_201).await;
+        let events = two_events_per_key(&ids);
         store.record_usage(&events, true).await.unwrap();
         for id in [ids[0], ids[600], ids[1_200]] {
             let key = store.get_key(id).await.unwrap();
@@ -107,8 +147,40 @@ on_both_backends! {
             assert_eq!(key.last_used_ip.as_deref(), Some("192.0.2.9"));
         }
         store.close().await;
-        assert_eq!(scalar_i64(&db, "SELECT COUNT(*) FROM usage_log WHERE key_id <> $1", Uuid::nil()).await, 2_402);
-        assert_eq!(scalar_i64(&db, "SELECT COUNT(*) FROM usage_daily WHERE key_id <> $1", Uuid::nil()).await, 2_402);
+        assert_eq!(usage_written(&db).await, (2_402, 2_402, 2_402));
+    }
+
+    async fn a_batch_that_fails_part_way_writes_nothing_and_its_retry_writes_it_once(backend) {
+        let db = TestDb::new(backend).await;
+        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+        store.migrate().await.unwrap();
+        let ids = insert_keys(&store, 1_201).await;
+        let mut events = two_events_per_key(&ids);
+        events.last_mut().unwrap().endpoint = "/v1/rejected".into();
+        // The database rejects the batch's very last log row: every other
+        // statement of the batch, and most of the last one, has run by then.
+        match backend {
+            Backend::Sqlite => execute(&db, "CREATE TRIGGER reject_usage BEFORE INSERT ON usage_log \
+                WHEN NEW.endpoint = '/v1/rejected' BEGIN SELECT RAISE(FAIL, 'rejected'); END").await,
+            Backend::Postgres => {
+                execute(&db, "CREATE FUNCTION reject_usage() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                    BEGIN IF NEW.endpoint = '/v1/rejected' THEN RAISE EXCEPTION 'rejected'; END IF; \
+                    RETURN NEW; END $$").await;
+                execute(&db, "CREATE TRIGGER reject_usage BEFORE INSERT ON usage_log \
+                    FOR EACH ROW EXECUTE FUNCTION reject_usage()").await;
+            }
+        }
+        assert!(store.record_usage(&events, true).await.is_err());
+        assert_eq!(usage_written(&db).await, (0, 0, 0), "a failed batch left rows behind");
+
+        // The flusher keeps the batch and writes it again, on the same pool.
+        execute(&db, match backend {
+            Backend::Sqlite => "DROP TRIGGER reject_usage",
+            Backend::Postgres => "DROP TRIGGER reject_usage ON usage_log",
+        }).await;
+        store.record_usage(&events, true).await.unwrap();
+        store.close().await;
+        assert_eq!(usage_written(&db).await, (2_402, 2_402, 2_402));
     }
 
     async fn get_key_usage_reports_counts_top_endpoints_and_recent_logs(backend) {

@@ -1,6 +1,8 @@
 //! gRPC transport: Envoy's ext_authz `Check`, the KeyAdmin service, admin
-//! token authentication, and the one place errors become `tonic::Status`.
+//! token authentication, how connections are accepted, and
+//! the one place errors become `tonic::Status`.
 
+pub mod accept;
 pub mod auth;
 mod convert;
 pub mod ext_authz;

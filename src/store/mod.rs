@@ -122,6 +122,23 @@ pub struct Store {
     check_timeout: Duration,
 }
 
+/// The SQLite writer carries the usage flushes: thousands of rows a second,
+/// most of them into the usage log and its per-key index. Measured with
+/// `perf` under `scripts/bench.sh usage`, its defaults spent a third of
+/// its time on avoidable I/O:
+/// - multi-row statements inside a transaction keep a statement journal,
+///   a temporary *file* by default: kept in memory instead;
+/// - a batch dirties more pages than the default 2 MiB page cache holds,
+///   so pages spilled to the WAL mid-transaction: 64 MiB;
+/// - a checkpoint every 1,000 WAL pages rewrote hot index pages again and
+///   again: every 10,000 (a WAL of up to about 40 MiB before it is reset).
+fn writer_tuning(connect: SqliteConnectOptions) -> SqliteConnectOptions {
+    connect
+        .pragma("temp_store", "memory")
+        .pragma("cache_size", "-65536")
+        .pragma("wal_autocheckpoint", "10000")
+}
+
 impl Store {
     /// Opens the pools. Connections are made lazily, so a server can start
     /// while the database is still coming up.
@@ -139,7 +156,7 @@ impl Store {
             let main = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_lazy_with(connect.clone());
+                .connect_lazy_with(writer_tuning(connect.clone()));
             let check = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(options.check_timeout)

@@ -87,7 +87,7 @@ fn aggregate(events: &[UsageEvent]) -> (HashMap<Uuid, CounterDelta>, DailyCounts
 const SQLITE_ROWS_PER_STATEMENT: usize = 1000;
 /// `UPDATE … FROM (VALUES …)`: `column1..4` are key id, allowed requests,
 /// latest use and its IP.
-const SQLITE_BUMP_COUNTERS_HEAD: &str = "UPDATE api_keys SET request_count = api_keys.request_count + v.column2, \
+const SQLITE_BUMP_COUNTERS_HEAD: &str = "UPDATE OR FAIL api_keys SET request_count = api_keys.request_count + v.column2, \
      last_used_at = CASE WHEN api_keys.last_used_at IS NULL OR v.column3 >= api_keys.last_used_at THEN v.column3 ELSE api_keys.last_used_at END, \
      last_used_ip = CASE WHEN api_keys.last_used_at IS NULL OR v.column3 >= api_keys.last_used_at THEN v.column4 ELSE api_keys.last_used_ip END \
      FROM (";
@@ -162,7 +162,11 @@ impl Store {
             DbPool::Sqlite(pool) => {
                 // Multi-row statements: each sqlx SQLite statement is a hop to
                 // the connection's worker thread, so per-row statements cost
-                // more than the writes themselves.
+                // more than the writes themselves. `OR FAIL`: a failed
+                // row fails the whole batch anyway (the transaction is rolled
+                // back and the batch retried), and a statement that need not
+                // undo itself keeps no statement journal, a copy of every
+                // page it touches.
                 let mut tx = pool.begin_write().await?;
                 let counters: Vec<_> = counters.into_iter().collect();
                 for chunk in counters.chunks(SQLITE_ROWS_PER_STATEMENT) {
@@ -179,7 +183,7 @@ impl Store {
                 let daily: Vec<_> = daily.into_iter().collect();
                 for chunk in daily.chunks(SQLITE_ROWS_PER_STATEMENT) {
                     let mut upsert = QueryBuilder::<Sqlite>::new(
-                        "INSERT INTO usage_daily (key_id, day, endpoint, count) ",
+                        "INSERT OR FAIL INTO usage_daily (key_id, day, endpoint, count) ",
                     );
                     upsert.push_values(chunk, |mut row, ((key_id, day, endpoint), count)| {
                         row.push_bind(*key_id)
@@ -193,7 +197,7 @@ impl Store {
                 if log_enabled {
                     for chunk in events.chunks(SQLITE_ROWS_PER_STATEMENT) {
                         let mut insert = QueryBuilder::<Sqlite>::new(
-                            "INSERT INTO usage_log (key_id, at, method, endpoint, ip, decision) ",
+                            "INSERT OR FAIL INTO usage_log (key_id, at, method, endpoint, ip, decision) ",
                         );
                         insert.push_values(chunk, |mut row, e| {
                             row.push_bind(e.key_id)
