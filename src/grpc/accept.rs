@@ -1,12 +1,17 @@
 //! How both gRPC listeners accept connections: `TCP_NODELAY`, TCP
 //! keep-alive, and small responses sharing one write.
 //!
-//! ## Keep-alive in the kernel, not in HTTP/2
+//! ## Dead peers found by the kernel, not by HTTP/2 PINGs
 //!
 //! hyper's HTTP/2 PING keep-alive takes a mutex and reads the clock on every
-//! frame it receives, three or so per Check. TCP keep-alive finds a dead
-//! peer as well, at no cost per request: after 30 s of silence the kernel
-//! probes every 10 s and drops the connection after 3 unanswered probes.
+//! frame it receives, three or so per Check. The kernel does the same job at
+//! no cost per request: TCP keep-alive probes an idle connection after 30 s,
+//! every 10 s, and drops it after 3 unanswered probes; `TCP_USER_TIMEOUT`
+//! drops a connection whose sent data has gone unacknowledged for 60 s
+//! (keep-alive only probes idle sockets; without it, a peer that vanished
+//! mid-response would hold the connection until retransmissions give up,
+//! about 15 minutes). Envoy's own `connection_keepalive` PINGs cover the
+//! other direction (see `examples/envoy/envoy.yaml`).
 //!
 //! ## Coalesced writes
 //!
@@ -20,9 +25,14 @@
 //! call, which on loopback cost more than keygate's whole decision.
 //!
 //! [`CoalescedWrites`] reports the socket as not vectored, so responses up
-//! to 1 KiB are copied (a few hundred bytes of `memcpy`) and many go out in
-//! one `write`. Frames above 1 KiB are still written without copying, in two
-//! writes (head, then payload).
+//! to 1 KiB (a typical allowed Check response is 400–700 bytes) are copied
+//! and many go out in one `write`. Frames above 1 KiB are still written
+//! without copying, in two writes (head, then payload).
+//!
+//! Under TLS, tonic wraps this stream in a rustls stream, which reports
+//! vectored writes itself: h2 then chains frames over 256 bytes as before,
+//! and rustls hands its queued records to [`CoalescedWrites`] with
+//! `poll_write_vectored`, which is forwarded as a real `writev`.
 
 use std::{
     io,
@@ -32,6 +42,7 @@ use std::{
 };
 
 use futures::{Stream, TryStreamExt};
+use socket2::SockRef;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -45,16 +56,25 @@ pub struct CoalescedWrites(TcpStream);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 3;
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Accepts connections on `listener` with `TCP_NODELAY` and TCP keep-alive,
-/// each wrapped in [`CoalescedWrites`].
+/// Accepts connections on `listener` with `TCP_NODELAY`, TCP keep-alive and
+/// `TCP_USER_TIMEOUT`, each wrapped in [`CoalescedWrites`].
 pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<CoalescedWrites>> {
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(KEEPALIVE_IDLE))
         .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .with_keepalive_retries(Some(KEEPALIVE_PROBES))
-        .map_ok(CoalescedWrites)
+        .map_ok(|stream| {
+            if let Err(error) =
+                SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKNOWLEDGED_TIMEOUT))
+            {
+                // The connection still works; only a vanished peer lingers.
+                tracing::warn!(%error, "cannot set TCP_USER_TIMEOUT on an accepted connection");
+            }
+            CoalescedWrites(stream)
+        })
 }
 
 impl Connected for CoalescedWrites {
@@ -92,6 +112,16 @@ impl AsyncWrite for CoalescedWrites {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 
+    /// Only for callers that gather regardless of `is_write_vectored`
+    /// (rustls under TLS); h2 on a plain connection never calls it.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
     /// The point of this type: see the module documentation.
     fn is_write_vectored(&self) -> bool {
         false
@@ -101,7 +131,6 @@ impl AsyncWrite for CoalescedWrites {
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
-    use socket2::SockRef;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -122,12 +151,18 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(UNACKNOWLEDGED_TIMEOUT)
+        );
         let info = server.connect_info();
         assert_eq!(info.remote_addr, Some(client.local_addr().unwrap()));
         assert_eq!(info.local_addr, Some(addr));
 
-        // Bytes pass both ways unchanged.
-        server.write_all(b"pong").await.unwrap();
+        // Bytes pass both ways unchanged, gathered writes included.
+        let parts = [io::IoSlice::new(b"po"), io::IoSlice::new(b"ng")];
+        let written = server.write_vectored(&parts).await.unwrap();
+        server.write_all(&b"pong"[written..]).await.unwrap();
         client.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         server.read_exact(&mut buf).await.unwrap();

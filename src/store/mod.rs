@@ -131,12 +131,18 @@ pub struct Store {
 /// - a batch dirties more pages than the default 2 MiB page cache holds,
 ///   so pages spilled to the WAL mid-transaction: 64 MiB;
 /// - a checkpoint every 1,000 WAL pages rewrote hot index pages again and
-///   again: every 10,000 (a WAL of up to about 40 MiB before it is reset).
+///   again: every 10,000 (about 40 MiB of 4 KiB pages; more while readers
+///   hold old snapshots), and the `-wal` file is truncated back to 64 MiB
+///   after a checkpoint rather than kept at its high-water mark.
+///
+/// `temp_store` covers every statement on this connection (KeyAdmin and
+/// pruning too); the page cache is a ceiling, not allocated up front.
 fn writer_tuning(connect: SqliteConnectOptions) -> SqliteConnectOptions {
     connect
         .pragma("temp_store", "memory")
         .pragma("cache_size", "-65536")
         .pragma("wal_autocheckpoint", "10000")
+        .pragma("journal_size_limit", "67108864")
 }
 
 impl Store {

@@ -166,7 +166,8 @@ impl Store {
                 // row fails the whole batch anyway (the transaction is rolled
                 // back and the batch retried), and a statement that need not
                 // undo itself keeps no statement journal, a copy of every
-                // page it touches.
+                // page it touches. (The daily upsert keeps one: SQLite runs
+                // `DO UPDATE` with ABORT whatever the statement says.)
                 let mut tx = pool.begin_write().await?;
                 let counters: Vec<_> = counters.into_iter().collect();
                 for chunk in counters.chunks(SQLITE_ROWS_PER_STATEMENT) {

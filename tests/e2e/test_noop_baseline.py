@@ -43,7 +43,8 @@ def test_example_config_has_the_recommended_settings():
     for needle in ("transport_api_version: V3", "timeout: 0.2s", "failure_mode_allow: false",
                    "status_on_error: { code: ServiceUnavailable }", "validate_mutations: true",
                    "exact: authorization", "exact: x-api-key", "exact: x-forwarded-for",
-                   "include_peer_certificate: false", "http2_protocol_options"):
+                   "include_peer_certificate: false", "http2_protocol_options",
+                   "connection_keepalive"):
         assert needle in text, needle
 
 
