@@ -8,5 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("keygate_admin_descriptor.bin"))
         .compile_protos(&["proto/keygate/admin/v1/key_admin.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds the migrations at compile time; without this a
+    // new migration file would not rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }
