@@ -65,25 +65,17 @@ async fn insert_keys(store: &Store, count: usize) -> Vec<Uuid> {
         store::{AuditRecord, NewKey},
     };
     let format = KeyFormat::new("sk", &["live".into()], 32).unwrap();
+    let audit = AuditRecord::new("api_key.created", "test");
     let mut ids = Vec::new();
     for i in 0..count {
-        let issued = format.generate("live");
-        let new = NewKey {
-            id: Uuid::now_v7(),
-            owner_id: format!("owner-{}", i % 7),
-            name: "bulk".into(),
-            environment: "live".into(),
-            key_hash: issued.hash,
-            key_prefix: issued.key_prefix,
-            abilities: vec![],
-            superkey: false,
-            rate_limit: None,
-            expires_at: None,
-            metadata: Default::default(),
-            rotated_from_id: None,
-            created_at: keygate::store::now(),
-        };
-        let audit = AuditRecord::new("api_key.created", "test");
+        let owner = format!("owner-{}", i % 7);
+        let new = NewKey::bare(
+            format.generate("live"),
+            "live",
+            owner,
+            "bulk".into(),
+            keygate::store::now(),
+        );
         ids.push(store.insert_key(&new, None, &audit).await.unwrap().id);
     }
     ids

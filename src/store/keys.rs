@@ -12,7 +12,7 @@ use super::{
     rows::{key_columns, keys_from_rows, CheckRow, KeyRow},
     with_pool, Store, StoreError, StoreResult,
 };
-use crate::domain::{ApiKey, CheckKey, KeyHash, RateLimit};
+use crate::domain::{ApiKey, CheckKey, IssuedKey, KeyHash, RateLimit};
 
 /// A key about to be stored: everything but usage counters.
 #[derive(Debug, Clone)]
@@ -30,6 +30,35 @@ pub struct NewKey {
     pub metadata: BTreeMap<String, String>,
     pub rotated_from_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
+}
+
+impl NewKey {
+    /// A key with nothing but an owner and a name: no abilities, rate
+    /// limit, expiry or metadata. For filling a store directly (benchmarks
+    /// and tests); KeyAdmin builds its keys from a validated request.
+    pub fn bare(
+        issued: IssuedKey,
+        environment: &str,
+        owner_id: String,
+        name: String,
+        created_at: DateTime<Utc>,
+    ) -> NewKey {
+        NewKey {
+            id: Uuid::now_v7(),
+            owner_id,
+            name,
+            environment: environment.to_owned(),
+            key_hash: issued.hash,
+            key_prefix: issued.key_prefix,
+            abilities: vec![],
+            superkey: false,
+            rate_limit: None,
+            expires_at: None,
+            metadata: BTreeMap::new(),
+            rotated_from_id: None,
+            created_at,
+        }
+    }
 }
 
 /// Fields an update sets; `None` leaves a field as it is.

@@ -130,22 +130,13 @@ async fn create_keys(store: &Store, count: usize) -> anyhow::Result<Vec<Uuid>> {
     let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut ids = Vec::with_capacity(count);
     for i in 0..count.max(1) {
-        let issued = format.generate("live");
-        let new = NewKey {
-            id: Uuid::now_v7(),
-            owner_id: format!("flush-{run}-{}", i / KEYS_PER_OWNER),
-            name: format!("flush bench {i}"),
-            environment: "live".into(),
-            key_hash: issued.hash,
-            key_prefix: issued.key_prefix,
-            abilities: vec![],
-            superkey: false,
-            rate_limit: None,
-            expires_at: None,
-            metadata: Default::default(),
-            rotated_from_id: None,
-            created_at: Utc::now(),
-        };
+        let new = NewKey::bare(
+            format.generate("live"),
+            "live",
+            format!("flush-{run}-{}", i / KEYS_PER_OWNER),
+            format!("flush bench {i}"),
+            Utc::now(),
+        );
         ids.push(store.insert_key(&new, None, &audit).await?.id);
     }
     Ok(ids)
