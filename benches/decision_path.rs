@@ -17,6 +17,13 @@
 //! the buffer is a `try_send`, measured end to end by `keygate-bench`) and no
 //! metrics recorder (counters are no-ops here, atomics in `serve`).
 //!
+//! Two more benchmarks split the hit: `cache/lookup_hit` is
+//! `KeyCache::lookup` alone over the same probes (moka's `get` plus the
+//! invalidation check), and `cache/plain_hashmap_reference` is a
+//! `std::collections::HashMap` holding the same million keys, probed the
+//! same way: the memory-latency floor of any map of that size here, for
+//! comparison only (it has no TTL, bound, eviction or concurrency).
+//!
 //!     cargo bench --bench decision_path
 //!     KEYGATE_BENCH_KEYS=100000 cargo bench --bench decision_path   # quicker setup
 
@@ -40,7 +47,7 @@ use keygate::{
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
     config::Settings,
-    domain::CheckKey,
+    domain::{CheckKey, KeyHash},
     grpc::ext_authz::{CredentialHeaders, ExtAuthzService},
     ratelimit::RateLimiters,
     store::{Store, StoreOptions},
@@ -56,7 +63,12 @@ const ABILITY: &str = "read:orders";
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     service: ExtAuthzService,
+    cache: Arc<KeyCache>,
     valid: Vec<String>,
+    /// The hashes of `valid`, in the same order.
+    probe_hashes: Vec<KeyHash>,
+    /// The same keys as the cache, in a plain map (see the module header).
+    reference: HashMap<KeyHash, Arc<CheckKey>>,
     revoked: CheckRequest,
     malformed: CheckRequest,
     // Keeps the SQLite file alive for the fixture's lifetime.
@@ -115,79 +127,95 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
 
-    let (service, valid, revoked, malformed) = runtime.block_on(async {
-        let store = Store::connect(&StoreOptions::new(url))
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
-        let cache = Arc::new(KeyCache::new(
-            store,
-            CacheSettings {
-                capacity: config.cache_capacity.max(keys as u64 + 1),
-                ttl: Duration::from_secs(3600),
-                negative_capacity: config.negative_cache_capacity,
-                negative_ttl: config.negative_cache_ttl,
-            },
-        ));
+    let (service, cache, valid, probe_hashes, reference, revoked, malformed) =
+        runtime.block_on(async {
+            let store = Store::connect(&StoreOptions::new(url))
+                .await
+                .expect("store");
+            store.migrate().await.expect("migrate");
+            let cache = Arc::new(KeyCache::new(
+                store,
+                CacheSettings {
+                    capacity: config.cache_capacity.max(keys as u64 + 1),
+                    ttl: Duration::from_secs(3600),
+                    negative_capacity: config.negative_cache_capacity,
+                    negative_ttl: config.negative_cache_ttl,
+                },
+            ));
 
-        let started = Instant::now();
-        let stride = (keys / PROBES).max(1);
-        let mut valid = Vec::with_capacity(PROBES);
-        for i in 0..keys {
-            let issued = config.key_format.generate("live");
-            let id = Uuid::from_u128(i as u128 + 1);
-            cache
-                .insert_for_bench(issued.hash, check_key(id, issued.key_prefix, false))
-                .await;
-            if i % stride == 0 && valid.len() < PROBES {
-                valid.push(format!("Bearer {}", issued.plaintext.expose()));
+            let started = Instant::now();
+            let stride = (keys / PROBES).max(1);
+            let mut valid = Vec::with_capacity(PROBES);
+            let mut probe_hashes = Vec::with_capacity(PROBES);
+            let mut reference = HashMap::with_capacity(keys);
+            for i in 0..keys {
+                let issued = config.key_format.generate("live");
+                let id = Uuid::from_u128(i as u128 + 1);
+                let key = check_key(id, issued.key_prefix, false);
+                reference.insert(issued.hash, Arc::new(key.clone()));
+                cache.insert_for_bench(issued.hash, key).await;
+                if i % stride == 0 && valid.len() < PROBES {
+                    valid.push(format!("Bearer {}", issued.plaintext.expose()));
+                    probe_hashes.push(issued.hash);
+                }
             }
-        }
-        let issued = config.key_format.generate("live");
-        cache
-            .insert_for_bench(
-                issued.hash,
-                check_key(Uuid::new_v4(), issued.key_prefix, true),
-            )
-            .await;
-        let revoked = check_request(issued.plaintext.expose());
-        let mut bad = config.key_format.generate("live").plaintext.into_exposed();
-        let last = bad.pop().expect("non-empty key");
-        bad.push(if last == 'z' { 'y' } else { 'z' });
-        let malformed = check_request(&bad);
-        cache.run_pending_tasks().await;
-        eprintln!(
-            "decision_path: {} keys cached in {:.1?}",
-            cache.entry_count(),
-            started.elapsed()
-        );
+            let issued = config.key_format.generate("live");
+            cache
+                .insert_for_bench(
+                    issued.hash,
+                    check_key(Uuid::new_v4(), issued.key_prefix, true),
+                )
+                .await;
+            let revoked = check_request(issued.plaintext.expose());
+            let mut bad = config.key_format.generate("live").plaintext.into_exposed();
+            let last = bad.pop().expect("non-empty key");
+            bad.push(if last == 'z' { 'y' } else { 'z' });
+            let malformed = check_request(&bad);
+            cache.run_pending_tasks().await;
+            eprintln!(
+                "decision_path: {} keys cached in {:.1?}",
+                cache.entry_count(),
+                started.elapsed()
+            );
 
-        let authorizer = Arc::new(Authorizer::new(
-            AuthzSettings {
-                format: config.key_format.clone(),
-                foreign_bearer: config.foreign_bearer,
-                default_rate_limit: config.default_rate_limit,
-                routes: config.routes.clone(),
-                trusted_proxy_hops: config.trusted_proxy_hops,
-            },
-            cache,
-            Arc::new(RateLimiters::new(1_000_000)),
-            None,
-        ));
-        let service = ExtAuthzService::new(
-            authorizer,
-            CredentialHeaders {
-                authorization: config.authorization_header.clone(),
-                api_key: config.api_key_header.clone(),
-                strip: config.strip_credential,
-            },
-        );
-        (service, valid, revoked, malformed)
-    });
+            let authorizer = Arc::new(Authorizer::new(
+                AuthzSettings {
+                    format: config.key_format.clone(),
+                    foreign_bearer: config.foreign_bearer,
+                    default_rate_limit: config.default_rate_limit,
+                    routes: config.routes.clone(),
+                    trusted_proxy_hops: config.trusted_proxy_hops,
+                },
+                cache,
+                Arc::new(RateLimiters::new(1_000_000)),
+                None,
+            ));
+            let service = ExtAuthzService::new(
+                authorizer.clone(),
+                CredentialHeaders {
+                    authorization: config.authorization_header.clone(),
+                    api_key: config.api_key_header.clone(),
+                    strip: config.strip_credential,
+                },
+            );
+            let cache = authorizer.cache().clone();
+            (
+                service,
+                cache,
+                valid,
+                probe_hashes,
+                reference,
+                revoked,
+                malformed,
+            )
+        });
     Fixture {
         runtime,
         service,
+        cache,
         valid,
+        probe_hashes,
+        reference,
         revoked,
         malformed,
         _dir: dir,
@@ -290,6 +318,33 @@ fn decision_path(c: &mut Criterion) {
     group.bench_function("denied_malformed", |b| {
         b.iter_custom(|iterations| {
             time_decisions(&fixture, fixture.malformed.clone(), iterations, |_, _| {})
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("cache");
+    group.bench_function("lookup_hit", |b| {
+        b.iter_custom(|iterations| {
+            fixture.runtime.block_on(async {
+                let started = Instant::now();
+                for i in 0..iterations {
+                    let hash = &fixture.probe_hashes[i as usize % fixture.probe_hashes.len()];
+                    let hit = fixture.cache.lookup(black_box(hash)).await.expect("lookup");
+                    black_box(hit.expect("cached").key.superkey);
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.bench_function("plain_hashmap_reference", |b| {
+        b.iter_custom(|iterations| {
+            let started = Instant::now();
+            for i in 0..iterations {
+                let hash = &fixture.probe_hashes[i as usize % fixture.probe_hashes.len()];
+                let hit = fixture.reference.get(black_box(hash)).cloned();
+                black_box(hit.expect("present").superkey);
+            }
+            started.elapsed()
         })
     });
     group.finish();

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 use super::{
     grpc,
-    load::{self, Pacer, Target, Window},
+    load::{self, Pacer, Schedule, Target, Window},
     noop::NoopChild,
     stats::{Outcome, Ratios, Report},
     workload::{self, Issuer, Mix, Workload},
@@ -40,6 +40,10 @@ pub struct CheckArgs {
     /// How the fixed-rate schedule is kept.
     #[arg(long, value_enum, default_value = "thread")]
     pacer: Pacer,
+    /// Burst spacing for `--pacer burst`: every tick, the requests due in
+    /// it are sent together and timed from the tick.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    tick: Duration,
     /// Measured time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -188,7 +192,14 @@ async fn drive(
         requests,
     });
     let measured = match args.rate {
-        Some(rate) => load::open_loop(target, rate, args.pacer, window, server_pid).await,
+        Some(rate) => {
+            let schedule = Schedule {
+                rate,
+                pacer: args.pacer,
+                tick: args.tick,
+            };
+            load::open_loop(target, schedule, window, server_pid).await
+        }
         None => load::closed_loop(target, args.concurrency, window, server_pid).await,
     };
     Ok(measured

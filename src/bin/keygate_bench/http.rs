@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::{net::TcpStream, sync::Mutex};
 
 use super::{
-    load::{self, Pacer, Target, Window},
+    load::{self, Pacer, Schedule, Target, Window},
     stats::{Outcome, Report},
     workload::{self, Issuer, Mix, Workload},
 };
@@ -48,6 +48,10 @@ pub struct HttpArgs {
     /// How the fixed-rate schedule is kept.
     #[arg(long, value_enum, default_value = "thread")]
     pacer: Pacer,
+    /// Burst spacing for `--pacer burst`: every tick, the requests due in
+    /// it are sent together and timed from the tick.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    tick: Duration,
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Times the whole list of scenarios is run, interleaved.
@@ -278,14 +282,12 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     for round in 1..=args.rounds.max(1) {
         let mut reports = Vec::new();
         for (scenario, target) in args.scenarios.iter().zip(&targets) {
-            let measured = load::open_loop(
-                target.clone(),
-                args.rate,
-                args.pacer,
-                window,
-                args.server_pid,
-            )
-            .await;
+            let schedule = Schedule {
+                rate: args.rate,
+                pacer: args.pacer,
+                tick: args.tick,
+            };
+            let measured = load::open_loop(target.clone(), schedule, window, args.server_pid).await;
             let report = measured
                 .recorder
                 .report(&scenario.name, measured.elapsed, measured.cpu);

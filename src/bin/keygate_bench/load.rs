@@ -13,6 +13,12 @@
 //!   ([`Pacer::Spin`]). Either way the generator's own lateness is recorded
 //!   ("send lag"), so its share of a latency figure is visible. On a small
 //!   VM neither is precise to better than about a millisecond at p99.
+//! - Open loop in bursts ([`Pacer::Burst`]): every `tick`, the requests that
+//!   fall due in it arrive together and are intended at the tick itself.
+//!   Same rate, burstier arrivals (harder on the server, whose queue holds
+//!   a whole burst), but the generator sends a burst with a few system
+//!   calls instead of one per request, so one core can keep a schedule
+//!   several times faster than per-request pacing allows.
 
 use std::{
     future::Future,
@@ -123,18 +129,52 @@ pub enum Pacer {
     /// A separate thread sleeps until each send and hands it to the
     /// runtime: idle core between sends, one thread wake-up per request.
     Thread,
+    /// A separate thread wakes every `tick` and hands the runtime every
+    /// request due in that tick, all intended at the tick's start.
+    Burst,
+}
+
+/// When the open loop's requests are intended.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Requests per second.
+    pub rate: f64,
+    pub pacer: Pacer,
+    /// Burst spacing (only [`Pacer::Burst`]).
+    pub tick: Duration,
+}
+
+impl Schedule {
+    /// Arrival `index`: its offset from the start and how many requests it
+    /// carries. Burst sizes carry the fractions over, so every tick's
+    /// share adds up to exactly `rate` per second.
+    fn arrival(&self, index: u64) -> (Duration, u64) {
+        match self.pacer {
+            Pacer::Burst => {
+                let per_tick = self.rate * self.tick.as_secs_f64();
+                let due_by = |arrivals: u64| (arrivals as f64 * per_tick).floor() as u64;
+                let ticks = u32::try_from(index).unwrap_or(u32::MAX);
+                (
+                    self.tick.saturating_mul(ticks),
+                    due_by(index + 1) - due_by(index),
+                )
+            }
+            Pacer::Spin | Pacer::Thread => (Duration::from_secs_f64(index as f64 / self.rate), 1),
+        }
+    }
 }
 
 pub async fn open_loop<T: Target>(
     target: Arc<T>,
-    rate: f64,
-    pacer: Pacer,
+    schedule: Schedule,
     window: Window,
     server_pid: Option<u32>,
 ) -> Measured {
-    match pacer {
-        Pacer::Spin => open_loop_spin(target, rate, window, server_pid).await,
-        Pacer::Thread => open_loop_thread(target, rate, window, server_pid).await,
+    match schedule.pacer {
+        Pacer::Spin => open_loop_spin(target, schedule.rate, window, server_pid).await,
+        Pacer::Thread | Pacer::Burst => {
+            open_loop_thread(target, schedule, window, server_pid).await
+        }
     }
 }
 
@@ -196,19 +236,18 @@ async fn open_loop_spin<T: Target>(
 
 async fn open_loop_thread<T: Target>(
     target: Arc<T>,
-    rate: f64,
+    schedule: Schedule,
     window: Window,
     server_pid: Option<u32>,
 ) -> Measured {
-    let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(10);
     let measure_from = start + window.warmup;
     let end = measure_from + window.duration;
     let cpu = spawn_cpu_window(measure_from, window.duration, server_pid);
-    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Arrival>();
     let scheduler = std::thread::Builder::new()
         .name("schedule".into())
-        .spawn(move || keep_schedule(start, end, interval, &due_tx))
+        .spawn(move || keep_schedule(schedule, start, end, &due_tx))
         .expect("cannot start the scheduler thread");
 
     let mut recorder = Recorder::default();
@@ -223,12 +262,14 @@ async fn open_loop_thread<T: Target>(
                 }
             }
             next = due_rx.recv(), if scheduling => match next {
-                Some((seq, due)) => {
+                Some(Arrival { first_seq, count, due }) => {
                     if due >= measure_from {
                         recorder.record_send_lag(Instant::now().saturating_duration_since(due));
                     }
-                    let call = target.call((seq % target.connections() as u64) as usize, seq);
-                    in_flight.push(async move { (due, call.await) });
+                    for seq in first_seq..first_seq + count {
+                        let call = target.call((seq % target.connections() as u64) as usize, seq);
+                        in_flight.push(async move { (due, call.await) });
+                    }
                 }
                 None => scheduling = false,
             },
@@ -242,28 +283,74 @@ async fn open_loop_thread<T: Target>(
     }
 }
 
-/// Sends `(seq, due)` for every instant `start + seq * interval` before
-/// `end`, each as soon as it is due (all those already due after a late
-/// wake-up).
+/// Requests `first_seq..first_seq + count`, all intended at `due`.
+struct Arrival {
+    first_seq: u64,
+    count: u64,
+    due: Instant,
+}
+
+/// Hands over every arrival of `schedule` before `end`, each as soon as it
+/// is due (all those already due after a late wake-up).
 fn keep_schedule(
+    schedule: Schedule,
     start: Instant,
     end: Instant,
-    interval: Duration,
-    due_tx: &tokio::sync::mpsc::UnboundedSender<(u64, Instant)>,
+    due_tx: &tokio::sync::mpsc::UnboundedSender<Arrival>,
 ) {
-    let mut seq: u64 = 0;
-    loop {
-        let due = start + interval.mul_f64(seq as f64);
+    let mut first_seq: u64 = 0;
+    for index in 0.. {
+        let (offset, count) = schedule.arrival(index);
+        let due = start + offset;
         if due >= end {
             return;
+        }
+        if count == 0 {
+            continue;
         }
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
-        if due_tx.send((seq, due)).is_err() {
+        let arrival = Arrival {
+            first_seq,
+            count,
+            due,
+        };
+        if due_tx.send(arrival).is_err() {
             return;
         }
-        seq += 1;
+        first_seq += count;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_carry_fractions_over_and_add_up_to_the_rate() {
+        let schedule = Schedule {
+            rate: 35_500.0,
+            pacer: Pacer::Burst,
+            tick: Duration::from_millis(1),
+        };
+        let arrivals: Vec<_> = (0..1_000).map(|i| schedule.arrival(i)).collect();
+        assert_eq!(arrivals.iter().map(|(_, n)| n).sum::<u64>(), 35_500);
+        assert_eq!(arrivals[0], (Duration::ZERO, 35));
+        assert_eq!(arrivals[1], (Duration::from_millis(1), 36));
+        assert_eq!(arrivals[999].0, Duration::from_millis(999));
+    }
+
+    #[test]
+    fn per_request_pacing_spaces_single_requests_evenly() {
+        let schedule = Schedule {
+            rate: 4_000.0,
+            pacer: Pacer::Thread,
+            tick: Duration::from_millis(1),
+        };
+        let (offset, count) = schedule.arrival(3);
+        assert_eq!(count, 1);
+        assert!(offset.abs_diff(Duration::from_micros(750)) < Duration::from_nanos(2));
     }
 }
