@@ -11,6 +11,7 @@ mod keys;
 mod owners_audit;
 mod rows;
 mod usage;
+mod writer_priority;
 
 use std::{str::FromStr, time::Duration};
 
@@ -137,8 +138,12 @@ pub struct Store {
 ///
 /// `temp_store` covers every statement on this connection (KeyAdmin and
 /// pruning too); the page cache is a ceiling, not allocated up front.
+///
+/// Its worker thread is named so that it can be given a lower CPU priority
+/// than Check (`writer_priority`).
 fn writer_tuning(connect: SqliteConnectOptions) -> SqliteConnectOptions {
     connect
+        .thread_name(writer_priority::writer_thread_name)
         .pragma("temp_store", "memory")
         .pragma("cache_size", "-65536")
         .pragma("wal_autocheckpoint", "10000")
@@ -162,6 +167,12 @@ impl Store {
             let main = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|_, _| {
+                    Box::pin(async {
+                        writer_priority::lower_writer_threads();
+                        Ok(())
+                    })
+                })
                 .connect_lazy_with(writer_tuning(connect.clone()));
             let check = SqlitePoolOptions::new()
                 .max_connections(4)

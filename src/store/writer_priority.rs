@@ -1,0 +1,163 @@
+//! Keeps the SQLite writer from taking the CPU away from Check.
+//!
+//! SQLite runs inside keygate: sqlx gives every connection a worker thread
+//! of its own, and the single writer connection spends most of its time on
+//! usage flushes, thousands of rows at a time. At the default priority the
+//! scheduler hands that thread whole time slices while Checks wait behind
+//! it: on one core at 11,000 Checks/s, p90 was 31 ms and p99 51 ms with the
+//! writer at nice 0, 4.8 ms and 14 ms at nice 10, with no usage dropped
+//! (BENCHMARKS.md). So the writer's thread runs at [`WRITER_NICE`]: it
+//! still gets every idle cycle, and a share of a saturated core. If it
+//! falls behind, the usage buffer absorbs the backlog and, when full, drops
+//! and counts events, as it does whenever the store is slow: Check never
+//! waits for usage.
+//!
+//! Threads on Linux have a nice value each, so only the writer's thread is
+//! lowered; the Check pool's readers keep the default. sqlx starts the
+//! thread itself, so it is found by the name the writer's connections give
+//! their threads.
+
+/// Prefix of the writer connections' thread names (Linux keeps 15 bytes).
+pub(super) const WRITER_THREAD_PREFIX: &str = "sqlite-writer";
+
+/// The writer thread's nice value: a tenth of a default thread's CPU
+/// weight when both want the core.
+pub(super) const WRITER_NICE: i32 = 10;
+
+/// The thread name for writer connection `id`.
+pub(super) fn writer_thread_name(id: u64) -> String {
+    format!("{WRITER_THREAD_PREFIX}-{id}")
+}
+
+/// Lowers every writer thread of this process to [`WRITER_NICE`]; called
+/// after each writer connection is made, when its thread exists. Returns how
+/// many threads were lowered. Failure costs latency, not correctness, so it
+/// is logged and otherwise ignored.
+pub(super) fn lower_writer_threads() -> usize {
+    match lower_threads_named(WRITER_THREAD_PREFIX, WRITER_NICE) {
+        Ok(lowered) => lowered,
+        Err(error) => {
+            tracing::warn!(%error, "could not lower the SQLite writer thread's priority; usage flushes may delay Checks");
+            0
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_threads_named(prefix: &str, nice: i32) -> std::io::Result<usize> {
+    use rustix::process::{getpriority_process, setpriority_process, Pid};
+
+    let mut lowered = 0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let task = entry?.path();
+        // A thread may exit between the listing and the reads.
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        let tid = task
+            .file_name()
+            .and_then(|tid| tid.to_str()?.parse::<i32>().ok())
+            .and_then(Pid::from_raw);
+        let Some(tid) = tid.filter(|_| name.trim_end().starts_with(prefix)) else {
+            continue;
+        };
+        if getpriority_process(Some(tid))? < nice {
+            setpriority_process(Some(tid), nice)?;
+            lowered += 1;
+        }
+    }
+    Ok(lowered)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_threads_named(_prefix: &str, _nice: i32) -> std::io::Result<usize> {
+    Ok(0)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn nice_of_this_thread() -> i32 {
+        rustix::process::getpriority_process(None).expect("getpriority")
+    }
+
+    #[test]
+    fn only_threads_with_the_writer_prefix_are_lowered() {
+        let (named_tx, named_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let done_rx = std::sync::Arc::new(std::sync::Mutex::new(done_rx));
+        let spawn = |name: String| {
+            let named_tx = named_tx.clone();
+            let done_rx = done_rx.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    named_tx.send(()).unwrap();
+                    let _ = done_rx.lock().unwrap().recv();
+                    nice_of_this_thread()
+                })
+                .unwrap()
+        };
+        let prefix = "kg-test-lower";
+        let target = spawn(format!("{prefix}-1"));
+        let bystander = spawn("kg-test-other".into());
+        named_rx.recv().unwrap();
+        named_rx.recv().unwrap();
+
+        assert_eq!(lower_threads_named(prefix, 7).unwrap(), 1);
+        // Already at that value: nothing more to do.
+        assert_eq!(lower_threads_named(prefix, 7).unwrap(), 0);
+
+        done_tx.send(()).unwrap();
+        done_tx.send(()).unwrap();
+        assert_eq!(target.join().unwrap(), 7);
+        assert_eq!(bystander.join().unwrap(), nice_of_this_thread());
+    }
+
+    /// Nice values of this process's threads whose names start with `prefix`.
+    fn nices_of_threads_named(prefix: &str) -> Vec<i32> {
+        let mut nices = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = entry.unwrap().path();
+            let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
+                continue;
+            };
+            let tid: i32 = task.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            if name.starts_with(prefix) {
+                let tid = rustix::process::Pid::from_raw(tid).unwrap();
+                if let Ok(nice) = rustix::process::getpriority_process(Some(tid)) {
+                    nices.push(nice);
+                }
+            }
+        }
+        nices
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_store_runs_its_writer_below_and_its_readers_at_the_default_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("priority.db").display());
+        let store = crate::store::Store::connect(&crate::store::StoreOptions::new(url))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap(); // a write: the writer connection exists
+        let unknown = crate::domain::KeyHash::of_token("no-such-token");
+        assert!(store.find_for_check(&unknown).await.unwrap().is_none()); // a reader too
+
+        // Other tests in this process may have writers of their own, each
+        // lowered by its own connection.
+        let lowered = WRITER_NICE.max(nice_of_this_thread());
+        assert!(nices_of_threads_named(WRITER_THREAD_PREFIX).contains(&lowered));
+        let readers = nices_of_threads_named("sqlx-sqlite-wor");
+        assert!(!readers.is_empty());
+        assert!(readers.iter().all(|nice| *nice == nice_of_this_thread()));
+        store.close().await;
+    }
+
+    #[test]
+    fn writer_thread_names_fit_linux_and_keep_the_prefix() {
+        assert!(writer_thread_name(9).len() <= 15);
+        assert!(writer_thread_name(123_456).starts_with(WRITER_THREAD_PREFIX));
+    }
+}
