@@ -21,8 +21,9 @@
 //! `KeyCache::lookup` alone over the same probes (moka's `get` plus the
 //! invalidation check), and `cache/plain_hashmap_reference` is a
 //! `std::collections::HashMap` holding the same million keys, probed the
-//! same way: the memory-latency floor of any map of that size here, for
-//! comparison only (it has no TTL, bound, eviction or concurrency).
+//! same way: a reference point for a lookup among a million entries on
+//! this machine, for comparison only (it has no TTL, bound, eviction or
+//! concurrency).
 //!
 //!     cargo bench --bench decision_path
 //!     KEYGATE_BENCH_KEYS=100000 cargo bench --bench decision_path   # quicker setup

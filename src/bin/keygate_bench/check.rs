@@ -42,7 +42,7 @@ pub struct CheckArgs {
     pacer: Pacer,
     /// Burst spacing for `--pacer burst`: every tick, the requests due in
     /// it are sent together and timed from the tick.
-    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = load::parse_tick)]
     tick: Duration,
     /// Measured time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

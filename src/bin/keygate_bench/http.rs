@@ -50,7 +50,7 @@ pub struct HttpArgs {
     pacer: Pacer,
     /// Burst spacing for `--pacer burst`: every tick, the requests due in
     /// it are sent together and timed from the tick.
-    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = load::parse_tick)]
     tick: Duration,
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,

@@ -146,21 +146,36 @@ pub struct Schedule {
 
 impl Schedule {
     /// Arrival `index`: its offset from the start and how many requests it
-    /// carries. Burst sizes carry the fractions over, so every tick's
-    /// share adds up to exactly `rate` per second.
-    fn arrival(&self, index: u64) -> (Duration, u64) {
+    /// carries, `None` once the offset is past what a `Duration` holds (or
+    /// for a zero tick, which would never advance). Burst sizes carry the
+    /// fractions over, so every tick's share adds up to exactly `rate` per
+    /// second.
+    fn arrival(&self, index: u64) -> Option<(Duration, u64)> {
         match self.pacer {
             Pacer::Burst => {
+                if self.tick.is_zero() {
+                    return None;
+                }
                 let per_tick = self.rate * self.tick.as_secs_f64();
                 let due_by = |arrivals: u64| (arrivals as f64 * per_tick).floor() as u64;
-                let ticks = u32::try_from(index).unwrap_or(u32::MAX);
-                (
-                    self.tick.saturating_mul(ticks),
-                    due_by(index + 1) - due_by(index),
-                )
+                let offset = u32::try_from(index)
+                    .ok()
+                    .and_then(|ticks| self.tick.checked_mul(ticks))?;
+                Some((offset, due_by(index + 1) - due_by(index)))
             }
-            Pacer::Spin | Pacer::Thread => (Duration::from_secs_f64(index as f64 / self.rate), 1),
+            Pacer::Spin | Pacer::Thread => Duration::try_from_secs_f64(index as f64 / self.rate)
+                .ok()
+                .map(|offset| (offset, 1)),
         }
+    }
+}
+
+/// `--tick`: a positive duration (a zero tick would never advance).
+pub fn parse_tick(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(tick) if tick.is_zero() => Err("the tick must be longer than zero".into()),
+        Ok(tick) => Ok(tick),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -300,7 +315,9 @@ fn keep_schedule(
 ) {
     let mut first_seq: u64 = 0;
     for index in 0.. {
-        let (offset, count) = schedule.arrival(index);
+        let Some((offset, count)) = schedule.arrival(index) else {
+            return;
+        };
         let due = start + offset;
         if due >= end {
             return;
@@ -335,7 +352,7 @@ mod tests {
             pacer: Pacer::Burst,
             tick: Duration::from_millis(1),
         };
-        let arrivals: Vec<_> = (0..1_000).map(|i| schedule.arrival(i)).collect();
+        let arrivals: Vec<_> = (0..1_000).map(|i| schedule.arrival(i).unwrap()).collect();
         assert_eq!(arrivals.iter().map(|(_, n)| n).sum::<u64>(), 35_500);
         assert_eq!(arrivals[0], (Duration::ZERO, 35));
         assert_eq!(arrivals[1], (Duration::from_millis(1), 36));
@@ -349,8 +366,21 @@ mod tests {
             pacer: Pacer::Thread,
             tick: Duration::from_millis(1),
         };
-        let (offset, count) = schedule.arrival(3);
+        let (offset, count) = schedule.arrival(3).unwrap();
         assert_eq!(count, 1);
         assert!(offset.abs_diff(Duration::from_micros(750)) < Duration::from_nanos(2));
+    }
+
+    #[test]
+    fn a_schedule_ends_where_its_offsets_cannot_be_represented() {
+        let bursts = |tick| Schedule {
+            rate: 1_000.0,
+            pacer: Pacer::Burst,
+            tick,
+        };
+        assert_eq!(bursts(Duration::ZERO).arrival(0), None);
+        assert_eq!(bursts(Duration::from_secs(1)).arrival(u64::MAX), None);
+        assert!(parse_tick("0ms").is_err());
+        assert_eq!(parse_tick("250us"), Ok(Duration::from_micros(250)));
     }
 }
