@@ -180,25 +180,13 @@ fn fixture() -> Fixture {
             );
 
             let authorizer = Arc::new(Authorizer::new(
-                AuthzSettings {
-                    format: config.key_format.clone(),
-                    foreign_bearer: config.foreign_bearer,
-                    default_rate_limit: config.default_rate_limit,
-                    routes: config.routes.clone(),
-                    trusted_proxy_hops: config.trusted_proxy_hops,
-                },
+                AuthzSettings::from_config(&config),
                 cache,
                 Arc::new(RateLimiters::new(1_000_000)),
                 None,
             ));
-            let service = ExtAuthzService::new(
-                authorizer.clone(),
-                CredentialHeaders {
-                    authorization: config.authorization_header.clone(),
-                    api_key: config.api_key_header.clone(),
-                    strip: config.strip_credential,
-                },
-            );
+            let service =
+                ExtAuthzService::new(authorizer.clone(), CredentialHeaders::from_config(&config));
             let cache = authorizer.cache().clone();
             (
                 service,

@@ -103,13 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
     );
     let authorizer = Arc::new(Authorizer::new(
-        AuthzSettings {
-            format: config.key_format.clone(),
-            foreign_bearer: config.foreign_bearer,
-            default_rate_limit: config.default_rate_limit,
-            routes: config.routes.clone(),
-            trusted_proxy_hops: config.trusted_proxy_hops,
-        },
+        AuthzSettings::from_config(&config),
         cache.clone(),
         limiters.clone(),
         config.usage_enabled.then(|| usage_sender.clone()),
@@ -166,14 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Listeners stop on their own signal, sent after health turns NOT_SERVING.
     let (drain, drain_rx) = watch::channel(false);
 
-    let ext_authz = ExtAuthzService::new(
-        authorizer,
-        CredentialHeaders {
-            authorization: config.authorization_header.clone(),
-            api_key: config.api_key_header.clone(),
-            strip: config.strip_credential,
-        },
-    );
+    let ext_authz = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
     let authz_server = server_builder(config.tls.as_ref(), false)?
         .add_service(health_service.clone())
         .add_service(reflection_v1.clone())

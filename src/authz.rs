@@ -9,7 +9,7 @@ use metrics::Counter;
 
 use crate::{
     cache::{CachedKey, KeyCache, LookupError},
-    config::{ForeignBearer, RouteRule},
+    config::{Config, ForeignBearer, RouteRule},
     domain::{decide, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
     ratelimit::{RateLimiters, RateOutcome},
     usage::{client_ip::client_ip, CheckEvent, UsageSender},
@@ -79,6 +79,18 @@ pub struct AuthzSettings {
     pub default_rate_limit: Option<RateLimit>,
     pub routes: Vec<RouteRule>,
     pub trusted_proxy_hops: usize,
+}
+
+impl AuthzSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            format: config.key_format.clone(),
+            foreign_bearer: config.foreign_bearer,
+            default_rate_limit: config.default_rate_limit,
+            routes: config.routes.clone(),
+            trusted_proxy_hops: config.trusted_proxy_hops,
+        }
+    }
 }
 
 pub struct Authorizer {

@@ -25,6 +25,7 @@ use self::render::Renderer;
 use super::status::check_unavailable;
 use crate::{
     authz::{Authorizer, CheckInput, HeaderText, NotUtf8, Outcome},
+    config::Config,
     store,
 };
 
@@ -34,6 +35,16 @@ pub struct CredentialHeaders {
     pub authorization: String,
     pub api_key: String,
     pub strip: bool,
+}
+
+impl CredentialHeaders {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            authorization: config.authorization_header.clone(),
+            api_key: config.api_key_header.clone(),
+            strip: config.strip_credential,
+        }
+    }
 }
 
 pub struct ExtAuthzService {
