@@ -11,8 +11,8 @@
 //! default thread's weight when Check wants the core. If it falls behind,
 //! the usage buffer absorbs the backlog and, when full, drops and counts
 //! events, as it does whenever the store is slow: Check never waits for
-//! usage. KeyAdmin writes share the writer, so under a saturated core they
-//! wait longer too.
+//! usage. KeyAdmin writes share the writer, so under load they wait longer
+//! too (a revoke up to 1.3–2.2 s instead of 0.35–0.38 s; BENCHMARKS.md).
 //!
 //! Threads on Linux have a nice value each, so only the writer's thread is
 //! lowered; the Check pool's readers keep the default. sqlx starts the

@@ -35,7 +35,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
     /// Fixed rate (requests/s, open loop) instead of full speed.
-    #[arg(long)]
+    #[arg(long, value_parser = load::parse_rate)]
     rate: Option<f64>,
     /// How the fixed-rate schedule is kept.
     #[arg(long, value_enum, default_value = "thread")]

@@ -43,7 +43,7 @@ pub struct HttpArgs {
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// Requests per second (open loop).
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_parser = load::parse_rate)]
     rate: f64,
     /// How the fixed-rate schedule is kept.
     #[arg(long, value_enum, default_value = "thread")]

@@ -170,6 +170,15 @@ impl Schedule {
     }
 }
 
+/// `--rate`: a positive, finite number of requests per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        Ok(_) => Err("the rate must be a positive number of requests per second".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// `--tick`: a positive duration (a zero tick would never advance).
 pub fn parse_tick(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
@@ -315,10 +324,12 @@ fn keep_schedule(
 ) {
     let mut first_seq: u64 = 0;
     for index in 0.. {
-        let Some((offset, count)) = schedule.arrival(index) else {
+        let Some((due, count)) = schedule
+            .arrival(index)
+            .and_then(|(offset, count)| Some((start.checked_add(offset)?, count)))
+        else {
             return;
         };
-        let due = start + offset;
         if due >= end {
             return;
         }
@@ -382,5 +393,9 @@ mod tests {
         assert_eq!(bursts(Duration::from_secs(1)).arrival(u64::MAX), None);
         assert!(parse_tick("0ms").is_err());
         assert_eq!(parse_tick("250us"), Ok(Duration::from_micros(250)));
+        for bad in ["0", "-5", "inf", "NaN", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_rate("35000.5"), Ok(35_000.5));
     }
 }
