@@ -181,13 +181,11 @@ fn fixture() -> Fixture {
 
             let authorizer = Arc::new(Authorizer::new(
                 AuthzSettings::from_config(&config),
-                cache,
+                cache.clone(),
                 Arc::new(RateLimiters::new(1_000_000)),
                 None,
             ));
-            let service =
-                ExtAuthzService::new(authorizer.clone(), CredentialHeaders::from_config(&config));
-            let cache = authorizer.cache().clone();
+            let service = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
             (
                 service,
                 cache,

@@ -50,12 +50,25 @@ pub(super) fn lower_writer_threads() -> usize {
 
 #[cfg(target_os = "linux")]
 fn lower_threads_named(prefix: &str, nice: i32) -> std::io::Result<usize> {
-    use rustix::process::{getpriority_process, setpriority_process, Pid};
+    use rustix::process::{getpriority_process, setpriority_process};
 
     let mut lowered = 0;
-    // Any thread may exit between the listing and the calls about it (an
-    // old writer does, just after its replacement connects), so a failure
-    // about one thread is not a failure of the whole pass.
+    for tid in threads_named(prefix)? {
+        let below = getpriority_process(Some(tid)).is_ok_and(|current| current < nice);
+        if below && setpriority_process(Some(tid), nice).is_ok() {
+            lowered += 1;
+        }
+    }
+    Ok(lowered)
+}
+
+/// This process's threads whose names start with `prefix`. Any thread may
+/// exit between the listing and the calls about it (an old writer does,
+/// just after its replacement connects), so one that cannot be read is
+/// skipped, and callers must expect calls about a listed thread to fail.
+#[cfg(target_os = "linux")]
+fn threads_named(prefix: &str) -> std::io::Result<Vec<rustix::process::Pid>> {
+    let mut threads = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task")?.flatten() {
         let task = entry.path();
         let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
@@ -64,16 +77,10 @@ fn lower_threads_named(prefix: &str, nice: i32) -> std::io::Result<usize> {
         let tid = task
             .file_name()
             .and_then(|tid| tid.to_str()?.parse::<i32>().ok())
-            .and_then(Pid::from_raw);
-        let Some(tid) = tid.filter(|_| name.trim_end().starts_with(prefix)) else {
-            continue;
-        };
-        let below = getpriority_process(Some(tid)).is_ok_and(|current| current < nice);
-        if below && setpriority_process(Some(tid), nice).is_ok() {
-            lowered += 1;
-        }
+            .and_then(rustix::process::Pid::from_raw);
+        threads.extend(tid.filter(|_| name.trim_end().starts_with(prefix)));
     }
-    Ok(lowered)
+    Ok(threads)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -126,21 +133,11 @@ mod tests {
 
     /// Nice values of this process's threads whose names start with `prefix`.
     fn nices_of_threads_named(prefix: &str) -> Vec<i32> {
-        let mut nices = Vec::new();
-        for entry in std::fs::read_dir("/proc/self/task").unwrap() {
-            let task = entry.unwrap().path();
-            let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
-                continue;
-            };
-            let tid: i32 = task.file_name().unwrap().to_str().unwrap().parse().unwrap();
-            if name.starts_with(prefix) {
-                let tid = rustix::process::Pid::from_raw(tid).unwrap();
-                if let Ok(nice) = rustix::process::getpriority_process(Some(tid)) {
-                    nices.push(nice);
-                }
-            }
-        }
-        nices
+        threads_named(prefix)
+            .unwrap()
+            .into_iter()
+            .filter_map(|tid| rustix::process::getpriority_process(Some(tid)).ok())
+            .collect()
     }
 
     #[tokio::test]
