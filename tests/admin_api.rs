@@ -1,5 +1,5 @@
 //! KeyAdmin against a real server and database: every RPC's happy path and
-//! every error row of SPEC §4 (GetKeyUsage is covered elsewhere), with the
+//! every error row of docs/behaviour.md §4 (GetKeyUsage is covered elsewhere), with the
 //! Check listener as the witness that a change took effect.
 
 mod common;
@@ -21,7 +21,7 @@ use keygate::{
 use prost_types::{FieldMask, Timestamp};
 use tonic::Code;
 
-/// Bitcoin's base58 alphabet (SPEC §1).
+/// Bitcoin's base58 alphabet (docs/behaviour.md §1).
 const BASE58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 const MASK: &str = "••••••••";
 
@@ -67,7 +67,7 @@ fn request(owner: &str, name: &str) -> CreateKeyRequest {
     }
 }
 
-/// Asserts the SPEC §1 shape and returns the token segment.
+/// Asserts the docs/behaviour.md §1 shape and returns the token segment.
 fn token_of<'a>(key: &'a str, environment: &str) -> &'a str {
     let prefix = format!("sk_{environment}_");
     let token = key

@@ -1,6 +1,6 @@
 //! A plaintext key exists only in the CreateKey and RotateKey responses; it,
 //! its token segment and its hash never reach logs, metrics, other responses
-//! or audit events (SPEC §1, §5).
+//! or audit events (docs/behaviour.md §1, §5).
 
 mod common;
 

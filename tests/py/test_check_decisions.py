@@ -1,4 +1,4 @@
-"""SPEC §2: every row of the decision table, and the Check contract around it,
+"""docs/behaviour.md §2: every row of the decision table, and the Check contract around it,
 asserted through Envoy's own generated ext_authz v3 stubs."""
 from __future__ import annotations
 

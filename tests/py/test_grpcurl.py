@@ -1,6 +1,6 @@
 """keygate driven by a second, non-Python client: grpcurl (Go gRPC).
 
-KeyAdmin through server reflection (SPEC §4: reflection on both listeners);
+KeyAdmin through server reflection (docs/behaviour.md §4: reflection on both listeners);
 Check through a protoset built from Envoy's generated descriptors, so it does
 not depend on which descriptors keygate registers for reflection."""
 from __future__ import annotations

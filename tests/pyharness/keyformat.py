@@ -1,4 +1,4 @@
-"""keygate's key format (SPEC §1), re-implemented independently for tests.
+"""keygate's key format (docs/behaviour.md §1), re-implemented independently for tests.
 
     {prefix}_{environment}_{token}
     token = R (32 base58 chars, Bitcoin alphabet) + C
