@@ -36,5 +36,8 @@ echo "== Python suites: Envoy stubs and a real Envoy"
 test -x "$TARGET/debug/keygate" || { echo "test.sh: $TARGET/debug/keygate was not built" >&2; exit 1; }
 KEYGATE_BIN="$TARGET/debug/keygate" scripts/test-py.sh
 
+echo "== OCI image (FROM scratch, via buildah) and the keygate in it"
+KEYGATE_BIN="$TARGET/debug/keygate" scripts/test-image.sh
+
 echo "== Helm chart"
 scripts/test-chart.sh
