@@ -52,11 +52,12 @@ trap cleanup EXIT
 
 install -D -m 0555 "$binary" "$staging/usr/local/bin/keygate"
 # Every library the dynamic loader resolves, and the loader itself, at the
-# path the binary asks for (ldd prints `name => path (addr)` or `path (addr)`).
+# path the binary asks for (ldd prints `name => path (addr)` or `path (addr)`);
+# executable, because the kernel execs the loader.
 libraries="$(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')"
 [[ -n "$libraries" ]] || die "ldd found no shared libraries in $binary"
 for library in $libraries; do
-  install -D -m 0444 "$(readlink -f "$library")" "$staging$library"
+  install -D -m 0555 "$(readlink -f "$library")" "$staging$library"
 done
 
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"

@@ -57,6 +57,7 @@ def config(manifest) -> dict:
 def rootfs(manifest, tmp_path_factory) -> Path:
     """The image's layers unpacked in order into a fresh folder."""
     root = tmp_path_factory.mktemp("rootfs")
+    root.chmod(0o755)  # as a container runtime's root; mktemp makes it 0700
     for layer in manifest["layers"]:
         with tarfile.open(_blob(_layout(), layer["digest"])) as tar:
             tar.extractall(root, filter="tar")
