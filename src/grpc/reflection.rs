@@ -63,7 +63,10 @@ impl Listener {
             v1alpha::FILE_DESCRIPTOR_SET,
         ]
         .into_iter()
-        .fold(Builder::configure(), Builder::register_encoded_file_descriptor_set);
+        .fold(
+            Builder::configure(),
+            Builder::register_encoded_file_descriptor_set,
+        );
         self.services()
             .into_iter()
             .fold(builder, Builder::with_service_name)
