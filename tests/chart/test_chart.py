@@ -696,3 +696,15 @@ def test_notes_give_an_istio_provider_and_custom_policy_for_this_release(notes: 
     policy = next(d for d in docs if d.get("kind") == "AuthorizationPolicy")
     assert policy["spec"]["action"] == "CUSTOM"
     assert policy["spec"]["provider"]["name"] == provider["name"]
+
+
+def test_default_image_is_the_one_build_image_sh_tags() -> None:
+    """The README's build instructions and the chart name the same image."""
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    repository = re.search(r"^REPOSITORY=(\S+)$", script, flags=re.M).group(1)
+    version = re.search(r'^version = "([^"]+)"$', (ROOT / "Cargo.toml").read_text(), flags=re.M).group(1)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert DEFAULT_VALUES["image"]["repository"] == repository
+    assert chart["appVersion"] == version
+    readme = (ROOT / "README.md").read_text()
+    assert f"buildah push {repository}:{version}" in readme
