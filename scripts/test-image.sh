@@ -19,4 +19,5 @@ trap 'rm -rf "$work"' EXIT
 STORAGE_DRIVER=vfs scripts/build-image.sh --binary "$KEYGATE_BIN" --tag localhost/keygate:test \
   --storage "$work/storage" --oci-dir "$work/oci"
 export KEYGATE_IMAGE_OCI="$work/oci" PYTHONDONTWRITEBYTECODE=1
-"$ROOT/.venv-stubs/bin/pytest" -q -p no:cacheprovider tests/image "$@"
+# --basetemp: the unpacked root filesystem goes away with $work.
+"$ROOT/.venv-stubs/bin/pytest" -q -p no:cacheprovider --basetemp "$work/pytest" tests/image "$@"
