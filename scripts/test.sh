@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests against SQLite and a
 # real PostgreSQL, the Python suites that drive the keygate binary through
-# Envoy's generated stubs and a real Envoy, and the Helm chart tests.
+# Envoy's generated stubs and a real Envoy, the container image (built with
+# buildah and run from its own files), and the Helm chart tests.
 #
 # PostgreSQL: KEYGATE_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 # If it is not reachable the script tries to start the local cluster, and
@@ -35,6 +36,9 @@ echo "== Python suites: Envoy stubs and a real Envoy"
 # rebuild half the dependency tree: dev-dependencies change tokio's features).
 test -x "$TARGET/debug/keygate" || { echo "test.sh: $TARGET/debug/keygate was not built" >&2; exit 1; }
 KEYGATE_BIN="$TARGET/debug/keygate" scripts/test-py.sh
+
+echo "== OCI image (FROM scratch, via buildah) and the keygate in it"
+KEYGATE_BIN="$TARGET/debug/keygate" scripts/test-image.sh
 
 echo "== Helm chart"
 scripts/test-chart.sh

@@ -22,6 +22,7 @@ use crate::{
         auth::AdminAuth,
         ext_authz::{AuthorizationServer, CredentialHeaders, ExtAuthzService},
         key_admin::KeyAdminService,
+        reflection::{self, Listener},
     },
     invalidation,
     proto::key_admin_server::KeyAdminServer,
@@ -144,14 +145,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // v1alpha too: the grpcurl shipped on PyPI (1.8) only speaks v1alpha.
-    let (reflection_v1, reflection_v1alpha) =
-        (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let (authz_reflection_v1, authz_reflection_v1alpha) = reflection::services(Listener::Check)?;
+    let (admin_reflection_v1, admin_reflection_v1alpha) = reflection::services(Listener::Admin)?;
 
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -163,14 +158,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let ext_authz = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
     let authz_server = server_builder(config.tls.as_ref(), false)?
         .add_service(health_service.clone())
-        .add_service(reflection_v1.clone())
-        .add_service(reflection_v1alpha.clone())
+        .add_service(authz_reflection_v1)
+        .add_service(authz_reflection_v1alpha)
         .add_service(AuthorizationServer::new(ext_authz))
         .serve_with_incoming_shutdown(incoming(authz_listener), stopped(drain_rx.clone()));
     let admin_server = server_builder(config.tls.as_ref(), true)?
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(admin_reflection_v1)
+        .add_service(admin_reflection_v1alpha)
         .add_service(KeyAdminServer::with_interceptor(
             KeyAdminService::new(admin.clone()),
             AdminAuth::new(config.admin_tokens.clone()),
@@ -199,7 +194,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let authz_task = tokio::spawn(authz_server);
     let admin_task = tokio::spawn(admin_server);
     set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(%authz_addr, %admin_addr, database = store_kind(&store), "keygate serving");
+    tracing::info!(
+        %authz_addr,
+        %admin_addr,
+        metrics_addr = %config.metrics_addr,
+        database = store_kind(&store),
+        "keygate serving"
+    );
 
     let (finish_usage, finish_usage_rx) = watch::channel(false);
     let flusher_task = tokio::spawn(flusher.run(stopped(finish_usage_rx)));

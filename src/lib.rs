@@ -9,8 +9,10 @@
 //! - [`invalidation`]: cross-replica cache invalidation via LISTEN/NOTIFY.
 //! - [`grpc`]: the ext_authz and KeyAdmin services and error mapping.
 //! - [`app`]: the composition root: listeners, tasks and the ordered drain.
+//! - [`admin_token`]: what `keygate admin-token` prints.
 
 pub mod admin;
+pub mod admin_token;
 pub mod app;
 pub mod authz;
 pub mod cache;

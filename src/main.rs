@@ -6,9 +6,9 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keygate::{
     admin::KeyAdmin,
+    admin_token,
     cache::{CacheSettings, KeyCache},
     config::{AdminRole, Config, Settings},
-    grpc::auth::new_admin_token,
     ratelimit::RateLimiters,
     store::{Store, StoreOptions},
     telemetry,
@@ -38,12 +38,16 @@ enum Command {
     /// Print a fresh admin token and the KEYGATE_ADMIN_TOKENS entry for it.
     AdminToken {
         /// Token name: the actor recorded in audit events.
-        #[arg(long, default_value = "operator")]
+        #[arg(long, default_value = "operator", value_parser = admin_token::parse_name)]
         name: String,
         /// `service` (acts for the owner it names) or `admin` (may also call
         /// the admin RPCs).
         #[arg(long, value_enum, default_value = "admin")]
         role: RoleArg,
+        /// `text` for a person; `env` (ADMIN_TOKEN=… and
+        /// KEYGATE_ADMIN_TOKENS=…, for `eval`) or `json` for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        format: admin_token::Format,
     },
 }
 
@@ -138,16 +142,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::AdminToken { name, role } => {
+        Command::AdminToken { name, role, format } => {
             let role = match role {
                 RoleArg::Admin => AdminRole::Admin,
                 RoleArg::Service => AdminRole::Service,
             };
-            let (token, entry) = new_admin_token(&name, role);
-            print(&format!(
-                "token (give to the client; it is not stored anywhere):\n  {token}\n\
-                 config entry (add to KEYGATE_ADMIN_TOKENS, comma-separated):\n  {entry}"
-            ));
+            print(&admin_token::issue(&name, role, format));
             Ok(())
         }
     }

@@ -1,5 +1,6 @@
 //! KeyAdmin authentication, the refusal of an unauthenticated public admin
-//! listener, and the health and reflection services on the admin listener.
+//! listener, the health service on the admin listener, and reflection on
+//! both listeners.
 
 mod common;
 
@@ -127,35 +128,65 @@ on_both_backends! {
         assert_eq!(status.code(), Code::NotFound);
     }
 
-    async fn reflection_lists_the_key_admin_service(backend) {
+    async fn reflection_on_each_listener_lists_exactly_the_services_it_serves(backend) {
         let (_, line) = new_admin_token("ops", AdminRole::Admin);
         let server = TestServer::start_with(backend, |settings| settings.admin_tokens = Some(line)).await;
-        let mut reflection = ServerReflectionClient::new(channel(server.running().admin_addr).await);
-        let requests = [
-            MessageRequest::ListServices(String::new()),
-            MessageRequest::FileContainingSymbol("keygate.admin.v1.KeyAdmin".into()),
-        ]
-        .map(|request| ServerReflectionRequest { host: String::new(), message_request: Some(request) });
-        let mut responses = reflection
-            .server_reflection_info(tokio_stream::iter(requests))
-            .await
-            .expect("ServerReflectionInfo")
-            .into_inner();
+        let running = server.running();
+        let common = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+        for (listener, addr, own, method, other) in [
+            ("Check", running.authz_addr, "envoy.service.auth.v3.Authorization", "Check", "keygate.admin.v1.KeyAdmin"),
+            ("KeyAdmin", running.admin_addr, "keygate.admin.v1.KeyAdmin", "RotateKey", "envoy.service.auth.v3.Authorization"),
+        ] {
+            let [listed, own_file, other_file] = reflect(addr, [
+                MessageRequest::ListServices(String::new()),
+                MessageRequest::FileContainingSymbol(own.into()),
+                MessageRequest::FileContainingSymbol(other.into()),
+            ])
+            .await;
+            let Ok(MessageResponse::ListServicesResponse(listed)) = listed else {
+                panic!("{listener}: expected a service list, got {listed:?}");
+            };
+            let mut names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+            names.sort_unstable();
+            let mut expected = vec![own];
+            expected.extend(common);
+            expected.sort_unstable();
+            assert_eq!(names, expected, "{listener}");
 
-        let listed = responses.next().await.expect("a response").expect("no error");
-        let Some(MessageResponse::ListServicesResponse(listed)) = listed.message_response else {
-            panic!("expected a service list, got {listed:?}");
-        };
-        let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
-        assert!(names.contains(&"keygate.admin.v1.KeyAdmin"), "{names:?}");
-        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+            let Ok(MessageResponse::FileDescriptorResponse(file)) = own_file else {
+                panic!("{listener}: expected {own}'s file, got {own_file:?}");
+            };
+            let descriptor = String::from_utf8_lossy(&file.file_descriptor_proto[0]).into_owned();
+            assert!(descriptor.contains(method), "{listener}: {descriptor}");
 
-        let file = responses.next().await.expect("a response").expect("no error");
-        let Some(MessageResponse::FileDescriptorResponse(file)) = file.message_response else {
-            panic!("expected a file descriptor, got {file:?}");
-        };
-        assert!(!file.file_descriptor_proto.is_empty());
-        let descriptor = String::from_utf8_lossy(&file.file_descriptor_proto[0]).into_owned();
-        assert!(descriptor.contains("keygate/admin/v1/key_admin.proto") && descriptor.contains("RotateKey"), "{descriptor}");
+            let error = other_file.expect_err(&format!("{listener} describes {other}, which it does not serve"));
+            assert_eq!(error.code(), Code::NotFound, "{listener}");
+        }
     }
+}
+
+/// Sends `requests` on one reflection stream to `addr`: one answer each,
+/// where an unknown symbol is answered with an error status.
+async fn reflect<const N: usize>(
+    addr: std::net::SocketAddr,
+    requests: [MessageRequest; N],
+) -> [Result<MessageResponse, tonic::Status>; N] {
+    let mut reflection = ServerReflectionClient::new(channel(addr).await);
+    let requests = requests.map(|request| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    });
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("ServerReflectionInfo")
+        .into_inner();
+    let mut answers = Vec::with_capacity(N);
+    for _ in 0..N {
+        let answer = responses.next().await.expect("a response");
+        answers.push(answer.map(|a| a.message_response.expect("an answer")));
+    }
+    answers
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N answers were collected"))
 }

@@ -1,10 +1,11 @@
 //! gRPC transport: Envoy's ext_authz `Check`, the KeyAdmin service, admin
-//! token authentication, how connections are accepted, and
-//! the one place errors become `tonic::Status`.
+//! token authentication, how connections are accepted, server reflection per
+//! listener, and the one place errors become `tonic::Status`.
 
 pub mod accept;
 pub mod auth;
 mod convert;
 pub mod ext_authz;
 pub mod key_admin;
+pub mod reflection;
 pub mod status;

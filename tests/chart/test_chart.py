@@ -382,14 +382,33 @@ def test_admin_tokens_may_be_given_as_a_list() -> None:
     assert secret["data"]["admin-tokens"] == _b64(ADMIN_TOKENS)
 
 
-def test_rendering_fails_without_a_database_secret() -> None:
-    message = render_error({"secrets": {"adminTokens": ADMIN_TOKENS}})
-    assert "secrets.databaseUrl" in message and "secrets.existingSecret" in message
+MISSING_SECRETS = {
+    "no database URL": ({"secrets": {"adminTokens": ADMIN_TOKENS}}, ["/secrets/databaseUrl"]),
+    "no admin tokens": ({"secrets": {"databaseUrl": DATABASE_URL}}, ["/secrets/adminTokens"]),
+    "an empty token list": ({"secrets": {"databaseUrl": DATABASE_URL, "adminTokens": []}}, ["/secrets/adminTokens"]),
+    "neither": ({}, ["/secrets/databaseUrl", "/secrets/adminTokens"]),
+}
 
 
-def test_rendering_fails_without_admin_tokens_for_a_chart_made_secret() -> None:
-    message = render_error({"secrets": {"databaseUrl": DATABASE_URL}})
-    assert "secrets.adminTokens is required" in message
+@pytest.mark.parametrize("values, paths", MISSING_SECRETS.values(), ids=MISSING_SECRETS.keys())
+def test_lint_and_template_both_fail_early_without_the_database_url_or_admin_tokens(
+    values: dict[str, Any], paths: list[str]
+) -> None:
+    """The schema requires them unless secrets.existingSecret names a Secret,
+    so `helm lint` fails as `helm template` does, with the same message."""
+    with pytest.raises(helm.HelmValuesError) as caught:
+        render(values)
+    rendered = str(caught.value)
+    linted = lint_errors(values)
+    for path in paths:
+        assert f"at '{path}'" in rendered
+        assert any(f"at '{path}'" in e for e in linted), linted
+    schema_lines = sorted(line for line in rendered.splitlines() if line.startswith("- at "))
+    assert any(sorted(l for l in e.splitlines() if l.startswith("- at ")) == schema_lines for e in linted)
+
+
+def test_an_existing_secret_needs_neither_value_in_the_chart() -> None:
+    assert lint_errors({"secrets": {"existingSecret": "creds"}}) == []
 
 
 def test_rendering_fails_when_tls_has_no_certificate_secret() -> None:
@@ -556,8 +575,14 @@ def test_schema_is_valid_draft_07() -> None:
 
 @pytest.mark.parametrize("value_set", ["default", "ha"])
 def test_schema_accepts_the_shipped_values(value_set: str) -> None:
-    values = DEFAULT_VALUES if value_set == "default" else merged(DEFAULT_VALUES, HA_VALUES)
+    values = merged(DEFAULT_VALUES, REQUIRED if value_set == "default" else HA_VALUES)
     jsonschema.Draft7Validator(SCHEMA).validate(values)
+
+
+def test_schema_rejects_the_shipped_defaults_alone() -> None:
+    """values.yaml leaves the database URL and admin tokens to the installer."""
+    errors = {".".join(map(str, e.path)) for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(DEFAULT_VALUES)}
+    assert errors == {"secrets.databaseUrl", "secrets.adminTokens"}
 
 
 def _paths(values: Any, prefix: str = "") -> list[str]:
@@ -671,3 +696,15 @@ def test_notes_give_an_istio_provider_and_custom_policy_for_this_release(notes: 
     policy = next(d for d in docs if d.get("kind") == "AuthorizationPolicy")
     assert policy["spec"]["action"] == "CUSTOM"
     assert policy["spec"]["provider"]["name"] == provider["name"]
+
+
+def test_default_image_is_the_one_build_image_sh_tags() -> None:
+    """The README's build instructions and the chart name the same image."""
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    repository = re.search(r"^REPOSITORY=(\S+)$", script, flags=re.M).group(1)
+    version = re.search(r'^version = "([^"]+)"$', (ROOT / "Cargo.toml").read_text(), flags=re.M).group(1)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert DEFAULT_VALUES["image"]["repository"] == repository
+    assert chart["appVersion"] == version
+    readme = (ROOT / "README.md").read_text()
+    assert f"buildah push {repository}:{version}" in readme

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .health import is_serving
 from .procs import ManagedProcess, free_ports, wait_until
@@ -14,7 +14,10 @@ class KeygateServer:
     (so the loopback admin listener is unauthenticated)."""
 
     def __init__(self, binary: Path, workdir: Path, *, extra_env: Mapping[str, str] | None = None,
-                 name: str = "keygate", startup_timeout: float = 60.0):
+                 name: str = "keygate", startup_timeout: float = 60.0,
+                 command: Sequence[str] | None = None):
+        """`command` replaces `[binary, "serve"]`, e.g. to run the binary
+        inside a container image's root filesystem."""
         self.binary = binary
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +40,7 @@ class KeygateServer:
         })
         env.update(extra_env or {})
         self.env = env
-        self.process = ManagedProcess(name, [str(binary), "serve"], env=env,
+        self.process = ManagedProcess(name, list(command or [str(binary), "serve"]), env=env,
                                       log_path=workdir / "keygate.log", cwd=workdir)
         try:
             wait_until(lambda: is_serving(self.authz_addr) and is_serving(self.admin_addr),
