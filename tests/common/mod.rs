@@ -3,6 +3,7 @@
 //! test), and real gRPC clients.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod process;
 pub mod proxy;
 

@@ -1,0 +1,57 @@
+"""Running examples/nginx/nginx.conf with Debian's NGINX on loopback ports,
+unprivileged: its own prefix (pid, temp dirs) under a test directory."""
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+from .paths import REPO_ROOT
+from .procs import ManagedProcess, free_port, wait_until
+
+NGINX_EXAMPLE = REPO_ROOT / "examples" / "nginx"
+
+
+def nginx_bin() -> Path:
+    found = shutil.which("nginx") or "/usr/sbin/nginx"
+    return Path(found)
+
+
+def _listening(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+class NginxServer:
+    """The shipped example with its three addresses replaced."""
+
+    def __init__(self, workdir: Path, *, keygate_port: int, upstream_port: int,
+                 name: str = "nginx", startup_timeout: float = 20.0):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "tmp").mkdir(exist_ok=True)
+        self.port = free_port()
+        text = (NGINX_EXAMPLE / "nginx.conf").read_text()
+        for shipped, ours in (("127.0.0.1:8081", f"127.0.0.1:{keygate_port}"),
+                              ("127.0.0.1:8000", f"127.0.0.1:{upstream_port}"),
+                              ("listen 127.0.0.1:8080", f"listen 127.0.0.1:{self.port}")):
+            assert shipped in text, f"examples/nginx/nginx.conf no longer has {shipped}"
+            text = text.replace(shipped, ours)
+        (workdir / "nginx.conf").write_text(text)
+        shutil.copy(NGINX_EXAMPLE / "keygate_upstream_headers", workdir)
+        argv = [str(nginx_bin()), "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
+                "-e", "stderr", "-g", "daemon off; master_process off;"]
+        self.process = ManagedProcess(name, argv, env=None, log_path=workdir / "nginx.log",
+                                      cwd=workdir)
+        try:
+            wait_until(lambda: _listening(self.port), timeout=startup_timeout,
+                       proc=self.process, what=f"{name} on port {self.port}")
+        except BaseException:
+            self.process.stop()
+            raise
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int | None:
+        return self.process.stop()
