@@ -794,6 +794,43 @@ mod tests {
     }
 
     #[test]
+    fn forward_auth_settings_refuse_unusable_prefixes_and_metadata_names() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.forward_auth_addr.port(), 8081);
+        assert_eq!(config.forward_auth_path_prefix, "");
+        let settings = Settings {
+            forward_auth_path_prefix: Some("/ext-authz".into()),
+            metadata_headers: Some("tier, plan_code".into()),
+            ..Default::default()
+        };
+        let config = settings.validate().unwrap();
+        assert_eq!(config.forward_auth_path_prefix, "/ext-authz");
+        assert_eq!(config.metadata_headers, ["tier", "plan_code"]);
+        for prefix in ["/", "ext-authz", "/ext-authz/", "/a?b"] {
+            let settings = Settings {
+                forward_auth_path_prefix: Some(prefix.into()),
+                ..Default::default()
+            };
+            let message = settings.validate().unwrap_err().to_string();
+            assert!(
+                message.contains("KEYGATE_FORWARD_AUTH_PATH_PREFIX"),
+                "{prefix}: {message}"
+            );
+        }
+        for names in ["tier,pl an", "a:b", "caf\u{e9}"] {
+            let settings = Settings {
+                metadata_headers: Some(names.into()),
+                ..Default::default()
+            };
+            let message = settings.validate().unwrap_err().to_string();
+            assert!(
+                message.contains("KEYGATE_METADATA_HEADERS"),
+                "{names}: {message}"
+            );
+        }
+    }
+
+    #[test]
     fn a_public_admin_bind_requires_tokens() {
         let settings = Settings {
             admin_addr: Some("0.0.0.0:50052".into()),

@@ -29,14 +29,19 @@ pub struct HttpAnswer {
 
 impl HttpAnswer {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().expect("ASCII header"))
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
     }
 
     /// `error.code` of a JSON error body.
     pub fn code(&self) -> String {
         let body: serde_json::Value = serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"));
-        body["error"]["code"].as_str().expect("error.code").to_owned()
+        body["error"]["code"]
+            .as_str()
+            .expect("error.code")
+            .to_owned()
     }
 }
 
@@ -62,7 +67,12 @@ impl ForwardAuthClient {
     }
 
     /// Sends `method path` with `headers` (values as raw bytes).
-    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> HttpAnswer {
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> HttpAnswer {
         let mut request = Request::builder().method(method).uri(path);
         if let Sender::Http2(_) = self.sender {
             request = request.uri(format!("http://keygate{path}"));
@@ -78,7 +88,12 @@ impl ForwardAuthClient {
         .expect("a response");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         HttpAnswer {
             status,
             headers,
