@@ -81,9 +81,17 @@ impl ForwardAuthClient {
             request = request.header(*name, HeaderValue::from_bytes(value).expect("header value"));
         }
         let request = request.body(Empty::new()).expect("request");
+        // Kept alive: the connection takes the next request once it has
+        // finished the previous one.
         let response = match &mut self.sender {
-            Sender::Http1(sender) => sender.send_request(request).await,
-            Sender::Http2(sender) => sender.send_request(request).await,
+            Sender::Http1(sender) => {
+                sender.ready().await.expect("connection ready");
+                sender.send_request(request).await
+            }
+            Sender::Http2(sender) => {
+                sender.ready().await.expect("connection ready");
+                sender.send_request(request).await
+            }
         }
         .expect("a response");
         let status = response.status().as_u16();
