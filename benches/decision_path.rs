@@ -112,6 +112,7 @@ fn check_key(id: Uuid, key_prefix: String, revoked: bool) -> CheckKey {
         revoked_at: revoked.then(|| Utc::now() - chrono::Duration::hours(1)),
         owner_suspended: false,
         deleted: false,
+        metadata: Default::default(),
     }
 }
 

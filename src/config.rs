@@ -40,6 +40,20 @@ pub struct Settings {
     /// address is accepted. [default: 127.0.0.1:50052]
     #[arg(long, env = "KEYGATE_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
+    /// Address of the HTTP forward-auth listener (NGINX `auth_request`,
+    /// Traefik, Caddy, Envoy's HTTP ext_authz). [default: 0.0.0.0:8081]
+    #[arg(long, env = "KEYGATE_FORWARD_AUTH_ADDR")]
+    pub forward_auth_addr: Option<String>,
+    /// Path prefix the proxy puts before the original path when it sends the
+    /// request itself (Envoy HTTP ext_authz `path_prefix`); removed before
+    /// route rules match. [default: none]
+    #[arg(long, env = "KEYGATE_FORWARD_AUTH_PATH_PREFIX")]
+    pub forward_auth_path_prefix: Option<String>,
+    /// Comma-separated key metadata names sent to the proxy as
+    /// `x-keygate-meta-<name>` headers on both transports, e.g. `tier,plan`.
+    /// [default: none]
+    #[arg(long, env = "KEYGATE_METADATA_HEADERS")]
+    pub metadata_headers: Option<String>,
     /// Address of the Prometheus `/metrics` listener. [default: 0.0.0.0:9090]
     #[arg(long, env = "KEYGATE_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
@@ -267,6 +281,10 @@ pub struct Config {
     pub authz_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    pub forward_auth_addr: SocketAddr,
+    /// Empty, or a prefix starting with `/` and not ending with one.
+    pub forward_auth_path_prefix: String,
+    pub metadata_headers: Vec<String>,
     pub admin_tokens: Vec<AdminToken>,
     pub key_format: KeyFormat,
     pub max_keys_per_owner: u32,
@@ -466,6 +484,14 @@ impl Settings {
                 "metrics_addr",
                 "KEYGATE_METRICS_ADDR",
             )?,
+            forward_auth_addr: addr(
+                self.forward_auth_addr,
+                "0.0.0.0:8081",
+                "forward_auth_addr",
+                "KEYGATE_FORWARD_AUTH_ADDR",
+            )?,
+            forward_auth_path_prefix: path_prefix(self.forward_auth_path_prefix.as_deref())?,
+            metadata_headers: metadata_headers(self.metadata_headers.as_deref())?,
             admin_tokens,
             key_format,
             max_keys_per_owner: positive(
@@ -548,6 +574,44 @@ impl Settings {
         }
         Ok(config)
     }
+}
+
+/// `/ext-authz` or nothing: `/` alone or a trailing `/` would eat the
+/// original path's own leading slash.
+fn path_prefix(raw: Option<&str>) -> Result<String, ConfigError> {
+    let prefix = raw.unwrap_or("").trim();
+    let valid = prefix.is_empty()
+        || (prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'?'));
+    if valid {
+        Ok(prefix.to_owned())
+    } else {
+        Err(invalid(
+            "forward_auth_path_prefix",
+            "KEYGATE_FORWARD_AUTH_PATH_PREFIX",
+            format!("{prefix:?} must start with / and not end with one, as in /ext-authz"),
+        ))
+    }
+}
+
+/// Metadata names usable in a header name: `[A-Za-z0-9_-]`, at most 64.
+fn metadata_headers(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let names = split_list(raw.unwrap_or(""));
+    for name in &names {
+        let usable = name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !usable {
+            return Err(invalid(
+                "metadata_headers",
+                "KEYGATE_METADATA_HEADERS",
+                format!("{name:?} cannot be part of a header name (letters, digits, - and _ only)"),
+            ));
+        }
+    }
+    Ok(names)
 }
 
 fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
@@ -727,6 +791,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("KEYGATE_FOREIGN_BEARER"));
+    }
+
+    #[test]
+    fn forward_auth_settings_refuse_unusable_prefixes_and_metadata_names() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.forward_auth_addr.port(), 8081);
+        assert_eq!(config.forward_auth_path_prefix, "");
+        let settings = Settings {
+            forward_auth_path_prefix: Some("/ext-authz".into()),
+            metadata_headers: Some("tier, plan_code".into()),
+            ..Default::default()
+        };
+        let config = settings.validate().unwrap();
+        assert_eq!(config.forward_auth_path_prefix, "/ext-authz");
+        assert_eq!(config.metadata_headers, ["tier", "plan_code"]);
+        for prefix in ["/", "ext-authz", "/ext-authz/", "/a?b"] {
+            let settings = Settings {
+                forward_auth_path_prefix: Some(prefix.into()),
+                ..Default::default()
+            };
+            let message = settings.validate().unwrap_err().to_string();
+            assert!(
+                message.contains("KEYGATE_FORWARD_AUTH_PATH_PREFIX"),
+                "{prefix}: {message}"
+            );
+        }
+        for names in ["tier,pl an", "a:b", "caf\u{e9}"] {
+            let settings = Settings {
+                metadata_headers: Some(names.into()),
+                ..Default::default()
+            };
+            let message = settings.validate().unwrap_err().to_string();
+            assert!(
+                message.contains("KEYGATE_METADATA_HEADERS"),
+                "{names}: {message}"
+            );
+        }
     }
 
     #[test]

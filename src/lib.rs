@@ -4,20 +4,25 @@
 //! - [`store`]: PostgreSQL and SQLite persistence; the only home of SQL.
 //! - [`cache`], [`ratelimit`]: the in-memory state behind the Check hot path.
 //! - [`authz`]: the Check decision from credential to outcome.
+//! - [`answer`]: what an outcome tells the proxy, whichever the transport.
 //! - [`admin`]: key lifecycle use-cases behind KeyAdmin.
 //! - [`usage`]: the off-hot-path usage buffer and flusher.
 //! - [`invalidation`]: cross-replica cache invalidation via LISTEN/NOTIFY.
 //! - [`grpc`]: the ext_authz and KeyAdmin services and error mapping.
+//! - [`forward_auth`]: the same decision over HTTP for NGINX, Traefik, Caddy
+//!   and Envoy's HTTP ext_authz.
 //! - [`app`]: the composition root: listeners, tasks and the ordered drain.
 //! - [`admin_token`]: what `keygate admin-token` prints.
 
 pub mod admin;
 pub mod admin_token;
+pub mod answer;
 pub mod app;
 pub mod authz;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod forward_auth;
 pub mod grpc;
 pub mod invalidation;
 pub mod ratelimit;

@@ -56,6 +56,11 @@ fn describe_metrics() {
         Unit::Seconds,
         "Check handling time, from request to response"
     );
+    describe_histogram!(
+        "keygate_forward_auth_duration_seconds",
+        Unit::Seconds,
+        "Forward-auth handling time, from request head to response"
+    );
     describe_counter!(
         "keygate_check_decisions_total",
         "Check decisions by code (allowed or the denial code)"

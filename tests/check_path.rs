@@ -1,11 +1,16 @@
 //! The Check hot path against a real server and database: cache
-//! single-flight, invalidation by KeyAdmin, races, and malformed input.
+//! single-flight, invalidation by KeyAdmin, races, and malformed input; the
+//! same decision over the forward-auth listener (HTTP/1.1 and h2c).
 
 mod common;
 
 use std::{collections::HashMap, sync::Arc};
 
-use common::{check_request, Decision, TestServer};
+use common::{
+    check_request,
+    http::{forward_auth, ForwardAuthClient},
+    Decision, TestServer,
+};
 use envoy_types::pb::envoy::{
     config::core::v3::{HeaderMap, HeaderValue},
     service::auth::v3::{AttributeContext, CheckRequest},
@@ -200,6 +205,124 @@ on_both_backends! {
             assert_eq!(server.check_key(&own_limit, None).await.code, "allowed");
         }
         assert_eq!(server.check_key(&own_limit, None).await.code, "rate_limited");
+    }
+
+    async fn forward_auth_gives_check_decisions_with_identity_and_metadata_headers(backend) {
+        let server = TestServer::start_with(backend, |s| s.metadata_headers = Some("tier,plan".into())).await;
+        let addr = server.running().forward_auth_addr;
+        let created = server
+            .create(keygate::proto::CreateKeyRequest {
+                owner_id: "acme".into(),
+                name: "meta".into(),
+                abilities: vec!["read:orders".into()],
+                metadata: HashMap::from([("tier".to_string(), "gold".to_string())]),
+                ..Default::default()
+            })
+            .await;
+        let auth = format!("Bearer {}", created.key);
+        let id = created.api_key.as_ref().unwrap().id.clone();
+
+        // NGINX's headers, on one kept-alive HTTP/1.1 connection.
+        let mut client = ForwardAuthClient::http1(addr).await;
+        let allowed = client
+            .send("GET", "/auth", &[("authorization", auth.as_bytes()), ("x-original-method", b"GET"), ("x-original-uri", b"/v1/orders/1"), ("keygate-require-abilities", b"read:orders")])
+            .await;
+        assert_eq!(allowed.status, 200, "{allowed:?}");
+        assert!(allowed.body.is_empty());
+        assert_eq!(allowed.header("x-keygate-key-id"), Some(id.as_str()));
+        assert_eq!(allowed.header("x-keygate-owner-id"), Some("acme"));
+        assert_eq!(allowed.header("x-keygate-abilities"), Some("read:orders"));
+        assert_eq!(allowed.header("x-keygate-meta-tier"), Some("gold"));
+        assert_eq!(allowed.header("x-keygate-meta-plan"), None);
+        assert_eq!(allowed.header("x-envoy-auth-headers-to-remove"), Some("x-keygate-meta-plan,x-keygate-shadow-decision,authorization"));
+        let lacking = client
+            .send("GET", "/auth", &[("authorization", auth.as_bytes()), ("x-original-method", b"POST"), ("x-original-uri", b"/v1/orders"), ("keygate-require-abilities", b"write:orders")])
+            .await;
+        assert_eq!((lacking.status, lacking.code()), (403, "insufficient_ability".into()));
+        let shadow = client
+            .send("GET", "/auth", &[("authorization", auth.as_bytes()), ("x-original-uri", b"/v1/orders"), ("keygate-require-abilities", b"write:orders"), ("keygate-mode", b"shadow")])
+            .await;
+        assert_eq!((shadow.status, shadow.header("x-keygate-shadow-decision")), (200, Some("insufficient_ability")));
+        let missing = client.send("GET", "/auth", &[("x-original-uri", b"/v1/orders")]).await;
+        assert_eq!((missing.status, missing.code()), (401, "missing_credentials".into()));
+        assert_eq!(missing.header("www-authenticate"), Some("Bearer realm=\"keygate\""));
+        assert_eq!(missing.header("content-type"), Some("application/json"));
+        let invalid = client.send("GET", "/auth", &[("x-api-key", unissued_key().as_bytes())]).await;
+        assert_eq!((invalid.status, invalid.code()), (401, "invalid_key".into()));
+
+        // Traefik's and Caddy's headers, over h2c.
+        let mut h2 = ForwardAuthClient::h2c(addr).await;
+        let traefik = h2
+            .send("GET", "/", &[("x-api-key", created.key.as_bytes()), ("x-forwarded-method", b"DELETE"), ("x-forwarded-uri", b"/v1/orders/9"), ("keygate-require-environment", b"test")])
+            .await;
+        assert_eq!((traefik.status, traefik.code()), (403, "environment_not_allowed".into()));
+
+        // Check gives the same metadata: a header and `metadata` in dynamic_metadata.
+        let response = server
+            .authz
+            .clone()
+            .check(check_request(bearer(&created.key), "GET", "/v1/orders/1", HashMap::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        let fields = response.dynamic_metadata.clone().expect("dynamic metadata").fields;
+        let Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(metadata)) = &fields["metadata"].kind else {
+            panic!("no metadata struct: {fields:?}");
+        };
+        assert_eq!(
+            metadata.fields["tier"].kind,
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("gold".into()))
+        );
+        let check = Decision::of(response);
+        assert_eq!(check.upstream_headers["x-keygate-meta-tier"], "gold");
+    }
+
+    async fn forward_auth_answers_ambiguous_or_garbage_input_with_400_never_an_allowance(backend) {
+        let server = TestServer::start_with(backend, |s| s.forward_auth_path_prefix = Some("/ext-authz".into())).await;
+        let addr = server.running().forward_auth_addr;
+        let key = server.create_key("acme", &[]).await.key;
+        let auth = format!("Bearer {key}");
+        let with_key = |extra: &[(&'static str, &'static [u8])]| {
+            let mut headers: Vec<(&str, Vec<u8>)> = vec![("authorization", auth.clone().into_bytes())];
+            headers.extend(extra.iter().map(|(n, v)| (*n, v.to_vec())));
+            headers
+        };
+        let cases: Vec<(&str, &str, Vec<(&str, Vec<u8>)>)> = vec![
+            ("absolute URI", "/ext-authz/", with_key(&[("x-original-uri", b"http://evil.example/v1")])),
+            ("dot segments", "/ext-authz/", with_key(&[("x-original-uri", b"/public/../admin")])),
+            ("encoded dot segments", "/ext-authz/", with_key(&[("x-forwarded-uri", b"/public/%2e%2E/admin")])),
+            ("method without URI", "/ext-authz/", with_key(&[("x-original-method", b"DELETE")])),
+            ("URI not UTF-8", "/ext-authz/", with_key(&[("x-original-uri", b"/caf\xff")])),
+            ("empty URI", "/ext-authz/", with_key(&[("x-original-uri", b"")])),
+            ("repeated URI", "/ext-authz/", with_key(&[("x-original-uri", b"/a"), ("x-original-uri", b"/b")])),
+            ("repeated credential", "/ext-authz/", with_key(&[("authorization", b"Bearer sk_live_other")])),
+            ("outside the path prefix", "/elsewhere/v1", with_key(&[])),
+        ];
+        for (name, path, headers) in cases {
+            let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+            let answer = forward_auth(addr, path, &headers).await;
+            assert_eq!((answer.status, answer.code()), (400, "bad_request".into()), "{name}: {answer:?}");
+        }
+        // Envoy's own request, prefix removed: allowed.
+        let answer = forward_auth(addr, "/ext-authz/v1/orders?x=1", &[("authorization", auth.as_bytes())]).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let not_utf8 = forward_auth(addr, "/ext-authz/", &[("x-api-key", b"sk_live_\xff\xfe")]).await;
+        assert_eq!((not_utf8.status, not_utf8.code()), (401, "malformed_key".into()));
+        let oversized = "x".repeat(80 * 1024);
+        let too_big = forward_auth(addr, "/ext-authz/", &[("authorization", auth.as_bytes()), ("x-filler", oversized.as_bytes())]).await;
+        assert_eq!(too_big.status, 431, "{too_big:?}");
+    }
+
+    async fn forward_auth_rate_limits_with_retry_after(backend) {
+        let server = TestServer::start_with(backend, |s| s.default_rate_limit = Some("1/60".into())).await;
+        let addr = server.running().forward_auth_addr;
+        let key = server.create_key("acme", &[]).await.key;
+        let mut client = ForwardAuthClient::http1(addr).await;
+        let first = client.send("GET", "/", &[("x-api-key", key.as_bytes())]).await;
+        assert_eq!((first.status, first.header("x-ratelimit-remaining")), (200, Some("0")));
+        let limited = client.send("GET", "/", &[("x-api-key", key.as_bytes())]).await;
+        assert_eq!((limited.status, limited.code()), (429, "rate_limited".into()));
+        assert!(limited.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
     }
 
     async fn health_turns_not_serving_as_soon_as_a_stop_begins(backend) {

@@ -62,6 +62,19 @@ async fn while_postgres_is_unreachable_hits_are_answered_misses_fail_fast_and_ev
         .unwrap_err();
     let waited = started.elapsed();
     assert_eq!(miss.code(), tonic::Code::Unavailable, "{miss:?}");
+    // Forward-auth answers the same miss with 503, within the same bound.
+    let started = Instant::now();
+    let http_miss = common::http::forward_auth(
+        server.running().forward_auth_addr,
+        "/",
+        &[("x-api-key", uncached.key.as_bytes())],
+    )
+    .await;
+    assert_eq!(
+        (http_miss.status, http_miss.code().as_str()),
+        (503, "unavailable")
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
     // The Check bound is 100 ms; Envoy's own timeout is 200 ms.
     assert!(
         waited < Duration::from_secs(1),

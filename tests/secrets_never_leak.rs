@@ -245,6 +245,7 @@ on_both_backends! {
             .env("KEYGATE_AUTHZ_ADDR", authz_addr.to_string())
             .env("KEYGATE_ADMIN_ADDR", admin_addr.to_string())
             .env("KEYGATE_METRICS_ADDR", metrics_addr.to_string())
+            .env("KEYGATE_FORWARD_AUTH_ADDR", free_port().to_string())
             .env("KEYGATE_ADMIN_TOKENS", format!("{admin_line},{service_line}"))
             .env("KEYGATE_USAGE_FLUSH_INTERVAL", "100ms")
             .env("KEYGATE_LOG_FORMAT", "json")

@@ -7,6 +7,7 @@
 //! - `usage-flush`: usage events/s the store write sustains.
 //! - `propagation`: revoke on one replica → denied on another.
 //! - `noop-server`: the no-op ext_authz server used as the baseline.
+//! - `noop-http-server`: the no-op HTTP server, forward-auth's baseline.
 
 // Printing results on stdout is this tool's whole job.
 #![allow(clippy::print_stdout)]
@@ -18,7 +19,7 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use bench::{check, http, noop, propagation, usage_flush};
+use bench::{check, http, noop, noop_http, propagation, usage_flush};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Serve an empty HTTP 200 (HTTP/1.1 and h2c) until killed.
+    NoopHttpServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
             Command::UsageFlush(args) => usage_flush::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,
             Command::NoopServer { listen } => noop::serve(listen).await,
+            Command::NoopHttpServer { listen } => noop_http::serve(listen).await,
         }
     });
     match result {

@@ -87,6 +87,9 @@ pub struct CheckKey {
     pub revoked_at: Option<DateTime<Utc>>,
     pub owner_suspended: bool,
     pub deleted: bool,
+    /// The key's metadata, handed to the proxy (`KEYGATE_METADATA_HEADERS`
+    /// and Check's `dynamic_metadata`).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl CheckKey {
@@ -107,6 +110,7 @@ impl CheckKey {
             revoked_at: None,
             owner_suspended: false,
             deleted: false,
+            metadata: BTreeMap::new(),
         }
     }
 
@@ -130,6 +134,7 @@ impl CheckKey {
             revoked_at: key.revoked_at,
             owner_suspended,
             deleted: key.deleted_at.is_some(),
+            metadata: key.metadata.clone(),
         }
     }
 }

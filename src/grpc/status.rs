@@ -66,15 +66,21 @@ pub fn check_unavailable(error: &crate::cache::LookupError) -> Status {
     if error.is_contended() {
         return Status::unavailable("the key changed repeatedly while it was read; retry");
     }
-    crate::telemetry::store_error("check");
-    let second = chrono::Utc::now().timestamp();
-    if LAST_CHECK_FAILURE_LOG.swap(second, Ordering::Relaxed) != second {
-        tracing::warn!(error = %chain(error), "check: key store unavailable on a cache miss (logged at most once a second; see keygate_store_errors_total)");
-    }
+    report_check_failure(error);
     if error.is_unavailable() {
         Status::unavailable("key store unavailable")
     } else {
         Status::internal("key store error")
+    }
+}
+
+/// Counts a store failure on a Check cache miss (either transport) and logs
+/// it at most once a second.
+pub fn report_check_failure(error: &crate::cache::LookupError) {
+    crate::telemetry::store_error("check");
+    let second = chrono::Utc::now().timestamp();
+    if LAST_CHECK_FAILURE_LOG.swap(second, Ordering::Relaxed) != second {
+        tracing::warn!(error = %chain(error), "check: key store unavailable on a cache miss (logged at most once a second; see keygate_store_errors_total)");
     }
 }
 

@@ -12,6 +12,7 @@ pub struct KeygateProcess {
     pub authz_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    pub forward_auth_addr: SocketAddr,
     pub log: PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
@@ -32,6 +33,7 @@ impl KeygateProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("keygate.log");
         let (authz_addr, admin_addr, metrics_addr) = (free_addr(), free_addr(), free_addr());
+        let forward_auth_addr = free_addr();
         let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
         command
             .arg("serve")
@@ -41,6 +43,7 @@ impl KeygateProcess {
             .env("KEYGATE_AUTHZ_ADDR", authz_addr.to_string())
             .env("KEYGATE_ADMIN_ADDR", admin_addr.to_string())
             .env("KEYGATE_METRICS_ADDR", metrics_addr.to_string())
+            .env("KEYGATE_FORWARD_AUTH_ADDR", forward_auth_addr.to_string())
             .env("KEYGATE_LOG_FORMAT", "json")
             .env("KEYGATE_PRUNE_ENABLED", "false")
             // Not about the miss bound: a loaded machine must not fail reads.
@@ -54,6 +57,7 @@ impl KeygateProcess {
             authz_addr,
             admin_addr,
             metrics_addr,
+            forward_auth_addr,
             log,
             child,
             _dir: dir,

@@ -168,3 +168,14 @@ def test_forged_shadow_decision_header_is_stripped(get):
     # keygate.mode (covered in tests/py). A forged shadow header is stripped.
     r = get("/public", {"x-keygate-shadow-decision": "allowed"})
     assert r.status == 200 and "x-keygate-shadow-decision" not in r.upstream["headers"], r
+
+
+def test_key_metadata_reaches_upstream_and_forged_metadata_does_not(get, create_key, owner):
+    created = create_key(owner, metadata={"tier": "gold"})
+    r = get("/anything", {"authorization": f"Bearer {created.key}",
+                          "x-keygate-meta-tier": "platinum", "x-keygate-meta-plan": "forged"})
+    assert r.status == 200, r
+    up = r.upstream["headers"]
+    assert up["x-keygate-meta-tier"] == "gold", up
+    assert "x-keygate-meta-plan" not in up, up
+    assert "platinum" not in str(r.upstream["header_list"])

@@ -15,7 +15,8 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "pyharness"
 
-from .paths import ENVOY_EXAMPLE, ENVOY_TEMPLATE, envoy_bin  # noqa: E402
+from .paths import (ENVOY_EXAMPLE, ENVOY_HTTP_EXAMPLE, ENVOY_HTTP_TEMPLATE,  # noqa: E402
+                    ENVOY_TEMPLATE, envoy_bin)
 from .procs import ManagedProcess, free_ports, wait_until  # noqa: E402
 
 EXAMPLE_VALUES = dict(
@@ -46,8 +47,17 @@ def render(template: str | None = None, **values) -> str:
     return string.Template("".join(lines)).substitute(**values)
 
 
-def render_example() -> str:
-    return EXAMPLE_HEADER + render(**EXAMPLE_VALUES)
+def render_example(template: Path = ENVOY_TEMPLATE) -> str:
+    header = EXAMPLE_HEADER
+    if template == ENVOY_HTTP_TEMPLATE:
+        header = (header.replace("(ext_authz", "(HTTP ext_authz")
+                  .replace("Check on 0.0.0.0:50051", "forward-auth on 0.0.0.0:8081 with\n# KEYGATE_FORWARD_AUTH_PATH_PREFIX=/ext-authz")
+                  .replace("envoy.yaml.tmpl", "envoy-http.yaml.tmpl")
+                  .replace("examples/envoy/envoy.yaml", "examples/envoy/envoy-http.yaml"))
+    values = dict(EXAMPLE_VALUES)
+    if template == ENVOY_HTTP_TEMPLATE:
+        values["KEYGATE_PORT"] = 8081
+    return header + render(template.read_text(), **values)
 
 
 def validate(config_path: Path, binary: Path | None = None) -> subprocess.CompletedProcess:
@@ -64,12 +74,13 @@ class EnvoyServer:
 
     def __init__(self, workdir: Path, *, keygate_port: int, upstream_port: int,
                  binary: Path | None = None, name: str = "envoy",
-                 startup_timeout: float = 30.0):
+                 startup_timeout: float = 30.0, template: Path = ENVOY_TEMPLATE):
         self.binary = binary or envoy_bin()
         workdir.mkdir(parents=True, exist_ok=True)
         self.listen_port, self.admin_port = free_ports(2)
         self.config_path = workdir / "envoy.yaml"
         self.config_path.write_text(render(
+            template.read_text(),
             LISTEN_ADDRESS="127.0.0.1", LISTEN_PORT=self.listen_port,
             ADMIN_ADDRESS="127.0.0.1", ADMIN_PORT=self.admin_port,
             KEYGATE_HOST="127.0.0.1", KEYGATE_PORT=keygate_port,
@@ -122,6 +133,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--write-example"]:
         ENVOY_EXAMPLE.parent.mkdir(parents=True, exist_ok=True)
         ENVOY_EXAMPLE.write_text(render_example())
-        print(f"wrote {ENVOY_EXAMPLE}")
+        ENVOY_HTTP_EXAMPLE.write_text(render_example(ENVOY_HTTP_TEMPLATE))
+        print(f"wrote {ENVOY_EXAMPLE} and {ENVOY_HTTP_EXAMPLE}")
     else:
         sys.exit(__doc__)

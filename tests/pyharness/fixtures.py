@@ -70,7 +70,9 @@ def keygate(keygate_bin, tmp_path_factory):
     """One `keygate serve` for the session (SQLite in a temp dir)."""
     srv, err = None, None
     try:
-        srv = KeygateServer(keygate_bin, tmp_path_factory.mktemp("keygate"))
+        # Exports the `tier` and `plan` metadata as x-keygate-meta-* headers.
+        srv = KeygateServer(keygate_bin, tmp_path_factory.mktemp("keygate"),
+                            extra_env={"KEYGATE_METADATA_HEADERS": "tier,plan"})
     except (RuntimeError, TimeoutError) as e:
         err = str(e)
     if srv is None:

@@ -10,6 +10,8 @@ KEY_ADMIN_PROTO = PROTO_DIR / "keygate" / "admin" / "v1" / "key_admin.proto"
 E2E_DIR = REPO_ROOT / "tests" / "e2e"
 ENVOY_TEMPLATE = E2E_DIR / "envoy.yaml.tmpl"
 ENVOY_EXAMPLE = REPO_ROOT / "examples" / "envoy" / "envoy.yaml"
+ENVOY_HTTP_TEMPLATE = E2E_DIR / "envoy-http.yaml.tmpl"
+ENVOY_HTTP_EXAMPLE = REPO_ROOT / "examples" / "envoy" / "envoy-http.yaml"
 
 
 def keygate_bin() -> Path:

@@ -5,6 +5,7 @@ pub mod grpc;
 pub mod http;
 pub mod load;
 pub mod noop;
+pub mod noop_http;
 pub mod procstat;
 pub mod propagation;
 pub mod stats;

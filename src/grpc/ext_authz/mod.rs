@@ -9,10 +9,11 @@
 mod render;
 mod server;
 
-pub use render::{
-    denied, EncodedCheckResponse, HEADER_ABILITIES, HEADER_ENVIRONMENT, HEADER_KEY_ID,
-    HEADER_KEY_PREFIX, HEADER_OWNER_ID, HEADER_SHADOW_DECISION,
+pub use crate::answer::{
+    HEADER_ABILITIES, HEADER_ENVIRONMENT, HEADER_KEY_ID, HEADER_KEY_PREFIX, HEADER_OWNER_ID,
+    HEADER_SHADOW_DECISION,
 };
+pub use render::{denied, EncodedCheckResponse};
 pub use server::AuthorizationServer;
 
 use std::{sync::Arc, time::Instant};
@@ -24,17 +25,20 @@ use tonic::{Request, Response, Status};
 use self::render::Renderer;
 use super::status::check_unavailable;
 use crate::{
+    answer::MetadataHeaders,
     authz::{Authorizer, CheckInput, HeaderText, NotUtf8, Outcome},
     config::Config,
     store,
 };
 
-/// Header names the Check service reads and strips.
+/// Header names the Check service reads, sets and strips.
 #[derive(Debug, Clone)]
 pub struct CredentialHeaders {
     pub authorization: String,
     pub api_key: String,
     pub strip: bool,
+    /// Key metadata exported as `x-keygate-meta-<name>` upstream headers.
+    pub metadata: MetadataHeaders,
 }
 
 impl CredentialHeaders {
@@ -43,6 +47,7 @@ impl CredentialHeaders {
             authorization: config.authorization_header.clone(),
             api_key: config.api_key_header.clone(),
             strip: config.strip_credential,
+            metadata: MetadataHeaders::new(&config.metadata_headers),
         }
     }
 }
@@ -128,6 +133,7 @@ impl ExtAuthzService {
             method: http.map_or("", |h| h.method.as_str()),
             path: http.map_or("", |h| h.path.as_str()),
             context_extensions: attributes.map(|a| &a.context_extensions),
+            requirements: None,
         }
     }
 }

@@ -31,27 +31,14 @@ use prost::{
 
 use super::CredentialHeaders;
 use crate::{
+    answer::{
+        denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
+        MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_FIELDS, IDENTITY_HEADERS,
+    },
     authz::{Allowance, CredentialSource},
     cache::{CachedKey, EncodedIdentity},
     domain::{CheckKey, DenyReason},
 };
-
-pub const HEADER_KEY_ID: &str = "x-keygate-key-id";
-pub const HEADER_OWNER_ID: &str = "x-keygate-owner-id";
-pub const HEADER_ENVIRONMENT: &str = "x-keygate-environment";
-pub const HEADER_KEY_PREFIX: &str = "x-keygate-key-prefix";
-pub const HEADER_ABILITIES: &str = "x-keygate-abilities";
-pub const HEADER_SHADOW_DECISION: &str = "x-keygate-shadow-decision";
-/// The identity headers a key sets upstream. With the shadow header they are
-/// every header keygate owns: whichever a response does not set is removed,
-/// so a client can never forge one.
-const IDENTITY_HEADERS: [&str; 5] = [
-    HEADER_KEY_ID,
-    HEADER_OWNER_ID,
-    HEADER_ENVIRONMENT,
-    HEADER_KEY_PREFIX,
-    HEADER_ABILITIES,
-];
 
 /// `CheckResponse.ok_response`.
 const OK_RESPONSE_FIELD: u32 = 3;
@@ -72,9 +59,9 @@ pub struct EncodedCheckResponse {
 }
 
 impl EncodedCheckResponse {
+    /// Set by [`Renderer::allowed`] before the response exists.
     fn identity(&self) -> Option<&EncodedIdentity> {
-        let cached = self.identity.as_ref()?;
-        Some(cached.encoded.get_or_init(|| encode_identity(&cached.key)))
+        self.identity.as_ref()?.encoded.get()
     }
 
     fn ok_len(&self, parts: &[Bytes; OK_PARTS]) -> usize {
@@ -119,6 +106,7 @@ impl EncodedCheckResponse {
 
 /// Builds responses from the parts that never change after start.
 pub struct Renderer {
+    metadata: MetadataHeaders,
     ok_status: Bytes,
     remove_identity_headers: Bytes,
     remove_shadow_header: Bytes,
@@ -146,7 +134,10 @@ impl Renderer {
             DenyReason::RateLimited { .. } => Bytes::new(),
             _ => Bytes::from(denied(reason).encode_to_vec()),
         };
+        let mut owned: Vec<&str> = IDENTITY_HEADERS.to_vec();
+        owned.extend(headers.metadata.header_names());
         Self {
+            metadata: headers.metadata.clone(),
             ok_status: Bytes::from(
                 CheckResponse {
                     status: Some(ok_status()),
@@ -154,7 +145,7 @@ impl Renderer {
                 }
                 .encode_to_vec(),
             ),
-            remove_identity_headers: removal(&IDENTITY_HEADERS),
+            remove_identity_headers: removal(&owned),
             remove_shadow_header: removal(&[HEADER_SHADOW_DECISION]),
             strip_authorization: strip(&headers.authorization),
             strip_api_key: strip(&headers.api_key),
@@ -163,8 +154,13 @@ impl Renderer {
     }
 
     pub fn allowed(&self, allowance: Allowance) -> EncodedCheckResponse {
-        let remove_identity = match allowance.identity {
-            Some(_) => Bytes::new(),
+        let remove_identity = match &allowance.identity {
+            Some(cached) => {
+                cached
+                    .encoded
+                    .get_or_init(|| encode_identity(&cached.key, &self.metadata));
+                Bytes::new()
+            }
             None => self.remove_identity_headers.clone(),
         };
         let remove_shadow = match allowance.shadow_decision {
@@ -201,39 +197,49 @@ impl Renderer {
     }
 }
 
-/// The identity headers upstream sees and the same facts as
-/// `dynamic_metadata` for other filters and access logs.
-fn encode_identity(key: &CheckKey) -> EncodedIdentity {
-    let values = [
-        &key.id_header,
-        &key.owner_id,
-        &key.environment,
-        &key.key_prefix,
-        &key.abilities_header,
-    ];
+/// The identity headers upstream sees (the key's own, its exported metadata
+/// and the removal of metadata headers it lacks) and the same facts as
+/// `dynamic_metadata` for other filters and access logs, the key's whole
+/// metadata map under `metadata`.
+fn encode_identity(key: &CheckKey, exported: &MetadataHeaders) -> EncodedIdentity {
+    let values = identity_values(key);
+    let mut headers: Vec<HeaderValueOption> = IDENTITY_HEADERS
+        .iter()
+        .zip(values)
+        .map(|(name, value)| overwrite(name, value.clone()))
+        .collect();
+    let mut headers_to_remove = Vec::new();
+    for (name, value) in exported.values(key) {
+        match value {
+            Some(value) => headers.push(overwrite(name, value.to_owned())),
+            None => headers_to_remove.push(name.to_owned()),
+        }
+    }
     let upstream_headers = ok_fields(OkHttpResponse {
-        headers: IDENTITY_HEADERS
-            .iter()
-            .zip(values)
-            .map(|(name, value)| overwrite(name, value.clone()))
-            .collect(),
+        headers,
+        headers_to_remove,
         ..Default::default()
     });
-    let fields = [
-        "key_id",
-        "owner_id",
-        "environment",
-        "key_prefix",
-        "abilities",
-    ]
-    .iter()
-    .zip(values)
-    .map(|(name, value)| {
-        let value = Value {
-            kind: Some(Kind::StringValue(value.clone())),
-        };
-        ((*name).to_owned(), value)
-    });
+    let text = |value: &str| Value {
+        kind: Some(Kind::StringValue(value.to_owned())),
+    };
+    let key_metadata = Struct {
+        fields: key
+            .metadata
+            .iter()
+            .map(|(name, value)| (name.clone(), text(value)))
+            .collect(),
+    };
+    let fields = IDENTITY_FIELDS
+        .iter()
+        .zip(values)
+        .map(|(name, value)| ((*name).to_owned(), text(value)))
+        .chain([(
+            "metadata".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(key_metadata)),
+            },
+        )]);
     let metadata = CheckResponse {
         dynamic_metadata: Some(Struct {
             fields: HashMap::from_iter(fields),
@@ -256,20 +262,10 @@ fn per_request_headers(allowance: &Allowance) -> Bytes {
         headers.push(overwrite(HEADER_SHADOW_DECISION, code.to_owned()));
     }
     if let Some(rate) = allowance.rate {
-        response_headers.extend([
-            overwrite("x-ratelimit-limit", rate.limit.to_string()),
-            overwrite("x-ratelimit-remaining", rate.remaining.to_string()),
-            overwrite("x-ratelimit-reset", rate.reset_secs.to_string()),
-        ]);
+        response_headers.extend(rate_headers(rate).map(|(name, value)| overwrite(name, value)));
     }
     if let Some(sunset) = allowance.sunset {
-        response_headers.extend([
-            overwrite("deprecation", "true".to_owned()),
-            overwrite(
-                "sunset",
-                sunset.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
-            ),
-        ]);
+        response_headers.extend(sunset_headers(sunset).map(|(name, value)| overwrite(name, value)));
     }
     ok_fields(OkHttpResponse {
         headers,
@@ -310,25 +306,11 @@ pub fn denied(reason: DenyReason) -> CheckResponse {
         403 => tonic::Code::PermissionDenied,
         _ => tonic::Code::ResourceExhausted,
     };
-    let mut headers = vec![overwrite("content-type", "application/json".to_owned())];
-    match reason {
-        DenyReason::RateLimited { retry_after_secs } => {
-            headers.push(overwrite("retry-after", retry_after_secs.to_string()))
-        }
-        _ if status == 401 => headers.push(overwrite(
-            "www-authenticate",
-            "Bearer realm=\"keygate\"".to_owned(),
-        )),
-        _ => {}
-    }
-    // Codes and messages are static ASCII without quotes or backslashes
-    // (a test checks every one parses), so no JSON tree is needed: the
-    // rate-limited denial is built per request, and floods are when it is.
-    let body = format!(
-        r#"{{"error":{{"code":"{}","message":"{}"}}}}"#,
-        reason.code(),
-        reason.message()
-    );
+    let headers = denial_headers(reason)
+        .into_iter()
+        .map(|(name, value)| overwrite(name, value))
+        .collect();
+    let body = denial_body(reason);
     CheckResponse {
         status: Some(rpc::Status {
             code: grpc_code as i32,
@@ -352,7 +334,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::authz::RateHeaders;
+    use crate::{answer::*, authz::RateHeaders};
 
     fn every_reason() -> [DenyReason; 9] {
         DenyReason::one_of_each(7)
@@ -363,6 +345,7 @@ mod tests {
             authorization: "authorization".into(),
             api_key: "x-api-key".into(),
             strip,
+            metadata: MetadataHeaders::default(),
         })
     }
 
@@ -456,7 +439,11 @@ mod tests {
         assert_eq!(text("environment"), "live");
         assert_eq!(text("key_prefix"), "sk_live_abcdefgh");
         assert_eq!(text("abilities"), "read:orders,write:orders");
-        assert_eq!(metadata.len(), 5);
+        assert_eq!(
+            metadata["metadata"].kind,
+            Some(Kind::StructValue(Struct::default()))
+        );
+        assert_eq!(metadata.len(), 6);
 
         // A later allowance of the same key (answered from its stored
         // encoding) reads the same.
@@ -472,6 +459,45 @@ mod tests {
         assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION]);
         let (_, ok) = ok_response(&renderer(true).allowed(api_key.clone()));
         assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION, "x-api-key"]);
+    }
+
+    #[test]
+    fn exported_metadata_is_set_upstream_and_the_whole_map_is_dynamic_metadata() {
+        let mut key = CheckKey::sample(Uuid::from_u128(7), "acme", &[]);
+        key.metadata.insert("tier".into(), "gold".into());
+        key.metadata.insert("team".into(), "payments".into());
+        let renderer = Renderer::new(&CredentialHeaders {
+            authorization: "authorization".into(),
+            api_key: "x-api-key".into(),
+            strip: true,
+            metadata: MetadataHeaders::new(&["tier", "plan"]),
+        });
+        let cached = Arc::new(CachedKey::detached(key));
+        let (response, ok) = ok_response(&renderer.allowed(allowance(Some(cached))));
+        assert_eq!(set(&ok)[5], ("x-keygate-meta-tier", "gold"));
+        assert_eq!(set(&ok).len(), 6);
+        assert_eq!(
+            ok.headers_to_remove,
+            [
+                "x-keygate-meta-plan",
+                HEADER_SHADOW_DECISION,
+                "authorization"
+            ]
+        );
+        let fields = response.dynamic_metadata.unwrap().fields;
+        let Some(Kind::StructValue(map)) = &fields["metadata"].kind else {
+            panic!("metadata is not a struct: {fields:?}");
+        };
+        let text = |name: &str| map.fields[name].kind.clone();
+        assert_eq!(text("tier"), Some(Kind::StringValue("gold".into())));
+        assert_eq!(text("team"), Some(Kind::StringValue("payments".into())));
+
+        // Without identity, the metadata headers go with the others.
+        let (_, ok) = ok_response(&renderer.allowed(allowance(None)));
+        assert!(ok
+            .headers_to_remove
+            .iter()
+            .any(|name| name == "x-keygate-meta-tier"));
     }
 
     #[test]
