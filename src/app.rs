@@ -2,7 +2,8 @@
 //! ordered drain on stop.
 //!
 //! Stop order, each step bounded by what is left of the grace period:
-//! health NOT_SERVING → listeners stop accepting and finish in-flight calls →
+//! health NOT_SERVING → listeners (gRPC and REST) stop accepting and finish
+//! in-flight calls →
 //! final usage flush → background tasks end → pool closed.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -26,6 +27,7 @@ use crate::{
     invalidation,
     proto::key_admin_server::KeyAdminServer,
     ratelimit::RateLimiters,
+    rest::{self, principal::Authenticator, RestState},
     store::{Store, StoreOptions},
     usage::{self, FlushSettings},
 };
@@ -42,6 +44,7 @@ const LISTENER_START_WAIT: Duration = Duration::from_secs(5);
 pub struct Running {
     pub authz_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub store: Store,
     pub cache: Arc<KeyCache>,
     stop: watch::Sender<bool>,
@@ -140,8 +143,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.admin_addr
             )
         })?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the REST listener on {} (KEYGATE_HTTP_ADDR)",
+                config.http_addr
+            )
+        })?;
     let authz_addr = authz_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -160,6 +172,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Listeners stop on their own signal, sent after health turns NOT_SERVING.
     let (drain, drain_rx) = watch::channel(false);
 
+    let rest_router = rest::router(Arc::new(RestState {
+        admin: admin.clone(),
+        auth: Authenticator::new(
+            AdminAuth::new(config.admin_tokens.clone()),
+            config.key_format.clone(),
+            authorizer.clone(),
+        ),
+    }));
+    let rest_server = rest::serve(http_listener, rest_router, stopped(drain_rx.clone()));
     let ext_authz = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
     let authz_server = server_builder(config.tls.as_ref(), false)?
         .add_service(health_service.clone())
@@ -198,8 +219,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let authz_task = tokio::spawn(authz_server);
     let admin_task = tokio::spawn(admin_server);
+    let rest_task = tokio::spawn(rest_server);
     set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(%authz_addr, %admin_addr, database = store_kind(&store), "keygate serving");
+    tracing::info!(%authz_addr, %admin_addr, %http_addr, database = store_kind(&store), "keygate serving");
 
     let (finish_usage, finish_usage_rx) = watch::channel(false);
     let flusher_task = tokio::spawn(flusher.run(stopped(finish_usage_rx)));
@@ -226,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ] {
             bounded(name, deadline, task).await;
         }
+        bounded("REST listener", deadline, rest_task).await;
         let _ = finish_usage.send(true);
         bounded("final usage flush", deadline, flusher_task).await;
         for task in background {
@@ -238,6 +261,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         authz_addr,
         admin_addr,
+        http_addr,
         store,
         cache,
         stop,

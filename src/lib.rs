@@ -8,6 +8,7 @@
 //! - [`usage`]: the off-hot-path usage buffer and flusher.
 //! - [`invalidation`]: cross-replica cache invalidation via LISTEN/NOTIFY.
 //! - [`grpc`]: the ext_authz and KeyAdmin services and error mapping.
+//! - [`rest`]: the REST/JSON API over the same use-cases, and its OpenAPI.
 //! - [`app`]: the composition root: listeners, tasks and the ordered drain.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod grpc;
 pub mod invalidation;
 pub mod ratelimit;
+pub mod rest;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
