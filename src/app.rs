@@ -143,14 +143,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.admin_addr
             )
         })?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind the REST listener on {} (KEYGATE_HTTP_ADDR)",
-                config.http_addr
-            )
-        })?;
+    let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| {
+        format!(
+            "cannot bind the REST listener on {} (KEYGATE_HTTP_ADDR)",
+            config.http_addr
+        )
+    })?;
     let authz_addr = authz_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;

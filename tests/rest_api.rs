@@ -22,7 +22,10 @@ async fn start(backend: Backend) -> Api {
     start_with(backend, |_| {}).await
 }
 
-async fn start_with(backend: Backend, configure: impl FnOnce(&mut keygate::config::Settings)) -> Api {
+async fn start_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut keygate::config::Settings),
+) -> Api {
     let (service, service_line) = new_admin_token("billing", AdminRole::Service);
     let (admin, admin_line) = new_admin_token("ops", AdminRole::Admin);
     let server = TestServer::start_with(backend, |settings| {
@@ -425,7 +428,9 @@ on_both_backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_route_and_error() {
     let api = start(Backend::Sqlite).await;
-    let response = reqwest::get(format!("{}/openapi.json", api.base)).await.unwrap();
+    let response = reqwest::get(format!("{}/openapi.json", api.base))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let document: Value = response.json().await.unwrap();
     assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
@@ -448,8 +453,15 @@ async fn the_openapi_document_describes_every_route_and_error() {
         let operation = &paths[path][method];
         assert!(operation.is_object(), "{method} {path} is documented");
         for status in ["401", "403", "422", "503"] {
-            assert!(operation["responses"][status].is_object(), "{method} {path} documents {status}");
+            assert!(
+                operation["responses"][status].is_object(),
+                "{method} {path} documents {status}"
+            );
         }
     }
-    assert_eq!(paths["/v1/api-keys"]["post"]["responses"]["413"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+    assert_eq!(
+        paths["/v1/api-keys"]["post"]["responses"]["413"]["content"]["application/json"]["schema"]
+            ["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
 }

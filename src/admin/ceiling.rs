@@ -127,7 +127,9 @@ mod tests {
             Ceiling::new(true, Vec::new()),
             Ceiling::new(false, abilities(&["*"])),
         ] {
-            assert!(ceiling.permits(true, &abilities(&["billing:write"])).is_ok());
+            assert!(ceiling
+                .permits(true, &abilities(&["billing:write"]))
+                .is_ok());
         }
     }
 }

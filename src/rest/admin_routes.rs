@@ -15,7 +15,7 @@ use super::{
     RestState,
 };
 use crate::{
-    admin::{pages::ListKeyPage, validate, ListAudit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
+    admin::{validate, ListAudit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
     store,
 };
 
@@ -30,16 +30,8 @@ pub async fn list_keys(
     QueryParams(query): QueryParams<ListKeysQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
     principal.require_admin()?;
-    let page = state
-        .admin
-        .list_key_page(ListKeyPage {
-            owner_id: query.owner_id,
-            environment: query.environment,
-            include_revoked: query.include_revoked,
-            page: query.page,
-            per_page: query.per_page,
-        })
-        .await?;
+    let owner_id = query.owner_id.clone();
+    let page = state.admin.list_key_page(query.for_owner(owner_id)).await?;
     Ok(Json(KeyList::of(page)))
 }
 

@@ -119,8 +119,7 @@ impl ApiError {
             403 => "forbidden",
             _ => "rate_limited",
         };
-        let status =
-            StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
         let mut error = Self::new(status, code, reason.message());
         if let DenyReason::RateLimited { retry_after_secs } = reason {
             error.retry_after_secs = Some(retry_after_secs);

@@ -41,13 +41,15 @@ where
                     && (media.subtype() == mime::JSON || media.suffix() == Some(mime::JSON))
             });
         let has_content_type = request.headers().contains_key(header::CONTENT_TYPE);
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(BODY_LIMIT)
-            } else {
-                ApiError::bad_request("the request body could not be read")
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large(BODY_LIMIT)
+                } else {
+                    ApiError::bad_request("the request body could not be read")
+                }
+            })?;
         if OPTIONAL && bytes.is_empty() && (!has_content_type || is_json) {
             return Ok(Self(T::default()));
         }

@@ -19,7 +19,7 @@ use super::{
     RestState,
 };
 use crate::{
-    admin::{self, pages::ListKeyPage, validate::MAX_TIMESTAMP_SECONDS},
+    admin::{self, validate::MAX_TIMESTAMP_SECONDS},
     store,
 };
 
@@ -36,13 +36,7 @@ pub async fn list(
     let owner_id = principal.owner(query.owner_id, None)?;
     let page = state
         .admin
-        .list_key_page(ListKeyPage {
-            owner_id: Some(owner_id),
-            environment: query.environment,
-            include_revoked: query.include_revoked,
-            page: query.page,
-            per_page: query.per_page,
-        })
+        .list_key_page(query.for_owner(Some(owner_id)))
         .await?;
     Ok(Json(KeyList::of(page)))
 }

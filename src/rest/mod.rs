@@ -63,7 +63,10 @@ pub fn router(state: Arc<RestState>) -> Router {
             "/v1/admin/owners/{owner_id}/resume",
             post(admin_routes::resume_owner),
         )
-        .route("/v1/admin/audit-events", get(admin_routes::list_audit_events))
+        .route(
+            "/v1/admin/audit-events",
+            get(admin_routes::list_audit_events),
+        )
         .route("/openapi.json", get(move || async move { Json(document) }))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

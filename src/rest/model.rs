@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    admin::pages::NumberedPage,
+    admin::pages::{ListKeyPage, NumberedPage},
     domain::{self, KeyState},
     store::{self, AuditEvent, KeyUsage},
 };
@@ -219,6 +219,19 @@ pub struct ListKeysQuery {
     /// Also list revoked keys.
     #[serde(default)]
     pub include_revoked: bool,
+}
+
+impl ListKeysQuery {
+    /// The use-case request; `owner_id` as the caller resolved it.
+    pub fn for_owner(self, owner_id: Option<String>) -> ListKeyPage {
+        ListKeyPage {
+            owner_id,
+            environment: self.environment,
+            include_revoked: self.include_revoked,
+            page: self.page,
+            per_page: self.per_page,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
