@@ -36,7 +36,7 @@ pub async fn list_keys(
 }
 
 #[utoipa::path(post, path = "/v1/admin/api-keys/{id}/revoke", tag = "admin",
-    params(("id" = String, Path, description = "The key's UUID")),
+    params(("id" = uuid::Uuid, Path, description = "The key's UUID; anything else is a 422")),
     request_body(content = Option<RevokeKeyBody>, description = "May be omitted; `owner_id` is ignored"),
     responses((status = 200, description = "The revoked key", body = KeyData)))]
 pub async fn revoke_key(

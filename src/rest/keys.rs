@@ -86,7 +86,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys",
-    params(("id" = String, Path, description = "The key's UUID"), OwnerQuery),
+    params(("id" = uuid::Uuid, Path, description = "The key's UUID; anything else is a 422"), OwnerQuery),
     responses((status = 200, description = "The key, masked", body = KeyData)))]
 pub async fn get(
     State(state): Shared,
@@ -106,7 +106,7 @@ fn key_data(key: crate::domain::ApiKey) -> Json<KeyData> {
 }
 
 #[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "api-keys",
-    params(("id" = String, Path, description = "The key's UUID"), OwnerQuery),
+    params(("id" = uuid::Uuid, Path, description = "The key's UUID; anything else is a 422"), OwnerQuery),
     request_body = UpdateKeyBody,
     responses((status = 200, description = "The updated key", body = KeyData)))]
 pub async fn update(
@@ -154,7 +154,7 @@ pub async fn update(
 }
 
 #[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys",
-    params(("id" = String, Path, description = "The key's UUID"), OwnerQuery),
+    params(("id" = uuid::Uuid, Path, description = "The key's UUID; anything else is a 422"), OwnerQuery),
     request_body(content = Option<RotateKeyBody>, description = "May be omitted"),
     responses((status = 201, description = "The successor; `key` is shown only in this response", body = RotatedKeyData)))]
 pub async fn rotate(
@@ -191,7 +191,7 @@ pub async fn rotate(
 }
 
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys",
-    params(("id" = String, Path, description = "The key's UUID"), OwnerQuery),
+    params(("id" = uuid::Uuid, Path, description = "The key's UUID; anything else is a 422"), OwnerQuery),
     request_body(content = Option<RevokeKeyBody>, description = "May be omitted"),
     responses((status = 200, description = "The revoked key", body = KeyData)))]
 pub async fn revoke(
@@ -214,7 +214,7 @@ pub async fn revoke(
 }
 
 #[utoipa::path(get, path = "/v1/api-keys/{id}/usage", tag = "api-keys",
-    params(("id" = String, Path, description = "The key's UUID"), UsageQuery),
+    params(("id" = uuid::Uuid, Path, description = "The key's UUID; anything else is a 422"), UsageQuery),
     responses((status = 200, description = "The key's usage", body = UsageData)))]
 pub async fn usage(
     State(state): Shared,
