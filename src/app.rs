@@ -2,7 +2,8 @@
 //! ordered drain on stop.
 //!
 //! Stop order, each step bounded by what is left of the grace period:
-//! health NOT_SERVING → listeners stop accepting and finish in-flight calls →
+//! health NOT_SERVING → listeners (gRPC and REST) stop accepting and finish
+//! in-flight calls →
 //! final usage flush → background tasks end → pool closed.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -28,6 +29,7 @@ use crate::{
     invalidation,
     proto::key_admin_server::KeyAdminServer,
     ratelimit::RateLimiters,
+    rest::{self, principal::Authenticator, RestState},
     store::{Store, StoreOptions},
     usage::{self, FlushSettings},
 };
@@ -45,6 +47,7 @@ pub struct Running {
     pub authz_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub forward_auth_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub store: Store,
     pub cache: Arc<KeyCache>,
     stop: watch::Sender<bool>,
@@ -154,6 +157,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let authz_addr = authz_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let forward_auth_addr = forward_auth_listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| {
+        format!(
+            "cannot bind the REST listener on {} (KEYGATE_HTTP_ADDR)",
+            config.http_addr
+        )
+    })?;
+    let http_addr = http_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let (authz_reflection_v1, authz_reflection_v1alpha) = reflection::services(Listener::Check)?;
@@ -167,6 +177,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (drain, drain_rx) = watch::channel(false);
 
     let forward_auth = Arc::new(ForwardAuth::from_config(authorizer.clone(), &config));
+    let rest_router = rest::router(Arc::new(RestState {
+        admin: admin.clone(),
+        auth: Authenticator::new(
+            AdminAuth::new(config.admin_tokens.clone()),
+            config.key_format.clone(),
+            authorizer.clone(),
+        ),
+    }));
+    let rest_server = rest::serve(http_listener, rest_router, stopped(drain_rx.clone()));
     let ext_authz = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
     let authz_server = server_builder(config.tls.as_ref(), false)?
         .add_service(health_service.clone())
@@ -211,11 +230,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         forward_auth_server.await;
         Ok::<(), tonic::transport::Error>(())
     });
+    let rest_task = tokio::spawn(rest_server);
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(
         %authz_addr,
         %admin_addr,
         %forward_auth_addr,
+        %http_addr,
         metrics_addr = %config.metrics_addr,
         database = store_kind(&store),
         "keygate serving"
@@ -247,6 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ] {
             bounded(name, deadline, task).await;
         }
+        bounded("REST listener", deadline, rest_task).await;
         let _ = finish_usage.send(true);
         bounded("final usage flush", deadline, flusher_task).await;
         for task in background {
@@ -260,6 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         authz_addr,
         admin_addr,
         forward_auth_addr,
+        http_addr,
         store,
         cache,
         stop,

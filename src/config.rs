@@ -57,6 +57,10 @@ pub struct Settings {
     /// Address of the Prometheus `/metrics` listener. [default: 0.0.0.0:9090]
     #[arg(long, env = "KEYGATE_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// Address of the REST/JSON API (the KeyAdmin use-cases over HTTP). Without
+    /// admin tokens only a loopback address is accepted. [default: 127.0.0.1:8080]
+    #[arg(long, env = "KEYGATE_HTTP_ADDR")]
+    pub http_addr: Option<String>,
 
     /// KeyAdmin tokens, comma-separated `name:role:sha256hex`; role is
     /// `service` or `admin`. `keygate admin-token` prints a fresh one.
@@ -285,6 +289,7 @@ pub struct Config {
     /// Empty, or a prefix starting with `/` and not ending with one.
     pub forward_auth_path_prefix: String,
     pub metadata_headers: Vec<String>,
+    pub http_addr: SocketAddr,
     pub admin_tokens: Vec<AdminToken>,
     pub key_format: KeyFormat,
     pub max_keys_per_owner: u32,
@@ -492,6 +497,12 @@ impl Settings {
             )?,
             forward_auth_path_prefix: path_prefix(self.forward_auth_path_prefix.as_deref())?,
             metadata_headers: metadata_headers(self.metadata_headers.as_deref())?,
+            http_addr: addr(
+                self.http_addr,
+                "127.0.0.1:8080",
+                "http_addr",
+                "KEYGATE_HTTP_ADDR",
+            )?,
             admin_tokens,
             key_format,
             max_keys_per_owner: positive(
@@ -570,6 +581,13 @@ impl Settings {
                 "admin_addr",
                 "KEYGATE_ADMIN_ADDR",
                 "without admin tokens the KeyAdmin listener may only bind a loopback address; set KEYGATE_ADMIN_TOKENS (see `keygate admin-token`)",
+            ));
+        }
+        if config.admin_tokens.is_empty() && !config.http_addr.ip().is_loopback() {
+            return Err(invalid(
+                "http_addr",
+                "KEYGATE_HTTP_ADDR",
+                "without admin tokens the REST API may only bind a loopback address; set KEYGATE_ADMIN_TOKENS (see `keygate admin-token`)",
             ));
         }
         Ok(config)
@@ -851,6 +869,25 @@ mod tests {
             settings.validate().unwrap().admin_tokens[0].role,
             AdminRole::Admin
         );
+    }
+
+    #[test]
+    fn a_public_rest_bind_requires_tokens() {
+        let settings = Settings {
+            http_addr: Some("0.0.0.0:8080".into()),
+            ..Default::default()
+        };
+        assert!(settings
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("KEYGATE_HTTP_ADDR"));
+        let settings = Settings {
+            http_addr: Some("0.0.0.0:8080".into()),
+            admin_tokens: Some(format!("ops:admin:{}", "a".repeat(64))),
+            ..Default::default()
+        };
+        assert_eq!(settings.validate().unwrap().http_addr.port(), 8080);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`grpc`]: the ext_authz and KeyAdmin services and error mapping.
 //! - [`forward_auth`]: the same decision over HTTP for NGINX, Traefik, Caddy
 //!   and Envoy's HTTP ext_authz.
+//! - [`rest`]: the REST/JSON API over the same use-cases, and its OpenAPI.
 //! - [`app`]: the composition root: listeners, tasks and the ordered drain.
 //! - [`admin_token`]: what `keygate admin-token` prints.
 
@@ -26,6 +27,7 @@ pub mod forward_auth;
 pub mod grpc;
 pub mod invalidation;
 pub mod ratelimit;
+pub mod rest;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

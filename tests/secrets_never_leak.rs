@@ -238,6 +238,7 @@ on_both_backends! {
         let (admin_token, admin_line) = new_admin_token("ops", AdminRole::Admin);
         let (service_token, service_line) = new_admin_token("billing", AdminRole::Service);
         let (authz_addr, admin_addr, metrics_addr) = (free_port(), free_port(), free_port());
+        let http_addr = free_port();
         let (stdout, stderr) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
             .arg("serve")
@@ -246,6 +247,7 @@ on_both_backends! {
             .env("KEYGATE_ADMIN_ADDR", admin_addr.to_string())
             .env("KEYGATE_METRICS_ADDR", metrics_addr.to_string())
             .env("KEYGATE_FORWARD_AUTH_ADDR", free_port().to_string())
+            .env("KEYGATE_HTTP_ADDR", http_addr.to_string())
             .env("KEYGATE_ADMIN_TOKENS", format!("{admin_line},{service_line}"))
             .env("KEYGATE_USAGE_FLUSH_INTERVAL", "100ms")
             .env("KEYGATE_LOG_FORMAT", "json")
@@ -259,6 +261,7 @@ on_both_backends! {
         assert!(listening(admin_addr, &mut child).await, "the admin listener comes up");
         assert!(listening(authz_addr, &mut child).await, "the Check listener comes up");
         assert!(listening(metrics_addr, &mut child).await, "the metrics listener comes up");
+        assert!(listening(http_addr, &mut child).await, "the REST listener comes up");
 
         let mut admin = KeyAdminClient::new(channel(admin_addr).await);
         let authz = AuthorizationClient::new(channel(authz_addr).await);
@@ -347,6 +350,22 @@ on_both_backends! {
         assert_eq!(check(&authz, &created.key, "read:orders").await.code, "owner_suspended");
         admin.resume_owner(authed(ResumeOwnerRequest { owner_id: "acme".into() }, ops)).await.expect("ResumeOwner");
         admin.list_audit_events(authed(ListAuditEventsRequest::default(), ops)).await.expect("ListAuditEvents");
+        // The REST API, access log included: a key created there, a key used
+        // as the caller (self-service), and refused calls carrying keys.
+        let rest = reqwest::Client::new();
+        let base = format!("http://{http_addr}");
+        let issued: serde_json::Value = rest
+            .post(format!("{base}/v1/api-keys"))
+            .bearer_auth(svc)
+            .json(&serde_json::json!({"owner_id": "acme", "name": "rest probe", "abilities": ["keygate:keys", "read:orders"]}))
+            .send().await.expect("REST create").json().await.expect("JSON");
+        let rest_key = issued["data"]["key"].as_str().expect("REST create returns the key").to_owned();
+        for bearer in [rest_key.as_str(), created.key.as_str(), near_miss.as_str()] {
+            rest.get(format!("{base}/v1/api-keys?owner_id=acme")).bearer_auth(bearer).send().await.expect("REST list");
+        }
+        rest.post(format!("{base}/v1/api-keys")).bearer_auth(&rest_key)
+            .json(&serde_json::json!({"name": rest_key, "abilities": ["write:orders"]}))
+            .send().await.expect("REST create above the caller");
         // Refused calls log too; they must not echo what they were sent.
         admin.list_keys(authed(ListKeysRequest::default(), &created.key)).await.expect_err("a key is not an admin token");
         admin.list_abilities(authed(ListAbilitiesRequest {}, &format!("{admin_token}x"))).await.expect_err("a near-miss admin token");
@@ -384,6 +403,7 @@ on_both_backends! {
             ("the first key", Secret::key(&created.key)),
             ("the superkey", Secret::key(&superkey.key)),
             ("the rotated key", Secret::key(&rotated.key)),
+            ("the key created over REST", Secret::key(&rest_key)),
             ("the admin token", Secret::admin_token(&admin_token)),
             ("the service token", Secret::admin_token(&service_token)),
         ];
@@ -391,7 +411,7 @@ on_both_backends! {
             secret.assert_absent(&output, &format!("the log output ({name})"));
             secret.assert_absent(metrics.as_bytes(), &format!("/metrics ({name})"));
         }
-        for (name, secret) in &secrets[..3] {
+        for (name, secret) in &secrets[..4] {
             assert_eq!(stored_hashes(&db, &secret.hash).await, 1, "{name}: the searched-for hash is the stored one");
         }
     }

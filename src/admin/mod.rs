@@ -5,7 +5,9 @@
 //! evicts the affected keys from this replica's cache before returning, so a
 //! Check on this replica never sees the old state after the call returns.
 
+pub mod ceiling;
 pub mod page_token;
+pub mod pages;
 pub mod validate;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -68,6 +70,8 @@ pub enum AdminError {
     InvalidId,
     #[error("page_size must not be negative")]
     InvalidPageSize,
+    #[error("{0} must be 1 or more")]
+    InvalidPageNumber(&'static str),
     #[error(transparent)]
     InvalidPageToken(#[from] page_token::BadPageToken),
     #[error("update_mask path {0:?} cannot be changed")]
@@ -82,6 +86,8 @@ pub enum AdminError {
     OtherOwnersKey,
     #[error("this call requires an admin token")]
     AdminRoleRequired,
+    #[error("the calling key does not hold {0:?}, so it cannot grant it")]
+    AboveCallerAbilities(String),
     #[error("owner already holds the maximum of {limit} keys")]
     OwnerKeyLimit { limit: u32 },
     #[error("the key is already revoked")]
@@ -90,6 +96,8 @@ pub enum AdminError {
     AlreadyExpired,
     #[error("overlap_minutes would keep the old key working past the year 9999")]
     OverlapTooLong,
+    #[error("the server stopped during the change; read the key before retrying")]
+    Interrupted,
     #[error("the key store failed")]
     Store(#[source] StoreError),
 }
@@ -210,6 +218,24 @@ impl KeyAdmin {
         }
     }
 
+    /// Runs a mutation on its own task so that it finishes, cache
+    /// invalidation included, even if the client goes away mid-call: a commit
+    /// whose local invalidation never ran would leave this replica answering
+    /// from the old row until the cache TTL (SQLite has no NOTIFY to catch up
+    /// with). Every transport's mutating handlers go through here.
+    pub async fn run_to_completion<T, F, Fut>(self: &Arc<Self>, mutation: F) -> AdminResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<KeyAdmin>) -> Fut,
+        Fut: std::future::Future<Output = AdminResult<T>> + Send + 'static,
+    {
+        match tokio::spawn(mutation(self.clone())).await {
+            Ok(done) => done,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(AdminError::Interrupted),
+        }
+    }
+
     pub fn abilities(&self) -> &[Ability] {
         &self.catalog
     }
@@ -295,11 +321,7 @@ impl KeyAdmin {
             .as_deref()
             .map(validate::owner_id)
             .transpose()?;
-        let environment = match request.environment.trim() {
-            "" => None,
-            env if self.format.has_environment(env) => Some(env.to_owned()),
-            env => return Err(AdminError::UnknownEnvironment(env.to_owned())),
-        };
+        let environment = self.environment_filter(&request.environment)?;
         let limit = validate::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let query = page_token::fingerprint(&[
             "keys",
@@ -326,6 +348,15 @@ impl KeyAdmin {
             next_page_token,
             total_size: Some(total),
         })
+    }
+
+    /// A listing's environment filter: empty means every environment.
+    fn environment_filter(&self, raw: &str) -> AdminResult<Option<String>> {
+        match raw.trim() {
+            "" => Ok(None),
+            env if self.format.has_environment(env) => Ok(Some(env.to_owned())),
+            env => Err(AdminError::UnknownEnvironment(env.to_owned())),
+        }
     }
 
     pub async fn update_key(

@@ -31,20 +31,22 @@ impl AdminAuth {
         }
     }
 
-    fn caller(&self, header: Option<&str>) -> Result<Caller, Status> {
+    /// The caller an `authorization` header value names. Shared by every
+    /// transport that accepts admin tokens (gRPC here, the REST API too).
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Caller, TokenError> {
         if self.tokens.is_empty() {
             return Ok(Caller {
                 actor: LOCAL_ACTOR.to_owned(),
                 role: AdminRole::Admin,
             });
         }
-        let header = header.ok_or_else(status::missing_credentials)?;
+        let header = header.ok_or(TokenError::Missing)?;
         let token = header
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
             .map(|_| header[7..].trim())
             .filter(|t| !t.is_empty())
-            .ok_or_else(status::missing_credentials)?;
+            .ok_or(TokenError::Missing)?;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tokens
             .iter()
@@ -53,8 +55,24 @@ impl AdminAuth {
                 actor: t.name.clone(),
                 role: t.role,
             })
-            .ok_or_else(status::unknown_token)
+            .ok_or(TokenError::Unknown)
     }
+
+    fn caller(&self, header: Option<&str>) -> Result<Caller, Status> {
+        self.authenticate(header).map_err(|error| match error {
+            TokenError::Missing => status::missing_credentials(),
+            TokenError::Unknown => status::unknown_token(),
+        })
+    }
+}
+
+/// Why no admin caller could be established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// No `Bearer` token was sent.
+    Missing,
+    /// The token matches no configured hash.
+    Unknown,
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -21,24 +21,17 @@ impl KeyAdminService {
         Self { admin }
     }
 
-    /// Runs a mutation on its own task so that it finishes, cache
-    /// invalidation included, even if the client cancels the call: a commit
-    /// whose local invalidation never ran would leave this replica answering
-    /// from the old row until the cache TTL (SQLite has no NOTIFY to catch up
-    /// with).
+    /// See [`KeyAdmin::run_to_completion`].
     async fn run_to_completion<T, F, Fut>(&self, mutation: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(Arc<KeyAdmin>) -> Fut,
         Fut: std::future::Future<Output = admin::AdminResult<T>> + Send + 'static,
     {
-        match tokio::spawn(mutation(self.admin.clone())).await {
-            Ok(done) => done.map_err(from_admin),
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(_) => Err(Status::unavailable(
-                "the server stopped during the change; read the key before retrying",
-            )),
-        }
+        self.admin
+            .run_to_completion(mutation)
+            .await
+            .map_err(from_admin)
     }
 }
 

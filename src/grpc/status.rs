@@ -22,16 +22,20 @@ pub fn from_admin(error: AdminError) -> Status {
         | AdminError::InvalidReason
         | AdminError::InvalidId
         | AdminError::InvalidPageSize
+        | AdminError::InvalidPageNumber(_)
         | AdminError::InvalidPageToken(_)
         | AdminError::ImmutableField(_)
         | AdminError::UnknownField(_)
         | AdminError::EmptyUpdateMask
         | AdminError::OverlapTooLong => Code::InvalidArgument,
         AdminError::NotFound => Code::NotFound,
-        AdminError::OtherOwnersKey | AdminError::AdminRoleRequired => Code::PermissionDenied,
+        AdminError::OtherOwnersKey
+        | AdminError::AdminRoleRequired
+        | AdminError::AboveCallerAbilities(_) => Code::PermissionDenied,
         AdminError::OwnerKeyLimit { .. }
         | AdminError::AlreadyRevoked
         | AdminError::AlreadyExpired => Code::FailedPrecondition,
+        AdminError::Interrupted => Code::Unavailable,
         AdminError::Store(store) if store.is_unavailable() => {
             tracing::warn!(error = %chain(&error), "key store unavailable");
             return Status::unavailable("the key store is unavailable; retry later");

@@ -153,7 +153,7 @@ fn limit_columns(limit: Option<RateLimit>) -> (Option<i64>, Option<i64>) {
 }
 
 /// Appends the WHERE clause of a key listing (without paging).
-fn push_key_filter<'a, DB>(query: &mut QueryBuilder<'a, DB>, filter: &KeyFilter)
+pub(super) fn push_key_filter<'a, DB>(query: &mut QueryBuilder<'a, DB>, filter: &KeyFilter)
 where
     DB: Database,
     String: Encode<'a, DB> + Type<DB>,

@@ -7,6 +7,7 @@
 //! [`backend::Backend`].
 
 mod backend;
+mod key_pages;
 mod keys;
 mod owners_audit;
 mod rows;

@@ -328,6 +328,18 @@ def test_ability_catalog_and_extra_settings_reach_the_config_map() -> None:
     assert data["KEYGATE_X_Y"] == "1"
 
 
+def test_the_rest_api_is_off_by_default_and_exposed_when_enabled(default_docs: list[dict[str, Any]]) -> None:
+    assert "KEYGATE_HTTP_ADDR" not in the(default_docs, "ConfigMap")["data"]
+    assert all(p["name"] != "http-rest" for p in the(default_docs, "Service", FULLNAME)["spec"]["ports"])
+    docs = manifests(merged(REQUIRED, {"rest": {"enabled": True, "containerPort": 8088, "servicePort": 80}}))
+    assert the(docs, "ConfigMap")["data"]["KEYGATE_HTTP_ADDR"] == "0.0.0.0:8088"
+    container = the(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "http-rest", "containerPort": 8088, "protocol": "TCP"} in container["ports"]
+    ports = the(docs, "Service", FULLNAME)["spec"]["ports"]
+    assert {"name": "http-rest", "port": 80, "targetPort": "http-rest", "protocol": "TCP",
+            "appProtocol": "http"} in ports
+
+
 def test_extra_settings_cannot_smuggle_the_database_url_into_the_config_map() -> None:
     values = merged(REQUIRED, {"config": {"extraEnv": {"KEYGATE_DATABASE_URL": DATABASE_URL}}})
     assert "cannot set KEYGATE_DATABASE_URL" in render_error(values)

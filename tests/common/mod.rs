@@ -117,6 +117,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         authz_addr: Some("127.0.0.1:0".into()),
         admin_addr: Some("127.0.0.1:0".into()),
         forward_auth_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
         usage_flush_interval: Some("50ms".into()),
         // Tests that are not about the Check bound must not depend on how
         // loaded the machine is; the outage test sets the real 100 ms.

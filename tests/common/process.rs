@@ -44,6 +44,7 @@ impl KeygateProcess {
             .env("KEYGATE_ADMIN_ADDR", admin_addr.to_string())
             .env("KEYGATE_METRICS_ADDR", metrics_addr.to_string())
             .env("KEYGATE_FORWARD_AUTH_ADDR", forward_auth_addr.to_string())
+            .env("KEYGATE_HTTP_ADDR", free_addr().to_string())
             .env("KEYGATE_LOG_FORMAT", "json")
             .env("KEYGATE_PRUNE_ENABLED", "false")
             // Not about the miss bound: a loaded machine must not fail reads.

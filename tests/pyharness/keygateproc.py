@@ -22,11 +22,12 @@ class KeygateServer:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         (self.authz_port, self.admin_port, self.metrics_port,
-         self.forward_auth_port) = free_ports(4)
+         self.forward_auth_port, self.http_port) = free_ports(5)
         self.authz_addr = f"127.0.0.1:{self.authz_port}"
         self.admin_addr = f"127.0.0.1:{self.admin_port}"
         self.metrics_addr = f"127.0.0.1:{self.metrics_port}"
         self.forward_auth_addr = f"127.0.0.1:{self.forward_auth_port}"
+        self.http_addr = f"127.0.0.1:{self.http_port}"
         self.db_path = workdir / "kg.db"
         # A developer's own KEYGATE_* settings must not leak into the tests.
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
@@ -36,6 +37,7 @@ class KeygateServer:
             "KEYGATE_ADMIN_ADDR": self.admin_addr,
             "KEYGATE_METRICS_ADDR": self.metrics_addr,
             "KEYGATE_FORWARD_AUTH_ADDR": self.forward_auth_addr,
+            "KEYGATE_HTTP_ADDR": self.http_addr,
             "KEYGATE_LOG_FORMAT": "json",
             # The suites test decisions, not the 100 ms miss bound: a loaded
             # CI machine must not turn a slow first read into UNAVAILABLE.

@@ -166,6 +166,9 @@ the same configuration.
 {{- with $c.abilities -}}
 {{- $_ := set $env "KEYGATE_ABILITIES" (join "," .) -}}
 {{- end -}}
+{{- if .Values.rest.enabled -}}
+{{- $_ := set $env "KEYGATE_HTTP_ADDR" (printf "0.0.0.0:%d" (int .Values.rest.containerPort)) -}}
+{{- end -}}
 {{- $reserved := list "KEYGATE_DATABASE_URL" "KEYGATE_DATABASE_URL_FILE" "KEYGATE_ADMIN_TOKENS" "KEYGATE_ADMIN_TOKENS_FILE" "KEYGATE_TLS_CERT" "KEYGATE_TLS_KEY" "KEYGATE_ADMIN_CLIENT_CA" "KEYGATE_CONFIG" -}}
 {{- range $k, $v := $c.extraEnv -}}
 {{- if or (hasKey $env $k) (has $k $reserved) -}}
