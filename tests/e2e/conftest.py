@@ -87,6 +87,22 @@ def envoy_keygate(envoy_binary, keygate, echo_upstream, tmp_path_factory):
     env.stop()
 
 
+@pytest.fixture(scope="session")
+def envoy_factory(envoy_binary, echo_upstream, tmp_path_factory):
+    """Start an Envoy in front of another keygate: envoy_factory(keygate_server, name)."""
+    started = []
+
+    def start(keygate_server, name="envoy-extra"):
+        env = _start_envoy(envoy_binary, tmp_path_factory.mktemp(name), keygate_server.authz_port,
+                           echo_upstream.port, name)
+        started.append(env)
+        return env
+
+    yield start
+    for env in started:
+        env.stop()
+
+
 @pytest.fixture
 def envoy_dead_authz(envoy_binary, echo_upstream, tmp_path_factory):
     """Envoy whose ext_authz cluster points at a port nobody listens on."""
