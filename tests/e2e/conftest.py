@@ -18,6 +18,7 @@ sys.path.insert(0, str(HERE))
 
 from pyharness.fixtures import *  # noqa: E402,F401,F403
 from pyharness.envoyproc import EnvoyServer  # noqa: E402
+from pyharness.httpc import http_request  # noqa: E402
 from pyharness.paths import envoy_bin as _envoy_bin_path  # noqa: E402
 from pyharness.procs import free_port  # noqa: E402
 
@@ -101,6 +102,14 @@ def envoy_factory(envoy_binary, echo_upstream, tmp_path_factory):
     yield start
     for env in started:
         env.stop()
+
+
+@pytest.fixture
+def get(envoy_keygate):
+    """get(path, headers=None, method="GET") through Envoy -> keygate."""
+    def _get(path, headers=None, method="GET"):
+        return http_request(envoy_keygate.base_url, path, headers, method=method)
+    return _get
 
 
 @pytest.fixture

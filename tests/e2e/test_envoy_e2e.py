@@ -5,20 +5,12 @@ import pytest
 
 from pyharness import keyformat
 from pyharness.authz import IMF_FIXDATE
-from pyharness.httpc import http_request
 from pyharness.procs import eventually
 
 pytestmark = pytest.mark.usefixtures("envoy_keygate")
 
 IDENTITY = ("x-keygate-key-id", "x-keygate-owner-id", "x-keygate-environment",
             "x-keygate-key-prefix", "x-keygate-abilities")
-
-
-@pytest.fixture
-def get(envoy_keygate):
-    def _get(path, headers=None, method="GET"):
-        return http_request(envoy_keygate.base_url, path, headers, method=method)
-    return _get
 
 
 def assert_http_denied(r, status, code):
