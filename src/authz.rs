@@ -10,7 +10,7 @@ use metrics::Counter;
 use crate::{
     cache::{CachedKey, KeyCache, LookupError},
     config::{Config, ForeignBearer, RouteRule},
-    domain::{decide, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
+    domain::{decide, path, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
     ratelimit::{RateLimiters, RateOutcome},
     usage::{client_ip::client_ip, CheckEvent, UsageSender},
 };
@@ -164,7 +164,13 @@ impl Authorizer {
         input: &CheckInput<'_>,
         now: DateTime<Utc>,
     ) -> Result<Outcome, LookupError> {
-        let route = self.requirements(input);
+        let route = match self.requirements(input) {
+            Ok(route) => route,
+            Err(reason) => {
+                self.decisions.count(Some(&reason));
+                return Ok(Outcome::Deny(reason));
+            }
+        };
         let evaluation = self.evaluate(input, &route, now).await?;
         let code = match &evaluation.decision {
             Ok(_) => "allowed",
@@ -279,12 +285,18 @@ impl Authorizer {
         }
     }
 
-    /// Requirements the transport read, else from Envoy's context extensions
-    /// when it sends any `keygate.*` entry, otherwise from the first matching
-    /// configured rule.
-    fn requirements<'a>(&'a self, input: &CheckInput<'a>) -> RouteRequirements<'a> {
+    /// Requirements the transport read (forward-auth's `Keygate-Require-*`
+    /// headers), else Envoy's context extensions when it sends any
+    /// `keygate.*` entry, otherwise the first configured rule that matches
+    /// the normalised path. A path that cannot be normalised is denied when
+    /// rules would judge it: any guess could be the one the upstream does
+    /// not make.
+    fn requirements<'a>(
+        &'a self,
+        input: &CheckInput<'a>,
+    ) -> Result<RouteRequirements<'a>, DenyReason> {
         if let Some(requirements) = input.requirements {
-            return requirements;
+            return Ok(requirements);
         }
         if let Some(ext) = input.context_extensions {
             let abilities = ext.get(EXT_ABILITIES).map(String::as_str);
@@ -294,23 +306,32 @@ impl Authorizer {
                 .filter(|e| !e.is_empty());
             let mode = ext.get(EXT_MODE).map(String::as_str);
             if abilities.is_some() || environment.is_some() || mode.is_some() {
-                return RouteRequirements {
+                return Ok(RouteRequirements {
                     abilities,
                     environment,
                     shadow: mode == Some("shadow"),
-                };
+                });
             }
         }
-        self.settings
+        if self.settings.routes.is_empty() {
+            return Ok(RouteRequirements::default());
+        }
+        let path = path::normalize(input.path).map_err(|error| {
+            // The kind only: the path itself may carry a secret.
+            tracing::debug!(%error, "denied a path route rules cannot judge");
+            DenyReason::InvalidPath
+        })?;
+        Ok(self
+            .settings
             .routes
             .iter()
-            .find(|rule| rule.matches(input.method, input.path))
+            .find(|rule| rule.matches(input.method, &path))
             .map(|rule| RouteRequirements {
                 abilities: Some(rule.abilities.as_str()),
                 environment: rule.environment.as_deref(),
                 shadow: rule.shadow,
             })
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 }
 

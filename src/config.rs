@@ -244,7 +244,10 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-/// A configured route rule, matched by method and path.
+/// A configured route rule, matched by method and normalised path
+/// (`domain::path`). Paths compare without regard to ASCII case, so that
+/// `/V1/orders` cannot slip past a `/v1/orders*` rule to a server that
+/// ignores case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRule {
     pub method: Option<String>,
@@ -262,8 +265,10 @@ impl RouteRule {
             .as_deref()
             .is_none_or(|m| m.eq_ignore_ascii_case(method));
         let path_ok = match self.path.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == self.path,
+            Some(prefix) => path
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix)),
+            None => path.eq_ignore_ascii_case(&self.path),
         };
         method_ok && path_ok
     }
@@ -749,6 +754,20 @@ fn route_rule(rule: RouteRuleSettings, format: &KeyFormat) -> Result<RouteRule, 
     if !rule.path.starts_with('/') {
         return Err(format!("path {:?} must start with /", rule.path));
     }
+    // Requests are matched in normal form, so a rule in another could never
+    // match.
+    let pattern = rule.path.strip_suffix('*').unwrap_or(&rule.path);
+    match crate::domain::path::normalize(pattern) {
+        Ok(normal) if normal == pattern => {}
+        Ok(normal) => {
+            return Err(format!(
+                "path {:?} is not normalised: write {:?}",
+                rule.path,
+                rule.path.replacen(pattern, &normal, 1)
+            ))
+        }
+        Err(error) => return Err(format!("path {:?}: {error}", rule.path)),
+    }
     let abilities = ability::parse_all(&rule.abilities, &[]).map_err(|e| e.to_string())?;
     if let Some(env) = rule
         .environment
@@ -902,6 +921,47 @@ mod tests {
         assert_eq!(config.cache_ttl, Duration::from_secs(30));
         assert!(config.routes[0].matches("GET", "/v1/orders/42?x=1"));
         assert!(!config.routes[0].matches("GET", "/v2/orders"));
+    }
+
+    fn rules(paths: &[&str]) -> Result<Config, ConfigError> {
+        let routes = paths.iter().map(|path| RouteRuleSettings {
+            path: (*path).into(),
+            abilities: vec!["write:orders".into()],
+            ..Default::default()
+        });
+        Settings {
+            routes: routes.collect(),
+            ..Default::default()
+        }
+        .validate()
+    }
+
+    #[test]
+    fn route_rules_match_normalised_paths_in_any_case() {
+        let config = rules(&["/v1/orders*", "/v1/%40me"]).unwrap();
+        let [prefix, exact] = &config.routes[..] else {
+            panic!("two rules")
+        };
+        for path in ["/v1/orders", "/V1/Orders/42", "/v1/orders-archive"] {
+            assert!(prefix.matches("POST", path), "{path}");
+        }
+        assert!(!prefix.matches("POST", "/v1/order"));
+        assert!(exact.matches("GET", "/V1/%40ME"));
+        assert!(!exact.matches("GET", "/v1/%40me/x"));
+    }
+
+    #[test]
+    fn a_route_rule_path_that_is_not_normalised_is_refused() {
+        for (path, problem) in [
+            ("/v1//orders*", "write \"/v1/orders*\""),
+            ("/v1/./orders", "write \"/v1/orders\""),
+            ("/v1/%6frders*", "write \"/v1/orders*\""),
+            ("/v1/../../x", "above the root"),
+            ("/v1%2forders*", "encoded slash"),
+        ] {
+            let message = rules(&[path]).unwrap_err().to_string();
+            assert!(message.contains(problem), "{path}: {message}");
+        }
     }
 
     #[test]

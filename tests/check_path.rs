@@ -181,6 +181,34 @@ on_both_backends! {
         assert_eq!(explicit.code, "allowed");
     }
 
+    async fn route_rules_hold_for_every_spelling_of_a_path_and_deny_ambiguous_ones(backend) {
+        use keygate::config::RouteRuleSettings;
+        let server = TestServer::start_with(backend, |s| {
+            s.routes = vec![RouteRuleSettings { path: "/v1/orders*".into(), abilities: vec!["write:orders".into()], ..Default::default() }];
+        })
+        .await;
+        let reader = server.create_key("acme", &["read:orders"]).await.key;
+        let writer = server.create_key("acme", &["write:orders"]).await.key;
+        let decide = async |key: &str, method: &str, path: &str, ext: HashMap<String, String>| {
+            let d = server.check(check_request(bearer(key), method, path, ext)).await.unwrap();
+            (d.status, d.code)
+        };
+        for path in ["//v1/orders", "/v1//orders", "/v1/./orders", "/x/../v1/orders", "/V1/orders", "/v1/%6frders", "/v1/%6Frders/../orders?x=/.."] {
+            for method in ["GET", "POST"] {
+                assert_eq!(decide(&reader, method, path, HashMap::new()).await, (403, "insufficient_ability".into()), "{method} {path}");
+            }
+            assert_eq!(decide(&writer, "POST", path, HashMap::new()).await, (200, "allowed".into()), "{path}");
+        }
+        for path in ["/v1%2forders", "/v1%5Corders", "v1/orders", "/v1\\orders", "/../v1/orders", "/v1/%zz", "/v1/..;/orders", ""] {
+            assert_eq!(decide(&writer, "GET", path, HashMap::new()).await, (400, "invalid_path".into()), "{path:?}");
+        }
+        // The path is judged only where rules decide: Envoy's own route
+        // requirements were matched by Envoy.
+        let ext = HashMap::from([("keygate.abilities".to_string(), "read:orders".to_string())]);
+        assert_eq!(decide(&reader, "GET", "/v1%2forders", ext).await, (200, "allowed".into()));
+        assert_eq!(decide(&reader, "GET", "/v2/%6fther", HashMap::new()).await, (200, "allowed".into()));
+    }
+
     async fn the_default_rate_limit_applies_to_keys_without_their_own(backend) {
         let server = TestServer::start_with(backend, |s| s.default_rate_limit = Some("2/60".into())).await;
         let unlimited_by_default = server.create_key("acme", &[]).await.key;

@@ -209,6 +209,29 @@ on_both_backends! {
         assert_eq!(other.code(), tonic::Code::PermissionDenied);
     }
 
+    async fn a_key_pasted_into_a_path_is_stored_as_a_placeholder(backend) {
+        let server = TestServer::start(backend).await;
+        let created = server.create_key("acme", &[]).await;
+        let id = created.api_key.unwrap().id;
+        let pasted = server.create_key("acme", &[]).await.key;
+        let token = pasted.rsplit('_').next().unwrap().to_owned();
+        for path in [format!("/v1/files/{pasted}.json"), format!("/v1/files/{}", pasted.replace('_', "%5F"))] {
+            assert_eq!(check_path(&server, &created.key, "GET", &path, "").await, "allowed");
+        }
+        let request = GetKeyUsageRequest { owner_id: "acme".into(), id, recent_limit: 0 };
+        let flushed = eventually(Duration::from_secs(10), async || {
+            let usage = server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner();
+            usage.recent_logs.len() == 2
+        })
+        .await;
+        assert!(flushed, "usage was not flushed");
+        let usage = server.admin.clone().get_key_usage(request).await.unwrap().into_inner();
+        assert_eq!(usage.top_endpoints.len(), 1);
+        assert_eq!((usage.top_endpoints[0].endpoint.as_str(), usage.top_endpoints[0].count), ("/v1/files/{key}", 2));
+        assert!(usage.recent_logs.iter().all(|log| log.endpoint == "/v1/files/{key}"));
+        assert!(!format!("{usage:?}").contains(&token), "the key reached the usage tables");
+    }
+
     async fn a_graceful_stop_flushes_every_usage_event(backend) {
         let db = TestDb::new(backend).await;
         // A flush interval far beyond the test: only the drain can write.

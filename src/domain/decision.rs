@@ -18,7 +18,12 @@ pub enum DenyReason {
     OwnerSuspended,
     EnvironmentNotAllowed,
     InsufficientAbility,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// Route rules apply and the path cannot be normalised unambiguously
+    /// (`domain::path`).
+    InvalidPath,
 }
 
 impl DenyReason {
@@ -34,6 +39,7 @@ impl DenyReason {
             Self::EnvironmentNotAllowed => "environment_not_allowed",
             Self::InsufficientAbility => "insufficient_ability",
             Self::RateLimited { .. } => "rate_limited",
+            Self::InvalidPath => "invalid_path",
         }
     }
 
@@ -46,6 +52,7 @@ impl DenyReason {
             | Self::KeyExpired => 401,
             Self::OwnerSuspended | Self::EnvironmentNotAllowed | Self::InsufficientAbility => 403,
             Self::RateLimited { .. } => 429,
+            Self::InvalidPath => 400,
         }
     }
 
@@ -60,6 +67,7 @@ impl DenyReason {
             Self::EnvironmentNotAllowed => "This API key's environment is not allowed on this route.",
             Self::InsufficientAbility => "This API key lacks an ability this route requires.",
             Self::RateLimited { .. } => "Too many requests for this API key; retry after the time in Retry-After.",
+            Self::InvalidPath => "The request path is ambiguous: an encoded slash or backslash, a backslash, a relative path, .. above the root or an invalid percent-escape.",
         }
     }
 
@@ -76,12 +84,13 @@ impl DenyReason {
             Self::EnvironmentNotAllowed => 6,
             Self::InsufficientAbility => 7,
             Self::RateLimited { .. } => 8,
+            Self::InvalidPath => 9,
         }
     }
 
     /// One reason of each kind, in [`Self::ALL_CODES`] order; the
     /// rate-limited one carries `retry_after_secs`.
-    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 9] {
+    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 10] {
         [
             Self::MissingCredentials,
             Self::MalformedKey,
@@ -92,11 +101,12 @@ impl DenyReason {
             Self::EnvironmentNotAllowed,
             Self::InsufficientAbility,
             Self::RateLimited { retry_after_secs },
+            Self::InvalidPath,
         ]
     }
 
     /// Every code, for metrics that should show zeros before the first hit.
-    pub const ALL_CODES: [&'static str; 9] = [
+    pub const ALL_CODES: [&'static str; 10] = [
         "missing_credentials",
         "malformed_key",
         "invalid_key",
@@ -106,6 +116,7 @@ impl DenyReason {
         "environment_not_allowed",
         "insufficient_ability",
         "rate_limited",
+        "invalid_path",
     ];
 }
 

@@ -245,6 +245,34 @@ pub fn masked(key_prefix: &str) -> String {
     format!("{key_prefix}{MASK}")
 }
 
+/// Whether `text` holds something shaped like a key, whatever its prefix:
+/// `{prefix}_{environment}_` and at least the shortest token in base58.
+/// Looser than [`KeyFormat::parse`] on purpose: it decides what must never
+/// be stored as written, and a key issued under another prefix or token
+/// length is as secret.
+pub fn contains_key_shaped(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(run_holds_key)
+}
+
+/// `run` is letters, digits and underscores: does some `x_env_token`
+/// window of it look like a key?
+fn run_holds_key(run: &str) -> bool {
+    const SHORTEST_TOKEN: usize = MIN_TOKEN_LENGTH + CHECKSUM_LEN;
+    let mut parts = run.split('_');
+    let (Some(mut prefix), Some(mut environment)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    for token in parts {
+        let base58 = token.bytes().take_while(|b| IS_BASE58[*b as usize]).count();
+        if !prefix.is_empty() && is_short_identifier(environment) && base58 >= SHORTEST_TOKEN {
+            return true;
+        }
+        (prefix, environment) = (environment, token);
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +338,30 @@ mod tests {
         assert!(KeyFormat::new("sk", &["live_x".into()], 32).is_err());
         assert!(KeyFormat::new("sk", &[], 32).is_err());
         assert!(KeyFormat::new("sk", &["live".into()], 8).is_err());
+    }
+
+    #[test]
+    fn key_shaped_tokens_are_found_inside_other_text() {
+        let key = format(16).generate("live").plaintext.into_exposed();
+        for text in [
+            key.clone(),
+            format!("{key}.json"),
+            format!("download-{key}"),
+            format!("x{key}_v2"),
+            key.replacen("sk_", "pk_", 1),
+        ] {
+            assert!(contains_key_shaped(&text), "{text}");
+        }
+        for text in [
+            "sk_live_short",
+            "orders",
+            "snake_case_name",
+            "cus_NffrFeUfNV2Hib",
+            "_live_3mJr7AoUXx2Wqd9N8t5fLkABCDE",
+            "sk_Live_3mJr7AoUXx2Wqd9N8t5fLkABCDE",
+        ] {
+            assert!(!contains_key_shaped(text), "{text}");
+        }
     }
 
     proptest! {

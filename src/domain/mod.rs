@@ -1,14 +1,17 @@
-//! Pure domain types: the key format, abilities, key records and Check
-//! decisions. Nothing here knows about tonic, sqlx or the clock's source.
+//! Pure domain types: the key format, abilities, key records, request paths
+//! and Check decisions. Nothing here knows about tonic, sqlx or the clock's
+//! source.
 
 pub mod ability;
 pub mod api_key;
 pub mod decision;
 pub mod key;
+pub mod path;
 
 pub use ability::{Ability, AbilityError};
 pub use api_key::{ApiKey, CheckKey, KeyState, Owner, RateLimit};
 pub use decision::{decide, DenyReason, RouteRequirements};
 pub use key::{
-    IssuedKey, KeyFormat, KeyFormatError, KeyHash, KeyParseError, ParsedKey, PlaintextKey,
+    contains_key_shaped, IssuedKey, KeyFormat, KeyFormatError, KeyHash, KeyParseError, ParsedKey,
+    PlaintextKey,
 };

@@ -1,5 +1,11 @@
 //! Endpoint normalisation: `/v1/orders/42?x=1` → `/v1/orders/{id}`, so that
-//! per-endpoint counts group requests by route rather than by resource.
+//! per-endpoint counts group requests by route rather than by resource; a
+//! segment holding anything key-shaped becomes `{key}`, so that no key ever
+//! reaches the usage tables.
+
+use percent_encoding::percent_decode_str;
+
+use crate::domain::contains_key_shaped;
 
 /// Longest endpoint stored; longer ones are cut at a segment boundary.
 const MAX_ENDPOINT_LEN: usize = 256;
@@ -8,8 +14,12 @@ pub fn normalize_endpoint(raw: &str) -> String {
     let path = raw.split(['?', '#']).next().unwrap_or("");
     let mut normalized = String::with_capacity(path.len().min(MAX_ENDPOINT_LEN));
     for segment in path.split('/').filter(|s| !s.is_empty()) {
-        let decoded = percent_decode(segment);
-        let shown = if looks_like_id(decoded.as_deref().unwrap_or(segment)) {
+        let decoded = percent_decode_str(segment).decode_utf8_lossy();
+        // A key pasted into a path (`/v1/files/sk_live_….json`) must not be
+        // stored, whatever surrounds it.
+        let shown = if contains_key_shaped(&decoded) {
+            "{key}"
+        } else if looks_like_id(&decoded) {
             "{id}"
         } else {
             segment
@@ -24,35 +34,6 @@ pub fn normalize_endpoint(raw: &str) -> String {
         normalized.push('/');
     }
     normalized
-}
-
-/// Decodes `%XX` escapes; `None` when there are none or the result is not
-/// UTF-8 (the segment is then judged as written).
-fn percent_decode(segment: &str) -> Option<String> {
-    if !segment.contains('%') {
-        return None;
-    }
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn looks_like_id(segment: &str) -> bool {
@@ -123,6 +104,25 @@ mod tests {
         );
         assert_eq!(n("/v1/x/%ZZ"), "/v1/x/%ZZ");
         assert_eq!(n("/v1/x/%FF%FE"), "/v1/x/%FF%FE");
+    }
+
+    #[test]
+    fn segments_holding_a_key_become_key() {
+        let key = "sk_live_3mJr7AoUXx2Wqd9N8t5fLkZQ4Fh5Tq9Hb2";
+        let escaped = key.replace('_', "%5F");
+        for path in [
+            format!("/v1/files/{key}.json"),
+            format!("/v1/files/{key}"),
+            format!("/v1/files/key={key}"),
+            format!("/v1/files/{escaped}.json"),
+        ] {
+            assert_eq!(n(&path), "/v1/files/{key}", "{path}");
+        }
+        assert_eq!(n(&format!("/{key}/orders/42")), "/{key}/orders/{id}");
+        assert_eq!(
+            n("/v1/files/report_2024.json"),
+            "/v1/files/report_2024.json"
+        );
     }
 
     #[test]

@@ -694,6 +694,15 @@ def test_notes_show_per_route_requirements(notes: str) -> None:
     }
 
 
+def test_notes_normalise_paths_for_envoy_and_istio(notes: str) -> None:
+    docs = _yaml_blocks(notes)
+    hcm = next(d for d in docs if "normalize_path" in d)
+    assert hcm == {"normalize_path": True, "merge_slashes": True,
+                   "path_with_escaped_slashes_action": "REJECT_REQUEST"}
+    mesh = next(d["meshConfig"] for d in docs if "meshConfig" in d)
+    assert mesh["pathNormalization"] == {"normalization": "MERGE_SLASHES"}
+
+
 def test_notes_give_an_istio_provider_and_custom_policy_for_this_release(notes: str) -> None:
     docs = _yaml_blocks(notes)
     mesh = next(d["meshConfig"] for d in docs if "meshConfig" in d)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(HERE))
 
 from pyharness.fixtures import *  # noqa: E402,F401,F403
 from pyharness.envoyproc import EnvoyServer  # noqa: E402
+from pyharness.httpc import http_request  # noqa: E402
 from pyharness.paths import envoy_bin as _envoy_bin_path  # noqa: E402
 from pyharness.procs import free_port  # noqa: E402
 
@@ -85,6 +86,30 @@ def envoy_keygate(envoy_binary, keygate, echo_upstream, tmp_path_factory):
                        keygate.authz_port, echo_upstream.port, "envoy-keygate")
     yield env
     env.stop()
+
+
+@pytest.fixture(scope="session")
+def envoy_factory(envoy_binary, echo_upstream, tmp_path_factory):
+    """Start an Envoy in front of another keygate: envoy_factory(keygate_server, name)."""
+    started = []
+
+    def start(keygate_server, name="envoy-extra"):
+        env = _start_envoy(envoy_binary, tmp_path_factory.mktemp(name), keygate_server.authz_port,
+                           echo_upstream.port, name)
+        started.append(env)
+        return env
+
+    yield start
+    for env in started:
+        env.stop()
+
+
+@pytest.fixture
+def get(envoy_keygate):
+    """get(path, headers=None, method="GET") through Envoy -> keygate."""
+    def _get(path, headers=None, method="GET"):
+        return http_request(envoy_keygate.base_url, path, headers, method=method)
+    return _get
 
 
 @pytest.fixture

@@ -5,20 +5,12 @@ import pytest
 
 from pyharness import keyformat
 from pyharness.authz import IMF_FIXDATE
-from pyharness.httpc import http_request
 from pyharness.procs import eventually
 
 pytestmark = pytest.mark.usefixtures("envoy_keygate")
 
 IDENTITY = ("x-keygate-key-id", "x-keygate-owner-id", "x-keygate-environment",
             "x-keygate-key-prefix", "x-keygate-abilities")
-
-
-@pytest.fixture
-def get(envoy_keygate):
-    def _get(path, headers=None, method="GET"):
-        return http_request(envoy_keygate.base_url, path, headers, method=method)
-    return _get
 
 
 def assert_http_denied(r, status, code):
@@ -60,6 +52,18 @@ def test_x_api_key_is_stripped_before_upstream(get, create_key, owner):
     up = r.upstream["headers"]
     assert "x-api-key" not in up and created.key not in r.body.decode()
     assert up["x-keygate-key-id"] == created.api_key.id
+
+
+def test_every_credential_header_is_stripped_not_only_the_one_that_carried_the_key(
+        get, create_key, owner):
+    first = create_key(owner, abilities=["read:orders"])
+    second = create_key(owner, abilities=["admin:write"])
+    r = get("/orders", {"authorization": f"Bearer {first.key}", "x-api-key": second.key})
+    assert r.status == 200, r
+    up = r.upstream["headers"]
+    assert "authorization" not in up and "x-api-key" not in up, up
+    assert first.key not in r.body.decode() and second.key not in r.body.decode()
+    assert up["x-keygate-key-id"] == first.api_key.id
 
 
 def test_missing_and_bad_credentials_get_401_json(get, create_key, owner):

@@ -44,7 +44,8 @@ def test_example_config_has_the_recommended_settings():
                    "status_on_error: { code: ServiceUnavailable }", "validate_mutations: true",
                    "exact: authorization", "exact: x-api-key", "exact: x-forwarded-for",
                    "include_peer_certificate: false", "http2_protocol_options",
-                   "connection_keepalive"):
+                   "connection_keepalive", "normalize_path: true", "merge_slashes: true",
+                   "path_with_escaped_slashes_action: REJECT_REQUEST"):
         assert needle in text, needle
 
 

@@ -40,7 +40,9 @@ def test_valid_key_allowed_with_full_contract(create_key, check, owner):
     assert_allowed(res, created.api_key, credential_header="authorization",
                    abilities="read:orders,write:orders", secret=created.key)
     assert res.upstream_headers["x-keygate-key-prefix"].startswith("sk_live_")
-    assert "x-api-key" not in res.headers_to_remove
+    # Every credential header goes, so a second key sent alongside never
+    # reaches the upstream.
+    assert "x-api-key" in res.headers_to_remove
     # No limit configured: no rate-limit headers; not rotating: no deprecation.
     assert not {"x-ratelimit-limit", "deprecation", "sunset"} & set(res.response_headers)
 
@@ -213,7 +215,7 @@ def test_x_api_key_extraction(create_key, check, owner):
     created = create_key(owner, abilities=["read:orders"])
     res = check({"x-api-key": created.key}, context_extensions=READ_ORDERS)
     assert_allowed(res, created.api_key, credential_header="x-api-key", secret=created.key)
-    assert "authorization" not in res.headers_to_remove
+    assert "authorization" in res.headers_to_remove
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr", "Bearer"])

@@ -18,18 +18,19 @@ OVERWRITE_IF_EXISTS_OR_ADD = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_A
 
 # gRPC status codes (google.rpc.Code) keygate maps HTTP denials to.
 GRPC_OK = 0
+GRPC_INVALID_ARGUMENT = 3
 GRPC_PERMISSION_DENIED = 7
 GRPC_RESOURCE_EXHAUSTED = 8
 GRPC_UNAUTHENTICATED = 16
-GRPC_FOR_HTTP = {401: GRPC_UNAUTHENTICATED, 403: GRPC_PERMISSION_DENIED,
-                 429: GRPC_RESOURCE_EXHAUSTED}
+GRPC_FOR_HTTP = {400: GRPC_INVALID_ARGUMENT, 401: GRPC_UNAUTHENTICATED,
+                 403: GRPC_PERMISSION_DENIED, 429: GRPC_RESOURCE_EXHAUSTED}
 
 IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-owner-id", "x-keygate-environment",
                     "x-keygate-key-prefix", "x-keygate-abilities")
 WWW_AUTHENTICATE = 'Bearer realm="keygate"'
 DENIAL_CODES = {"missing_credentials", "malformed_key", "invalid_key", "key_revoked",
                 "key_expired", "owner_suspended", "environment_not_allowed",
-                "insufficient_ability", "rate_limited"}
+                "insufficient_ability", "rate_limited", "invalid_path"}
 IMF_FIXDATE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
     r" \d{4} \d{2}:\d{2}:\d{2} GMT$")

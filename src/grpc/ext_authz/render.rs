@@ -110,7 +110,9 @@ pub struct Renderer {
     ok_status: Bytes,
     remove_identity_headers: Bytes,
     remove_shadow_header: Bytes,
-    strip_authorization: Bytes,
+    /// Every configured credential header, not only the one that carried
+    /// the key: a second key in the other must not reach upstream either.
+    strip_credentials: Bytes,
     strip_api_key: Bytes,
     /// Indexed by [`DenyReason::index`]; the rate-limited one carries a
     /// per-request `Retry-After` and is encoded when needed.
@@ -125,8 +127,8 @@ impl Renderer {
                 ..Default::default()
             })
         };
-        let strip = |name: &str| match headers.strip {
-            true => removal(&[name]),
+        let strip = |names: &[&str]| match headers.strip {
+            true => removal(names),
             false => Bytes::new(),
         };
         let static_denial = |reason: DenyReason| match reason {
@@ -147,8 +149,8 @@ impl Renderer {
             ),
             remove_identity_headers: removal(&owned),
             remove_shadow_header: removal(&[HEADER_SHADOW_DECISION]),
-            strip_authorization: strip(&headers.authorization),
-            strip_api_key: strip(&headers.api_key),
+            strip_credentials: strip(&[&headers.authorization, &headers.api_key]),
+            strip_api_key: strip(&[&headers.api_key]),
             denials: DenyReason::one_of_each(0).map(static_denial),
         }
     }
@@ -168,9 +170,10 @@ impl Renderer {
             None => self.remove_shadow_header.clone(),
         };
         let strip = match allowance.credential {
-            Some(CredentialSource::Authorization) => self.strip_authorization.clone(),
-            Some(CredentialSource::ApiKey) => self.strip_api_key.clone(),
-            None => Bytes::new(),
+            Some(_) => self.strip_credentials.clone(),
+            // A foreign bearer token let through is the upstream's own
+            // credential; only the API-key header is surely ours.
+            None => self.strip_api_key.clone(),
         };
         EncodedCheckResponse {
             head: self.ok_status.clone(),
@@ -302,6 +305,7 @@ fn overwrite(key: &str, value: String) -> HeaderValueOption {
 pub fn denied(reason: DenyReason) -> CheckResponse {
     let status = reason.http_status();
     let grpc_code = match status {
+        400 => tonic::Code::InvalidArgument,
         401 => tonic::Code::Unauthenticated,
         403 => tonic::Code::PermissionDenied,
         _ => tonic::Code::ResourceExhausted,
@@ -334,9 +338,9 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::{answer::*, authz::RateHeaders};
+    use crate::{answer::*, authz::{CredentialSource, RateHeaders}};
 
-    fn every_reason() -> [DenyReason; 9] {
+    fn every_reason() -> [DenyReason; 10] {
         DenyReason::one_of_each(7)
     }
 
@@ -426,7 +430,7 @@ mod tests {
         );
         assert_eq!(
             ok.headers_to_remove,
-            [HEADER_SHADOW_DECISION, "authorization"]
+            [HEADER_SHADOW_DECISION, "authorization", "x-api-key"]
         );
         assert!(ok.response_headers_to_add.is_empty());
         let metadata = response.dynamic_metadata.unwrap().fields;
@@ -457,8 +461,29 @@ mod tests {
         api_key.credential = Some(CredentialSource::ApiKey);
         let (_, ok) = ok_response(&renderer(false).allowed(api_key.clone()));
         assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION]);
-        let (_, ok) = ok_response(&renderer(true).allowed(api_key.clone()));
-        assert_eq!(ok.headers_to_remove, [HEADER_SHADOW_DECISION, "x-api-key"]);
+    }
+
+    #[test]
+    fn every_credential_header_is_stripped_whichever_carried_the_key() {
+        for source in [CredentialSource::Authorization, CredentialSource::ApiKey] {
+            let mut presented = allowance(Some(cached_key()));
+            presented.credential = Some(source);
+            let (_, ok) = ok_response(&renderer(true).allowed(presented));
+            assert_eq!(
+                ok.headers_to_remove,
+                [HEADER_SHADOW_DECISION, "authorization", "x-api-key"],
+                "{source:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_foreign_bearer_let_through_keeps_authorization_but_not_the_api_key_header() {
+        let mut foreign = allowance(None);
+        foreign.credential = None;
+        let (_, ok) = ok_response(&renderer(true).allowed(foreign));
+        assert_eq!(ok.headers_to_remove.last().unwrap(), "x-api-key");
+        assert!(!ok.headers_to_remove.iter().any(|h| h == "authorization"));
     }
 
     #[test]
@@ -505,7 +530,7 @@ mod tests {
         let (response, ok) = ok_response(&renderer(true).allowed(allowance(None)));
         assert!(ok.headers.is_empty());
         let mut expected: Vec<&str> = IDENTITY_HEADERS.to_vec();
-        expected.extend([HEADER_SHADOW_DECISION, "authorization"]);
+        expected.extend([HEADER_SHADOW_DECISION, "authorization", "x-api-key"]);
         assert_eq!(ok.headers_to_remove, expected);
         assert!(response.dynamic_metadata.is_none());
     }
@@ -524,7 +549,7 @@ mod tests {
         let headers = set(&ok);
         assert_eq!(headers.len(), 6);
         assert_eq!(headers[5], (HEADER_SHADOW_DECISION, "insufficient_ability"));
-        assert_eq!(ok.headers_to_remove, ["authorization"]);
+        assert_eq!(ok.headers_to_remove, ["authorization", "x-api-key"]);
         assert_eq!(
             added(&ok),
             [
@@ -579,6 +604,7 @@ mod tests {
                 .map(|h| h.key.as_str())
                 .collect();
             let (code, header) = match reason.http_status() {
+                400 => (tonic::Code::InvalidArgument, None),
                 401 => (tonic::Code::Unauthenticated, Some("www-authenticate")),
                 403 => (tonic::Code::PermissionDenied, None),
                 _ => (tonic::Code::ResourceExhausted, Some("retry-after")),
