@@ -9,6 +9,7 @@
 mod backend;
 mod keys;
 mod owners_audit;
+mod reuse;
 mod rows;
 mod usage;
 mod writer_priority;
@@ -167,6 +168,7 @@ impl Store {
             let main = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                .before_acquire(reuse::reusable::<sqlx::Sqlite>)
                 .after_connect(|_, _| {
                     Box::pin(async {
                         writer_priority::lower_writer_threads();
@@ -184,6 +186,7 @@ impl Store {
             let main = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .before_acquire(reuse::reusable::<sqlx::Postgres>)
                 .connect_lazy_with(connect.clone());
             // Kept warm: a connection handshake alone can exceed the Check
             // bound, so a cold pool would fail the first misses after start.
