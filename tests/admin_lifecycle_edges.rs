@@ -255,24 +255,41 @@ async fn decision(authz: &mut AuthorizationClient<Channel>, key: &str) -> String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_fills_fails_writes_with_their_cause_and_once_freed_revoke_and_usage_work() {
     let db = common::TestDb::new(Backend::Sqlite).await;
-    let process = KeygateProcess::spawn_with_piped_logs(&db.url, &[("KEYGATE_USAGE_FLUSH_INTERVAL", "50ms")]).await;
+    let process =
+        KeygateProcess::spawn_with_piped_logs(&db.url, &[("KEYGATE_USAGE_FLUSH_INTERVAL", "50ms")])
+            .await;
     let mut admin = KeyAdminClient::new(common::channel(process.admin_addr).await);
     let mut authz = AuthorizationClient::new(common::channel(process.authz_addr).await);
     let created = admin
-        .create_key(CreateKeyRequest { owner_id: "acme".into(), name: "disk".into(), ..Default::default() })
+        .create_key(CreateKeyRequest {
+            owner_id: "acme".into(),
+            name: "disk".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     let id = created.api_key.unwrap().id;
-    let revoke = RevokeKeyRequest { owner_id: "acme".into(), id: id.clone(), reason: "leaked".into() };
+    let revoke = RevokeKeyRequest {
+        owner_id: "acme".into(),
+        id: id.clone(),
+        reason: "leaked".into(),
+    };
     assert_eq!(decision(&mut authz, &created.key).await, "allowed");
 
     process.limit_file_size(Some(1));
     const DURING: u64 = 20;
     for _ in 0..DURING {
-        assert_eq!(decision(&mut authz, &created.key).await, "allowed", "a cache hit needs no write");
+        assert_eq!(
+            decision(&mut authz, &created.key).await,
+            "allowed",
+            "a cache hit needs no write"
+        );
     }
-    let full = admin.revoke_key(revoke.clone()).await.expect_err("nothing can be written");
+    let full = admin
+        .revoke_key(revoke.clone())
+        .await
+        .expect_err("nothing can be written");
     assert_eq!(full.code(), tonic::Code::Unavailable, "{full:?}");
     assert!(full.message().contains("cannot write"), "{full:?}");
     assert!(
@@ -284,20 +301,36 @@ async fn a_disk_that_fills_fails_writes_with_their_cause_and_once_freed_revoke_a
         "the flush failure and its cause are logged:\n{}",
         process.logs()
     );
-    assert_eq!(decision(&mut authz, &created.key).await, "allowed", "the failed revoke changed nothing");
+    assert_eq!(
+        decision(&mut authz, &created.key).await,
+        "allowed",
+        "the failed revoke changed nothing"
+    );
 
     process.limit_file_size(None);
     let revoked = tokio::time::timeout(Duration::from_secs(15), admin.revoke_key(revoke))
         .await
         .expect("RevokeKey answered within 15 s")
-        .unwrap_or_else(|status| panic!("RevokeKey after the disk freed: {status:?}\n{}", process.logs()));
+        .unwrap_or_else(|status| {
+            panic!(
+                "RevokeKey after the disk freed: {status:?}\n{}",
+                process.logs()
+            )
+        });
     assert!(revoked.into_inner().revoked_at.is_some());
     assert_eq!(decision(&mut authz, &created.key).await, "key_revoked");
     // Usage buffered while the disk was full is written once it frees.
-    let get = GetKeyRequest { owner_id: "acme".into(), id };
+    let get = GetKeyRequest {
+        owner_id: "acme".into(),
+        id,
+    };
     assert!(
         common::eventually(Duration::from_secs(10), async || {
-            admin.clone().get_key(get.clone()).await.is_ok_and(|k| k.into_inner().request_count == DURING + 2)
+            admin
+                .clone()
+                .get_key(get.clone())
+                .await
+                .is_ok_and(|k| k.into_inner().request_count == DURING + 2)
         })
         .await,
         "every allowed Check was counted:\n{}",

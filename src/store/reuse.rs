@@ -37,3 +37,35 @@ pub(super) fn reusable<DB: Database>(
     }
     Box::pin(std::future::ready(Ok(!in_transaction)))
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use crate::store::{backend::Backend, DbPool, Store, StoreOptions};
+
+    #[tokio::test]
+    async fn a_writer_returned_inside_a_transaction_is_replaced_before_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("reuse.db").display());
+        let store = Store::connect(&StoreOptions::new(url)).await.unwrap();
+        store.migrate().await.unwrap();
+        let DbPool::Sqlite(pool) = &store.main else {
+            unreachable!("a sqlite: URL opens SQLite pools")
+        };
+        let mut connection = pool.acquire().await.unwrap();
+        // What a call cancelled inside `begin_with` leaves behind: a
+        // transaction that no `Transaction` value will ever end.
+        std::mem::forget(connection.begin_with("BEGIN IMMEDIATE").await.unwrap());
+        drop(connection);
+
+        let mut tx = pool.begin_write().await.expect("the next writer begins");
+        sqlx::query("INSERT INTO owners (owner_id, created_at, updated_at) VALUES ('o', $1, $1)")
+            .bind(crate::store::now())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        store.close().await;
+    }
+}
