@@ -51,24 +51,44 @@ pub struct Running {
     pub store: Store,
     pub cache: Arc<KeyCache>,
     stop: watch::Sender<bool>,
-    lifecycle: JoinHandle<()>,
+    lifecycle: JoinHandle<Stopped>,
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Usage events accepted from Checks and never written: the final flush
+    /// did not finish within the shutdown grace.
+    pub abandoned_usage: u64,
 }
 
 impl Running {
     /// Starts the drain and waits for it to end.
-    pub async fn stop(self) {
+    pub async fn stop(self) -> Stopped {
         let _ = self.stop.send(true);
-        if let Err(error) = self.lifecycle.await {
-            tracing::error!(%error, "the server task failed during shutdown");
+        match self.lifecycle.await {
+            Ok(stopped) => stopped,
+            Err(error) => {
+                tracing::error!(%error, "the server task failed during shutdown");
+                Stopped { abandoned_usage: 0 }
+            }
         }
     }
 }
 
-/// Runs until `shutdown` resolves, then drains.
+/// Runs until `shutdown` resolves, then drains. A stop that abandoned usage
+/// is an error, so the process exits non-zero and says how much was lost.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let running = start(config).await?;
     shutdown.await;
-    running.stop().await;
+    let stopped = running.stop().await;
+    if stopped.abandoned_usage > 0 {
+        anyhow::bail!(
+            "stopped with {} usage events never written: the final flush did not finish within \
+             the shutdown grace (KEYGATE_SHUTDOWN_GRACE); the warnings above name the cause",
+            stopped.abandoned_usage
+        );
+    }
     Ok(())
 }
 
@@ -247,6 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.prune_enabled {
         background.push(tokio::spawn(prune_daily(admin, stopped(stop_rx.clone()))));
     }
+    let usage_tally = usage_sender.tally().clone();
     background.push(tokio::spawn(report_gauges(
         cache.clone(),
         usage_sender,
@@ -275,7 +296,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             bounded("background task", deadline, task).await;
         }
         lifecycle_store.close().await;
-        tracing::info!("stopped");
+        let abandoned_usage = usage_tally.unwritten();
+        if abandoned_usage > 0 {
+            tracing::error!(
+                events = abandoned_usage,
+                "stopped; usage events were abandoned"
+            );
+        } else {
+            tracing::info!("stopped");
+        }
+        Stopped { abandoned_usage }
     });
 
     Ok(Running {

@@ -526,7 +526,7 @@ impl Settings {
             )?,
             cache_capacity: self.cache_capacity.unwrap_or(1_000_000),
             negative_cache_capacity: self.negative_cache_capacity.unwrap_or(100_000),
-            check_timeout: duration(
+            check_timeout: nonzero_duration(
                 self.check_timeout,
                 "100ms",
                 "check_timeout",
@@ -548,7 +548,7 @@ impl Settings {
             foreign_bearer,
             trusted_proxy_hops: self.trusted_proxy_hops.unwrap_or(0),
             usage_enabled: self.usage_enabled.unwrap_or(true),
-            usage_flush_interval: duration(
+            usage_flush_interval: nonzero_duration(
                 self.usage_flush_interval,
                 "1s",
                 "usage_flush_interval",
@@ -690,6 +690,20 @@ fn duration(
     })
 }
 
+/// A duration that must not be zero: a zero flush interval would spin the
+/// flusher, a zero check timeout would fail every cache miss.
+fn nonzero_duration(
+    value: Option<String>,
+    default: &str,
+    setting: &'static str,
+    env: &'static str,
+) -> Result<Duration, ConfigError> {
+    match duration(value, default, setting, env)? {
+        Duration::ZERO => Err(invalid(setting, env, "must be greater than zero")),
+        positive => Ok(positive),
+    }
+}
+
 /// `max_attempts/decay_seconds`, e.g. `100/60`.
 pub fn parse_rate_limit(raw: &str) -> Result<RateLimit, String> {
     let (max, decay) = raw
@@ -806,6 +820,26 @@ mod tests {
         assert_eq!(config.cache_ttl, Duration::from_secs(60));
         assert_eq!(config.check_timeout, Duration::from_millis(100));
         assert_eq!(config.key_format.environments(), ["live", "test"]);
+    }
+
+    #[test]
+    fn a_zero_flush_interval_or_check_timeout_is_refused_by_name() {
+        let zero_flush = Settings {
+            usage_flush_interval: Some("0s".into()),
+            ..Default::default()
+        };
+        let message = zero_flush.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("KEYGATE_USAGE_FLUSH_INTERVAL")
+                && message.contains("greater than zero"),
+            "{message}"
+        );
+        let zero_timeout = Settings {
+            check_timeout: Some("0ms".into()),
+            ..Default::default()
+        };
+        let message = zero_timeout.validate().unwrap_err().to_string();
+        assert!(message.contains("KEYGATE_CHECK_TIMEOUT"), "{message}");
     }
 
     #[test]

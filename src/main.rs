@@ -98,6 +98,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let config = args.load()?;
             telemetry::init_logging(config.log_format);
             telemetry::init_metrics(config.metrics_addr)?;
+            survive_file_size_limit()?;
             keygate::app::run(config, keygate::shutdown::signal()).await
         }
         Command::Migrate(args) => {
@@ -151,6 +152,24 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A write past the file size limit (`RLIMIT_FSIZE`) raises SIGXFSZ, whose
+/// default action ends the process: keygate would die with its buffered
+/// usage instead of failing that one write with EFBIG, reporting it like a
+/// full disk, and recovering once the limit is lifted. Installing a handler
+/// (tokio's, never read) is what turns the signal into the error.
+#[cfg(target_os = "linux")]
+fn survive_file_size_limit() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let xfsz = SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
+    signal(xfsz).map_err(|error| anyhow::anyhow!("cannot handle SIGXFSZ: {error}"))?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn survive_file_size_limit() -> anyhow::Result<()> {
+    Ok(())
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {

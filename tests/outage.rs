@@ -127,3 +127,17 @@ async fn while_postgres_is_unreachable_hits_are_answered_misses_fail_fast_and_ev
         "usage buffered during the outage was not flushed after recovery"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_postgres_at_start_is_named_as_the_cause() {
+    let nobody = common::process::free_addr();
+    let settings = keygate::config::Settings {
+        database_url: Some(format!("postgres://postgres@{nobody}/keygate")),
+        authz_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let started = keygate::app::start(settings.validate().unwrap()).await;
+    let error = format!("{:#}", started.err().expect("no database, no start"));
+    assert!(error.contains("refused"), "{error}");
+}

@@ -1,5 +1,6 @@
 //! Usage tracking: what GetKeyUsage reports, a graceful stop that loses no
-//! event, a full buffer that never blocks Check, and pruning.
+//! event, a stop that cannot flush and says what it lost, a full buffer
+//! that never blocks Check, and pruning.
 
 mod common;
 
@@ -331,4 +332,41 @@ async fn a_full_usage_buffer_drops_and_counts_events_without_blocking_check() {
     );
     let (status, logs) = process.terminate().await;
     assert!(status.success(), "{logs}");
+}
+
+/// SQLite only: a file size limit on the real process stands in for a full
+/// disk, so the final flush cannot write and the stop must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_abandons_usage_exits_non_zero_and_says_how_many_events() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let process = KeygateProcess::spawn_with_piped_logs(
+        &db.url,
+        &[
+            ("KEYGATE_USAGE_FLUSH_INTERVAL", "1h"),
+            ("KEYGATE_USAGE_BATCH_SIZE", "100000"),
+            ("KEYGATE_SHUTDOWN_GRACE", "2s"),
+        ],
+    )
+    .await;
+    let mut admin = keygate::proto::key_admin_client::KeyAdminClient::new(
+        common::channel(process.admin_addr).await,
+    );
+    let created = admin
+        .create_key(keygate::proto::CreateKeyRequest {
+            owner_id: "acme".into(),
+            name: "abandoned".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    const N: usize = 25;
+    drive_checks(process.authz_addr, &created.key, N).await;
+    process.limit_file_size(Some(1));
+    let (status, logs) = process.terminate().await;
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(
+        logs.contains(&format!("stopped with {N} usage events never written")),
+        "{logs}"
+    );
 }

@@ -95,23 +95,21 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 let caller = caller(&request)?;
                 let r = request.into_inner();
+                let create = admin::CreateKey {
+                    owner_id: r.owner_id,
+                    name: r.name,
+                    environment: r.environment,
+                    abilities: r.abilities,
+                    superkey: r.superkey,
+                    rate_limit: convert::rate_limit(r.rate_limit),
+                    expires_at: convert::instant(r.expires_at, "expires_at")?,
+                    metadata: convert::metadata(r.metadata),
+                };
                 let issued = self
-                    .admin
-                    .create_key(
-                        &caller,
-                        admin::CreateKey {
-                            owner_id: r.owner_id,
-                            name: r.name,
-                            environment: r.environment,
-                            abilities: r.abilities,
-                            superkey: r.superkey,
-                            rate_limit: convert::rate_limit(r.rate_limit),
-                            expires_at: convert::instant(r.expires_at, "expires_at")?,
-                            metadata: convert::metadata(r.metadata),
-                        },
-                    )
-                    .await
-                    .map_err(from_admin)?;
+                    .run_to_completion(move |admin| async move {
+                        admin.create_key(&caller, create).await
+                    })
+                    .await?;
                 Ok(Response::new(proto::CreateKeyResponse {
                     key: issued.plaintext.into_exposed(),
                     api_key: Some(convert::api_key(issued.key, store::now())),
@@ -325,10 +323,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                 let caller = admin_caller(&request)?;
                 let r = request.into_inner();
                 let key = self
-                    .admin
-                    .revoke_key(&caller, None, &r.id, &r.reason)
-                    .await
-                    .map_err(from_admin)?;
+                    .run_to_completion(move |admin| async move {
+                        admin.revoke_key(&caller, None, &r.id, &r.reason).await
+                    })
+                    .await?;
                 Ok(Response::new(convert::api_key(key, store::now())))
             }
             .await,

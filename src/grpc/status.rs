@@ -36,6 +36,12 @@ pub fn from_admin(error: AdminError) -> Status {
         | AdminError::AlreadyRevoked
         | AdminError::AlreadyExpired => Code::FailedPrecondition,
         AdminError::Interrupted => Code::Unavailable,
+        AdminError::Store(store) if store.is_storage() => {
+            tracing::error!(error = %chain(&error), "key store cannot write");
+            return Status::unavailable(
+                "the key store cannot write right now (its storage is full or failing); retry later",
+            );
+        }
         AdminError::Store(store) if store.is_unavailable() => {
             tracing::warn!(error = %chain(&error), "key store unavailable");
             return Status::unavailable("the key store is unavailable; retry later");

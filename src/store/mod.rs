@@ -10,6 +10,7 @@ mod backend;
 mod key_pages;
 mod keys;
 mod owners_audit;
+mod reuse;
 mod rows;
 mod usage;
 mod writer_priority;
@@ -19,7 +20,7 @@ use std::{str::FromStr, time::Duration};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    PgPool, SqlitePool,
+    ConnectOptions, PgPool, SqlitePool,
 };
 
 pub use backend::PRUNE_LOCK_ID;
@@ -30,6 +31,9 @@ pub use usage::{KeyUsage, PruneSummary, UsageEvent, UsageLogEntry};
 pub(crate) static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("migrations/postgres");
 pub(crate) static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long `migrate` waits for its connection to PostgreSQL.
+const MIGRATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Postgres channel on which every replica hears of changed keys.
 pub const INVALIDATION_CHANNEL: &str = "keygate_invalidate";
@@ -53,7 +57,8 @@ pub(crate) enum DbPool {
 }
 
 /// Why a store call failed. Variants carry data; `grpc::status` turns them
-/// into client-safe statuses.
+/// into client-safe statuses. Each names its cause in one line, since the
+/// flusher and the Check path log them as they are.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
@@ -62,12 +67,18 @@ pub enum StoreError {
     OwnerKeyLimit { limit: u32 },
     #[error("key is already revoked")]
     AlreadyRevoked,
-    #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("database error")]
-    Database(#[source] sqlx::Error),
+    /// The database could not write to its storage: a full disk, a file
+    /// size limit, an I/O error. It passes when the cause does.
+    #[error(
+        "the database cannot write to its storage (disk full, file size limit or I/O error): {0}"
+    )]
+    Storage(sqlx::Error),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
 }
@@ -80,14 +91,47 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(ref db) if is_storage_fault(db.as_ref()) => {
+                StoreError::Storage(error)
+            }
             other => StoreError::Database(other),
         }
     }
 }
 
+/// SQLite's SQLITE_FULL and SQLITE_IOERR (any extended code; EFBIG is an
+/// IOERR_WRITE), Postgres's classes 53 (insufficient resources: disk full)
+/// and 58 (system error: I/O).
+fn is_storage_fault(error: &dyn sqlx::error::DatabaseError) -> bool {
+    const SQLITE_IOERR: i32 = 10;
+    const SQLITE_FULL: i32 = 13;
+    let Some(code) = error.code() else {
+        return false;
+    };
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        code.parse::<i32>()
+            .is_ok_and(|extended| matches!(extended & 0xff, SQLITE_IOERR | SQLITE_FULL))
+    } else {
+        code.starts_with("53") || code.starts_with("58")
+    }
+}
+
 impl StoreError {
+    /// A failure that passes without anyone changing the request: the
+    /// database is unreachable, slow, or cannot write for now.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::Storage(_)
+        )
+    }
+
+    /// The database could not write to its storage.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Self::Storage(_))
     }
 }
 
@@ -168,6 +212,7 @@ impl Store {
             let main = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                .before_acquire(reuse::reusable::<sqlx::Sqlite>)
                 .after_connect(|_, _| {
                     Box::pin(async {
                         writer_priority::lower_writer_threads();
@@ -185,6 +230,7 @@ impl Store {
             let main = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .before_acquire(reuse::reusable::<sqlx::Postgres>)
                 .connect_lazy_with(connect.clone());
             // Kept warm: a connection handshake alone can exceed the Check
             // bound, so a cold pool would fail the first misses after start.
@@ -222,7 +268,26 @@ impl Store {
     /// Applies pending migrations for the configured backend.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match &self.main {
-            DbPool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            DbPool::Postgres(pool) => {
+                // Connected directly rather than through the pool: when the
+                // server refuses or is unreachable, this error names the
+                // cause, where the pool's only says it timed out waiting.
+                let connect = pool.connect_options();
+                let mut connection =
+                    match tokio::time::timeout(MIGRATE_CONNECT_TIMEOUT, connect.connect()).await {
+                        Ok(connection) => connection?,
+                        Err(_) => return Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no connection to PostgreSQL within {MIGRATE_CONNECT_TIMEOUT:?}"
+                            ),
+                        ))
+                        .into()),
+                    };
+                let migrated = POSTGRES_MIGRATIONS.run(&mut connection).await;
+                let _ = sqlx::Connection::close(connection).await;
+                migrated
+            }
             DbPool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
         }
     }

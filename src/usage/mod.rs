@@ -8,8 +8,11 @@
 
 pub mod client_ip;
 pub mod normalize;
+mod tally;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
+
+pub use tally::UsageTally;
 
 use chrono::{DateTime, Utc};
 use metrics::{Counter, Histogram};
@@ -56,16 +59,26 @@ pub struct UsageSender {
     /// Wakes the flusher early once a full batch is waiting.
     batch_ready: Arc<Notify>,
     batch_size: usize,
+    tally: Arc<UsageTally>,
 }
 
 impl UsageSender {
     /// Records an event without waiting; drops and counts it when full.
     pub fn record(&self, event: CheckEvent) {
         match self.tx.try_send(event) {
-            Ok(()) if self.depth() >= self.batch_size => self.batch_ready.notify_one(),
-            Ok(()) => {}
+            Ok(()) => {
+                self.tally.accepted();
+                if self.depth() >= self.batch_size {
+                    self.batch_ready.notify_one();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => self.dropped.increment(1),
         }
+    }
+
+    /// What entered the buffer and what was written of it.
+    pub fn tally(&self) -> &Arc<UsageTally> {
+        &self.tally
     }
 
     /// Events waiting in the buffer.
@@ -91,6 +104,7 @@ pub struct Flusher {
     store: Store,
     settings: FlushSettings,
     batch_ready: Arc<Notify>,
+    tally: Arc<UsageTally>,
     flushed: Counter,
     failures: Counter,
     latency: Histogram,
@@ -100,17 +114,20 @@ pub struct Flusher {
 pub fn buffer(capacity: usize, store: Store, settings: FlushSettings) -> (UsageSender, Flusher) {
     let (tx, rx) = mpsc::channel(capacity);
     let batch_ready = Arc::new(Notify::new());
+    let tally = Arc::new(UsageTally::default());
     let sender = UsageSender {
         tx,
         dropped: metrics::counter!("keygate_usage_dropped_total"),
         batch_ready: batch_ready.clone(),
         batch_size: settings.batch_size,
+        tally: tally.clone(),
     };
     let flusher = Flusher {
         rx,
         store,
         settings,
         batch_ready,
+        tally,
         flushed: metrics::counter!("keygate_usage_flushed_total"),
         failures: metrics::counter!("keygate_usage_flush_failures_total"),
         latency: metrics::histogram!("keygate_usage_flush_seconds"),
@@ -203,6 +220,7 @@ impl Flusher {
             Ok(()) => {
                 self.latency.record(started.elapsed().as_secs_f64());
                 self.flushed.increment(events.len() as u64);
+                self.tally.written(events.len());
                 true
             }
             Err(error) => {

@@ -1,5 +1,6 @@
 //! The real `keygate` binary as a child process, for tests that need a
-//! process boundary: SIGTERM handling, two replicas, log capture.
+//! process boundary: SIGTERM handling, two replicas, log capture, a file
+//! size limit standing in for a full disk.
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -15,6 +16,8 @@ pub struct KeygateProcess {
     pub forward_auth_addr: SocketAddr,
     pub log: PathBuf,
     child: Child,
+    /// Threads copying piped output into `log`; they end when the child does.
+    copiers: Vec<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -30,6 +33,17 @@ impl KeygateProcess {
     /// Starts `keygate serve` with `env` on top of test defaults and waits
     /// until the admin listener reports SERVING.
     pub async fn spawn(database_url: &str, env: &[(&str, &str)]) -> KeygateProcess {
+        Self::start(database_url, env, false).await
+    }
+
+    /// As [`KeygateProcess::spawn`], with the output written to `log` by
+    /// this process through a pipe: a file size limit on the child
+    /// ([`KeygateProcess::limit_file_size`]) then cannot cut its logs.
+    pub async fn spawn_with_piped_logs(database_url: &str, env: &[(&str, &str)]) -> KeygateProcess {
+        Self::start(database_url, env, true).await
+    }
+
+    async fn start(database_url: &str, env: &[(&str, &str)], piped: bool) -> KeygateProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("keygate.log");
         let (authz_addr, admin_addr, metrics_addr) = (free_addr(), free_addr(), free_addr());
@@ -50,10 +64,34 @@ impl KeygateProcess {
             // Not about the miss bound: a loaded machine must not fail reads.
             .env("KEYGATE_CHECK_TIMEOUT", "5s")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
-        let child = command.spawn().expect("spawn keygate");
+            .stdin(Stdio::null());
+        let file = std::fs::File::create(&log).unwrap();
+        if piped {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else {
+            command
+                .stdout(file.try_clone().unwrap())
+                .stderr(file.try_clone().unwrap());
+        }
+        let mut child = command.spawn().expect("spawn keygate");
+        let mut copiers = Vec::new();
+        if piped {
+            let streams: [Box<dyn std::io::Read + Send>; 2] = [
+                Box::new(child.stdout.take().unwrap()),
+                Box::new(child.stderr.take().unwrap()),
+            ];
+            for mut stream in streams {
+                // Line by line, so the two streams interleave whole lines.
+                let mut out = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                copiers.push(std::thread::spawn(move || {
+                    use std::io::{BufRead, Write};
+                    for line in std::io::BufReader::new(&mut stream).lines() {
+                        let Ok(line) = line else { return };
+                        let _ = writeln!(out, "{line}");
+                    }
+                }));
+            }
+        }
         let mut process = KeygateProcess {
             authz_addr,
             admin_addr,
@@ -61,6 +99,7 @@ impl KeygateProcess {
             forward_auth_addr,
             log,
             child,
+            copiers,
             _dir: dir,
         };
         process.wait_until_serving().await;
@@ -98,6 +137,19 @@ impl KeygateProcess {
         }
     }
 
+    /// Sets the child's file size limit (`RLIMIT_FSIZE`): every write to a
+    /// regular file at or past `bytes` then fails with EFBIG, as writes do
+    /// on a full disk. `None` lifts the limit.
+    pub fn limit_file_size(&self, bytes: Option<u64>) {
+        use rustix::process::{prlimit, Pid, Resource, Rlimit};
+        let limit = Rlimit {
+            current: bytes,
+            maximum: None,
+        };
+        prlimit(Some(Pid::from_child(&self.child)), Resource::Fsize, limit)
+            .expect("set the child's file size limit");
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -112,6 +164,9 @@ impl KeygateProcess {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                for copier in std::mem::take(&mut self.copiers) {
+                    let _ = copier.join();
+                }
                 return (status, self.logs());
             }
             assert!(
