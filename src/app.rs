@@ -27,7 +27,7 @@ use crate::{
     proto::key_admin_server::KeyAdminServer,
     ratelimit::RateLimiters,
     store::{Store, StoreOptions},
-    usage::{self, FlushSettings},
+    usage::{self, BufferBounds, FlushSettings},
 };
 
 /// Rate-limiter states kept at most (idle ones expire on their own).
@@ -90,11 +90,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ttl: config.cache_ttl,
             negative_capacity: config.negative_cache_capacity,
             negative_ttl: config.negative_cache_ttl,
+            stale_if_error: config.cache_stale_if_error,
+            max_concurrent_misses: config.max_concurrent_misses,
         },
     ));
     let limiters = Arc::new(RateLimiters::new(LIMITER_CAPACITY));
     let (usage_sender, flusher) = usage::buffer(
-        config.usage_buffer,
+        BufferBounds {
+            events: config.usage_buffer,
+            bytes: config.usage_buffer_bytes,
+        },
         store.clone(),
         FlushSettings {
             interval: config.usage_flush_interval,

@@ -116,6 +116,14 @@ fn describe_metrics() {
         "Reconnects of the Postgres LISTEN connection"
     );
     describe_counter!(
+        "keygate_cache_stale_served_total",
+        "Checks answered from a cache entry past its TTL because the store could not be reached (KEYGATE_CACHE_STALE_IF_ERROR)"
+    );
+    describe_counter!(
+        "keygate_check_misses_shed_total",
+        "Cache misses refused with UNAVAILABLE because KEYGATE_MAX_CONCURRENT_MISSES store reads were in flight"
+    );
+    describe_counter!(
         "keygate_cache_clears_total",
         "Full cache clears (lost LISTEN connection)"
     );

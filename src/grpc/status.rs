@@ -66,6 +66,9 @@ pub fn check_unavailable(error: &crate::cache::LookupError) -> Status {
     if error.is_contended() {
         return Status::unavailable("the key changed repeatedly while it was read; retry");
     }
+    if error.is_shed() {
+        return Status::unavailable("too many key lookups in flight; retry");
+    }
     crate::telemetry::store_error("check");
     let second = chrono::Utc::now().timestamp();
     if LAST_CHECK_FAILURE_LOG.swap(second, Ordering::Relaxed) != second {
