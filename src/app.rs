@@ -182,10 +182,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ))
         .serve_with_incoming_shutdown(incoming(admin_listener), stopped(drain_rx));
     let mut background = Vec::new();
-    if let Some(pool) = store.postgres_pool() {
+    if store.is_postgres() {
         let (connected, listening) = tokio::sync::oneshot::channel();
         background.push(tokio::spawn(invalidation::listen(
-            pool.clone(),
+            store.clone(),
             cache.clone(),
             limiters.clone(),
             stopped(stop_rx.clone()),
@@ -200,6 +200,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         {
             tracing::warn!(waited = ?LISTENER_START_WAIT, "serving before the invalidation listener connected");
         }
+    } else {
+        // One process owns a SQLite file: every key is issued through it.
+        cache.issued().fill(
+            store
+                .issued_hash_prefixes()
+                .await
+                .context("cannot read the issued keys")?,
+        );
     }
     let authz_task = tokio::spawn(authz_server);
     let admin_task = tokio::spawn(admin_server);

@@ -20,6 +20,9 @@
 //!   so this loosens nothing a notification already told us.
 //! - Misses that may read the store at once are bounded; beyond the bound a
 //!   miss is shed (UNAVAILABLE) rather than queued behind a slow store.
+//! - A hash that no issued key has ([`IssuedKeys`]) is unknown without a
+//!   store read, except for a few a second: those cover a key created on
+//!   another replica whose notification is still on its way.
 
 use std::{
     sync::{
@@ -29,6 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use governor::{DefaultDirectRateLimiter, Quota};
 use metrics::Counter;
 use moka::{future::Cache, ops::compute::Op};
 use tokio::sync::Semaphore;
@@ -36,6 +40,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{CheckKey, KeyHash},
+    issued_keys::IssuedKeys,
     store::{Store, StoreError},
 };
 
@@ -111,6 +116,10 @@ const TOMBSTONE_MARGIN: Duration = Duration::from_secs(60);
 /// After a failed refresh of an expired entry, how long callers answer from
 /// it before one of them tries the store again.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
+/// Store reads a second for hashes the issued-key set does not hold: enough
+/// for keys created on another replica moments ago, too few to matter to
+/// the store when unknown keys flood in.
+const UNISSUED_READS_PER_SECOND: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
 
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
@@ -178,11 +187,14 @@ pub struct KeyCache {
     /// The origin of `CachedKey::refresh_after`.
     epoch: Instant,
     miss_permits: Semaphore,
+    issued: IssuedKeys,
+    unissued_reads: DefaultDirectRateLimiter,
     hits: Counter,
     misses: Counter,
     negative_hits: Counter,
     stale_served: Counter,
     shed: Counter,
+    unissued: Counter,
 }
 
 impl KeyCache {
@@ -213,11 +225,16 @@ impl KeyCache {
             ttl: settings.ttl,
             epoch: Instant::now(),
             miss_permits: Semaphore::new(settings.max_concurrent_misses),
+            issued: IssuedKeys::new(),
+            unissued_reads: governor::RateLimiter::direct(Quota::per_second(
+                UNISSUED_READS_PER_SECOND,
+            )),
             hits: metrics::counter!("keygate_cache_hits_total"),
             misses: metrics::counter!("keygate_cache_misses_total"),
             negative_hits: metrics::counter!("keygate_cache_negative_hits_total"),
             stale_served: metrics::counter!("keygate_cache_stale_served_total"),
             shed: metrics::counter!("keygate_check_misses_shed_total"),
+            unissued: metrics::counter!("keygate_cache_unissued_total"),
         }
     }
 
@@ -238,6 +255,10 @@ impl KeyCache {
         }
         if self.unknown.contains_key(hash) {
             self.negative_hits.increment(1);
+            return Ok(None);
+        }
+        if !self.issued.may_exist(hash) && self.unissued_reads.check().is_err() {
+            self.unissued.increment(1);
             return Ok(None);
         }
         self.misses.increment(1);
@@ -423,6 +444,11 @@ impl KeyCache {
         self.known.invalidate_all();
         self.unknown.invalidate_all();
         self.hash_by_id.invalidate_all();
+    }
+
+    /// The set of issued key hashes that answers unknown keys.
+    pub fn issued(&self) -> &IssuedKeys {
+        &self.issued
     }
 
     /// Store reads made by fills since start (for tests and diagnostics).

@@ -2,7 +2,8 @@
 //!
 //! - [`domain`]: key format, abilities, key records, the pure Check decision.
 //! - [`store`]: PostgreSQL and SQLite persistence; the only home of SQL.
-//! - [`cache`], [`ratelimit`]: the in-memory state behind the Check hot path.
+//! - [`cache`], [`issued_keys`], [`ratelimit`]: the in-memory state behind
+//!   the Check hot path.
 //! - [`authz`]: the Check decision from credential to outcome.
 //! - [`admin`]: key lifecycle use-cases behind KeyAdmin.
 //! - [`usage`]: the off-hot-path usage buffer and flusher.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod invalidation;
+pub mod issued_keys;
 pub mod ratelimit;
 pub mod shutdown;
 pub mod store;

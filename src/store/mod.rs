@@ -7,6 +7,7 @@
 //! [`backend::Backend`].
 
 mod backend;
+mod issued;
 mod keys;
 mod owners_audit;
 mod rows;
@@ -22,6 +23,7 @@ use sqlx::{
 };
 
 pub use backend::PRUNE_LOCK_ID;
+pub use issued::heartbeat;
 pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
 pub use owners_audit::{AuditEvent, AuditFilter, AuditRecord};
 pub use usage::{KeyUsage, PruneSummary, UsageEvent, UsageLogEntry};
