@@ -220,7 +220,8 @@ async fn serve(
                     return "its heartbeat did not come back";
                 }
                 sent += 1;
-                let send = crate::store::heartbeat(listener, heartbeat_channel, &sent.to_string());
+                let payload = sent.to_string();
+                let send = crate::store::heartbeat(listener, heartbeat_channel, &payload);
                 match tokio::time::timeout(HEARTBEAT_DEADLINE, send).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return "its heartbeat could not be sent",
