@@ -142,6 +142,8 @@ fn fixture() -> Fixture {
                     ttl: Duration::from_secs(3600),
                     negative_capacity: config.negative_cache_capacity,
                     negative_ttl: config.negative_cache_ttl,
+                    stale_if_error: config.cache_stale_if_error,
+                    max_concurrent_misses: config.max_concurrent_misses,
                 },
             ));
 

@@ -31,7 +31,7 @@ use crate::{
     ratelimit::RateLimiters,
     rest::{self, principal::Authenticator, RestState},
     store::{Store, StoreOptions},
-    usage::{self, FlushSettings},
+    usage::{self, BufferBounds, FlushSettings},
 };
 
 /// Rate-limiter states kept at most (idle ones expire on their own).
@@ -116,11 +116,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ttl: config.cache_ttl,
             negative_capacity: config.negative_cache_capacity,
             negative_ttl: config.negative_cache_ttl,
+            stale_if_error: config.cache_stale_if_error,
+            max_concurrent_misses: config.max_concurrent_misses,
         },
     ));
     let limiters = Arc::new(RateLimiters::new(LIMITER_CAPACITY));
     let (usage_sender, flusher) = usage::buffer(
-        config.usage_buffer,
+        BufferBounds {
+            events: config.usage_buffer,
+            bytes: config.usage_buffer_bytes,
+        },
         store.clone(),
         FlushSettings {
             interval: config.usage_flush_interval,
@@ -225,10 +230,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let forward_auth_server =
         forward_auth::serve(forward_auth_listener, forward_auth, stopped(drain_rx));
     let mut background = Vec::new();
-    if let Some(pool) = store.postgres_pool() {
+    if store.is_postgres() {
         let (connected, listening) = tokio::sync::oneshot::channel();
         background.push(tokio::spawn(invalidation::listen(
-            pool.clone(),
+            store.clone(),
             cache.clone(),
             limiters.clone(),
             stopped(stop_rx.clone()),
@@ -243,6 +248,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         {
             tracing::warn!(waited = ?LISTENER_START_WAIT, "serving before the invalidation listener connected");
         }
+    } else {
+        // One process owns a SQLite file: every key is issued through it.
+        cache.issued().fill(
+            store
+                .issued_hash_prefixes()
+                .await
+                .context("cannot read the issued keys")?,
+        );
     }
     let authz_task = tokio::spawn(authz_server);
     let admin_task = tokio::spawn(admin_server);

@@ -12,7 +12,7 @@ use crate::{
     config::{Config, ForeignBearer, RouteRule},
     domain::{decide, path, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
     ratelimit::{RateLimiters, RateOutcome},
-    usage::{client_ip::client_ip, CheckEvent, UsageSender},
+    usage::{client_ip::client_ip, method_label, recorded_path, CheckEvent, UsageSender},
 };
 
 /// Context-extension names Envoy sets per route (`check_settings`).
@@ -186,8 +186,8 @@ impl Authorizer {
                     input.source_address,
                     self.settings.trusted_proxy_hops,
                 ),
-                method: input.method.to_owned(),
-                path: input.path.to_owned(),
+                method: method_label(input.method),
+                path: recorded_path(input.path).to_owned(),
                 decision: code,
                 allowed: evaluation.decision.is_ok(),
             });

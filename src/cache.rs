@@ -13,21 +13,34 @@
 //!   `generation`. A fill records the generation it started under; an entry
 //!   at or below a matching tombstone is stale. Hits pay for the tombstone
 //!   lookup only when the generation moved since the entry was last vetted.
+//! - Stale-if-error: an entry past its TTL is refreshed from the store by
+//!   one caller at a time; while the store cannot be reached it keeps being
+//!   answered for up to `stale_if_error` more (counted in
+//!   `keygate_cache_stale_served_total`). Invalidations still apply to it,
+//!   so this loosens nothing a notification already told us.
+//! - Misses that may read the store at once are bounded; beyond the bound a
+//!   miss is shed (UNAVAILABLE) rather than queued behind a slow store.
+//! - A hash that no issued key has ([`IssuedKeys`]) is unknown without a
+//!   store read, except for a few a second: those cover a key created on
+//!   another replica whose notification is still on its way.
 
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use governor::{DefaultDirectRateLimiter, Quota};
 use metrics::Counter;
 use moka::{future::Cache, ops::compute::Op};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::{
     domain::{CheckKey, KeyHash},
+    issued_keys::IssuedKeys,
     store::{Store, StoreError},
 };
 
@@ -42,6 +55,10 @@ pub struct CachedKey {
     filled_at_generation: u64,
     /// The newest generation at which no tombstone applied to this entry.
     vetted_at_generation: AtomicU64,
+    filled_at: Instant,
+    /// Once expired: nanoseconds after the cache's epoch before which no
+    /// caller tries to refresh it again (others answer from it meanwhile).
+    refresh_after: AtomicU64,
 }
 
 /// Identity parts of an allowed Check response, already in wire form
@@ -83,6 +100,8 @@ impl CachedKey {
             encoded: OnceLock::new(),
             filled_at_generation: generation,
             vetted_at_generation: AtomicU64::new(generation),
+            filled_at: Instant::now(),
+            refresh_after: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +113,13 @@ const MAX_REFILLS: usize = 4;
 /// its fill ends, and a fill ends within the store's Check timeout; the
 /// margin covers scheduling delays.
 const TOMBSTONE_MARGIN: Duration = Duration::from_secs(60);
+/// After a failed refresh of an expired entry, how long callers answer from
+/// it before one of them tries the store again.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+/// Store reads a second for hashes the issued-key set does not hold: enough
+/// for keys created on another replica moments ago, too few to matter to
+/// the store when unknown keys flood in.
+const UNISSUED_READS_PER_SECOND: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
 
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
@@ -101,6 +127,10 @@ pub struct CacheSettings {
     pub ttl: Duration,
     pub negative_capacity: u64,
     pub negative_ttl: Duration,
+    /// How long past `ttl` an entry is answered while the store is down.
+    pub stale_if_error: Duration,
+    /// Store reads for misses in flight at most.
+    pub max_concurrent_misses: usize,
 }
 
 /// Why a fill produced no entry.
@@ -112,6 +142,8 @@ enum FillError {
     Store(#[from] StoreError),
     #[error("the key kept changing while it was being read")]
     Contended,
+    #[error("too many cache misses are reading the store")]
+    Shed,
 }
 
 /// The store was needed for a lookup and failed; the cause is kept for the log.
@@ -130,6 +162,11 @@ impl LookupError {
     pub fn is_contended(&self) -> bool {
         matches!(self.0.as_ref(), FillError::Contended)
     }
+
+    /// Whether the miss was shed because too many were reading the store.
+    pub fn is_shed(&self) -> bool {
+        matches!(self.0.as_ref(), FillError::Shed)
+    }
 }
 
 pub struct KeyCache {
@@ -146,19 +183,30 @@ pub struct KeyCache {
     /// is stale.
     cleared_at_generation: AtomicU64,
     store_reads: AtomicU64,
+    ttl: Duration,
+    /// The origin of `CachedKey::refresh_after`.
+    epoch: Instant,
+    miss_permits: Semaphore,
+    issued: IssuedKeys,
+    unissued_reads: DefaultDirectRateLimiter,
     hits: Counter,
     misses: Counter,
     negative_hits: Counter,
+    stale_served: Counter,
+    shed: Counter,
+    unissued: Counter,
 }
 
 impl KeyCache {
     pub fn new(store: Store, settings: CacheSettings) -> Self {
-        let tombstone_ttl = settings.ttl + store.check_timeout() + TOMBSTONE_MARGIN;
+        // Entries live through the stale window; freshness is judged per hit.
+        let lifetime = settings.ttl + settings.stale_if_error;
+        let tombstone_ttl = lifetime + store.check_timeout() + TOMBSTONE_MARGIN;
         Self {
             store,
             known: Cache::builder()
                 .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
+                .time_to_live(lifetime)
                 .support_invalidation_closures()
                 .build(),
             unknown: moka::sync::Cache::builder()
@@ -167,16 +215,26 @@ impl KeyCache {
                 .build(),
             hash_by_id: moka::sync::Cache::builder()
                 .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
+                .time_to_live(lifetime)
                 .build(),
             generation: AtomicU64::new(1),
             key_tombstones: tombstones(tombstone_ttl),
             owner_tombstones: tombstones(tombstone_ttl),
             cleared_at_generation: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
+            ttl: settings.ttl,
+            epoch: Instant::now(),
+            miss_permits: Semaphore::new(settings.max_concurrent_misses),
+            issued: IssuedKeys::new(),
+            unissued_reads: governor::RateLimiter::direct(Quota::per_second(
+                UNISSUED_READS_PER_SECOND,
+            )),
             hits: metrics::counter!("keygate_cache_hits_total"),
             misses: metrics::counter!("keygate_cache_misses_total"),
             negative_hits: metrics::counter!("keygate_cache_negative_hits_total"),
+            stale_served: metrics::counter!("keygate_cache_stale_served_total"),
+            shed: metrics::counter!("keygate_check_misses_shed_total"),
+            unissued: metrics::counter!("keygate_cache_unissued_total"),
         }
     }
 
@@ -184,15 +242,23 @@ impl KeyCache {
     pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Arc<CachedKey>>, LookupError> {
         if let Some(hit) = self.known.get(hash).await {
             match self.condemned_at(&hit) {
-                None => {
+                None if hit.filled_at.elapsed() < self.ttl => {
                     self.hits.increment(1);
                     return Ok(Some(hit));
                 }
+                None => match self.refresh(hash, hit).await {
+                    Refreshed::Answer(answer) => return answer,
+                    Refreshed::Condemned => {}
+                },
                 Some(at) => self.evict_stale(hash, &hit, at).await,
             }
         }
         if self.unknown.contains_key(hash) {
             self.negative_hits.increment(1);
+            return Ok(None);
+        }
+        if !self.issued.may_exist(hash) && self.unissued_reads.check().is_err() {
+            self.unissued.increment(1);
             return Ok(None);
         }
         self.misses.increment(1);
@@ -207,7 +273,9 @@ impl KeyCache {
                 Err(error) => {
                     return match error.as_ref() {
                         FillError::Unknown => Ok(None),
-                        FillError::Store(_) | FillError::Contended => Err(LookupError(error)),
+                        FillError::Store(_) | FillError::Contended | FillError::Shed => {
+                            Err(LookupError(error))
+                        }
                     }
                 }
             };
@@ -222,6 +290,48 @@ impl KeyCache {
             }
         }
         Err(LookupError(Arc::new(FillError::Contended)))
+    }
+
+    /// An expired entry: one caller at a time reads the store again; the
+    /// others, and every caller while the store cannot be reached, answer
+    /// from the expired entry (it is dropped by the cache once its stale
+    /// window is over).
+    async fn refresh(&self, hash: &KeyHash, expired: Arc<CachedKey>) -> Refreshed {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let after = expired.refresh_after.load(Ordering::Acquire);
+        let retry_at = now + REFRESH_RETRY.as_nanos() as u64;
+        let claimed = now >= after
+            && expired
+                .refresh_after
+                .compare_exchange(after, retry_at, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if !claimed {
+            self.stale_served.increment(1);
+            return Refreshed::Answer(Ok(Some(expired)));
+        }
+        self.misses.increment(1);
+        match self.fill(*hash).await {
+            Ok(fresh) => {
+                self.known.insert(*hash, fresh.clone()).await;
+                if self.condemned_at(&fresh).is_some() {
+                    return Refreshed::Condemned;
+                }
+                self.hash_by_id.insert(fresh.key.id, *hash);
+                Refreshed::Answer(Ok(Some(fresh)))
+            }
+            Err(FillError::Unknown) => {
+                self.known.invalidate(hash).await;
+                Refreshed::Answer(Ok(None))
+            }
+            Err(FillError::Store(error)) if !error.is_unavailable() => {
+                Refreshed::Answer(Err(LookupError(Arc::new(error.into()))))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "answering from an expired cache entry (stale-if-error)");
+                self.stale_served.increment(1);
+                Refreshed::Answer(Ok(Some(expired)))
+            }
+        }
     }
 
     /// Removes `stale` (and only it: a concurrent caller may already have
@@ -279,6 +389,10 @@ impl KeyCache {
         if self.unknown.contains_key(&hash) {
             return Err(FillError::Unknown);
         }
+        let Ok(_permit) = self.miss_permits.try_acquire() else {
+            self.shed.increment(1);
+            return Err(FillError::Shed);
+        };
         let generation = self.generation.load(Ordering::SeqCst);
         self.store_reads.fetch_add(1, Ordering::Relaxed);
         match self.store.find_for_check(&hash).await? {
@@ -332,6 +446,11 @@ impl KeyCache {
         self.hash_by_id.invalidate_all();
     }
 
+    /// The set of issued key hashes that answers unknown keys.
+    pub fn issued(&self) -> &IssuedKeys {
+        &self.issued
+    }
+
     /// Store reads made by fills since start (for tests and diagnostics).
     pub fn store_reads(&self) -> u64 {
         self.store_reads.load(Ordering::Relaxed)
@@ -356,6 +475,13 @@ impl KeyCache {
             .insert(hash, Arc::new(CachedKey::new(key, generation)))
             .await;
     }
+}
+
+/// What [`KeyCache::refresh`] made of an expired entry.
+enum Refreshed {
+    Answer(Result<Option<Arc<CachedKey>>, LookupError>),
+    /// The fresh row was outdated by an invalidation while it was read.
+    Condemned,
 }
 
 /// Bounded by time only: evicting a tombstone for room could let the stale

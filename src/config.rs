@@ -108,6 +108,15 @@ pub struct Settings {
     /// well inside Envoy's 200 ms default. [default: 100ms]
     #[arg(long, env = "KEYGATE_CHECK_TIMEOUT")]
     pub check_timeout: Option<String>,
+    /// How long past its TTL a cached key keeps being answered while the
+    /// store cannot be reached (stale-if-error); `0s` turns it off.
+    /// [default: 15m]
+    #[arg(long, env = "KEYGATE_CACHE_STALE_IF_ERROR")]
+    pub cache_stale_if_error: Option<String>,
+    /// Cache misses that may read the store at once; beyond it a miss is
+    /// shed with UNAVAILABLE instead of queueing. [default: 64]
+    #[arg(long, env = "KEYGATE_MAX_CONCURRENT_MISSES")]
+    pub max_concurrent_misses: Option<usize>,
 
     /// Header carrying `Bearer <key>`. [default: authorization]
     #[arg(long, env = "KEYGATE_AUTHORIZATION_HEADER")]
@@ -142,6 +151,11 @@ pub struct Settings {
     /// and counted, never blocking a Check. [default: 100000]
     #[arg(long, env = "KEYGATE_USAGE_BUFFER")]
     pub usage_buffer: Option<usize>,
+    /// Bytes the buffered usage events may hold at most (an event keeps at
+    /// most 512 bytes of path); beyond it events are dropped and counted.
+    /// [default: 33554432, 32 MiB]
+    #[arg(long, env = "KEYGATE_USAGE_BUFFER_BYTES")]
+    pub usage_buffer_bytes: Option<usize>,
     /// Keep one row per request in the usage log. [default: true]
     #[arg(long, env = "KEYGATE_USAGE_LOG_ENABLED")]
     pub usage_log_enabled: Option<bool>,
@@ -305,6 +319,8 @@ pub struct Config {
     pub cache_capacity: u64,
     pub negative_cache_capacity: u64,
     pub check_timeout: Duration,
+    pub cache_stale_if_error: Duration,
+    pub max_concurrent_misses: usize,
     pub authorization_header: String,
     pub api_key_header: String,
     pub strip_credential: bool,
@@ -314,6 +330,7 @@ pub struct Config {
     pub usage_flush_interval: Duration,
     pub usage_batch_size: usize,
     pub usage_buffer: usize,
+    pub usage_buffer_bytes: usize,
     pub usage_log_enabled: bool,
     pub usage_log_retention_days: u32,
     pub prune_enabled: bool,
@@ -532,6 +549,17 @@ impl Settings {
                 "check_timeout",
                 "KEYGATE_CHECK_TIMEOUT",
             )?,
+            cache_stale_if_error: duration(
+                self.cache_stale_if_error,
+                "15m",
+                "cache_stale_if_error",
+                "KEYGATE_CACHE_STALE_IF_ERROR",
+            )?,
+            max_concurrent_misses: positive(
+                self.max_concurrent_misses.unwrap_or(64),
+                "max_concurrent_misses",
+                "KEYGATE_MAX_CONCURRENT_MISSES",
+            )?,
             authorization_header: header(
                 self.authorization_header,
                 "authorization",
@@ -563,6 +591,11 @@ impl Settings {
                 self.usage_buffer.unwrap_or(100_000),
                 "usage_buffer",
                 "KEYGATE_USAGE_BUFFER",
+            )?,
+            usage_buffer_bytes: positive(
+                self.usage_buffer_bytes.unwrap_or(32 << 20),
+                "usage_buffer_bytes",
+                "KEYGATE_USAGE_BUFFER_BYTES",
             )?,
             usage_log_enabled: self.usage_log_enabled.unwrap_or(true),
             usage_log_retention_days: positive(

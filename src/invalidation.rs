@@ -2,20 +2,39 @@
 //!
 //! Every mutation that can change a Check outcome notifies
 //! [`INVALIDATION_CHANNEL`] in its own transaction (`key:<uuid>` or
-//! `owner:<id>`). Each replica listens and evicts.
+//! `owner:<id>`; creates and rotations name the new key too). Each replica
+//! listens, evicts, and adds new keys to its set of issued keys.
 //!
 //! Notifications sent while the listener is disconnected are lost. The cache
 //! is not cleared at the moment of disconnection, because a database outage
 //! is exactly when cached keys must keep being answered; instead every
-//! (re)connect clears the whole cache before notifications are trusted again,
-//! and the cache TTL bounds staleness in between.
+//! (re)connect clears the whole cache and refills the issued-key set before
+//! notifications are trusted again, and the cache TTL bounds staleness in
+//! between. The set is not trusted while the listener is away.
+//!
+//! A connection can also die silently (a peer or middlebox dropping packets
+//! without a reset): the listener then hears nothing, which looks like
+//! quiet. So every second it sends a NOTIFY to a channel of its own through
+//! its own connection, and a heartbeat that has not come back within
+//! [`HEARTBEAT_DEADLINE`] condemns the connection: it is replaced, and the
+//! replacement clears the cache as any reconnect does.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use sqlx::{postgres::PgListener, PgPool};
+use sqlx::{
+    postgres::{PgListener, PgPoolOptions},
+    PgPool,
+};
 use uuid::Uuid;
 
-use crate::{cache::KeyCache, ratelimit::RateLimiters, store::INVALIDATION_CHANNEL};
+use crate::{
+    cache::KeyCache,
+    ratelimit::RateLimiters,
+    store::{Store, StoreError, INVALIDATION_CHANNEL},
+};
 
 /// An invalidation message as sent on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,41 +54,88 @@ impl Invalidation {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the listener sends itself a heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A connection whose heartbeat has not come back within this is dead.
+pub const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(3);
+/// Bound on opening the LISTEN connection and refilling the issued-key set.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a (re)connect did not produce a working listener.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("cannot LISTEN")]
+    Listen(#[from] sqlx::Error),
+    #[error("cannot read the issued keys")]
+    Issued(#[from] StoreError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The gauges and counters the listener keeps.
+struct ListenerMetrics {
+    received: metrics::Counter,
+    reconnects: metrics::Counter,
+    clears: metrics::Counter,
+    up: metrics::Gauge,
+    heartbeat_age: metrics::Gauge,
+    issued: metrics::Gauge,
+}
 
 /// Listens until `stop` resolves, reconnecting with backoff. `first_connect`
 /// fires once the first subscription is in place, so the caller can hold
 /// traffic until no revocation can slip past unheard.
 pub async fn listen(
-    pool: PgPool,
+    store: Store,
     cache: Arc<KeyCache>,
     limiters: Arc<RateLimiters>,
     stop: impl std::future::Future<Output = ()>,
     first_connect: tokio::sync::oneshot::Sender<()>,
 ) {
+    let Some(pool) = store.postgres_pool().cloned() else {
+        return;
+    };
     let mut first_connect = Some(first_connect);
     tokio::pin!(stop);
-    let received = metrics::counter!("keygate_invalidations_total");
-    let reconnects = metrics::counter!("keygate_listener_reconnects_total");
-    let clears = metrics::counter!("keygate_cache_clears_total");
-    let up = metrics::gauge!("keygate_listener_connected");
-    up.set(0.0);
+    let metrics = ListenerMetrics {
+        received: metrics::counter!("keygate_invalidations_total"),
+        reconnects: metrics::counter!("keygate_listener_reconnects_total"),
+        clears: metrics::counter!("keygate_cache_clears_total"),
+        up: metrics::gauge!("keygate_listener_connected"),
+        heartbeat_age: metrics::gauge!("keygate_listener_heartbeat_age_seconds"),
+        issued: metrics::gauge!("keygate_issued_keys"),
+    };
+    metrics.up.set(0.0);
+    // A channel of this process's own, so replicas do not hear each other's
+    // heartbeats (and replicas that predate heartbeats hear none).
+    let heartbeat_channel = format!("keygate_heartbeat_{}", Uuid::new_v4().simple());
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
         let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(&listener_pool(&pool)).await?;
             // We rely on our own reconnect (which clears the cache), not on
             // sqlx's silent one.
             listener.ignore_pool_close_event(true);
-            listener.listen(INVALIDATION_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
+            listener
+                .listen_all([INVALIDATION_CHANNEL, heartbeat_channel.as_str()])
+                .await?;
+            // Read after LISTEN: a key created meanwhile is in the read or
+            // is notified after it.
+            let issued = store.issued_hash_prefixes().await?;
+            Ok::<_, ConnectError>((listener, issued))
         };
-        let mut listener = tokio::select! {
+        let bounded = async {
+            tokio::time::timeout(CONNECT_TIMEOUT, connected)
+                .await
+                .unwrap_or(Err(ConnectError::Timeout(CONNECT_TIMEOUT)))
+        };
+        let (mut listener, issued) = tokio::select! {
             () = &mut stop => return,
-            result = connected => match result {
-                Ok(listener) => listener,
+            result = bounded => match result {
+                Ok(connected) => connected,
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "invalidation listener cannot connect");
+                    tracing::warn!(error = %crate::grpc::status::chain(&error), retry_in = ?backoff, "invalidation listener cannot connect");
                     tokio::select! {
                         () = &mut stop => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -80,49 +146,114 @@ pub async fn listen(
             },
         };
         if !first {
-            reconnects.increment(1);
+            metrics.reconnects.increment(1);
         }
         first = false;
         // Whatever was notified before this point may have been missed.
         cache.clear();
-        clears.increment(1);
+        cache.issued().fill(issued);
+        metrics.issued.set(cache.issued().len() as f64);
+        metrics.clears.increment(1);
         backoff = Duration::from_millis(100);
-        up.set(1.0);
+        metrics.up.set(1.0);
         tracing::info!("invalidation listener connected");
         if let Some(first_connect) = first_connect.take() {
             let _ = first_connect.send(());
         }
-        loop {
-            let notification = tokio::select! {
-                () = &mut stop => return,
-                n = listener.try_recv() => n,
-            };
-            match notification {
-                Ok(Some(notification)) => {
-                    received.increment(1);
-                    match Invalidation::parse(notification.payload()) {
-                        Some(Invalidation::Key(id)) => {
-                            cache.invalidate_key(id).await;
-                            limiters.forget(id);
-                        }
-                        Some(Invalidation::Owner(owner)) => cache.invalidate_owner(&owner),
-                        None => {
-                            tracing::warn!(
-                                payload = notification.payload(),
-                                "unknown invalidation; clearing the cache"
-                            );
-                            cache.clear();
-                        }
-                    }
+        let lost = tokio::select! {
+            () = &mut stop => return,
+            lost = serve(&mut listener, &heartbeat_channel, &store, &cache, &limiters, &metrics) => lost,
+        };
+        cache.issued().distrust();
+        metrics.up.set(0.0);
+        tracing::warn!(cause = lost, "invalidation listener lost its connection; reconnecting (the cache is cleared once it is back)");
+    }
+}
+
+/// A pool of one connection for one LISTEN session. It is never reused: a
+/// connection given up as dead is closed on release instead of being tested
+/// and handed out again.
+fn listener_pool(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .after_release(|_, _| Box::pin(async { Ok(false) }))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+/// Applies notifications and keeps the heartbeat going until the connection
+/// is lost or its heartbeat stops coming back; returns why.
+async fn serve(
+    listener: &mut PgListener,
+    heartbeat_channel: &str,
+    store: &Store,
+    cache: &KeyCache,
+    limiters: &RateLimiters,
+    metrics: &ListenerMetrics,
+) -> &'static str {
+    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut heard = Instant::now();
+    let mut sent: u64 = 0;
+    loop {
+        tokio::select! {
+            notification = listener.try_recv() => match notification {
+                Ok(Some(notification)) if notification.channel() == heartbeat_channel => {
+                    heard = Instant::now();
+                    metrics.heartbeat_age.set(0.0);
                 }
-                Ok(None) | Err(_) => {
-                    up.set(0.0);
-                    tracing::warn!("invalidation listener lost its connection; reconnecting (the cache is cleared once it is back)");
-                    break;
+                Ok(Some(notification)) => {
+                    metrics.received.increment(1);
+                    if let Err(error) = apply(notification.payload(), store, cache, limiters).await {
+                        // The key may be missing from the issued-key set:
+                        // refill it through a reconnect.
+                        tracing::warn!(error = %crate::grpc::status::chain(&error), "cannot read a notified key");
+                        return "a notified key could not be read";
+                    }
+                    metrics.issued.set(cache.issued().len() as f64);
+                }
+                Ok(None) | Err(_) => return "the connection closed",
+            },
+            _ = ticker.tick() => {
+                let age = heard.elapsed();
+                metrics.heartbeat_age.set(age.as_secs_f64());
+                if age > HEARTBEAT_DEADLINE {
+                    return "its heartbeat did not come back";
+                }
+                sent += 1;
+                let payload = sent.to_string();
+                let send = crate::store::heartbeat(listener, heartbeat_channel, &payload);
+                match tokio::time::timeout(HEARTBEAT_DEADLINE, send).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "its heartbeat could not be sent",
+                    Err(_) => return "its heartbeat could not be sent in time",
                 }
             }
         }
     }
+}
+
+/// Acts on one invalidation payload.
+async fn apply(
+    payload: &str,
+    store: &Store,
+    cache: &KeyCache,
+    limiters: &RateLimiters,
+) -> Result<(), StoreError> {
+    match Invalidation::parse(payload) {
+        Some(Invalidation::Key(id)) => {
+            cache.invalidate_key(id).await;
+            limiters.forget(id);
+            if let Some(prefix) = store.hash_prefix_of(id).await? {
+                cache.issued().insert(prefix);
+            }
+        }
+        Some(Invalidation::Owner(owner)) => cache.invalidate_owner(&owner),
+        None => {
+            tracing::warn!(payload, "unknown invalidation; clearing the cache");
+            cache.clear();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! - [`domain`]: key format, abilities, key records, the pure Check decision.
 //! - [`store`]: PostgreSQL and SQLite persistence; the only home of SQL.
-//! - [`cache`], [`ratelimit`]: the in-memory state behind the Check hot path.
+//! - [`cache`], [`issued_keys`], [`ratelimit`]: the in-memory state behind
+//!   the Check hot path.
 //! - [`authz`]: the Check decision from credential to outcome.
 //! - [`answer`]: what an outcome tells the proxy, whichever the transport.
 //! - [`admin`]: key lifecycle use-cases behind KeyAdmin.
@@ -26,6 +27,7 @@ pub mod domain;
 pub mod forward_auth;
 pub mod grpc;
 pub mod invalidation;
+pub mod issued_keys;
 pub mod ratelimit;
 pub mod rest;
 pub mod shutdown;

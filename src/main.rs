@@ -121,6 +121,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     ttl: config.cache_ttl,
                     negative_capacity: 1,
                     negative_ttl: config.negative_cache_ttl,
+                    stale_if_error: config.cache_stale_if_error,
+                    max_concurrent_misses: config.max_concurrent_misses,
                 },
             ));
             let admin = KeyAdmin::new(

@@ -121,6 +121,26 @@ fn describe_metrics() {
         "Reconnects of the Postgres LISTEN connection"
     );
     describe_counter!(
+        "keygate_cache_stale_served_total",
+        "Checks answered from a cache entry past its TTL because the store could not be reached (KEYGATE_CACHE_STALE_IF_ERROR)"
+    );
+    describe_counter!(
+        "keygate_check_misses_shed_total",
+        "Cache misses refused with UNAVAILABLE because KEYGATE_MAX_CONCURRENT_MISSES store reads were in flight"
+    );
+    describe_counter!(
+        "keygate_cache_unissued_total",
+        "Checks of well-formed keys that no issued key matches, answered invalid_key without the store"
+    );
+    describe_gauge!(
+        "keygate_issued_keys",
+        "Key hash prefixes in the in-memory set of issued keys"
+    );
+    describe_gauge!(
+        "keygate_listener_heartbeat_age_seconds",
+        "Seconds since the LISTEN connection last delivered its own heartbeat NOTIFY (a dead connection is replaced after 3 s)"
+    );
+    describe_counter!(
         "keygate_cache_clears_total",
         "Full cache clears (lost LISTEN connection)"
     );

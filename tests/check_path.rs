@@ -15,7 +15,10 @@ use envoy_types::pb::envoy::{
     config::core::v3::{HeaderMap, HeaderValue},
     service::auth::v3::{AttributeContext, CheckRequest},
 };
-use keygate::{domain::KeyFormat, proto::RevokeKeyRequest};
+use keygate::{
+    domain::{KeyFormat, KeyHash},
+    proto::RevokeKeyRequest,
+};
 
 fn bearer(key: &str) -> HashMap<String, String> {
     HashMap::from([("authorization".to_string(), format!("Bearer {key}"))])
@@ -78,6 +81,29 @@ on_both_backends! {
         let again = server.check(request).await.unwrap();
         assert_eq!(again.code, "invalid_key");
         assert_eq!(cache.store_reads() - before, 1);
+    }
+
+    async fn unknown_keys_rarely_reach_the_store_and_new_keys_still_pass(backend) {
+        let server = TestServer::start(backend).await;
+        let known = server.create_key("acme", &[]).await;
+        let cache = server.running().cache.clone();
+        assert!(
+            common::eventually(std::time::Duration::from_secs(10), async || cache.issued().is_trusted()).await,
+            "the set of issued keys was never filled"
+        );
+        const UNKNOWN: usize = 200_000;
+        let before = cache.store_reads();
+        for n in 0..UNKNOWN {
+            let hash = KeyHash::of_token(&format!("minted-{n}"));
+            assert!(cache.lookup(&hash).await.unwrap().is_none());
+        }
+        let reads = cache.store_reads() - before;
+        assert!(reads * 100 < UNKNOWN as u64, "{reads} of {UNKNOWN} unknown keys reached the store");
+        let unknown = server.check(check_request(bearer(&unissued_key()), "GET", "/", HashMap::new())).await.unwrap();
+        assert_eq!((unknown.status, unknown.code.as_str()), (401, "invalid_key"));
+        assert_eq!(server.check_key(&known.key, None).await.code, "allowed");
+        let fresh = server.create_key("acme", &[]).await;
+        assert_eq!(server.check_key(&fresh.key, None).await.code, "allowed");
     }
 
     async fn malformed_input_gets_a_clear_denial_and_never_reads_the_store(backend) {

@@ -200,3 +200,56 @@ async fn a_replica_whose_listener_lost_notifications_clears_its_cache_on_reconne
         "{metrics}"
     );
 }
+
+/// A LISTEN connection that dies without a reset (README, "Operations",
+/// replicas): the heartbeat must notice within seconds, reconnect and clear
+/// the cache, so a revoke made elsewhere takes effect long before the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_reaches_a_replica_whose_listener_died_silently_within_seconds() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let a = Replica::start(&db.url).await;
+    let b = Replica::start(&proxy.postgres_url(&db.url)).await;
+    let (key, id) = a.create("acme").await;
+    assert!(b.becomes(&key, "allowed").await);
+
+    proxy.silence_open_connections();
+    a.admin
+        .clone()
+        .revoke_key(RevokeKeyRequest {
+            owner_id: "acme".into(),
+            id,
+            reason: "leaked".into(),
+        })
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    let headers = HashMap::from([("authorization".to_string(), format!("Bearer {key}"))]);
+    let request = check_request(headers, "GET", "/", HashMap::new());
+    let stopped_allowing = eventually(Duration::from_secs(5), async || {
+        let answer = b.authz.clone().check(request.clone()).await;
+        answer.map_or(true, |r| Decision::of(r.into_inner()).code != "allowed")
+    })
+    .await;
+    assert!(
+        stopped_allowing,
+        "replica B kept allowing a revoked key for 5 s behind a silent LISTEN connection"
+    );
+    eprintln!(
+        "B stopped allowing {:?} after the revoke",
+        revoked.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(30), async || b
+            .authz
+            .clone()
+            .check(request.clone())
+            .await
+            .is_ok_and(|r| Decision::of(r.into_inner()).code == "key_revoked"))
+        .await,
+        "replica B did not come back to answering key_revoked"
+    );
+    let metrics = b.metrics();
+    assert!(metric_value(&metrics, "keygate_listener_reconnects_total").unwrap_or_default() >= 1.0);
+    assert!(metric_value(&metrics, "keygate_listener_heartbeat_age_seconds").is_some());
+}

@@ -274,6 +274,11 @@ impl KeyAdmin {
             rotated_from_id: template.rotated_from_id,
             created_at: now,
         };
+        // Known to Check before the store commits it, so no Check can find
+        // the new key missing from the set.
+        self.cache
+            .issued()
+            .insert(crate::issued_keys::prefix(&new.key_hash));
         (issued.plaintext, new)
     }
 

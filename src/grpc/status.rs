@@ -76,6 +76,9 @@ pub fn check_unavailable(error: &crate::cache::LookupError) -> Status {
     if error.is_contended() {
         return Status::unavailable("the key changed repeatedly while it was read; retry");
     }
+    if error.is_shed() {
+        return Status::unavailable("too many key lookups in flight; retry");
+    }
     report_check_failure(error);
     if error.is_unavailable() {
         Status::unavailable("key store unavailable")

@@ -8,6 +8,7 @@
 
 mod backend;
 mod key_pages;
+mod issued;
 mod keys;
 mod owners_audit;
 mod reuse;
@@ -24,6 +25,7 @@ use sqlx::{
 };
 
 pub use backend::PRUNE_LOCK_ID;
+pub use issued::heartbeat;
 pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
 pub use owners_audit::{AuditEvent, AuditFilter, AuditRecord};
 pub use usage::{KeyUsage, PruneSummary, UsageEvent, UsageLogEntry};

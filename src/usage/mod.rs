@@ -5,12 +5,26 @@
 //! and counted. The [`Flusher`] task batches events into the store every
 //! `flush_interval` or `batch_size` events, retries failed writes with backoff
 //! while it holds them, and drains the buffer on a graceful stop.
+//!
+//! Memory is bounded twice: by event count (`KEYGATE_USAGE_BUFFER`) and by
+//! bytes (`KEYGATE_USAGE_BUFFER_BYTES`), and what one event may hold is
+//! bounded too (a method label from a fixed set, a path cut at
+//! [`MAX_EVENT_PATH`]), so a flood of huge requests during a store outage
+//! cannot grow the process beyond the byte bound (see README, "Usage").
 
 pub mod client_ip;
+pub mod event;
 pub mod normalize;
 mod tally;
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 pub use tally::UsageTally;
 
@@ -24,26 +38,34 @@ use uuid::Uuid;
 
 use crate::store::{Store, UsageEvent};
 
-/// A decision as Check records it: raw and cheap to build. Normalisation
-/// happens in the flusher, off the hot path.
+pub use event::{method_label, recorded_path, MAX_EVENT_PATH};
+
+/// A decision as Check records it: cheap to build and bounded in size (build
+/// `method` with [`method_label`] and `path` with [`recorded_path`]).
+/// Normalisation happens in the flusher, off the hot path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckEvent {
     pub key_id: Uuid,
     pub at: DateTime<Utc>,
     pub ip: Option<IpAddr>,
-    pub method: String,
+    pub method: &'static str,
     pub path: String,
     pub decision: &'static str,
     pub allowed: bool,
 }
 
 impl CheckEvent {
+    /// Bytes this event holds while it waits in the buffer.
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>() + self.path.capacity()
+    }
+
     fn into_usage(self) -> UsageEvent {
         UsageEvent {
             key_id: self.key_id,
             at: self.at,
             ip: self.ip.map(|ip| ip.to_string()),
-            method: self.method,
+            method: self.method.to_owned(),
             endpoint: normalize::normalize_endpoint(&self.path),
             decision: self.decision,
             allowed: self.allowed,
@@ -55,6 +77,9 @@ impl CheckEvent {
 #[derive(Clone)]
 pub struct UsageSender {
     tx: mpsc::Sender<CheckEvent>,
+    /// Bytes held by buffered events, shared with the flusher.
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     dropped: Counter,
     /// Wakes the flusher early once a full batch is waiting.
     batch_ready: Arc<Notify>,
@@ -63,8 +88,15 @@ pub struct UsageSender {
 }
 
 impl UsageSender {
-    /// Records an event without waiting; drops and counts it when full.
+    /// Records an event without waiting; drops and counts it when the
+    /// buffer is full by count or by bytes.
     pub fn record(&self, event: CheckEvent) {
+        let size = event.footprint();
+        if self.bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_bytes {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+            self.dropped.increment(1);
+            return;
+        }
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.tally.accepted();
@@ -72,13 +104,21 @@ impl UsageSender {
                     self.batch_ready.notify_one();
                 }
             }
-            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => self.dropped.increment(1),
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
+                self.bytes.fetch_sub(size, Ordering::AcqRel);
+                self.dropped.increment(1);
+            }
         }
     }
 
     /// What entered the buffer and what was written of it.
     pub fn tally(&self) -> &Arc<UsageTally> {
         &self.tally
+    }
+
+    /// Bytes held by buffered events.
+    pub fn buffered_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
     }
 
     /// Events waiting in the buffer.
@@ -94,13 +134,21 @@ pub struct FlushSettings {
     pub log_enabled: bool,
 }
 
+/// How much the buffer may hold before Check drops events.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferBounds {
+    pub events: usize,
+    pub bytes: usize,
+}
+
 /// The flushing side of the buffer; run it with [`Flusher::run`].
 ///
 /// Events stay in the bounded channel until a flush takes them, so the
-/// configured capacity bounds memory: at most `capacity` events wait, plus
-/// one batch being written (or retried).
+/// configured bounds limit memory: at most `events` events or `bytes` bytes
+/// wait, plus one batch being written (or retried).
 pub struct Flusher {
     rx: mpsc::Receiver<CheckEvent>,
+    bytes: Arc<AtomicUsize>,
     store: Store,
     settings: FlushSettings,
     batch_ready: Arc<Notify>,
@@ -110,13 +158,20 @@ pub struct Flusher {
     latency: Histogram,
 }
 
-/// A bounded usage buffer of `capacity` events.
-pub fn buffer(capacity: usize, store: Store, settings: FlushSettings) -> (UsageSender, Flusher) {
-    let (tx, rx) = mpsc::channel(capacity);
+/// A usage buffer within `bounds`.
+pub fn buffer(
+    bounds: BufferBounds,
+    store: Store,
+    settings: FlushSettings,
+) -> (UsageSender, Flusher) {
+    let (tx, rx) = mpsc::channel(bounds.events);
     let batch_ready = Arc::new(Notify::new());
     let tally = Arc::new(UsageTally::default());
+    let bytes = Arc::new(AtomicUsize::new(0));
     let sender = UsageSender {
         tx,
+        bytes: bytes.clone(),
+        max_bytes: bounds.bytes,
         dropped: metrics::counter!("keygate_usage_dropped_total"),
         batch_ready: batch_ready.clone(),
         batch_size: settings.batch_size,
@@ -124,6 +179,7 @@ pub fn buffer(capacity: usize, store: Store, settings: FlushSettings) -> (UsageS
     };
     let flusher = Flusher {
         rx,
+        bytes,
         store,
         settings,
         batch_ready,
@@ -187,10 +243,17 @@ impl Flusher {
     fn take_batch(&mut self, batch: &mut Vec<UsageEvent>) {
         while batch.len() < self.settings.batch_size {
             match self.rx.try_recv() {
-                Ok(event) => batch.push(event.into_usage()),
+                Ok(event) => batch.push(self.take(event)),
                 Err(_) => break,
             }
         }
+    }
+
+    /// Converts an event leaving the channel and releases its bytes: the
+    /// batch it joins is bounded by `batch_size` and normalised endpoints.
+    fn take(&self, event: CheckEvent) -> UsageEvent {
+        self.bytes.fetch_sub(event.footprint(), Ordering::AcqRel);
+        event.into_usage()
     }
 
     /// The final flush: everything buffered, retried until written. The
@@ -198,7 +261,7 @@ impl Flusher {
     async fn drain(&mut self, mut batch: Vec<UsageEvent>) {
         self.rx.close();
         while let Ok(event) = self.rx.try_recv() {
-            batch.push(event.into_usage());
+            batch.push(self.take(event));
         }
         tracing::info!(events = batch.len(), "final usage flush");
         let mut backoff = Duration::from_millis(50);
@@ -230,5 +293,59 @@ impl Flusher {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn event(path: &str) -> CheckEvent {
+        CheckEvent {
+            key_id: Uuid::now_v7(),
+            at: Utc::now(),
+            ip: None,
+            method: method_label("GET"),
+            path: recorded_path(path).to_owned(),
+            decision: "allowed",
+            allowed: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_buffer_drops_events_beyond_its_byte_bound_and_frees_what_it_flushes() {
+        let store = Store::connect(&StoreOptions {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+            check_timeout: Duration::from_secs(1),
+        })
+        .await
+        .unwrap();
+        let long = format!("/{}", "segment/".repeat(1000));
+        let one = event(&long).footprint();
+        let (sender, mut flusher) = buffer(
+            BufferBounds {
+                events: 1000,
+                bytes: 10 * one,
+            },
+            store,
+            FlushSettings {
+                interval: Duration::from_secs(1),
+                batch_size: 1000,
+                log_enabled: false,
+            },
+        );
+        for _ in 0..25 {
+            sender.record(event(&long));
+        }
+        assert_eq!(sender.depth(), 10);
+        assert_eq!(sender.buffered_bytes(), 10 * one);
+        let mut batch = Vec::new();
+        flusher.take_batch(&mut batch);
+        assert_eq!(batch.len(), 10);
+        assert_eq!(sender.buffered_bytes(), 0);
+        sender.record(event(&long));
+        assert_eq!(sender.depth(), 1);
     }
 }
