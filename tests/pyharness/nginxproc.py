@@ -36,7 +36,30 @@ def _listening(port: int) -> bool:
         return True
 
 
-class NginxServer:
+class _ProxyServer:
+    """A proxy child process listening on `self.port`."""
+
+    port: int
+
+    def _start(self, name: str, argv: list[str], workdir: Path, env, timeout: float) -> None:
+        self.process = ManagedProcess(name, argv, env=env, log_path=workdir / f"{name}.log",
+                                      cwd=workdir)
+        try:
+            wait_until(lambda: _listening(self.port), timeout=timeout,
+                       proc=self.process, what=f"{name} on port {self.port}")
+        except BaseException:
+            self.process.stop()
+            raise
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+
+class NginxServer(_ProxyServer):
     """The shipped example with its three addresses replaced."""
 
     def __init__(self, workdir: Path, *, keygate_port: int, upstream_port: int,
@@ -53,24 +76,10 @@ class NginxServer:
         shutil.copy(NGINX_EXAMPLE / "keygate_upstream_headers", workdir)
         argv = [str(nginx_bin()), "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
                 "-e", "stderr", "-g", "daemon off; master_process off;"]
-        self.process = ManagedProcess(name, argv, env=None, log_path=workdir / "nginx.log",
-                                      cwd=workdir)
-        try:
-            wait_until(lambda: _listening(self.port), timeout=startup_timeout,
-                       proc=self.process, what=f"{name} on port {self.port}")
-        except BaseException:
-            self.process.stop()
-            raise
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> int | None:
-        return self.process.stop()
+        self._start(name, argv, workdir, None, startup_timeout)
 
 
-class CaddyServer:
+class CaddyServer(_ProxyServer):
     """examples/caddy/Caddyfile with its three addresses replaced."""
 
     def __init__(self, workdir: Path, *, keygate_port: int, upstream_port: int,
@@ -88,18 +97,4 @@ class CaddyServer:
         env = env_with({"HOME": str(workdir), "XDG_DATA_HOME": str(workdir / "data"),
                         "XDG_CONFIG_HOME": str(workdir / "config")})
         argv = [str(caddy_bin()), "run", "--config", str(config), "--adapter", "caddyfile"]
-        self.process = ManagedProcess(name, argv, env=env, log_path=workdir / "caddy.log",
-                                      cwd=workdir)
-        try:
-            wait_until(lambda: _listening(self.port), timeout=startup_timeout,
-                       proc=self.process, what=f"{name} on port {self.port}")
-        except BaseException:
-            self.process.stop()
-            raise
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> int | None:
-        return self.process.stop()
+        self._start(name, argv, workdir, env, startup_timeout)
