@@ -33,7 +33,7 @@ pub async fn list(
     principal: Principal,
     QueryParams(query): QueryParams<ListKeysQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let owner_id = principal.owner(query.owner_id, None)?;
+    let owner_id = principal.owner(query.owner_id.clone(), None)?;
     let page = state
         .admin
         .list_key_page(query.for_owner(Some(owner_id)))
