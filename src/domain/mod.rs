@@ -4,11 +4,13 @@
 pub mod ability;
 pub mod api_key;
 pub mod decision;
+pub mod echo;
 pub mod key;
 
 pub use ability::{Ability, AbilityError};
 pub use api_key::{ApiKey, CheckKey, KeyState, Owner, RateLimit};
 pub use decision::{decide, DenyReason, RouteRequirements};
+pub use echo::Echo;
 pub use key::{
     IssuedKey, KeyFormat, KeyFormatError, KeyHash, KeyParseError, ParsedKey, PlaintextKey,
 };

@@ -10,6 +10,7 @@ mod backend;
 mod keys;
 mod owners_audit;
 mod rows;
+mod secrets;
 mod usage;
 mod writer_priority;
 
