@@ -113,18 +113,28 @@ async fn tls_channel(
         .await
 }
 
+/// A server with TLS on both listeners; `client_ca` gets the test CA's path
+/// to require client certificates where the test wants them.
+async fn start_tls(
+    db: &TestDb,
+    certs: &Path,
+    client_ca: impl FnOnce(&mut keygate::config::Settings, std::path::PathBuf),
+) -> keygate::app::Running {
+    let mut settings = common::test_settings(db);
+    settings.tls_cert = Some(certs.join("server.crt"));
+    settings.tls_key = Some(certs.join("server.key"));
+    client_ca(&mut settings, certs.join("ca.crt"));
+    keygate::app::start(settings.validate().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_listeners_serve_tls_and_keyadmin_requires_a_client_certificate() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = common::test_settings(&db);
-    settings.tls_cert = Some(certs.path().join("server.crt"));
-    settings.tls_key = Some(certs.path().join("server.key"));
-    settings.admin_client_ca = Some(certs.path().join("ca.crt"));
-    let running = keygate::app::start(settings.validate().unwrap())
-        .await
-        .unwrap();
+    let running = start_tls(&db, certs.path(), |s, ca| s.admin_client_ca = Some(ca)).await;
 
     let authz = tls_channel(running.authz_addr, certs.path(), false)
         .await
@@ -202,13 +212,7 @@ async fn the_check_listener_answers_only_proxies_with_a_client_certificate() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = common::test_settings(&db);
-    settings.tls_cert = Some(certs.path().join("server.crt"));
-    settings.tls_key = Some(certs.path().join("server.key"));
-    settings.authz_client_ca = Some(certs.path().join("ca.crt"));
-    let running = keygate::app::start(settings.validate().unwrap())
-        .await
-        .unwrap();
+    let running = start_tls(&db, certs.path(), |s, ca| s.authz_client_ca = Some(ca)).await;
 
     let proxy = tls_channel(running.authz_addr, certs.path(), true).await;
     assert!(
