@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     std::env::set_var("PROTOC", &protoc);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::grpc::codec::KeyAdminCodec")
         .file_descriptor_set_path(out_dir.join("keygate_admin_descriptor.bin"))
         .compile_protos(&["proto/keygate/admin/v1/key_admin.proto"], &["proto"])?;
     envoy_authz_descriptor_set(&protoc, &out_dir.join("envoy_authz_descriptor.bin"))?;

@@ -10,11 +10,14 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
-    admin::KeyAdmin,
+    admin::{AdminPolicy, KeyAdmin},
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
     config::{Config, TlsConfig},
@@ -41,6 +44,11 @@ const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(60);
 const GAUGE_EVERY: Duration = Duration::from_secs(5);
 /// How long start-up waits for the first LISTEN before serving anyway.
 const LISTENER_START_WAIT: Duration = Duration::from_secs(5);
+/// Largest KeyAdmin request decoded. The largest valid one (256 abilities,
+/// 50 metadata entries of 500 characters, the longest names) is well under
+/// it; anything bigger is refused before it is decoded, so no request can
+/// hold a runtime thread that Check shares for long.
+pub const MAX_ADMIN_REQUEST_BYTES: usize = 256 * 1024;
 
 /// A started server.
 pub struct Running {
@@ -139,15 +147,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limiters.clone(),
         config.usage_enabled.then(|| usage_sender.clone()),
     ));
-    let admin = Arc::new(KeyAdmin::new(
-        store.clone(),
-        config.key_format.clone(),
-        config.ability_catalog.clone(),
-        config.max_keys_per_owner,
-        config.usage_log_retention_days,
-        cache.clone(),
-        limiters.clone(),
-    ));
+    let admin = Arc::new(
+        KeyAdmin::new(
+            store.clone(),
+            config.key_format.clone(),
+            config.ability_catalog.clone(),
+            config.max_keys_per_owner,
+            config.usage_log_retention_days,
+            cache.clone(),
+            limiters.clone(),
+        )
+        .with_policy(AdminPolicy {
+            max_rotation_overlap: config.max_rotation_overlap,
+            services_may_grant_superkey: config.service_tokens_may_grant_superkey,
+        }),
+    );
     if config.admin_tokens.is_empty() {
         tracing::warn!(
             addr = %config.admin_addr,
@@ -222,8 +236,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .add_service(health_service)
         .add_service(admin_reflection_v1)
         .add_service(admin_reflection_v1alpha)
-        .add_service(KeyAdminServer::with_interceptor(
-            KeyAdminService::new(admin.clone()),
+        .add_service(InterceptedService::new(
+            KeyAdminServer::new(KeyAdminService::new(admin.clone()))
+                .max_decoding_message_size(MAX_ADMIN_REQUEST_BYTES),
             AdminAuth::new(config.admin_tokens.clone()),
         ))
         .serve_with_incoming_shutdown(incoming(admin_listener), stopped(drain_rx.clone()));
@@ -349,9 +364,14 @@ fn server_builder(tls: Option<&TlsConfig>, admin: bool) -> anyhow::Result<Server
         let key = std::fs::read(&tls.key)
             .with_context(|| format!("cannot read KEYGATE_TLS_KEY {}", tls.key.display()))?;
         let mut settings = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let (true, Some(ca)) = (admin, &tls.admin_client_ca) {
-            let ca = std::fs::read(ca)
-                .with_context(|| format!("cannot read KEYGATE_ADMIN_CLIENT_CA {}", ca.display()))?;
+        let (client_ca, env) = if admin {
+            (&tls.admin_client_ca, "KEYGATE_ADMIN_CLIENT_CA")
+        } else {
+            (&tls.authz_client_ca, "KEYGATE_AUTHZ_CLIENT_CA")
+        };
+        if let Some(ca) = client_ca {
+            let ca =
+                std::fs::read(ca).with_context(|| format!("cannot read {env} {}", ca.display()))?;
             settings = settings.client_ca_root(Certificate::from_pem(ca));
         }
         builder = builder

@@ -184,6 +184,20 @@ pub struct Settings {
     /// certificates signed by it.
     #[arg(long, env = "KEYGATE_ADMIN_CLIENT_CA")]
     pub admin_client_ca: Option<PathBuf>,
+    /// PEM CA bundle; when set, the Check listener requires client
+    /// certificates signed by it, so only the proxies holding one can ask
+    /// whether a key is valid.
+    #[arg(long, env = "KEYGATE_AUTHZ_CLIENT_CA")]
+    pub authz_client_ca: Option<PathBuf>,
+
+    /// Longest rotation overlap a RotateKey may ask for; longer ones are
+    /// refused. [default: 7d]
+    #[arg(long, env = "KEYGATE_MAX_ROTATION_OVERLAP")]
+    pub max_rotation_overlap: Option<String>,
+    /// Let `service` tokens grant or raise `superkey` (otherwise only
+    /// `admin` tokens may). [default: false]
+    #[arg(long, env = "KEYGATE_SERVICE_TOKENS_MAY_GRANT_SUPERKEY")]
+    pub service_tokens_may_grant_superkey: Option<bool>,
 
     /// Route rules (TOML only): `[[routes]]` with `method`, `path` (exact, or
     /// a prefix ending in `*`), `abilities`, `environment`, `mode`. Used when
@@ -293,6 +307,7 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub admin_client_ca: Option<PathBuf>,
+    pub authz_client_ca: Option<PathBuf>,
 }
 
 /// Validated configuration.
@@ -338,6 +353,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
     pub routes: Vec<RouteRule>,
+    pub max_rotation_overlap: Duration,
+    pub service_tokens_may_grant_superkey: bool,
 }
 
 impl Settings {
@@ -444,11 +461,19 @@ impl Settings {
                 cert,
                 key,
                 admin_client_ca: self.admin_client_ca,
+                authz_client_ca: self.authz_client_ca,
             }),
             (None, None) if self.admin_client_ca.is_some() => {
                 return Err(invalid(
                     "admin_client_ca",
                     "KEYGATE_ADMIN_CLIENT_CA",
+                    "requires tls_cert and tls_key",
+                ))
+            }
+            (None, None) if self.authz_client_ca.is_some() => {
+                return Err(invalid(
+                    "authz_client_ca",
+                    "KEYGATE_AUTHZ_CLIENT_CA",
                     "requires tls_cert and tls_key",
                 ))
             }
@@ -613,6 +638,15 @@ impl Settings {
             log_format,
             tls,
             routes,
+            max_rotation_overlap: duration(
+                self.max_rotation_overlap,
+                "7d",
+                "max_rotation_overlap",
+                "KEYGATE_MAX_ROTATION_OVERLAP",
+            )?,
+            service_tokens_may_grant_superkey: self
+                .service_tokens_may_grant_superkey
+                .unwrap_or(false),
         };
         if config.admin_tokens.is_empty() && !config.admin_addr.ip().is_loopback() {
             return Err(invalid(
@@ -787,6 +821,14 @@ pub fn parse_admin_tokens(raw: &str) -> Result<Vec<AdminToken>, String> {
             })?;
         if name.is_empty() || tokens.iter().any(|t| t.name == name) {
             return Err(format!("token name {name:?} is empty or repeated"));
+        }
+        // One secret under two names would make the audit actor (and, with
+        // two roles, the permissions) depend on the order of the entries.
+        if let Some(first) = tokens.iter().find(|t| t.sha256 == sha256) {
+            return Err(format!(
+                "tokens {:?} and {name:?} have the same hash; give each caller its own token",
+                first.name
+            ));
         }
         tokens.push(AdminToken {
             name: name.to_owned(),
@@ -1029,6 +1071,47 @@ mod tests {
             let message = rules(&[path]).unwrap_err().to_string();
             assert!(message.contains(problem), "{path}: {message}");
         }
+    }
+
+    #[test]
+    fn one_token_hash_under_two_names_is_refused() {
+        let hash = "b".repeat(64);
+        let error =
+            parse_admin_tokens(&format!("ops:admin:{hash},billing:service:{hash}")).unwrap_err();
+        assert!(
+            error.contains("\"ops\"") && error.contains("\"billing\""),
+            "{error}"
+        );
+        let other = "c".repeat(64);
+        assert_eq!(
+            parse_admin_tokens(&format!("ops:admin:{hash},billing:service:{other}"))
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn rotation_overlap_defaults_to_seven_days_and_superkeys_to_admins() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(
+            config.max_rotation_overlap,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert!(!config.service_tokens_may_grant_superkey);
+    }
+
+    #[test]
+    fn a_check_client_ca_requires_tls() {
+        let settings = Settings {
+            authz_client_ca: Some("ca.crt".into()),
+            ..Default::default()
+        };
+        assert!(settings
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("KEYGATE_AUTHZ_CLIENT_CA"));
     }
 
     #[test]

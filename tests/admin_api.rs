@@ -202,7 +202,7 @@ on_both_backends! {
         let created = server
             .create(CreateKeyRequest {
                 owner_id: "acme".into(),
-                name: "  CI deploys  ".into(),
+                name: "CI deploys".into(),
                 abilities: strings(&["read:orders", "refunds:*"]),
                 rate_limit: Some(RateLimit { max_attempts: 100, decay_seconds: 60 }),
                 expires_at: Some(timestamp(expires)),
@@ -219,7 +219,7 @@ on_both_backends! {
         assert!(!key.masked_key.contains(token));
         assert_eq!(key.state(), State::Active);
         assert_eq!(key.owner_id, "acme");
-        assert_eq!(key.name, "CI deploys", "the name is trimmed");
+        assert_eq!(key.name, "CI deploys");
         assert_eq!(key.environment, "live", "environment defaults to live");
         assert_eq!(key.abilities, strings(&["read:orders", "refunds:*"]));
         assert!(!key.superkey);
@@ -258,6 +258,13 @@ on_both_backends! {
             ("unknown environment", CreateKeyRequest { environment: "staging".into(), ..request("acme", "k") }),
             ("empty name", request("acme", "")),
             ("blank name", request("acme", "   ")),
+            ("a name with surrounding spaces", request("acme", "  CI deploys  ")),
+            ("a name with a bidi override", request("acme", "deploy\u{202e}gnp.exe")),
+            ("an owner with a trailing zero-width space", request("bob\u{200b}", "k")),
+            ("an owner with a leading space", request(" bob", "k")),
+            ("an owner with a trailing tab", request("bob\t", "k")),
+            ("an owner with a byte-order mark", request("\u{feff}bob", "k")),
+            ("257 abilities", CreateKeyRequest { abilities: vec!["read:orders".into(); 257], ..request("acme", "k") }),
             ("101 ASCII characters", request("acme", &"a".repeat(101))),
             ("101 two-byte characters", request("acme", &"é".repeat(101))),
             ("101 four-byte characters", request("acme", &"🔑".repeat(101))),
@@ -294,6 +301,15 @@ on_both_backends! {
         }
         let listed = server.list(ListKeysRequest { owner_id: "acme".into(), include_revoked: true, ..Default::default() }).await;
         assert_eq!(listed.total_size, 0, "nothing was stored");
+        let status = server.admin.clone().get_key(GetKeyRequest { owner_id: "acme\u{200b}".into(), id: uuid::Uuid::nil().to_string() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "look-alike owners are refused on reads too");
+
+        // 256 abilities are accepted, repeats kept once in their first place.
+        let mut abilities: Vec<String> = (0..255).map(|i| format!("read:r{i}")).collect();
+        abilities.insert(0, "read:r7".into());
+        let created = server.create(CreateKeyRequest { abilities, ..request("acme", "many") }).await;
+        let stored = created.api_key.expect("api_key").abilities;
+        assert_eq!((stored.len(), stored[0].as_str(), stored[8].as_str()), (255, "read:r7", "read:r8"));
 
         // Exactly 100 characters is accepted, whatever their byte length.
         for name in ["a".repeat(100), "é".repeat(100), "🔑".repeat(100)] {
@@ -763,7 +779,9 @@ on_both_backends! {
     }
 
     async fn rotate_key_refuses_an_overlap_past_the_year_9999(backend) {
-        let server = TestServer::start(backend).await;
+        // Above the default 7-day cap only so the year-9999 bound is reached.
+        let server =
+            TestServer::start_with(backend, |s| s.max_rotation_overlap = Some("9000years".into())).await;
         let key = server.create(request("acme", "forever")).await.api_key.expect("api_key");
         let status = server
             .admin
@@ -1168,5 +1186,101 @@ on_both_backends! {
             .into_inner()
             .events;
         assert_eq!(events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["api_key.created"]);
+    }
+
+    async fn errors_echo_only_a_short_prefix_of_the_refused_value(backend) {
+        let server = TestServer::start(backend).await;
+        let huge = "x y".repeat(60_000);
+        let cases = [
+            ("an ability", CreateKeyRequest { abilities: vec![huge.clone()], ..request("acme", "k") }),
+            ("an environment", CreateKeyRequest { environment: huge.clone(), ..request("acme", "k") }),
+        ];
+        for (what, invalid) in cases {
+            let status = server.admin.clone().create_key(invalid).await.expect_err(what);
+            assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+            assert!(status.message().len() < 300, "{what}: a {}-byte message", status.message().len());
+            assert!(status.message().contains("\"x yx y") && status.message().contains("(180000 bytes)"), "{what}: {status:?}");
+        }
+        let id = server.create_key("acme", &[]).await.api_key.expect("api_key").id;
+        let update = UpdateKeyRequest { owner_id: "acme".into(), id, update_mask: mask(&[&huge]), ..Default::default() };
+        let status = server.update(update).await.expect_err("an unknown path");
+        assert!(status.message().len() < 300, "a {}-byte message", status.message().len());
+    }
+
+    async fn a_request_above_the_size_bound_is_refused_before_it_is_decoded(backend) {
+        let server = TestServer::start(backend).await;
+        let oversized = CreateKeyRequest {
+            metadata: metadata(&[("note", &"n".repeat(keygate::app::MAX_ADMIN_REQUEST_BYTES))]),
+            ..request("acme", "k")
+        };
+        let status = server.admin.clone().create_key(oversized).await.expect_err("oversized");
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert!(status.message().len() < 300, "{status:?}");
+        let listed = server.list(ListKeysRequest { owner_id: "acme".into(), ..Default::default() }).await;
+        assert_eq!(listed.total_size, 0);
+    }
+
+    async fn invalid_utf8_in_a_string_field_is_invalid_argument(backend) {
+        /// CreateKeyRequest with `owner_id` as raw bytes, to send what no
+        /// well-behaved client can.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct RawCreateKey {
+            #[prost(bytes = "vec", tag = "1")]
+            owner_id: Vec<u8>,
+            #[prost(string, tag = "2")]
+            name: String,
+        }
+        let server = TestServer::start(backend).await;
+        let mut grpc = tonic::client::Grpc::new(common::channel(server.running().admin_addr).await);
+        grpc.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static("/keygate.admin.v1.KeyAdmin/CreateKey");
+        let request = RawCreateKey { owner_id: b"bob\xff\xfe".to_vec(), name: "k".into() };
+        let status = grpc
+            .unary::<_, keygate::proto::CreateKeyResponse, _>(
+                tonic::Request::new(request),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("invalid UTF-8");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("owner_id"), "{status:?}");
+    }
+
+    async fn page_tokens_are_sealed_with_a_key_every_server_on_the_database_shares(backend) {
+        let server = TestServer::start(backend).await;
+        for i in 0..3 {
+            server.create(request("acme", &format!("key {i}"))).await;
+        }
+        let first = ListKeysRequest { owner_id: "acme".into(), page_size: 2, ..Default::default() };
+        let token = server.list(first.clone()).await.next_page_token;
+
+        // A second server on the same database accepts the first one's token.
+        let other = keygate::app::start(common::test_settings(&server.db).validate().unwrap()).await.unwrap();
+        let mut other_client = keygate::proto::key_admin_client::KeyAdminClient::new(common::channel(other.admin_addr).await);
+        let page = other_client
+            .list_keys(ListKeysRequest { page_token: token.clone(), ..first.clone() })
+            .await
+            .expect("the other server accepts the token")
+            .into_inner();
+        assert_eq!(page.keys.len(), 1);
+        other.stop().await;
+
+        // Anyone who reads the source can compute the query fingerprint; the
+        // token only verifies when sealed with the stored key.
+        use keygate::admin::page_token::{self, PageKey};
+        let last = server.list(first.clone()).await.keys[1].clone();
+        let at = instant(&last.created_at);
+        let id = uuid::Uuid::parse_str(&last.id).unwrap();
+        let query = page_token::fingerprint(&["keys", "acme", "*", "live"]);
+        let stored = common::scalar_bytes(&server.db, "SELECT value FROM server_secrets WHERE name = $1", page_token::SECRET_NAME).await;
+        assert_eq!(stored.len(), 32);
+        let genuine = page_token::encode(&PageKey::new(&stored), at, id, query);
+        assert_eq!(genuine, token, "the test seals as the server does");
+        for guess in [&b"keygate.page-token.v1"[..], b"", &[0; 32]] {
+            let forged = page_token::encode(&PageKey::new(guess), at, id, query);
+            let status = server.admin.clone().list_keys(ListKeysRequest { page_token: forged, ..first.clone() }).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        }
     }
 }

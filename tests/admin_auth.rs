@@ -1,6 +1,6 @@
-//! KeyAdmin authentication, the refusal of an unauthenticated public admin
-//! listener, the health service on the admin listener, and reflection on
-//! both listeners.
+//! KeyAdmin authentication, who may grant superkeys, the refusal of an
+//! unauthenticated public admin listener, the health service on the admin
+//! listener, and reflection on both listeners.
 
 mod common;
 
@@ -8,7 +8,9 @@ use common::{channel, test_settings, with_token, TestDb, TestServer};
 use keygate::{
     config::AdminRole,
     grpc::auth::new_admin_token,
-    proto::{CreateKeyRequest, ListAbilitiesRequest, ListKeysRequest},
+    proto::{
+        CreateKeyRequest, ListAbilitiesRequest, ListKeysRequest, RotateKeyRequest, UpdateKeyRequest,
+    },
 };
 use tokio_stream::StreamExt;
 use tonic::{metadata::MetadataValue, Code, Request};
@@ -27,6 +29,40 @@ fn create(owner: &str) -> CreateKeyRequest {
         abilities: vec!["read:orders".into()],
         ..Default::default()
     }
+}
+
+fn superkey(owner: &str) -> CreateKeyRequest {
+    CreateKeyRequest {
+        superkey: true,
+        ..create(owner)
+    }
+}
+
+fn set_superkey(owner: &str, id: &str, superkey: bool) -> UpdateKeyRequest {
+    UpdateKeyRequest {
+        owner_id: owner.into(),
+        id: id.into(),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["superkey".into()],
+        }),
+        superkey,
+        ..Default::default()
+    }
+}
+
+/// A server with a `billing` service token and an `ops` admin token.
+async fn start_with_roles(
+    backend: common::Backend,
+    configure: impl FnOnce(&mut keygate::config::Settings),
+) -> (TestServer, String, String) {
+    let (service, service_line) = new_admin_token("billing", AdminRole::Service);
+    let (admin, admin_line) = new_admin_token("ops", AdminRole::Admin);
+    let server = TestServer::start_with(backend, |settings| {
+        settings.admin_tokens = Some(format!("{service_line},{admin_line}"));
+        configure(settings);
+    })
+    .await;
+    (server, service, admin)
 }
 
 fn with_authorization<T>(message: T, value: &str) -> Request<T> {
@@ -162,6 +198,48 @@ on_both_backends! {
             let error = other_file.expect_err(&format!("{listener} describes {other}, which it does not serve"));
             assert_eq!(error.code(), Code::NotFound, "{listener}");
         }
+    }
+
+    async fn only_admin_tokens_grant_or_raise_superkey(backend) {
+        let (server, service, admin) = start_with_roles(backend, |_| {}).await;
+        let mut client = server.admin.clone();
+
+        let status = client.create_key(with_token(superkey("acme"), &service)).await.expect_err("service superkey");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("admin token"), "{status:?}");
+        let ordinary = client.create_key(with_token(create("acme"), &service)).await.expect("CreateKey").into_inner();
+        let id = ordinary.api_key.unwrap().id;
+        let status = client.update_key(with_token(set_superkey("acme", &id, true), &service)).await.expect_err("raise");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        let check = server.check_key(&ordinary.key, Some("write:orders")).await;
+        assert_eq!(check.code, "insufficient_ability", "the refused raise changed nothing");
+        let listed = client
+            .list_keys(with_token(ListKeysRequest { owner_id: "acme".into(), ..Default::default() }, &admin))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.total_size, 1, "the refused create stored no key");
+
+        // An admin token grants and raises; a service token may lower, and
+        // rotating a superkey hands its successor the same power.
+        let granted = client.create_key(with_token(superkey("acme"), &admin)).await.expect("admin superkey").into_inner();
+        client.update_key(with_token(set_superkey("acme", &id, true), &admin)).await.expect("admin raise");
+        assert_eq!(server.check_key(&ordinary.key, Some("write:orders")).await.code, "allowed");
+        let lowered = client.update_key(with_token(set_superkey("acme", &id, false), &service)).await.expect("lower");
+        assert!(!lowered.into_inner().superkey);
+        let rotate = RotateKeyRequest { owner_id: "acme".into(), id: granted.api_key.unwrap().id, overlap_minutes: 0 };
+        let rotated = client.rotate_key(with_token(rotate, &service)).await.expect("service rotates a superkey");
+        assert!(rotated.into_inner().api_key.unwrap().superkey);
+    }
+
+    async fn a_setting_lets_service_tokens_grant_superkey(backend) {
+        let (server, service, _) =
+            start_with_roles(backend, |s| s.service_tokens_may_grant_superkey = Some(true)).await;
+        let mut client = server.admin.clone();
+        let created = client.create_key(with_token(superkey("acme"), &service)).await.expect("allowed by the setting");
+        assert!(created.into_inner().api_key.unwrap().superkey);
+        let id = client.create_key(with_token(create("acme"), &service)).await.unwrap().into_inner().api_key.unwrap().id;
+        client.update_key(with_token(set_superkey("acme", &id, true), &service)).await.expect("raise allowed by the setting");
     }
 }
 

@@ -1,11 +1,13 @@
-//! TLS on both listeners, and client-certificate verification on KeyAdmin,
-//! with certificates made by the openssl CLI for each test run.
+//! TLS on both listeners, and client-certificate verification on KeyAdmin
+//! and on the Check listener, with certificates made by the openssl CLI for
+//! each test run.
 
 mod common;
 
 use std::{path::Path, process::Command};
 
 use common::{Backend, TestDb};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keygate::proto::{key_admin_client::KeyAdminClient, CreateKeyRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
@@ -111,18 +113,28 @@ async fn tls_channel(
         .await
 }
 
+/// A server with TLS on both listeners; `client_ca` gets the test CA's path
+/// to require client certificates where the test wants them.
+async fn start_tls(
+    db: &TestDb,
+    certs: &Path,
+    client_ca: impl FnOnce(&mut keygate::config::Settings, std::path::PathBuf),
+) -> keygate::app::Running {
+    let mut settings = common::test_settings(db);
+    settings.tls_cert = Some(certs.join("server.crt"));
+    settings.tls_key = Some(certs.join("server.key"));
+    client_ca(&mut settings, certs.join("ca.crt"));
+    keygate::app::start(settings.validate().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_listeners_serve_tls_and_keyadmin_requires_a_client_certificate() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = common::test_settings(&db);
-    settings.tls_cert = Some(certs.path().join("server.crt"));
-    settings.tls_key = Some(certs.path().join("server.key"));
-    settings.admin_client_ca = Some(certs.path().join("ca.crt"));
-    let running = keygate::app::start(settings.validate().unwrap())
-        .await
-        .unwrap();
+    let running = start_tls(&db, certs.path(), |s, ca| s.admin_client_ca = Some(ca)).await;
 
     let authz = tls_channel(running.authz_addr, certs.path(), false)
         .await
@@ -177,5 +189,52 @@ async fn both_listeners_serve_tls_and_keyadmin_requires_a_client_certificate() {
             .is_ok(),
     };
     assert!(!plaintext_works);
+    running.stop().await;
+}
+
+/// Whether a Check over `channel` gets an answer (any decision).
+async fn check_answers(channel: Result<Channel, tonic::transport::Error>) -> bool {
+    let Ok(channel) = channel else { return false };
+    let request = common::check_request(
+        [("x-api-key".to_string(), "sk_live_nonsense".to_string())].into(),
+        "GET",
+        "/v1/orders",
+        Default::default(),
+    );
+    AuthorizationClient::new(channel)
+        .check(request)
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_listener_answers_only_proxies_with_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let db = TestDb::new(Backend::Sqlite).await;
+    let running = start_tls(&db, certs.path(), |s, ca| s.authz_client_ca = Some(ca)).await;
+
+    let proxy = tls_channel(running.authz_addr, certs.path(), true).await;
+    assert!(
+        check_answers(proxy).await,
+        "a proxy with a certificate gets decisions"
+    );
+    let stranger = tls_channel(running.authz_addr, certs.path(), false).await;
+    assert!(
+        !check_answers(stranger).await,
+        "a client without a certificate learned whether a key is valid"
+    );
+    // The admin listener keeps its own setting: no client CA, no client cert needed.
+    let admin = tls_channel(running.admin_addr, certs.path(), false)
+        .await
+        .expect("TLS to KeyAdmin without a client certificate");
+    KeyAdminClient::new(admin)
+        .create_key(CreateKeyRequest {
+            owner_id: "acme".into(),
+            name: "over tls".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateKey");
     running.stop().await;
 }

@@ -10,15 +10,18 @@ pub mod page_token;
 pub mod pages;
 pub mod validate;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
 use chrono::{DateTime, Duration, Utc};
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::{
     cache::KeyCache,
     config::AdminRole,
-    domain::{ability, Ability, AbilityError, ApiKey, KeyFormat, Owner, PlaintextKey, RateLimit},
+    domain::{
+        ability, Ability, AbilityError, ApiKey, Echo, KeyFormat, Owner, PlaintextKey, RateLimit,
+    },
     ratelimit::RateLimiters,
     store::{
         self, AuditEvent, AuditFilter, AuditRecord, Cursor, KeyChanges, KeyFilter, KeyUsage,
@@ -48,16 +51,36 @@ impl Caller {
     }
 }
 
+/// What callers may ask for, beyond the shape of their input.
+#[derive(Debug, Clone)]
+pub struct AdminPolicy {
+    /// Longest overlap a rotation may keep the old key working for.
+    pub max_rotation_overlap: StdDuration,
+    /// Whether `service` tokens may grant or raise `superkey`.
+    pub services_may_grant_superkey: bool,
+}
+
+impl Default for AdminPolicy {
+    fn default() -> Self {
+        Self {
+            max_rotation_overlap: StdDuration::from_secs(7 * 24 * 60 * 60),
+            services_may_grant_superkey: false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("owner_id must be 1 to 255 printable characters")]
+    #[error("owner_id must be 1 to 255 characters, without surrounding whitespace or control or format characters (zero-width, bidi)")]
     InvalidOwnerId,
-    #[error("name must be 1 to 100 characters (got {chars})")]
+    #[error("name must be 1 to 100 characters, without surrounding whitespace or control or format characters (got {chars} characters)")]
     InvalidName { chars: usize },
-    #[error("environment {0:?} is not configured")]
-    UnknownEnvironment(String),
+    #[error("environment {0} is not configured")]
+    UnknownEnvironment(Echo),
     #[error(transparent)]
     InvalidAbility(#[from] AbilityError),
+    #[error("a key may hold at most {max} abilities (got {got})", max = validate::MAX_ABILITIES_PER_KEY)]
+    TooManyAbilities { got: usize },
     #[error("expires_at must be in the future")]
     ExpiryInPast,
     #[error("rate_limit needs max_attempts and decay_seconds greater than zero")]
@@ -74,10 +97,10 @@ pub enum AdminError {
     InvalidPageNumber(&'static str),
     #[error(transparent)]
     InvalidPageToken(#[from] page_token::BadPageToken),
-    #[error("update_mask path {0:?} cannot be changed")]
-    ImmutableField(String),
-    #[error("update_mask path {0:?} is not a field of ApiKey")]
-    UnknownField(String),
+    #[error("update_mask path {0} cannot be changed")]
+    ImmutableField(Echo),
+    #[error("update_mask path {0} is not a field of ApiKey")]
+    UnknownField(Echo),
     #[error("update_mask must name at least one field")]
     EmptyUpdateMask,
     #[error("no such key")]
@@ -88,6 +111,8 @@ pub enum AdminError {
     AdminRoleRequired,
     #[error("the calling key does not hold {0:?}, so it cannot grant it")]
     AboveCallerAbilities(String),
+    #[error("only an admin token may grant superkey")]
+    SuperkeyRequiresAdmin,
     #[error("owner already holds the maximum of {limit} keys")]
     OwnerKeyLimit { limit: u32 },
     #[error("the key is already revoked")]
@@ -98,6 +123,10 @@ pub enum AdminError {
     OverlapTooLong,
     #[error("the server stopped during the change; read the key before retrying")]
     Interrupted,
+    #[error("overlap_minutes may be at most {max_minutes}")]
+    OverlapAboveMaximum { max_minutes: u64 },
+    #[error("the owner would hold more than {limit} keys plus one in rotation overlap; rotate with overlap_minutes = 0 or revoke a key first")]
+    RotationOverlapLimit { limit: u32 },
     #[error("the key store failed")]
     Store(#[source] StoreError),
 }
@@ -178,6 +207,9 @@ pub struct KeyAdmin {
     retention_days: u32,
     cache: Arc<KeyCache>,
     limiters: Arc<RateLimiters>,
+    policy: AdminPolicy,
+    /// Read from the database (or made there) on first use.
+    page_key: OnceCell<page_token::PageKey>,
 }
 
 pub fn parse_id(raw: &str) -> AdminResult<Uuid> {
@@ -215,6 +247,8 @@ impl KeyAdmin {
             retention_days,
             cache,
             limiters,
+            policy: AdminPolicy::default(),
+            page_key: OnceCell::new(),
         }
     }
 
@@ -236,11 +270,47 @@ impl KeyAdmin {
         }
     }
 
+    pub fn with_policy(mut self, policy: AdminPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     pub fn abilities(&self) -> &[Ability] {
         &self.catalog
     }
 
+    /// The key sealing page tokens, shared by every replica through the
+    /// database.
+    async fn page_key(&self) -> AdminResult<&page_token::PageKey> {
+        self.page_key
+            .get_or_try_init(|| async {
+                use rand::{rngs::OsRng, TryRngCore};
+                let mut fresh = [0u8; 32];
+                OsRng
+                    .try_fill_bytes(&mut fresh)
+                    .expect("the OS random source is available");
+                let secret = self
+                    .store
+                    .shared_secret(page_token::SECRET_NAME, &fresh, store::now())
+                    .await?;
+                Ok(page_token::PageKey::new(&secret))
+            })
+            .await
+    }
+
+    /// Refuses `superkey = true` from a caller that may not grant it.
+    fn may_grant_superkey(&self, caller: &Caller, superkey: bool) -> AdminResult<()> {
+        let allowed =
+            !superkey || caller.role == AdminRole::Admin || self.policy.services_may_grant_superkey;
+        if allowed {
+            Ok(())
+        } else {
+            Err(AdminError::SuperkeyRequiresAdmin)
+        }
+    }
+
     fn abilities_of(&self, raw: &[String]) -> AdminResult<Vec<String>> {
+        validate::ability_count(raw)?;
         Ok(ability::parse_all(raw, &self.catalog)?
             .into_iter()
             .map(|a| a.as_str().to_owned())
@@ -289,8 +359,9 @@ impl KeyAdmin {
         let environment = match request.environment.trim() {
             "" => "live".to_owned(),
             env if self.format.has_environment(env) => env.to_owned(),
-            env => return Err(AdminError::UnknownEnvironment(env.to_owned())),
+            env => return Err(AdminError::UnknownEnvironment(Echo::of(env))),
         };
+        self.may_grant_superkey(caller, request.superkey)?;
         let template = NewKeyTemplate {
             owner_id,
             name,
@@ -338,7 +409,8 @@ impl KeyAdmin {
                 "live"
             },
         ]);
-        let after = page_token::decode(&request.page_token, query)?
+        let page_key = self.page_key().await?;
+        let after = page_token::decode(page_key, &request.page_token, query)?
             .map(|(created_at, id)| Cursor { created_at, id });
         let filter = KeyFilter {
             owner_id: owner_id.map(str::to_owned),
@@ -347,7 +419,7 @@ impl KeyAdmin {
             now: store::now(),
         };
         let (keys, total) = self.store.list_keys(&filter, after, limit).await?;
-        let next_page_token = next_token(&keys, limit, query, |k| (k.created_at, k.id));
+        let next_page_token = next_token(page_key, &keys, limit, query, |k| (k.created_at, k.id));
         Ok(Page {
             items: keys,
             next_page_token,
@@ -360,7 +432,7 @@ impl KeyAdmin {
         match raw.trim() {
             "" => Ok(None),
             env if self.format.has_environment(env) => Ok(Some(env.to_owned())),
-            env => Err(AdminError::UnknownEnvironment(env.to_owned())),
+            env => Err(AdminError::UnknownEnvironment(Echo::of(env))),
         }
     }
 
@@ -379,14 +451,17 @@ impl KeyAdmin {
             match path.as_str() {
                 "name" => changes.name = Some(validate::name(&update.name)?),
                 "abilities" => changes.abilities = Some(self.abilities_of(&update.abilities)?),
-                "superkey" => changes.superkey = Some(update.superkey),
+                "superkey" => {
+                    self.may_grant_superkey(caller, update.superkey)?;
+                    changes.superkey = Some(update.superkey);
+                }
                 "rate_limit" => changes.rate_limit = Some(validate::rate_limit(update.rate_limit)?),
                 "metadata" => changes.metadata = Some(validate::metadata(update.metadata.clone())?),
                 "environment" | "id" | "owner_id" | "key_prefix" | "masked_key" | "expires_at"
                 | "revoked_at" | "created_at" | "updated_at" | "rotated_from_id"
                 | "rotated_to_id" | "request_count" | "last_used_at" | "last_used_ip" | "state"
-                | "revocation_reason" => return Err(AdminError::ImmutableField(path.clone())),
-                other => return Err(AdminError::UnknownField(other.to_owned())),
+                | "revocation_reason" => return Err(AdminError::ImmutableField(Echo::of(path))),
+                other => return Err(AdminError::UnknownField(Echo::of(other))),
             }
         }
         let key = self.owned_key(owner_id, id).await?;
@@ -404,6 +479,10 @@ impl KeyAdmin {
 
     /// Issues a successor with the same settings; the old key stops working
     /// now or after `overlap_minutes`, never later than its own expiry.
+    ///
+    /// An overlap keeps two keys live, so a chain of overlapping rotations
+    /// could otherwise grow an owner past `max_keys_per_owner`: one that
+    /// would leave the owner more than that plus one live key is refused.
     pub async fn rotate_key(
         &self,
         caller: &Caller,
@@ -411,6 +490,12 @@ impl KeyAdmin {
         id: &str,
         overlap_minutes: u32,
     ) -> AdminResult<(Issued, ApiKey)> {
+        let overlap = StdDuration::from_secs(u64::from(overlap_minutes) * 60);
+        if overlap > self.policy.max_rotation_overlap {
+            return Err(AdminError::OverlapAboveMaximum {
+                max_minutes: self.policy.max_rotation_overlap.as_secs() / 60,
+            });
+        }
         let old = self.owned_key(owner_id, id).await?;
         if old.is_revoked() {
             return Err(AdminError::AlreadyRevoked);
@@ -445,10 +530,16 @@ impl KeyAdmin {
             .with("rotated_to_prefix", new.key_prefix.clone())
             .with("overlap_minutes", overlap_minutes.to_string())
             .with("revoked_at", old_revoked_at.to_rfc3339());
+        let limit = self.max_keys_per_owner;
+        let live_after_limit = (old_revoked_at > now).then_some(limit.saturating_add(1));
         let (key, previous) = self
             .store
-            .rotate_key(old.id, &new, old_revoked_at, &audit)
-            .await?;
+            .rotate_key(old.id, &new, old_revoked_at, live_after_limit, &audit)
+            .await
+            .map_err(|error| match error {
+                StoreError::OwnerKeyLimit { .. } => AdminError::RotationOverlapLimit { limit },
+                other => other.into(),
+            })?;
         self.cache.invalidate_key(old.id).await;
         audit_log(&audit, Some(&previous), &previous.owner_id);
         Ok((Issued { plaintext, key }, previous))
@@ -548,9 +639,10 @@ impl KeyAdmin {
             filter.owner_id.as_deref().unwrap_or(""),
             filter.event.as_deref().unwrap_or(""),
         ]);
-        let after = page_token::decode(&request.page_token, query)?;
+        let page_key = self.page_key().await?;
+        let after = page_token::decode(page_key, &request.page_token, query)?;
         let events = self.store.list_audit(&filter, after, limit).await?;
-        let next_page_token = next_token(&events, limit, query, |e| (e.at, e.id));
+        let next_page_token = next_token(page_key, &events, limit, query, |e| (e.at, e.id));
         Ok(Page {
             items: events,
             next_page_token,
@@ -584,6 +676,7 @@ impl KeyAdmin {
 
 /// The token for the page after `items`: empty when this page was not full.
 fn next_token<T>(
+    key: &page_token::PageKey,
     items: &[T],
     limit: u32,
     query: [u8; 8],
@@ -592,7 +685,7 @@ fn next_token<T>(
     match items.last() {
         Some(last) if items.len() == limit as usize => {
             let (at, id) = position(last);
-            page_token::encode(at, id, query)
+            page_token::encode(key, at, id, query)
         }
         _ => String::new(),
     }

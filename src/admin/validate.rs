@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use super::AdminError;
 use crate::domain::RateLimit;
@@ -13,6 +14,9 @@ pub const MAX_METADATA_ENTRIES: usize = 50;
 pub const MAX_METADATA_KEY_CHARS: usize = 40;
 pub const MAX_METADATA_VALUE_CHARS: usize = 500;
 pub const MAX_REASON_CHARS: usize = 500;
+/// Abilities one key may hold: far above any real role, low enough that
+/// validating a request stays a matter of microseconds.
+pub const MAX_ABILITIES_PER_KEY: usize = 256;
 /// The range of seconds a `google.protobuf.Timestamp` may carry (years 1 to
 /// 9999). Beyond year 9999 SQLite's RFC 3339 text no longer sorts
 /// chronologically, so no stored instant may leave it.
@@ -23,21 +27,53 @@ fn printable(s: &str) -> bool {
     !s.chars().any(char::is_control)
 }
 
+/// Characters that are invisible or reorder text: controls, format
+/// characters (zero-width spaces and joiners, bidi overrides, the BOM) and
+/// line or paragraph separators. In an identifier they make two owners that
+/// look the same (`bob` and `bob\u{200b}`) or a name that displays as
+/// something else.
+fn invisible(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
+}
+
+/// An identifier as it is shown: no surrounding whitespace, nothing
+/// invisible, 1 to `max` characters.
+fn plain(raw: &str, max: usize) -> bool {
+    !raw.is_empty()
+        && raw.trim() == raw
+        && raw.chars().count() <= max
+        && !raw.chars().any(invisible)
+}
+
 pub fn owner_id(raw: &str) -> Result<&str, AdminError> {
-    let count = raw.chars().count();
-    if raw.trim().is_empty() || count > MAX_OWNER_ID_CHARS || !printable(raw) {
+    if !plain(raw, MAX_OWNER_ID_CHARS) {
         return Err(AdminError::InvalidOwnerId);
     }
     Ok(raw)
 }
 
 pub fn name(raw: &str) -> Result<String, AdminError> {
-    let trimmed = raw.trim();
-    let count = trimmed.chars().count();
-    if count == 0 || count > MAX_NAME_CHARS || !printable(trimmed) {
-        return Err(AdminError::InvalidName { chars: count });
+    if !plain(raw, MAX_NAME_CHARS) {
+        return Err(AdminError::InvalidName {
+            chars: raw.chars().count(),
+        });
     }
-    Ok(trimmed.to_owned())
+    Ok(raw.to_owned())
+}
+
+/// Refuses a list longer than [`MAX_ABILITIES_PER_KEY`] before any entry is
+/// parsed.
+pub fn ability_count(raw: &[String]) -> Result<(), AdminError> {
+    if raw.len() > MAX_ABILITIES_PER_KEY {
+        return Err(AdminError::TooManyAbilities { got: raw.len() });
+    }
+    Ok(())
 }
 
 /// A future expiry, at the microsecond precision both stores keep, so that
@@ -103,6 +139,44 @@ mod tests {
             Err(AdminError::InvalidName { chars: 101 })
         ));
         assert!(name("line\nbreak").is_err());
+    }
+
+    #[test]
+    fn identifiers_refuse_surrounding_whitespace_and_invisible_characters() {
+        for bad in [
+            " bob",
+            "bob ",
+            "bob\t",
+            "\u{a0}bob",
+            "bob\u{200b}",
+            "b\u{200d}ob",
+            "bob\u{202e}",
+            "\u{2066}bob",
+            "\u{feff}bob",
+            "bo\u{ad}b",
+            "bob\u{2028}x",
+            "bo\u{0}b",
+            "",
+        ] {
+            assert!(owner_id(bad).is_err(), "owner_id {bad:?}");
+            assert!(name(bad).is_err(), "name {bad:?}");
+        }
+        for good in ["bob", "Bob Smith", "владелец-7", "用户", "acme/billing:eu"] {
+            assert_eq!(owner_id(good).unwrap(), good);
+            assert_eq!(name(good).unwrap(), good);
+        }
+        assert!(owner_id(&"o".repeat(MAX_OWNER_ID_CHARS)).is_ok());
+        assert!(owner_id(&"o".repeat(MAX_OWNER_ID_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn at_most_256_abilities_per_key() {
+        let list = |n| vec!["read:orders".to_owned(); n];
+        assert!(ability_count(&list(MAX_ABILITIES_PER_KEY)).is_ok());
+        assert!(matches!(
+            ability_count(&list(MAX_ABILITIES_PER_KEY + 1)),
+            Err(AdminError::TooManyAbilities { got: 257 })
+        ));
     }
 
     #[test]

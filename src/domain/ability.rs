@@ -3,7 +3,9 @@
 //! A key holding `x:*` is granted every ability that starts with `x:`; one
 //! holding `*` (or a superkey) is granted everything.
 
-use std::fmt;
+use std::{collections::BTreeSet, fmt};
+
+use super::Echo;
 
 pub const MAX_ABILITY_LENGTH: usize = 100;
 
@@ -13,10 +15,10 @@ pub struct Ability(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbilityError {
-    #[error("ability {0:?} must be 1 to 100 characters of letters, digits and _ . : -, optionally ending in :* (or exactly *)")]
-    Malformed(String),
-    #[error("ability {0:?} is not in the configured catalog")]
-    NotInCatalog(String),
+    #[error("ability {0} must be 1 to 100 characters of letters, digits and _ . : -, optionally ending in :* (or exactly *)")]
+    Malformed(Echo),
+    #[error("ability {0} is not in the configured catalog")]
+    NotInCatalog(Echo),
 }
 
 impl Ability {
@@ -32,7 +34,7 @@ impl Ability {
         if well_formed {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(AbilityError::Malformed(raw.to_owned()))
+            Err(AbilityError::Malformed(Echo::of(raw)))
         }
     }
 
@@ -70,10 +72,14 @@ pub fn grants(held: &str, required: &str) -> bool {
 /// Parses a list of abilities and, when a catalog is configured, checks each
 /// against it. A wildcard is accepted when it covers at least one catalog
 /// entry, so `orders:*` is valid exactly when some `orders:…` ability exists.
+/// Repeats are dropped, keeping the first occurrence's place, in
+/// O(n log n).
 pub fn parse_all(raw: &[String], catalog: &[Ability]) -> Result<Vec<Ability>, AbilityError> {
     let mut parsed = Vec::with_capacity(raw.len());
+    let mut seen = BTreeSet::new();
     for item in raw {
-        let ability = Ability::parse(item.trim())?;
+        let item = item.trim();
+        let ability = Ability::parse(item)?;
         if !catalog.is_empty() {
             let known = if ability.is_wildcard() {
                 catalog.iter().any(|c| ability.grants(c.as_str()))
@@ -81,10 +87,10 @@ pub fn parse_all(raw: &[String], catalog: &[Ability]) -> Result<Vec<Ability>, Ab
                 catalog.contains(&ability)
             };
             if !known {
-                return Err(AbilityError::NotInCatalog(ability.0));
+                return Err(AbilityError::NotInCatalog(Echo::of(&ability.0)));
             }
         }
-        if !parsed.contains(&ability) {
+        if seen.insert(item) {
             parsed.push(ability);
         }
     }
@@ -130,5 +136,25 @@ mod tests {
             Err(AbilityError::NotInCatalog("delete:orders".into()))
         );
         assert!(parse_all(&["anything".into()], &[]).is_ok());
+    }
+
+    #[test]
+    fn repeats_are_dropped_keeping_first_occurrences_in_order() {
+        let raw: Vec<String> = ["b", "a", "b", " a ", "c", "a"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let parsed = parse_all(&raw, &[]).unwrap();
+        let names: Vec<&str> = parsed.iter().map(Ability::as_str).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn a_huge_malformed_ability_is_echoed_as_a_short_prefix() {
+        let message = Ability::parse(&"x ".repeat(500_000))
+            .unwrap_err()
+            .to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains("(1000000 bytes)"), "{message}");
     }
 }

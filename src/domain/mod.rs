@@ -5,12 +5,14 @@
 pub mod ability;
 pub mod api_key;
 pub mod decision;
+pub mod echo;
 pub mod key;
 pub mod path;
 
 pub use ability::{Ability, AbilityError};
 pub use api_key::{ApiKey, CheckKey, KeyState, Owner, RateLimit};
 pub use decision::{decide, DenyReason, RouteRequirements};
+pub use echo::Echo;
 pub use key::{
     contains_key_shaped, IssuedKey, KeyFormat, KeyFormatError, KeyHash, KeyParseError, ParsedKey,
     PlaintextKey,

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tonic::{service::Interceptor, Request, Status};
 
 use super::status;
@@ -50,7 +51,7 @@ impl AdminAuth {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tokens
             .iter()
-            .find(|t| constant_time_eq(&t.sha256, &presented))
+            .find(|t| bool::from(t.sha256.ct_eq(&presented)))
             .map(|t| Caller {
                 actor: t.name.clone(),
                 role: t.role,
@@ -73,10 +74,6 @@ pub enum TokenError {
     Missing,
     /// The token matches no configured hash.
     Unknown,
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Interceptor for AdminAuth {

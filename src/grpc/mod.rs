@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod codec;
 mod convert;
 pub mod ext_authz;
 pub mod key_admin;

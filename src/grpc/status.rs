@@ -16,6 +16,7 @@ pub fn from_admin(error: AdminError) -> Status {
         | AdminError::InvalidName { .. }
         | AdminError::UnknownEnvironment(_)
         | AdminError::InvalidAbility(_)
+        | AdminError::TooManyAbilities { .. }
         | AdminError::ExpiryInPast
         | AdminError::InvalidRateLimit
         | AdminError::InvalidMetadata
@@ -27,12 +28,15 @@ pub fn from_admin(error: AdminError) -> Status {
         | AdminError::ImmutableField(_)
         | AdminError::UnknownField(_)
         | AdminError::EmptyUpdateMask
-        | AdminError::OverlapTooLong => Code::InvalidArgument,
+        | AdminError::OverlapTooLong
+        | AdminError::OverlapAboveMaximum { .. } => Code::InvalidArgument,
         AdminError::NotFound => Code::NotFound,
         AdminError::OtherOwnersKey
         | AdminError::AdminRoleRequired
-        | AdminError::AboveCallerAbilities(_) => Code::PermissionDenied,
+        | AdminError::AboveCallerAbilities(_)
+        | AdminError::SuperkeyRequiresAdmin => Code::PermissionDenied,
         AdminError::OwnerKeyLimit { .. }
+        | AdminError::RotationOverlapLimit { .. }
         | AdminError::AlreadyRevoked
         | AdminError::AlreadyExpired => Code::FailedPrecondition,
         AdminError::Interrupted => Code::Unavailable,

@@ -313,16 +313,31 @@ impl Store {
     }
 
     /// Stores `successor` and revokes `old_id` at `old_revoked_at`, in one
-    /// transaction. Returns `(successor, old)`.
+    /// transaction. Returns `(successor, old)`. With `live_limit`, refuses
+    /// (`OwnerKeyLimit`) when the owner would hold more live keys than that
+    /// afterwards, counted under the same per-owner lock as `insert_key`.
     pub async fn rotate_key(
         &self,
         old_id: Uuid,
         successor: &NewKey,
         old_revoked_at: DateTime<Utc>,
+        live_limit: Option<u32>,
         audit: &AuditRecord,
     ) -> StoreResult<(ApiKey, ApiKey)> {
         with_pool!(&self.main, pool => {
             let mut tx = pool.begin_write().await?;
+            if let Some(limit) = live_limit {
+                pool.serialize_owner(&mut tx, &successor.owner_id).await?;
+                let live: i64 = sqlx::query_scalar(COUNT_LIVE_KEYS_OF_OWNER)
+                    .bind(&successor.owner_id)
+                    .bind(successor.created_at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // The old key is among `live` and stays live in the overlap.
+                if live + 1 > i64::from(limit) {
+                    return Err(StoreError::OwnerKeyLimit { limit });
+                }
+            }
             let marked = sqlx::query(MARK_ROTATED)
                 .bind(old_id)
                 .bind(old_revoked_at)

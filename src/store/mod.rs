@@ -13,6 +13,7 @@ mod keys;
 mod owners_audit;
 mod reuse;
 mod rows;
+mod secrets;
 mod usage;
 mod writer_priority;
 

@@ -524,7 +524,8 @@ def test_services_declare_grpc_app_protocol(ha_docs: list[dict[str, Any]]) -> No
 def test_default_install_has_a_disruption_budget_and_no_optional_extras(default_docs: list[dict[str, Any]]) -> None:
     kinds = sorted(d["kind"] for d in default_docs)
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "Job", "PodDisruptionBudget", "Secret", "Secret", "Service", "ServiceAccount"]
+        ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Secret", "Service",
+         "ServiceAccount"]
     )
     assert the(default_docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     assert the(default_docs, "ServiceAccount")["automountServiceAccountToken"] is False
@@ -548,9 +549,22 @@ def test_network_policy_opens_each_port_only_to_its_peers(ha_docs: list[dict[str
 
 
 def test_network_policy_closes_a_port_with_no_peers() -> None:
-    values = merged(REQUIRED, {"networkPolicy": {"enabled": True}})
+    values = merged(REQUIRED, {"networkPolicy": {"admin": {"from": []}}})
     policy = the(manifests(values), "NetworkPolicy")
     assert 50052 not in {rule["ports"][0]["port"] for rule in policy["spec"]["ingress"]}
+
+
+def test_default_network_policy_admits_only_labelled_proxies_to_check(default_docs: list[dict[str, Any]]) -> None:
+    policy = the(default_docs, "NetworkPolicy")
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert by_port[50051] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"keygate.io/ext-authz-client": "true"}}}
+    ], "Check is not open to every pod"
+    assert by_port[50052] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"keygate.io/admin-client": "true"}}}
+    ]
+    for peers in by_port.values():
+        assert {} not in peers and {"namespaceSelector": {}} not in peers, "a port admits every pod"
 
 
 # --- values.schema.json --------------------------------------------------------------------

@@ -379,6 +379,11 @@ pub async fn scalar_i64(db: &TestDb, sql: &str, key_id: uuid::Uuid) -> i64 {
     with_test_pool!(db, pool => sqlx::query_scalar(sql).bind(key_id).fetch_one(&pool).await.expect(sql))
 }
 
+/// One bytes-valued scalar query with `param` bound as `$1`.
+pub async fn scalar_bytes(db: &TestDb, sql: &str, param: &str) -> Vec<u8> {
+    with_test_pool!(db, pool => sqlx::query_scalar(sql).bind(param).fetch_one(&pool).await.expect(sql))
+}
+
 /// One statement, e.g. to put an expiry in the past.
 pub async fn execute(db: &TestDb, sql: &str) {
     with_test_pool!(db, pool => {
