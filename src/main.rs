@@ -165,7 +165,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
 fn survive_file_size_limit() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let xfsz = SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
-    signal(xfsz).map_err(|error| anyhow::anyhow!("cannot handle SIGXFSZ: {error}"))?;
+    drop(signal(xfsz).map_err(|error| anyhow::anyhow!("cannot handle SIGXFSZ: {error}"))?);
     Ok(())
 }
 

@@ -279,13 +279,15 @@ impl Store {
                 let mut connection =
                     match tokio::time::timeout(MIGRATE_CONNECT_TIMEOUT, connect.connect()).await {
                         Ok(connection) => connection?,
-                        Err(_) => return Err(sqlx::Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!(
+                        Err(_) => {
+                            return Err(sqlx::Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!(
                                 "no connection to PostgreSQL within {MIGRATE_CONNECT_TIMEOUT:?}"
                             ),
-                        ))
-                        .into()),
+                            ))
+                            .into())
+                        }
                     };
                 let migrated = POSTGRES_MIGRATIONS.run(&mut connection).await;
                 let _ = sqlx::Connection::close(connection).await;
