@@ -341,7 +341,7 @@ on_both_backends! {
             headers.extend(extra.iter().map(|(n, v)| (*n, v.to_vec())));
             headers
         };
-        let cases: Vec<(&str, &str, Vec<(&str, Vec<u8>)>)> = vec![
+        let cases: Vec<(&str, &str, RawHeaders)> = vec![
             ("absolute URI", "/ext-authz/", with_key(&[("x-original-uri", b"http://evil.example/v1")])),
             ("dot segments", "/ext-authz/", with_key(&[("x-original-uri", b"/public/../admin")])),
             ("encoded dot segments", "/ext-authz/", with_key(&[("x-forwarded-uri", b"/public/%2e%2E/admin")])),
@@ -421,3 +421,6 @@ async fn prune_does_nothing_while_another_replica_holds_the_prune_lock() {
     assert!(store.prune(now, now, "test").await.unwrap().is_some());
     store.close().await;
 }
+
+/// Request headers as a test sends them over HTTP: names and raw values.
+type RawHeaders = Vec<(&'static str, Vec<u8>)>;

@@ -273,9 +273,12 @@ mod tests {
         );
     }
 
+    /// Request headers as a test writes them: names and raw values.
+    type RawHeaders<'a> = &'a [(&'a str, &'a [u8])];
+
     #[test]
     fn ambiguous_or_garbage_originals_are_bad_requests() {
-        let cases: [(&[(&str, &[u8])], BadRequest); 8] = [
+        let cases: [(RawHeaders, BadRequest); 8] = [
             (
                 &[(ORIGINAL_METHOD, b"GET")],
                 BadRequest::MethodWithoutUri {

@@ -134,7 +134,7 @@ impl From<AdminError> for ApiError {
             AdminError::InvalidOwnerId | AdminError::OwnerKeyLimit { .. } => "owner_id",
             AdminError::InvalidName { .. } => "name",
             AdminError::UnknownEnvironment(_) => "environment",
-            AdminError::InvalidAbility(_) => "abilities",
+            AdminError::InvalidAbility(_) | AdminError::TooManyAbilities { .. } => "abilities",
             AdminError::ExpiryInPast => "expires_at",
             AdminError::InvalidRateLimit => "rate_limit",
             AdminError::InvalidMetadata => "metadata",
@@ -144,16 +144,21 @@ impl From<AdminError> for ApiError {
             AdminError::InvalidPageNumber(field) => field,
             AdminError::InvalidPageToken(_) => "page_token",
             AdminError::ImmutableField(field) | AdminError::UnknownField(field) => {
-                return ApiError::invalid(field, error.to_string())
+                // An echo is quoted for messages; the field map wants the name.
+                let name = field.to_string();
+                return ApiError::invalid(name.trim_matches('"'), error.to_string());
             }
             AdminError::EmptyUpdateMask => {
                 return ApiError::invalid("body", "name at least one field to change")
             }
-            AdminError::OverlapTooLong => "overlap_minutes",
+            AdminError::OverlapTooLong
+            | AdminError::OverlapAboveMaximum { .. }
+            | AdminError::RotationOverlapLimit { .. } => "overlap_minutes",
             AdminError::NotFound => return ApiError::not_found(error.to_string()),
             AdminError::OtherOwnersKey
             | AdminError::AdminRoleRequired
-            | AdminError::AboveCallerAbilities(_) => return ApiError::forbidden(error.to_string()),
+            | AdminError::AboveCallerAbilities(_)
+            | AdminError::SuperkeyRequiresAdmin => return ApiError::forbidden(error.to_string()),
             AdminError::AlreadyRevoked | AdminError::AlreadyExpired => {
                 return ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }

@@ -7,8 +7,8 @@
 //! [`backend::Backend`].
 
 mod backend;
-mod key_pages;
 mod issued;
+mod key_pages;
 mod keys;
 mod owners_audit;
 mod reuse;

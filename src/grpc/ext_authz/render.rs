@@ -35,7 +35,7 @@ use crate::{
         denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
         MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_FIELDS, IDENTITY_HEADERS,
     },
-    authz::{Allowance, CredentialSource},
+    authz::Allowance,
     cache::{CachedKey, EncodedIdentity},
     domain::{CheckKey, DenyReason},
 };
@@ -338,7 +338,10 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::{answer::*, authz::{CredentialSource, RateHeaders}};
+    use crate::{
+        answer::*,
+        authz::{CredentialSource, RateHeaders},
+    };
 
     fn every_reason() -> [DenyReason; 10] {
         DenyReason::one_of_each(7)
