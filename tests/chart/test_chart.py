@@ -316,6 +316,8 @@ def test_config_map_carries_every_setting_with_the_documented_default(default_do
         "KEYGATE_SHUTDOWN_GRACE": "25s",
         "KEYGATE_USAGE_LOG_ENABLED": "true",
         "KEYGATE_USAGE_LOG_RETENTION_DAYS": "30",
+        # keygate's own default is 0.0.0.0:8081; off, it stays on the pod's loopback.
+        "KEYGATE_FORWARD_AUTH_ADDR": "127.0.0.1:8081",
     }
 
 
@@ -338,6 +340,79 @@ def test_the_rest_api_is_off_by_default_and_exposed_when_enabled(default_docs: l
     ports = the(docs, "Service", FULLNAME)["spec"]["ports"]
     assert {"name": "http-rest", "port": 80, "targetPort": "http-rest", "protocol": "TCP",
             "appProtocol": "http"} in ports
+
+
+def test_forward_auth_is_off_by_default_and_bound_on_the_pod_loopback(default_docs: list[dict[str, Any]]) -> None:
+    data = the(default_docs, "ConfigMap")["data"]
+    assert data["KEYGATE_FORWARD_AUTH_ADDR"] == "127.0.0.1:8081"
+    assert "KEYGATE_FORWARD_AUTH_PATH_PREFIX" not in data
+    (c,) = the(default_docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert all(p["name"] != "http-fwd-auth" for p in c["ports"])
+    assert all(p["name"] != "http-fwd-auth" for p in the(default_docs, "Service", FULLNAME)["spec"]["ports"])
+
+
+def test_a_disabled_forward_auth_listener_follows_its_container_port_on_loopback() -> None:
+    docs = manifests(merged(REQUIRED, {"forwardAuth": {"containerPort": 18081}}))
+    assert the(docs, "ConfigMap")["data"]["KEYGATE_FORWARD_AUTH_ADDR"] == "127.0.0.1:18081"
+
+
+FORWARD_AUTH = {"forwardAuth": {"enabled": True, "containerPort": 8181, "servicePort": 80, "pathPrefix": "/ext-authz"}}
+
+
+def test_forward_auth_is_exposed_on_its_port_when_enabled() -> None:
+    docs = manifests(merged(REQUIRED, FORWARD_AUTH))
+    data = the(docs, "ConfigMap")["data"]
+    assert data["KEYGATE_FORWARD_AUTH_ADDR"] == "0.0.0.0:8181"
+    assert data["KEYGATE_FORWARD_AUTH_PATH_PREFIX"] == "/ext-authz"
+    container = the(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "http-fwd-auth", "containerPort": 8181, "protocol": "TCP"} in container["ports"]
+    ports = the(docs, "Service", FULLNAME)["spec"]["ports"]
+    assert {"name": "http-fwd-auth", "port": 80, "targetPort": "http-fwd-auth", "protocol": "TCP",
+            "appProtocol": "http"} in ports
+    (job_c,) = the(docs, "Job")["spec"]["template"]["spec"]["containers"]
+    assert data.items() <= env_of(job_c).items()
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_with_rest_forward_auth_and_check_mtls_are_valid_kubernetes(version: str) -> None:
+    values = merged(HA_VALUES, FORWARD_AUTH, {"rest": {"enabled": True}},
+                    {"tls": {"authzClientCaSecretName": "keygate-proxy-ca"}})
+    docs = manifests(values)
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) not in CUSTOM_RESOURCE_KINDS:
+            kv.validate(doc, version, strict=True)
+    assert lint_errors(values) == []
+
+
+def test_the_path_prefix_is_sent_only_when_set() -> None:
+    values = merged(REQUIRED, {"forwardAuth": {"enabled": True}})
+    data = the(manifests(values), "ConfigMap")["data"]
+    assert data["KEYGATE_FORWARD_AUTH_ADDR"] == "0.0.0.0:8081"
+    assert "KEYGATE_FORWARD_AUTH_PATH_PREFIX" not in data
+
+
+@pytest.mark.parametrize("name", ["KEYGATE_FORWARD_AUTH_ADDR", "KEYGATE_FORWARD_AUTH_PATH_PREFIX",
+                                  "KEYGATE_HTTP_ADDR", "KEYGATE_AUTHZ_CLIENT_CA"])
+def test_extra_settings_cannot_override_the_listeners_or_the_check_client_ca(name: str) -> None:
+    values = merged(REQUIRED, {"config": {"extraEnv": {name: "/x"}}})
+    assert f"cannot set {name}" in render_error(values)
+
+
+LISTENER_CLASHES = {
+    "forward-auth on the REST default": {"forwardAuth": {"containerPort": 8080}},
+    "forward-auth on metrics": {"forwardAuth": {"enabled": True, "containerPort": 9090}},
+    "REST on forward-auth": {"rest": {"enabled": True, "containerPort": 8081}},
+}
+
+
+@pytest.mark.parametrize("values", LISTENER_CLASHES.values(), ids=LISTENER_CLASHES.keys())
+def test_rendering_fails_when_two_listeners_share_a_port(values: dict[str, Any]) -> None:
+    assert "each listener needs its own port" in render_error(merged(REQUIRED, values))
+
+
+def test_rendering_fails_when_two_service_ports_are_the_same() -> None:
+    values = merged(REQUIRED, {"forwardAuth": {"enabled": True, "servicePort": 50051}})
+    assert "forwardAuth.servicePort and service.ports.authz are both Service port 50051" in render_error(values)
 
 
 def test_extra_settings_cannot_smuggle_the_database_url_into_the_config_map() -> None:
@@ -438,6 +513,49 @@ def test_tls_certificates_are_mounted_and_announced_to_keygate(ha_docs: list[dic
     assert secrets == {"secrets": "keygate-credentials", "tls": "keygate-tls", "client-ca": "keygate-admin-ca"}
     mounts = {m["mountPath"]: m.get("readOnly") for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["/etc/keygate/tls"] is True and mounts["/etc/keygate/client-ca"] is True
+
+
+CHECK_MTLS = {"tls": {"enabled": True, "secretName": "keygate-tls", "authzClientCaSecretName": "proxy-ca",
+                       "authzClientCaKey": "bundle.pem"}}
+
+
+def test_the_check_client_ca_is_mounted_and_announced_to_keygate() -> None:
+    pod = the(manifests(merged(REQUIRED, CHECK_MTLS)), "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = env_of(c)
+    assert env["KEYGATE_AUTHZ_CLIENT_CA"] == "/etc/keygate/authz-client-ca/ca.crt"
+    assert "KEYGATE_ADMIN_CLIENT_CA" not in env
+    volume = next(v for v in pod["volumes"] if v["name"] == "authz-client-ca")
+    assert volume["secret"] == {"secretName": "proxy-ca", "defaultMode": 0o440,
+                                "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "authz-client-ca")
+    assert mount == {"name": "authz-client-ca", "mountPath": "/etc/keygate/authz-client-ca", "readOnly": True}
+
+
+def test_the_check_and_admin_client_cas_are_separate_mounts() -> None:
+    values = merged(REQUIRED, CHECK_MTLS, {"tls": {"clientCaSecretName": "admin-ca"}})
+    pod = the(manifests(values), "Deployment")["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["KEYGATE_ADMIN_CLIENT_CA"] == "/etc/keygate/client-ca/ca.crt"
+    assert env["KEYGATE_AUTHZ_CLIENT_CA"] == "/etc/keygate/authz-client-ca/ca.crt"
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets["client-ca"] == "admin-ca" and secrets["authz-client-ca"] == "proxy-ca"
+
+
+def test_no_check_client_ca_is_mounted_by_default(ha_docs: list[dict[str, Any]]) -> None:
+    pod = the(ha_docs, "Deployment")["spec"]["template"]["spec"]
+    assert "KEYGATE_AUTHZ_CLIENT_CA" not in env_of(pod["containers"][0])
+    assert all(v["name"] != "authz-client-ca" for v in pod["volumes"])
+
+
+@pytest.mark.parametrize("key", ["clientCaSecretName", "authzClientCaSecretName"])
+def test_a_client_ca_without_tls_is_refused_by_the_schema_for_lint_and_template(key: str) -> None:
+    values = merged(REQUIRED, {"tls": {key: "some-ca"}})
+    with pytest.raises(helm.HelmValuesError) as caught:
+        render(values)
+    assert SCHEMA_FAILURE in str(caught.value)
+    assert "/tls/enabled" in str(caught.value)
+    assert any(SCHEMA_FAILURE in e for e in lint_errors(values))
 
 
 # --- migration Job ------------------------------------------------------------------
@@ -567,6 +685,36 @@ def test_default_network_policy_admits_only_labelled_proxies_to_check(default_do
         assert {} not in peers and {"namespaceSelector": {}} not in peers, "a port admits every pod"
 
 
+def test_network_policy_has_no_rule_for_disabled_http_listeners(default_docs: list[dict[str, Any]]) -> None:
+    ports = {rule["ports"][0]["port"] for rule in the(default_docs, "NetworkPolicy")["spec"]["ingress"]}
+    assert ports == {50051, 50052, 9090}
+
+
+def test_network_policy_admits_proxies_to_forward_auth_and_admin_clients_to_rest() -> None:
+    values = merged(REQUIRED, FORWARD_AUTH, {"rest": {"enabled": True, "containerPort": 8088}})
+    policy = the(manifests(values), "NetworkPolicy")
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(by_port) == {50051, 50052, 9090, 8088, 8181}
+    assert by_port[8181] == by_port[50051] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"keygate.io/ext-authz-client": "true"}}}
+    ]
+    assert by_port[8088] == by_port[50052] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"keygate.io/admin-client": "true"}}}
+    ]
+    for rule in policy["spec"]["ingress"]:
+        assert rule["ports"][0]["protocol"] == "TCP"
+
+
+def test_network_policy_peers_of_the_http_listeners_are_configurable() -> None:
+    nginx = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    values = merged(REQUIRED, FORWARD_AUTH, {"rest": {"enabled": True}},
+                    {"networkPolicy": {"forwardAuth": {"from": nginx}, "rest": {"from": []}}})
+    policy = the(manifests(values), "NetworkPolicy")
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert by_port[8181] == nginx
+    assert 8080 not in by_port, "an empty peer list closes the REST port"
+
+
 # --- values.schema.json --------------------------------------------------------------------
 
 BAD_VALUES = {
@@ -578,6 +726,18 @@ BAD_VALUES = {
     "an unknown top-level key": {"replicas": 3},
     "an unknown config key": {"config": {"cacheTTL": "60s"}},
     "a malformed admin token": {"secrets": {"adminTokens": "ops:root:abc"}},
+    "forwardAuth.containerPort=0": {"forwardAuth": {"containerPort": 0}},
+    "forwardAuth.enabled=yes": {"forwardAuth": {"enabled": "yes"}},
+    "an unknown forwardAuth key": {"forwardAuth": {"port": 8081}},
+    "forwardAuth.pathPrefix without a leading slash": {"forwardAuth": {"pathPrefix": "ext-authz"}},
+    "forwardAuth.pathPrefix with a trailing slash": {"forwardAuth": {"pathPrefix": "/ext-authz/"}},
+    "forwardAuth.pathPrefix=/": {"forwardAuth": {"pathPrefix": "/"}},
+    "forwardAuth.pathPrefix with a query": {"forwardAuth": {"pathPrefix": "/a?b"}},
+    "forwardAuth.pathPrefix with a space": {"forwardAuth": {"pathPrefix": "/a b"}},
+    "an unknown networkPolicy.forwardAuth key": {"networkPolicy": {"forwardAuth": {"peers": []}}},
+    "tls.authzClientCaSecretName without tls.enabled": {"tls": {"authzClientCaSecretName": "proxy-ca"}},
+    "an empty tls.authzClientCaKey": {"tls": {"enabled": True, "secretName": "t", "authzClientCaSecretName": "c",
+                                               "authzClientCaKey": ""}},
 }
 
 
@@ -642,8 +802,8 @@ def test_schema_describes_every_default_value() -> None:
 
 def test_schema_closes_the_top_level_and_the_main_objects() -> None:
     assert SCHEMA["additionalProperties"] is False
-    for key in ("image", "config", "secrets", "tls", "service", "probes", "migration", "autoscaling",
-                "podDisruptionBudget", "serviceMonitor", "networkPolicy", "serviceAccount"):
+    for key in ("image", "config", "secrets", "tls", "rest", "forwardAuth", "service", "probes", "migration",
+                "autoscaling", "podDisruptionBudget", "serviceMonitor", "networkPolicy", "serviceAccount"):
         assert SCHEMA["properties"][key]["additionalProperties"] is False, key
 
 

@@ -98,6 +98,39 @@ Checks that must stop rendering. Included by every workload template so that
 {{- if and .Values.tls.clientCaSecretName (not .Values.tls.enabled) -}}
 {{- fail "keygate: tls.clientCaSecretName needs tls.enabled" -}}
 {{- end -}}
+{{- if and .Values.tls.authzClientCaSecretName (not .Values.tls.enabled) -}}
+{{- fail "keygate: tls.authzClientCaSecretName needs tls.enabled (mutual TLS on Check needs keygate's own certificate, tls.secretName)" -}}
+{{- end -}}
+{{- /* Every listener binds its own port: 0.0.0.0:N and 127.0.0.1:N collide too. */ -}}
+{{- $listeners := dict -}}
+{{- $_ := set $listeners "containerPorts.authz" .Values.containerPorts.authz -}}
+{{- $_ := set $listeners "containerPorts.admin" .Values.containerPorts.admin -}}
+{{- $_ := set $listeners "containerPorts.metrics" .Values.containerPorts.metrics -}}
+{{- $_ := set $listeners "rest.containerPort" (ternary .Values.rest.containerPort 8080 .Values.rest.enabled) -}}
+{{- $_ := set $listeners "forwardAuth.containerPort" .Values.forwardAuth.containerPort -}}
+{{- $seen := dict -}}
+{{- range $name := keys $listeners | sortAlpha -}}
+{{- $port := toString (int (get $listeners $name)) -}}
+{{- if hasKey $seen $port -}}
+{{- fail (printf "keygate: %s and %s are both port %s; each listener needs its own port (a disabled REST listener still binds 127.0.0.1:8080)" (get $seen $port) $name $port) -}}
+{{- end -}}
+{{- $_ := set $seen $port $name -}}
+{{- end -}}
+{{- $servicePorts := dict "service.ports.authz" .Values.service.ports.authz "service.ports.admin" .Values.service.ports.admin "service.ports.metrics" .Values.service.ports.metrics -}}
+{{- if .Values.rest.enabled -}}
+{{- $_ := set $servicePorts "rest.servicePort" .Values.rest.servicePort -}}
+{{- end -}}
+{{- if .Values.forwardAuth.enabled -}}
+{{- $_ := set $servicePorts "forwardAuth.servicePort" .Values.forwardAuth.servicePort -}}
+{{- end -}}
+{{- $seen = dict -}}
+{{- range $name := keys $servicePorts | sortAlpha -}}
+{{- $port := toString (int (get $servicePorts $name)) -}}
+{{- if hasKey $seen $port -}}
+{{- fail (printf "keygate: %s and %s are both Service port %s; each needs its own" (get $seen $port) $name $port) -}}
+{{- end -}}
+{{- $_ := set $seen $port $name -}}
+{{- end -}}
 {{- $grace := include "keygate.durationSeconds" .Values.config.shutdownGrace | atoi -}}
 {{- $drain := add $grace (int .Values.lifecycle.preStopSleepSeconds) -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) $drain -}}
@@ -169,10 +202,20 @@ the same configuration.
 {{- if .Values.rest.enabled -}}
 {{- $_ := set $env "KEYGATE_HTTP_ADDR" (printf "0.0.0.0:%d" (int .Values.rest.containerPort)) -}}
 {{- end -}}
-{{- $reserved := list "KEYGATE_DATABASE_URL" "KEYGATE_DATABASE_URL_FILE" "KEYGATE_ADMIN_TOKENS" "KEYGATE_ADMIN_TOKENS_FILE" "KEYGATE_TLS_CERT" "KEYGATE_TLS_KEY" "KEYGATE_ADMIN_CLIENT_CA" "KEYGATE_CONFIG" -}}
+{{- /*
+keygate's own default for the forward-auth listener is 0.0.0.0:8081, so when
+it is off the chart binds it on the pod's loopback, out of reach (the REST
+listener's own default, 127.0.0.1:8080, already is).
+*/ -}}
+{{- $fwd := .Values.forwardAuth -}}
+{{- $_ := set $env "KEYGATE_FORWARD_AUTH_ADDR" (printf "%s:%d" (ternary "0.0.0.0" "127.0.0.1" $fwd.enabled) (int $fwd.containerPort)) -}}
+{{- with $fwd.pathPrefix -}}
+{{- $_ := set $env "KEYGATE_FORWARD_AUTH_PATH_PREFIX" . -}}
+{{- end -}}
+{{- $reserved := list "KEYGATE_DATABASE_URL" "KEYGATE_DATABASE_URL_FILE" "KEYGATE_ADMIN_TOKENS" "KEYGATE_ADMIN_TOKENS_FILE" "KEYGATE_TLS_CERT" "KEYGATE_TLS_KEY" "KEYGATE_ADMIN_CLIENT_CA" "KEYGATE_AUTHZ_CLIENT_CA" "KEYGATE_HTTP_ADDR" "KEYGATE_FORWARD_AUTH_PATH_PREFIX" "KEYGATE_CONFIG" -}}
 {{- range $k, $v := $c.extraEnv -}}
 {{- if or (hasKey $env $k) (has $k $reserved) -}}
-{{- fail (printf "keygate: config.extraEnv cannot set %s: it has its own value (config.*, secrets.* or tls.*)" $k) -}}
+{{- fail (printf "keygate: config.extraEnv cannot set %s: it has its own value (config.*, secrets.*, tls.*, rest.* or forwardAuth.*)" $k) -}}
 {{- end -}}
 {{- $_ := set $env $k (toString $v) -}}
 {{- end -}}
