@@ -903,3 +903,60 @@ def test_default_image_is_the_one_build_image_sh_tags() -> None:
     assert chart["appVersion"] == version
     readme = (ROOT / "README.md").read_text()
     assert f"buildah push {repository}:{version}" in readme
+
+
+def test_notes_omit_the_forward_auth_snippets_while_it_is_off(notes: str) -> None:
+    assert "keygate-http" not in notes and "pathPrefix" not in notes
+    assert "auth_request" not in notes
+    assert "Forward-auth" not in notes
+
+
+@pytest.fixture(scope="module")
+def forward_auth_notes() -> str:
+    return render(merged(REQUIRED, FORWARD_AUTH))["keygate/templates/NOTES.txt"]
+
+
+def test_notes_give_an_istio_http_provider_for_the_forward_auth_listener(forward_auth_notes: str) -> None:
+    meshes = [d["meshConfig"] for d in _yaml_blocks(forward_auth_notes) if "meshConfig" in d]
+    providers = {p["name"]: p for mesh in meshes for p in mesh["extensionProviders"]}
+    assert set(providers) == {"keygate", "keygate-http"}, "the gRPC provider is kept"
+    assert providers["keygate"]["envoyExtAuthzGrpc"]["port"] == 50051
+    http = providers["keygate-http"]["envoyExtAuthzHttp"]
+    assert http == {
+        "service": f"{FULLNAME}.{NAMESPACE}.svc.cluster.local",
+        "port": 80,
+        "pathPrefix": "/ext-authz",
+        "timeout": "0.2s",
+        "failOpen": False,
+        "statusOnError": "503",
+        "includeRequestHeadersInCheck": ["authorization", "x-api-key", "x-forwarded-for"],
+        "headersToUpstreamOnAllow": ["x-keygate-*"],
+        "headersToDownstreamOnAllow": ["x-ratelimit-*", "deprecation", "sunset"],
+        "headersToDownstreamOnDeny": ["www-authenticate", "retry-after", "content-type"],
+    }
+    assert "keygate-http instead of keygate in the AuthorizationPolicy" in forward_auth_notes
+
+
+def test_notes_give_an_nginx_auth_request_location_for_this_release(forward_auth_notes: str) -> None:
+    assert "== NGINX (auth_request) ==" in forward_auth_notes
+    assert f"proxy_pass http://{FULLNAME}.{NAMESPACE}.svc.cluster.local:80;" in forward_auth_notes
+    assert "proxy_set_header X-Original-Method $request_method;" in forward_auth_notes
+    assert "proxy_set_header X-Original-URI $request_uri;" in forward_auth_notes
+    assert "auth_request /_keygate;" in forward_auth_notes
+
+
+def test_notes_leave_out_the_istio_path_prefix_when_keygate_has_none() -> None:
+    notes = render(merged(REQUIRED, {"forwardAuth": {"enabled": True}}))["keygate/templates/NOTES.txt"]
+    meshes = [d["meshConfig"] for d in _yaml_blocks(notes) if "meshConfig" in d]
+    http = next(p["envoyExtAuthzHttp"] for m in meshes for p in m["extensionProviders"] if "envoyExtAuthzHttp" in p)
+    assert "pathPrefix" not in http
+    assert http["port"] == 8081
+
+
+def test_notes_warn_that_forward_auth_bypasses_the_check_client_certificate() -> None:
+    values = merged(REQUIRED, FORWARD_AUTH, {"tls": {"enabled": True, "secretName": "keygate-tls",
+                                                      "authzClientCaSecretName": "proxy-ca"}})
+    notes = render(values)["keygate/templates/NOTES.txt"]
+    assert "WARNING: Check requires client certificates" in notes
+    assert "add common_tls_context.tls_certificates" in notes
+    assert "WARNING: Check requires" not in render(merged(REQUIRED, CHECK_MTLS))["keygate/templates/NOTES.txt"]
