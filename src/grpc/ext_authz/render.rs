@@ -509,7 +509,8 @@ mod tests {
             [
                 "x-keygate-meta-plan",
                 HEADER_SHADOW_DECISION,
-                "authorization"
+                "authorization",
+                "x-api-key"
             ]
         );
         let fields = response.dynamic_metadata.unwrap().fields;
