@@ -2,8 +2,10 @@
 //!
 //! Every mutation that can change a Check outcome notifies
 //! [`INVALIDATION_CHANNEL`] in its own transaction (`key:<uuid>` or
-//! `owner:<id>`; creates and rotations name the new key too). Each replica
-//! listens, evicts, and adds new keys to its set of issued keys.
+//! `owner:<id>`), and creates and rotations name the new key on
+//! [`ISSUED_CHANNEL`]. Each replica listens, evicts, and adds new keys to
+//! its set of issued keys. A new key evicts nothing: an entry a Check filled
+//! for it before the notification arrived is current.
 //!
 //! Notifications sent while the listener is disconnected are lost. The cache
 //! is not cleared at the moment of disconnection, because a database outage
@@ -33,7 +35,7 @@ use uuid::Uuid;
 use crate::{
     cache::KeyCache,
     ratelimit::RateLimiters,
-    store::{Store, StoreError, INVALIDATION_CHANNEL},
+    store::{Store, StoreError, INVALIDATION_CHANNEL, ISSUED_CHANNEL},
 };
 
 /// An invalidation message as sent on the channel.
@@ -118,7 +120,11 @@ pub async fn listen(
             // sqlx's silent one.
             listener.ignore_pool_close_event(true);
             listener
-                .listen_all([INVALIDATION_CHANNEL, heartbeat_channel.as_str()])
+                .listen_all([
+                    INVALIDATION_CHANNEL,
+                    ISSUED_CHANNEL,
+                    heartbeat_channel.as_str(),
+                ])
                 .await?;
             // Read after LISTEN: a key created meanwhile is in the read or
             // is notified after it.
@@ -203,7 +209,13 @@ async fn serve(
                 }
                 Ok(Some(notification)) => {
                     metrics.received.increment(1);
-                    if let Err(error) = apply(notification.payload(), store, cache, limiters).await {
+                    let applied = if notification.channel() == ISSUED_CHANNEL {
+                        issued(notification.payload(), store, cache).await
+                    } else {
+                        apply(notification.payload(), cache, limiters).await;
+                        Ok(())
+                    };
+                    if let Err(error) = applied {
                         // The key may be missing from the issued-key set:
                         // refill it through a reconnect.
                         tracing::warn!(error = %crate::grpc::status::chain(&error), "cannot read a notified key");
@@ -232,20 +244,24 @@ async fn serve(
     }
 }
 
+/// Adds a newly issued key, named by id, to the set of issued keys.
+async fn issued(payload: &str, store: &Store, cache: &KeyCache) -> Result<(), StoreError> {
+    let Ok(id) = Uuid::try_parse(payload) else {
+        tracing::warn!(payload, "unknown issued-key notification; ignored");
+        return Ok(());
+    };
+    if let Some(prefix) = store.hash_prefix_of(id).await? {
+        cache.issued().insert(prefix);
+    }
+    Ok(())
+}
+
 /// Acts on one invalidation payload.
-async fn apply(
-    payload: &str,
-    store: &Store,
-    cache: &KeyCache,
-    limiters: &RateLimiters,
-) -> Result<(), StoreError> {
+async fn apply(payload: &str, cache: &KeyCache, limiters: &RateLimiters) {
     match Invalidation::parse(payload) {
         Some(Invalidation::Key(id)) => {
             cache.invalidate_key(id).await;
             limiters.forget(id);
-            if let Some(prefix) = store.hash_prefix_of(id).await? {
-                cache.issued().insert(prefix);
-            }
         }
         Some(Invalidation::Owner(owner)) => cache.invalidate_owner(&owner),
         None => {
@@ -253,7 +269,6 @@ async fn apply(
             cache.clear();
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

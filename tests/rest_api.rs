@@ -348,8 +348,8 @@ on_both_backends! {
             (json!({"owner_id": "acme", "name": ""}), "name"),
             (json!({"owner_id": "acme", "name": "x", "environment": "staging"}), "environment"),
             (json!({"owner_id": "acme", "name": "x", "abilities": ["bad ability"]}), "abilities"),
-            (json!({"owner_id": "acme", "name": "x", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
-            (json!({"owner_id": "acme", "name": "x", "expires_at": "not a time"}), "expires_at"),
+            (json!({"owner_id": "acme", "name": "x", "abilities": [], "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
+            (json!({"owner_id": "acme", "name": "x", "abilities": [], "expires_at": "not a time"}), "expires_at"),
             (json!({"name": "x"}), "owner_id"),
         ];
         for (body, field) in invalid {
@@ -359,6 +359,9 @@ on_both_backends! {
             let fields = &error["error"]["fields"];
             assert!(if field.is_empty() { fields.is_object() } else { fields[field].is_array() }, "{body}: {error}");
         }
+        // Absent abilities ask for a superkey, which only an admin token grants.
+        let (status, error) = api.call(Method::POST, "/v1/api-keys", &api.service, Some(json!({"owner_id": "acme", "name": "x"}))).await;
+        assert_eq!((status, error_code(&error)), (StatusCode::FORBIDDEN, "forbidden"), "{error}");
 
         let (status, error) = api.call(Method::PATCH, &format!("/v1/api-keys/{id}?owner_id=acme"), &api.service, Some(json!({"environment": "test"}))).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);

@@ -286,7 +286,8 @@ on_both_backends! {
         let superkey = admin
             .create_key(authed(
                 CreateKeyRequest { owner_id: "globex".into(), name: "root".into(), environment: "test".into(), superkey: true, ..Default::default() },
-                svc,
+                // Only an admin token may grant superkey.
+                ops,
             ))
             .await
             .expect("CreateKey")

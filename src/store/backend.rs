@@ -3,7 +3,7 @@
 
 use sqlx::{Database, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
-use super::INVALIDATION_CHANNEL;
+use super::{INVALIDATION_CHANNEL, ISSUED_CHANNEL};
 
 pub(crate) trait Backend {
     type Db: Database;
@@ -25,6 +25,15 @@ pub(crate) trait Backend {
         &self,
         tx: &mut Transaction<'static, Self::Db>,
         payload: &str,
+    ) -> Result<(), sqlx::Error>;
+
+    /// Tells every replica, at commit, that key `id` was issued, so that it
+    /// joins their set of issued keys. A channel of its own: a new key makes
+    /// no cached entry stale, and replicas that predate the set ignore it.
+    async fn notify_issued(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        id: uuid::Uuid,
     ) -> Result<(), sqlx::Error>;
 
     /// Takes the cluster-wide prune lock for this transaction, if free.
@@ -69,6 +78,19 @@ impl Backend for PgPool {
         Ok(())
     }
 
+    async fn notify_issued(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        id: uuid::Uuid,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ISSUED_CHANNEL)
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     async fn try_prune_lock(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -103,6 +125,15 @@ impl Backend for SqlitePool {
         &self,
         _tx: &mut Transaction<'static, Sqlite>,
         _payload: &str,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// The one process adds its new keys to its set itself.
+    async fn notify_issued(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _id: uuid::Uuid,
     ) -> Result<(), sqlx::Error> {
         Ok(())
     }

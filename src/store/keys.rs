@@ -238,7 +238,7 @@ impl Store {
             let key = fetch_key!(&mut *tx, new.id)?;
             insert_audit!(tx, audit, Some(key.id), &key.owner_id, Some(&key.key_prefix), new.created_at);
             // Other replicas add the new key to their set of issued keys.
-            pool.notify(&mut tx, &format!("key:{}", new.id)).await?;
+            pool.notify_issued(&mut tx, new.id).await?;
             tx.commit().await?;
             Ok(key)
         })
@@ -354,7 +354,7 @@ impl Store {
             let old_key = fetch_key!(&mut *tx, old_id)?;
             insert_audit!(tx, audit, Some(old_key.id), &old_key.owner_id, Some(&old_key.key_prefix), successor.created_at);
             pool.notify(&mut tx, &format!("key:{old_id}")).await?;
-            pool.notify(&mut tx, &format!("key:{}", successor.id)).await?;
+            pool.notify_issued(&mut tx, successor.id).await?;
             tx.commit().await?;
             Ok((new_key, old_key))
         })

@@ -41,6 +41,10 @@ const MIGRATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Postgres channel on which every replica hears of changed keys.
 pub const INVALIDATION_CHANNEL: &str = "keygate_invalidate";
 
+/// The Postgres channel on which every replica hears of newly issued keys
+/// (created or rotated in), by id.
+pub const ISSUED_CHANNEL: &str = "keygate_issued";
+
 /// Runs `$body` with `$pool` bound to the concrete pool of either backend.
 /// The body is type-checked once per backend, so one text serves both.
 macro_rules! with_pool {
