@@ -3,6 +3,7 @@
 # machine:
 #
 #   curl :8080 ──▶ Envoy ──Check──▶ keygate (127.0.0.1:50051, KeyAdmin :50052,
+#                    │                        REST :8088 (Envoy has :8080),
 #                    │                        SQLite in a temporary folder)
 #                    └─allowed─▶ examples/local/upstream.py (127.0.0.1:8000)
 #
@@ -47,6 +48,7 @@ python3 "$ROOT/examples/local/upstream.py" 8000 &
 pids+=($!)
 KEYGATE_DATABASE_URL="sqlite://$work/keygate.db" KEYGATE_AUTHZ_ADDR=127.0.0.1:50051 \
   KEYGATE_ADMIN_ADDR=127.0.0.1:50052 KEYGATE_METRICS_ADDR=127.0.0.1:9090 \
+  KEYGATE_HTTP_ADDR=127.0.0.1:8088 KEYGATE_FORWARD_AUTH_ADDR=127.0.0.1:8081 \
   "$KEYGATE_BIN" serve >"$work/keygate.log" 2>&1 &
 pids+=($!)
 "$ENVOY_BIN" -c "$ROOT/examples/envoy/envoy.yaml" --disable-hot-restart --log-level warn \
