@@ -126,27 +126,17 @@ pub async fn listen(
                     heartbeat_channel.as_str(),
                 ])
                 .await?;
-            // Read after LISTEN: a key created meanwhile is in the read or
-            // is notified after it.
-            let issued = store.issued_hash_prefixes().await?;
-            Ok::<_, ConnectError>((listener, issued))
+            Ok::<_, ConnectError>(listener)
         };
-        let bounded = async {
-            tokio::time::timeout(CONNECT_TIMEOUT, connected)
-                .await
-                .unwrap_or(Err(ConnectError::Timeout(CONNECT_TIMEOUT)))
-        };
-        let (mut listener, issued) = tokio::select! {
+        let mut listener = tokio::select! {
             () = &mut stop => return,
-            result = bounded => match result {
-                Ok(connected) => connected,
+            result = bounded(connected) => match result {
+                Ok(listener) => listener,
                 Err(error) => {
-                    tracing::warn!(error = %crate::grpc::status::chain(&error), retry_in = ?backoff, "invalidation listener cannot connect");
-                    tokio::select! {
-                        () = &mut stop => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let Some(next) = retry_after(&error, backoff, &mut stop).await else {
+                        return;
+                    };
+                    backoff = next;
                     continue;
                 }
             },
@@ -155,11 +145,29 @@ pub async fn listen(
             metrics.reconnects.increment(1);
         }
         first = false;
-        // Whatever was notified before this point may have been missed.
+        // Whatever was notified before LISTEN may have been missed. Cleared
+        // before anything else is read: the pool's other connections may be
+        // as dead as the one the heartbeat condemned, and a revoke heard of
+        // late must not wait on them.
         cache.clear();
+        metrics.clears.increment(1);
+        // Read after LISTEN: a key created meanwhile is in the read or is
+        // notified after it.
+        let issued = tokio::select! {
+            () = &mut stop => return,
+            result = bounded(async { Ok(store.issued_hash_prefixes().await?) }) => match result {
+                Ok(issued) => issued,
+                Err(error) => {
+                    let Some(next) = retry_after(&error, backoff, &mut stop).await else {
+                        return;
+                    };
+                    backoff = next;
+                    continue;
+                }
+            },
+        };
         cache.issued().fill(issued);
         metrics.issued.set(cache.issued().len() as f64);
-        metrics.clears.increment(1);
         backoff = Duration::from_millis(100);
         metrics.up.set(1.0);
         tracing::info!("invalidation listener connected");
@@ -174,6 +182,30 @@ pub async fn listen(
         metrics.up.set(0.0);
         tracing::warn!(cause = lost, "invalidation listener lost its connection; reconnecting (the cache is cleared once it is back)");
     }
+}
+
+/// A connect step, bounded by [`CONNECT_TIMEOUT`].
+async fn bounded<T>(
+    step: impl std::future::Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, step)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(CONNECT_TIMEOUT)))
+}
+
+/// Logs a failed (re)connect and waits `backoff`; the next backoff, or
+/// `None` when `stop` resolved meanwhile.
+async fn retry_after(
+    error: &ConnectError,
+    backoff: Duration,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<Duration> {
+    tracing::warn!(error = %crate::grpc::status::chain(error), retry_in = ?backoff, "invalidation listener cannot connect");
+    tokio::select! {
+        () = stop.as_mut() => return None,
+        () = tokio::time::sleep(backoff) => {}
+    }
+    Some((backoff * 2).min(MAX_BACKOFF))
 }
 
 /// A pool of one connection for one LISTEN session. It is never reused: a
@@ -244,13 +276,19 @@ async fn serve(
     }
 }
 
-/// Adds a newly issued key, named by id, to the set of issued keys.
+/// Adds a newly issued key, named by id, to the set of issued keys. The
+/// read is bounded by [`HEARTBEAT_DEADLINE`]: while it waits, this loop
+/// neither hears notifications nor checks its heartbeat, and a store that
+/// does not answer is as likely dead as the listener's own connection.
 async fn issued(payload: &str, store: &Store, cache: &KeyCache) -> Result<(), StoreError> {
     let Ok(id) = Uuid::try_parse(payload) else {
         tracing::warn!(payload, "unknown issued-key notification; ignored");
         return Ok(());
     };
-    if let Some(prefix) = store.hash_prefix_of(id).await? {
+    let prefix = tokio::time::timeout(HEARTBEAT_DEADLINE, store.hash_prefix_of(id))
+        .await
+        .map_err(|_| StoreError::Timeout(HEARTBEAT_DEADLINE))??;
+    if let Some(prefix) = prefix {
         cache.issued().insert(prefix);
     }
     Ok(())

@@ -99,6 +99,7 @@ on_both_backends! {
         }
         let reads = cache.store_reads() - before;
         assert!(reads * 100 < UNKNOWN as u64, "{reads} of {UNKNOWN} unknown keys reached the store");
+        eprintln!("{reads} of {UNKNOWN} unknown keys reached the store");
         let unknown = server.check(check_request(bearer(&unissued_key()), "GET", "/", HashMap::new())).await.unwrap();
         assert_eq!((unknown.status, unknown.code.as_str()), (401, "invalid_key"));
         assert_eq!(server.check_key(&known.key, None).await.code, "allowed");
