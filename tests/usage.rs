@@ -299,6 +299,20 @@ on_both_backends! {
     }
 }
 
+/// Creates a key for `acme` on a spawned keygate and returns the plaintext.
+async fn create_key_on(process: &KeygateProcess, name: &str) -> String {
+    keygate::proto::key_admin_client::KeyAdminClient::new(common::channel(process.admin_addr).await)
+        .create_key(keygate::proto::CreateKeyRequest {
+            owner_id: "acme".into(),
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_usage_buffer_drops_and_counts_events_without_blocking_check() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -311,19 +325,8 @@ async fn a_full_usage_buffer_drops_and_counts_events_without_blocking_check() {
         ],
     )
     .await;
-    let mut admin = keygate::proto::key_admin_client::KeyAdminClient::new(
-        common::channel(process.admin_addr).await,
-    );
-    let created = admin
-        .create_key(keygate::proto::CreateKeyRequest {
-            owner_id: "acme".into(),
-            name: "full".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    drive_checks(process.authz_addr, &created.key, 50).await;
+    let key = create_key_on(&process, "full").await;
+    drive_checks(process.authz_addr, &key, 50).await;
     let metrics = scrape_metrics(process.metrics_addr);
     let dropped = metric_value(&metrics, "keygate_usage_dropped_total").unwrap_or_default();
     assert!(
@@ -348,20 +351,9 @@ async fn a_stop_that_abandons_usage_exits_non_zero_and_says_how_many_events() {
         ],
     )
     .await;
-    let mut admin = keygate::proto::key_admin_client::KeyAdminClient::new(
-        common::channel(process.admin_addr).await,
-    );
-    let created = admin
-        .create_key(keygate::proto::CreateKeyRequest {
-            owner_id: "acme".into(),
-            name: "abandoned".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let key = create_key_on(&process, "abandoned").await;
     const N: usize = 25;
-    drive_checks(process.authz_addr, &created.key, N).await;
+    drive_checks(process.authz_addr, &key, N).await;
     process.limit_file_size(Some(1));
     let (status, logs) = process.terminate().await;
     assert_eq!(status.code(), Some(1), "{logs}");
