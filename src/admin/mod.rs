@@ -392,17 +392,16 @@ impl KeyAdmin {
     /// Lists keys newest first. `request.owner_id = None` lists across owners
     /// (admin only; the gRPC layer enforces the role).
     pub async fn list_keys(&self, request: ListKeys) -> AdminResult<Page<ApiKey>> {
-        let owner_id = request
-            .owner_id
-            .as_deref()
-            .map(validate::owner_id)
-            .transpose()?;
-        let environment = self.environment_filter(&request.environment)?;
+        let filter = self.key_filter(
+            request.owner_id.as_deref(),
+            &request.environment,
+            request.include_revoked,
+        )?;
         let limit = validate::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let query = page_token::fingerprint(&[
             "keys",
-            owner_id.unwrap_or("*"),
-            environment.as_deref().unwrap_or("*"),
+            filter.owner_id.as_deref().unwrap_or("*"),
+            filter.environment.as_deref().unwrap_or("*"),
             if request.include_revoked {
                 "all"
             } else {
@@ -412,18 +411,31 @@ impl KeyAdmin {
         let page_key = self.page_key().await?;
         let after = page_token::decode(page_key, &request.page_token, query)?
             .map(|(created_at, id)| Cursor { created_at, id });
-        let filter = KeyFilter {
-            owner_id: owner_id.map(str::to_owned),
-            environment,
-            include_revoked: request.include_revoked,
-            now: store::now(),
-        };
         let (keys, total) = self.store.list_keys(&filter, after, limit).await?;
         let next_page_token = next_token(page_key, &keys, limit, query, |k| (k.created_at, k.id));
         Ok(Page {
             items: keys,
             next_page_token,
             total_size: Some(total),
+        })
+    }
+
+    /// A listing's filter: `owner_id = None` spans owners; an empty
+    /// environment means every environment.
+    fn key_filter(
+        &self,
+        owner_id: Option<&str>,
+        environment: &str,
+        include_revoked: bool,
+    ) -> AdminResult<KeyFilter> {
+        Ok(KeyFilter {
+            owner_id: owner_id
+                .map(validate::owner_id)
+                .transpose()?
+                .map(str::to_owned),
+            environment: self.environment_filter(environment)?,
+            include_revoked,
+            now: store::now(),
         })
     }
 

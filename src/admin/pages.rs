@@ -2,11 +2,8 @@
 //! paging REST clients expect. `per_page` is capped rather than refused, so a
 //! client asking for "everything" gets the largest page instead of an error.
 
-use super::{validate, AdminError, AdminResult, KeyAdmin};
-use crate::{
-    domain::ApiKey,
-    store::{self, KeyFilter},
-};
+use super::{AdminError, AdminResult, KeyAdmin};
+use crate::domain::ApiKey;
 
 pub const DEFAULT_PER_PAGE: u32 = 20;
 pub const MAX_PER_PAGE: u32 = 100;
@@ -33,12 +30,11 @@ pub struct NumberedPage<T> {
 
 impl KeyAdmin {
     pub async fn list_key_page(&self, request: ListKeyPage) -> AdminResult<NumberedPage<ApiKey>> {
-        let owner_id = request
-            .owner_id
-            .as_deref()
-            .map(validate::owner_id)
-            .transpose()?;
-        let environment = self.environment_filter(&request.environment)?;
+        let filter = self.key_filter(
+            request.owner_id.as_deref(),
+            &request.environment,
+            request.include_revoked,
+        )?;
         let page = request.page.unwrap_or(1);
         if page == 0 {
             return Err(AdminError::InvalidPageNumber("page"));
@@ -47,12 +43,6 @@ impl KeyAdmin {
             None => DEFAULT_PER_PAGE,
             Some(0) => return Err(AdminError::InvalidPageSize),
             Some(n) => u32::try_from(n).unwrap_or(MAX_PER_PAGE).min(MAX_PER_PAGE),
-        };
-        let filter = KeyFilter {
-            owner_id: owner_id.map(str::to_owned),
-            environment,
-            include_revoked: request.include_revoked,
-            now: store::now(),
         };
         let offset = (page - 1).saturating_mul(u64::from(per_page));
         let (items, total) = self.store.list_keys_at(&filter, offset, per_page).await?;
