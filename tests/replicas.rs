@@ -39,6 +39,18 @@ impl Replica {
         }
     }
 
+    async fn revoke(&self, owner: &str, id: String, reason: &str) {
+        self.admin
+            .clone()
+            .revoke_key(RevokeKeyRequest {
+                owner_id: owner.into(),
+                id,
+                reason: reason.into(),
+            })
+            .await
+            .unwrap();
+    }
+
     async fn create(&self, owner: &str) -> (String, String) {
         let created = self
             .admin
@@ -89,15 +101,7 @@ async fn a_key_created_on_one_replica_works_on_the_other_and_a_revoke_reaches_it
     let (_db, a, b) = two_replicas().await;
     let (key, id) = a.create("acme").await;
     assert_eq!(b.code(&key).await, "allowed");
-    a.admin
-        .clone()
-        .revoke_key(RevokeKeyRequest {
-            owner_id: "acme".into(),
-            id,
-            reason: "leaked".into(),
-        })
-        .await
-        .unwrap();
+    a.revoke("acme", id, "leaked").await;
     assert!(
         b.becomes(&key, "key_revoked").await,
         "replica B kept allowing a key revoked on A"
@@ -158,15 +162,7 @@ async fn a_replica_whose_listener_lost_notifications_clears_its_cache_on_reconne
     assert_eq!(b.code(&key).await, "allowed");
 
     proxy.cut();
-    a.admin
-        .clone()
-        .revoke_key(RevokeKeyRequest {
-            owner_id: "acme".into(),
-            id,
-            reason: "while B was away".into(),
-        })
-        .await
-        .unwrap();
+    a.revoke("acme", id, "while B was away").await;
     // B cannot hear the notification; it still answers from its cache.
     assert_eq!(b.code(&key).await, "allowed");
     assert!(
@@ -214,15 +210,7 @@ async fn a_revoke_reaches_a_replica_whose_listener_died_silently_within_seconds(
     assert!(b.becomes(&key, "allowed").await);
 
     proxy.silence_open_connections();
-    a.admin
-        .clone()
-        .revoke_key(RevokeKeyRequest {
-            owner_id: "acme".into(),
-            id,
-            reason: "leaked".into(),
-        })
-        .await
-        .unwrap();
+    a.revoke("acme", id, "leaked").await;
     let revoked = std::time::Instant::now();
     let headers = HashMap::from([("authorization".to_string(), format!("Bearer {key}"))]);
     let request = check_request(headers, "GET", "/", HashMap::new());
