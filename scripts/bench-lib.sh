@@ -120,3 +120,18 @@ def q(p):
 print(f"p50<={q(0.5)} p99<={q(0.99)} p99.9<={q(0.999)} (n={int(total)})")
 PY
 }
+
+# h2load (Debian's nghttp2-client): the throughput generator of record,
+# installed when missing.
+ensure_h2load() {
+  command -v h2load >/dev/null && return 0
+  log "installing nghttp2-client (h2load)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq nghttp2-client >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; } \
+    || { log "cannot install nghttp2-client (h2load)"; return 1; }
+}
+
+# Requests per second and 2xx answers from an h2load report.
+h2load_rps() { sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$1"; }
+h2load_2xx() { sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' "$1"; }

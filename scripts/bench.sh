@@ -10,6 +10,8 @@
 #                in 1 ms bursts)
 #                and at 1,000 req/s, usage off and on, each against the
 #                no-op baseline too
+#   admin        KeyAdmin (gRPC) against the REST API: create and get,
+#                full speed, on SQLite and on a fresh PostgreSQL database
 #   criterion    the in-process decision path (cargo bench)
 #   flush        usage events/s into PostgreSQL (database keygate_bench_usage)
 #   propagation  revoke on one replica → denied on another (Postgres)
@@ -36,9 +38,9 @@ mkdir -p "$BENCH_OUT"
 export BENCH_OUT BENCH_WORK
 trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
 
-AUTHZ=51051 ADMIN=51052 METRICS=51090
+AUTHZ=51051 ADMIN=51052 METRICS=51090 HTTP=51080
 SECTIONS=("$@")
-[[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(check usage usage_pg latency criterion flush propagation envoy)
+[[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(check usage usage_pg latency admin criterion flush propagation envoy)
 
 if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
   log "building release binaries"
@@ -138,6 +140,31 @@ section_latency() {
   done
 }
 
+section_admin() {
+  local store db=keygate_bench_admin extra
+  # Both transports authenticate with the same admin token.
+  local ADMIN_TOKEN KEYGATE_ADMIN_TOKENS
+  eval "$("$BIN/keygate" admin-token --name bench --role admin --format env)"
+  for store in sqlite postgres; do
+    extra=()
+    if [[ "$store" == postgres ]]; then
+      psql_admin "DROP DATABASE IF EXISTS $db"
+      psql_admin "CREATE DATABASE $db"
+      extra=(KEYGATE_DATABASE_URL="$PG_BASE/$db")
+    fi
+    start_keygate "admin-$store" "$AUTHZ" "$ADMIN" "$METRICS" \
+      KEYGATE_HTTP_ADDR="127.0.0.1:$HTTP" KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS" "${extra[@]}"
+    wait_port "$HTTP"
+    note_load "admin-$store" "$BENCH_OUT/load.txt"
+    log "admin-$store: CreateKey / GetKey over gRPC and REST, full speed, $store"
+    KEYGATE_BENCH_ADMIN_TOKEN="$ADMIN_TOKEN" bench admin --grpc "127.0.0.1:$ADMIN" \
+      --rest "127.0.0.1:$HTTP" --server-pid "$KG_PID" --duration "$DURATION" --json \
+      >"$BENCH_OUT/admin-$store.json"
+    stop_pid "$KG_PID"
+  done
+  psql_admin "DROP DATABASE IF EXISTS $db"
+}
+
 section_criterion() {
   note_load "criterion" "$BENCH_OUT/load.txt"
   log "criterion: decision path with 1,000,000 cached keys"
@@ -181,7 +208,7 @@ section_envoy() {
 
 for s in "${SECTIONS[@]}"; do
   case "$s" in
-    check|usage|usage_pg|latency|criterion|flush|propagation|envoy) "section_$s" ;;
+    check|usage|usage_pg|latency|admin|criterion|flush|propagation|envoy) "section_$s" ;;
     *) echo "unknown section $s" >&2; exit 2 ;;
   esac
 done

@@ -18,6 +18,7 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     admin::{AdminPolicy, KeyAdmin},
+    admin_runtime::AdminRuntime,
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
     config::{Config, TlsConfig},
@@ -224,7 +225,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             authorizer.clone(),
         ),
     }));
-    let rest_server = rest::serve(http_listener, rest_router, stopped(drain_rx.clone()));
     let ext_authz = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
     let authz_server = server_builder(config.tls.as_ref(), false)?
         .add_service(health_service.clone())
@@ -232,7 +232,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .add_service(authz_reflection_v1alpha)
         .add_service(AuthorizationServer::new(ext_authz))
         .serve_with_incoming_shutdown(incoming(authz_listener), stopped(drain_rx.clone()));
-    let admin_server = server_builder(config.tls.as_ref(), true)?
+    let admin_router = server_builder(config.tls.as_ref(), true)?
         .add_service(health_service)
         .add_service(admin_reflection_v1)
         .add_service(admin_reflection_v1alpha)
@@ -240,8 +240,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             KeyAdminServer::new(KeyAdminService::new(admin.clone()))
                 .max_decoding_message_size(MAX_ADMIN_REQUEST_BYTES),
             AdminAuth::new(config.admin_tokens.clone()),
-        ))
-        .serve_with_incoming_shutdown(incoming(admin_listener), stopped(drain_rx.clone()));
+        ));
+    // KeyAdmin and REST serve on a runtime of their own: see admin_runtime.
+    let admin_runtime = AdminRuntime::start()?;
+    let admin_stopped = stopped(drain_rx.clone());
+    let admin_task = admin_runtime.serve(admin_listener, move |listener| {
+        admin_router.serve_with_incoming_shutdown(incoming(listener), admin_stopped)
+    })?;
+    let rest_stopped = stopped(drain_rx.clone());
+    let rest_task = admin_runtime.serve(http_listener, move |listener| {
+        rest::serve(listener, rest_router, rest_stopped)
+    })?;
     let forward_auth_server =
         forward_auth::serve(forward_auth_listener, forward_auth, stopped(drain_rx));
     let mut background = Vec::new();
@@ -273,12 +282,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let authz_task = tokio::spawn(authz_server);
-    let admin_task = tokio::spawn(admin_server);
     let forward_auth_task = tokio::spawn(async move {
         forward_auth_server.await;
         Ok::<(), tonic::transport::Error>(())
     });
-    let rest_task = tokio::spawn(rest_server);
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(
         %authz_addr,
@@ -324,6 +331,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             bounded("background task", deadline, task).await;
         }
         lifecycle_store.close().await;
+        // Last: connections the pool opened from admin requests are driven
+        // by the admin runtime until the pool is closed.
+        drop(admin_runtime);
         let abandoned_usage = usage_tally.unwritten();
         if abandoned_usage > 0 {
             tracing::error!(

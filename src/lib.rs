@@ -17,6 +17,7 @@
 //! - [`admin_token`]: what `keygate admin-token` prints.
 
 pub mod admin;
+mod admin_runtime;
 pub mod admin_token;
 pub mod answer;
 pub mod app;

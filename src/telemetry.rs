@@ -106,7 +106,7 @@ fn describe_metrics() {
     describe_counter!("keygate_store_errors_total", "Store failures by operation");
     describe_counter!(
         "keygate_admin_calls_total",
-        "KeyAdmin calls by method and gRPC code"
+        "KeyAdmin calls by method and gRPC code, calls refused for their token included"
     );
     describe_counter!(
         "keygate_invalidations_total",

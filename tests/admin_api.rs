@@ -195,6 +195,20 @@ async fn audit_events(
 }
 
 on_both_backends! {
+    async fn a_key_without_an_environment_is_issued_in_the_first_configured_one(backend) {
+        // docs/behaviour.md §1: with KEYGATE_ENVIRONMENTS=prod,staging there
+        // is no `live`; a key issued as `sk_live_` would be refused by Check.
+        let server = TestServer::start_with(backend, |settings| {
+            settings.environments = Some("prod,staging".into());
+        })
+        .await;
+        let created = server.create_key("acme", &["read:orders"]).await;
+        let key = created.api_key.clone().expect("api_key");
+        assert_eq!(key.environment, "prod");
+        assert!(created.key.starts_with("sk_prod_"), "issued in prod");
+        assert_eq!(server.check_key(&created.key, Some("read:orders")).await.code, "allowed");
+    }
+
     async fn create_key_returns_the_plaintext_once_and_echoes_every_setting(backend) {
         let server = TestServer::start(backend).await;
         let expires = in_future(Duration::days(30));

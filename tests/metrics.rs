@@ -103,3 +103,42 @@ async fn metrics_count_checks_cache_and_admin_calls_without_owner_labels() {
     let (status, logs) = process.terminate().await;
     assert!(status.success(), "{logs}");
 }
+
+/// A KeyAdmin call refused for its token (none, or one nobody configured) is
+/// counted like any other outcome of the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_refused_for_their_token_are_counted() {
+    let (_token, line) =
+        keygate::grpc::auth::new_admin_token("ops", keygate::config::AdminRole::Admin);
+    let db = TestDb::new(Backend::Sqlite).await;
+    let process = KeygateProcess::spawn(&db.url, &[("KEYGATE_ADMIN_TOKENS", &line)]).await;
+    let mut admin = KeyAdminClient::new(common::channel(process.admin_addr).await);
+    let request = || CreateKeyRequest {
+        owner_id: "acme".into(),
+        name: "m".into(),
+        ..Default::default()
+    };
+    let missing = admin.create_key(request()).await.unwrap_err();
+    let unknown = admin
+        .create_key(common::with_token(request(), "kga_nobody_configured_this"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (missing.code(), unknown.code()),
+        (tonic::Code::Unauthenticated, tonic::Code::Unauthenticated)
+    );
+
+    let text = scrape_metrics(process.metrics_addr);
+    let parts = [
+        "keygate_admin_calls_total",
+        "method=\"CreateKey\"",
+        "code=\"UNAUTHENTICATED\"",
+        " 2",
+    ];
+    assert!(
+        line_with(&text, &parts).is_some(),
+        "no series {parts:?} in:\n{text}"
+    );
+    let (status, logs) = process.terminate().await;
+    assert!(status.success(), "{logs}");
+}

@@ -477,3 +477,54 @@ async fn the_openapi_document_describes_every_route_and_error() {
         "#/components/schemas/ErrorBody"
     );
 }
+
+/// KeyAdmin and the REST API are served on a runtime of their own, so admin
+/// work never takes a worker thread from Check (docs/architecture.md,
+/// "Runtimes"). This test's runtime has one thread and is the runtime the
+/// server's Check listener runs on; the test blocks that thread and calls
+/// both admin listeners from another thread. Had they shared the runtime, no
+/// call could be answered until the thread came back.
+///
+/// SQLite only: its connections are driven by sqlx's own threads, while a
+/// Postgres connection the pool opened on the blocked runtime would wait for
+/// that runtime's I/O driver, which is not what this test is about.
+#[tokio::test(flavor = "current_thread")]
+async fn admin_listeners_answer_while_the_check_runtime_is_blocked() {
+    use keygate::proto::{key_admin_client::KeyAdminClient, ListAbilitiesRequest};
+    use std::{sync::mpsc, time::Duration};
+
+    let api = start(Backend::Sqlite).await;
+    let rest_base = api.base.clone();
+    let admin_addr = api.server.running().admin_addr;
+    let (service, admin) = (api.service.clone(), api.admin.clone());
+    let (answered, answers) = mpsc::channel();
+    std::thread::spawn(move || {
+        let client_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        let outcome = client_runtime.block_on(async {
+            let created = reqwest::Client::new()
+                .post(format!("{rest_base}/v1/api-keys"))
+                .bearer_auth(&service)
+                .json(&json!({"owner_id": "acme", "name": "while-blocked", "abilities": ["orders:read"]}))
+                .send()
+                .await
+                .map(|response| response.status());
+            let mut grpc = KeyAdminClient::new(common::channel(admin_addr).await);
+            let listed = grpc
+                .list_abilities(common::with_token(ListAbilitiesRequest {}, &admin))
+                .await
+                .map(|_| ());
+            (created, listed)
+        });
+        let _ = answered.send(outcome);
+    });
+
+    // Blocking on purpose: this is the Check runtime's only thread.
+    let (created, listed) = answers
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the admin listeners did not answer while the Check runtime was blocked");
+    assert_eq!(created.expect("REST create"), StatusCode::CREATED);
+    listed.expect("gRPC ListAbilities");
+}

@@ -357,7 +357,7 @@ impl KeyAdmin {
         let owner_id = validate::owner_id(&request.owner_id)?.to_owned();
         let name = validate::name(&request.name)?;
         let environment = match request.environment.trim() {
-            "" => "live".to_owned(),
+            "" => self.format.default_environment().to_owned(),
             env if self.format.has_environment(env) => env.to_owned(),
             env => return Err(AdminError::UnknownEnvironment(Echo::of(env))),
         };

@@ -3,6 +3,7 @@
 //!
 //! - `check`: drives `Authorization/Check` at full speed or at a fixed rate,
 //!   optionally against a built-in no-op server first (`--baseline`).
+//! - `admin`: KeyAdmin (gRPC) against the REST API, create and get.
 //! - `http`: a fixed-rate HTTP/1.1 load, e.g. through Envoy.
 //! - `usage-flush`: usage events/s the store write sustains.
 //! - `propagation`: revoke on one replica → denied on another.
@@ -19,7 +20,7 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use bench::{check, http, noop, noop_http, propagation, usage_flush};
+use bench::{admin, check, http, noop, noop_http, propagation, usage_flush};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Drive ext_authz Check (gRPC) and report throughput, latency and decisions.
     Check(check::CheckArgs),
+    /// KeyAdmin over gRPC against the REST API: create and get, full speed.
+    Admin(admin::AdminArgs),
     /// Fixed-rate HTTP/1.1 load against one or more URLs (e.g. through Envoy).
     Http(http::HttpArgs),
     /// Sustained usage events/s written by the store (Postgres or SQLite).
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Check(args) => check::run(args).await,
+            Command::Admin(args) => admin::run(args).await,
             Command::Http(args) => http::run(args).await,
             Command::UsageFlush(args) => usage_flush::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,

@@ -172,6 +172,13 @@ impl KeyFormat {
         &self.environments
     }
 
+    /// The environment a key is issued in when the request names none: the
+    /// first configured one (`KEYGATE_ENVIRONMENTS`), never a fixed `live`
+    /// that the configuration may not have.
+    pub fn default_environment(&self) -> &str {
+        &self.environments[0]
+    }
+
     pub fn has_environment(&self, environment: &str) -> bool {
         self.environments.iter().any(|e| e == environment)
     }

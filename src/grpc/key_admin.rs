@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, status::from_admin};
+use super::{auth::Authentication, convert, status::from_admin};
 use crate::{
     admin::{self, Caller, KeyAdmin},
     proto::{self, key_admin_server},
@@ -35,13 +35,15 @@ impl KeyAdminService {
     }
 }
 
-/// The authenticated caller, put there by [`super::auth::AdminAuth`].
+/// The authenticated caller, or why there is none, as
+/// [`super::auth::AdminAuth`] found it.
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::internal("request reached KeyAdmin without authentication"))
+    match request.extensions().get::<Authentication>() {
+        Some(Authentication(found)) => found.clone(),
+        None => Err(Status::internal(
+            "request reached KeyAdmin without authentication",
+        )),
+    }
 }
 
 fn admin_caller<T>(request: &Request<T>) -> Result<Caller, Status> {

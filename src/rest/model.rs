@@ -125,7 +125,8 @@ pub struct CreateKeyBody {
     pub owner_id: Option<String>,
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
-    /// One of the configured environments; `live` when omitted.
+    /// One of the configured environments; the first configured one
+    /// (`KEYGATE_ENVIRONMENTS`, `live` by default) when omitted.
     pub environment: Option<String>,
     pub abilities: Option<Vec<String>>,
     pub superkey: Option<bool>,

@@ -20,7 +20,7 @@ use tokio::{net::TcpStream, sync::Mutex};
 
 use super::{
     load::{self, Pacer, Schedule, Target, Window},
-    stats::{Outcome, Report},
+    stats::{median, Outcome, Report},
     workload::{self, Issuer, Mix, Workload},
 };
 
@@ -86,14 +86,23 @@ fn parse_scenario(text: &str) -> Result<Scenario, String> {
     })
 }
 
-/// One keep-alive connection, reopened if the server closed it.
-struct Connection {
+/// One keep-alive HTTP/1.1 connection, reopened if the server closed it.
+pub struct Connection<B> {
     addr: SocketAddr,
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    sender: Option<SendRequest<B>>,
 }
 
-impl Connection {
-    async fn sender(&mut self) -> anyhow::Result<&mut SendRequest<Empty<Bytes>>> {
+impl<B> Connection<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, sender: None }
+    }
+
+    async fn sender(&mut self) -> anyhow::Result<&mut SendRequest<B>> {
         if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
             let stream = TcpStream::connect(self.addr).await?;
             stream.set_nodelay(true)?;
@@ -103,11 +112,21 @@ impl Connection {
         }
         Ok(self.sender.as_mut().expect("just set"))
     }
+
+    /// Sends `request` and reads the whole answer; returns its status.
+    pub async fn exchange(&mut self, request: Request<B>) -> anyhow::Result<u16> {
+        let sender = self.sender().await?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
 }
 
 /// A scenario's connections and request target.
 struct Endpoint {
-    connections: Vec<Mutex<Connection>>,
+    connections: Vec<Mutex<Connection<Empty<Bytes>>>>,
     uri: Uri,
 }
 
@@ -127,7 +146,7 @@ impl Endpoint {
         .with_context(|| format!("cannot resolve {authority}"))?;
         Ok(Self {
             connections: (0..count)
-                .map(|_| Mutex::new(Connection { addr, sender: None }))
+                .map(|_| Mutex::new(Connection::new(addr)))
                 .collect(),
             uri: scenario.uri.clone(),
         })
@@ -141,13 +160,11 @@ impl Endpoint {
             )
             .header(header::AUTHORIZATION, authorization)
             .body(Empty::<Bytes>::new())?;
-        let mut connection = self.connections[connection].lock().await;
-        let sender = connection.sender().await?;
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        response.into_body().collect().await?;
-        Ok(status)
+        self.connections[connection]
+            .lock()
+            .await
+            .exchange(request)
+            .await
     }
 }
 
@@ -194,11 +211,6 @@ struct Summary {
     quietest_steal_pct: Option<f64>,
     quietest_p50_us: f64,
     quietest_p99_us: f64,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 impl Summary {

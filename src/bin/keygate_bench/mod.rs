@@ -1,5 +1,6 @@
 //! The modules of `keygate-bench` (see `src/bin/keygate-bench.rs`).
 
+pub mod admin;
 pub mod check;
 pub mod grpc;
 pub mod http;

@@ -180,6 +180,13 @@ impl Report {
     }
 }
 
+/// The median of `values` (the upper one of an even count); rounds of a
+/// run are summarised by it, so one disturbed round does not move a figure.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Target-over-baseline ratios, printed after a `--baseline` run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
