@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod grpc;
+pub mod grpc_body;
 pub mod http;
 pub mod load;
 pub mod noop;
