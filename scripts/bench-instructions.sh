@@ -15,7 +15,10 @@
 #                 ratios. Moves with machine load: each round's load is
 #                 recorded in $BENCH_OUT/load.txt.
 #
-# Servers: the no-op (`keygate-bench noop-server`), keygate with usage off,
+# Servers: the no-op (`keygate-bench noop-server`), the same on keygate's
+# own connection handling (`--keygate-transport`: coalesced writes, TCP
+# keep-alive; the difference to keygate is then keygate's own work only),
+# keygate with usage off,
 # usage on with SQLite (the default), usage on with PostgreSQL (a fresh
 # database; only keygate's process is counted, not Postgres's).
 # Every server gets the same request, the gRPC frame of a CheckRequest for
@@ -83,16 +86,19 @@ all_succeeded() {
     || { log "not every Check succeeded:"; grep '^requests:' "$report" >&2; return 1; }
 }
 
-# start_server KIND NAME [WRAP...]: KIND is noop, off, sqlite or postgres.
+# start_server KIND NAME [WRAP...]: KIND is noop, noop-kt (the no-op on
+# keygate's own connection handling), off, sqlite or postgres.
 # Sets SRV_PID and SRV_PORT, and writes the request body to $BENCH_WORK/NAME.body.
 start_server() {
   local kind="$1" name="$2"; shift 2
   local extra=()
   case "$kind" in
-    noop)
+    noop|noop-kt)
       # The no-op reads no key; any server's body does (the first one's).
+      local transport=()
+      [[ "$kind" == noop ]] || transport=(--keygate-transport)
       taskset -c "$SERVER_CPU" "$@" "$BIN/keygate-bench" noop-server --listen "127.0.0.1:$NOOP" \
-        >"$BENCH_WORK/$name.log" 2>&1 &
+        "${transport[@]}" >"$BENCH_WORK/$name.log" 2>&1 &
       SRV_PID=$! SRV_PORT=$NOOP
       BENCH_PIDS+=("$SRV_PID")
       local tries=200
@@ -140,7 +146,7 @@ section_instructions() {
   local kind name out ir per warm_n results="$BENCH_OUT/instructions.tsv"
   : >"$results"
   # keygate first: its body serves the no-op too.
-  for kind in off noop sqlite postgres; do
+  for kind in off noop noop-kt sqlite postgres; do
     name="callgrind-$kind"
     out="$BENCH_OUT/$name.callgrind"
     rm -f "$out" "$out".*
@@ -179,8 +185,10 @@ noop, off = rows["noop"], rows["off"]
 print(f"instructions per cache-hit Check (callgrind, {sys.argv[2]} Checks, h2load -c 2 -m 10)\n")
 print("| server | instructions per Check | ratio |")
 print("|---|---:|---|")
+kt = rows["noop-kt"]
 print(f"| no-op ext_authz (keygate-bench noop-server) | {noop:,} | |")
-print(f"| keygate, usage off | {off:,} | {off / noop:.2f}x of no-op |")
+print(f"| no-op on keygate's transport (noop-server --keygate-transport) | {kt:,} | {kt / noop:.2f}x of no-op |")
+print(f"| keygate, usage off | {off:,} | {off / noop:.2f}x of no-op, {off / kt:.2f}x of no-op on keygate's transport |")
 print(f"| keygate, usage on, SQLite (whole process) | {rows['sqlite']:,} | {rows['sqlite'] / off:.2f}x of usage off |")
 print(f"| keygate, usage on, PostgreSQL (keygate's process) | {rows['postgres']:,} | {rows['postgres'] / off:.2f}x of usage off |")
 PY

@@ -50,6 +50,10 @@ enum Command {
     NoopServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Accept connections as keygate's Check listener does (coalesced
+        /// writes, TCP keep-alive) rather than as a plain tonic server.
+        #[arg(long)]
+        keygate_transport: bool,
     },
     /// Serve an empty HTTP 200 (HTTP/1.1 and h2c) until killed.
     NoopHttpServer {
@@ -74,7 +78,10 @@ fn main() -> ExitCode {
             Command::UsageFlush(args) => usage_flush::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,
             Command::GrpcBody(args) => grpc_body::run(args).await,
-            Command::NoopServer { listen } => noop::serve(listen).await,
+            Command::NoopServer {
+                listen,
+                keygate_transport,
+            } => noop::serve(listen, keygate_transport).await,
             Command::NoopHttpServer { listen } => noop_http::serve(listen).await,
         }
     });

@@ -62,9 +62,6 @@ mod tests {
 
     #[test]
     fn the_frame_is_a_flag_a_big_endian_length_and_the_message() {
-        assert_eq!(
-            frame(&[7, 8, 9]).unwrap(),
-            vec![0, 0, 0, 0, 3, 7, 8, 9]
-        );
+        assert_eq!(frame(&[7, 8, 9]).unwrap(), vec![0, 0, 0, 0, 3, 7, 8, 9]);
     }
 }
