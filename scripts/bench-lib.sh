@@ -38,9 +38,11 @@ note_load() {
   fi
 }
 
+# wait_port PORT [TRIES]: TRIES x 50 ms (default 200: 10 s; a server under
+# valgrind needs longer).
 wait_port() {
-  local port="$1" i
-  for i in $(seq 1 200); do
+  local port="$1" tries="${2:-200}" i
+  for i in $(seq 1 "$tries"); do
     (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
     sleep 0.05
   done
@@ -49,7 +51,9 @@ wait_port() {
 
 # start_keygate NAME AUTHZ_PORT ADMIN_PORT METRICS_PORT [VAR=value...]
 # Starts `keygate serve` on SERVER_CPU with a fresh SQLite database unless
-# KEYGATE_DATABASE_URL is among the extra variables; sets KG_PID.
+# KEYGATE_DATABASE_URL is among the extra variables; sets KG_PID. The words
+# of BENCH_WRAP (e.g. `valgrind --tool=callgrind`) come before the binary;
+# they exec it, so KG_PID is keygate's pid still.
 start_keygate() {
   local name="$1" authz="$2" admin="$3" metrics="$4"; shift 4
   local db="$BENCH_WORK/$name.db"
@@ -61,10 +65,12 @@ start_keygate() {
       KEYGATE_FORWARD_AUTH_ADDR="127.0.0.1:0" \
       RUST_LOG="${BENCH_RUST_LOG:-warn}" \
       "$@" \
-      taskset -c "$SERVER_CPU" "$BIN/keygate" serve >"$BENCH_WORK/$name.log" 2>&1 &
+      taskset -c "$SERVER_CPU" ${BENCH_WRAP:-} "$BIN/keygate" serve >"$BENCH_WORK/$name.log" 2>&1 &
   KG_PID=$!
   BENCH_PIDS+=("$KG_PID")
-  wait_port "$authz" && wait_port "$admin"
+  local tries=200
+  [[ -z "${BENCH_WRAP:-}" ]] || tries=2400
+  wait_port "$authz" "$tries" && wait_port "$admin" "$tries"
 }
 
 stop_pid() {

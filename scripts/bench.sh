@@ -2,6 +2,11 @@
 # The measurements behind BENCHMARKS.md, re-runnable.
 #
 # Usage: scripts/bench.sh [SECTION...]
+#   instructions instructions per cache-hit Check under callgrind, and h2load
+#                throughput: no-op, usage off, usage on (SQLite, PostgreSQL)
+#                (scripts/bench-instructions.sh)
+#   check_cost   heap allocations per cache-hit Check and the decision path
+#                with 100k keys (Zipf) and 1M keys (uniform) cached
 #   check        keygate vs the no-op baseline, full speed and at half of it,
 #                valid=100 and the 90/5/5 mix
 #   usage        full speed with KEYGATE_USAGE_ENABLED=false vs =true (SQLite)
@@ -40,7 +45,7 @@ trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
 
 AUTHZ=51051 ADMIN=51052 METRICS=51090 HTTP=51080
 SECTIONS=("$@")
-[[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(check usage usage_pg latency admin criterion flush propagation envoy)
+[[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(instructions check_cost check usage usage_pg latency admin criterion flush propagation envoy)
 
 if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
   log "building release binaries"
@@ -54,6 +59,16 @@ fi
 } >"$BENCH_OUT/machine.txt"
 
 bench() { taskset -c "$CLIENT_CPU" "$BIN/keygate-bench" "$@"; }
+
+section_instructions() {
+  BENCH_NO_BUILD=1 "$BENCH_ROOT/scripts/bench-instructions.sh" instructions throughput
+}
+
+section_check_cost() {
+  note_load "check_cost" "$BENCH_OUT/load.txt"
+  log "check_cost: allocations per Check, decision path (Zipf 100k, uniform 1M)"
+  taskset -c "$SERVER_CPU" "$BIN/keygate-check-cost" | tee "$BENCH_OUT/check-cost.txt"
+}
 
 section_check() {
   start_keygate check "$AUTHZ" "$ADMIN" "$METRICS"
@@ -208,7 +223,7 @@ section_envoy() {
 
 for s in "${SECTIONS[@]}"; do
   case "$s" in
-    check|usage|usage_pg|latency|admin|criterion|flush|propagation|envoy) "section_$s" ;;
+    instructions|check_cost|check|usage|usage_pg|latency|admin|criterion|flush|propagation|envoy) "section_$s" ;;
     *) echo "unknown section $s" >&2; exit 2 ;;
   esac
 done

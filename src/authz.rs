@@ -12,7 +12,9 @@ use crate::{
     config::{Config, ForeignBearer, RouteRule},
     domain::{decide, path, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
     ratelimit::{RateLimiters, RateOutcome},
-    usage::{client_ip::client_ip, method_label, recorded_path, CheckEvent, UsageSender},
+    usage::{
+        client_ip::client_ip, method_label, recorded_path, CheckEvent, EventPath, UsageSender,
+    },
 };
 
 /// Context-extension names Envoy sets per route (`check_settings`).
@@ -187,7 +189,7 @@ impl Authorizer {
                     self.settings.trusted_proxy_hops,
                 ),
                 method: method_label(input.method),
-                path: recorded_path(input.path).to_owned(),
+                path: EventPath::new(recorded_path(input.path)),
                 decision: code,
                 allowed: evaluation.decision.is_ok(),
             });

@@ -143,9 +143,19 @@ on_both_backends! {
         assert_eq!(updated["data"]["rate_limit"], Value::Null);
         assert_eq!(updated["data"]["abilities"], json!(["orders:read"]), "fields absent are kept");
 
-        let (status, usage) = api.call(Method::GET, &format!("/v1/api-keys/{id}/usage?owner_id=acme&recent=5"), &api.service, None).await;
-        assert_eq!(status, StatusCode::OK, "{usage}");
-        assert!(usage["data"]["recent_logs"].is_array());
+        // The Check above reaches the log with the next flush.
+        let mut usage = Value::Null;
+        for _ in 0..100 {
+            let (status, body) = api.call(Method::GET, &format!("/v1/api-keys/{id}/usage?owner_id=acme&recent=5"), &api.service, None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            usage = body;
+            if usage["data"]["recent_logs"].as_array().is_some_and(|logs| !logs.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let log = &usage["data"]["recent_logs"][0];
+        assert_eq!((&log["decision"], &log["count"]), (&json!("allowed"), &json!(1)), "{usage}");
 
         let (status, scopes) = api.call(Method::GET, "/v1/api-keys/scopes", &api.service, None).await;
         assert_eq!((status, scopes), (StatusCode::OK, json!({"data": []})));

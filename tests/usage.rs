@@ -91,9 +91,9 @@ fn two_events_per_key(ids: &[Uuid]) -> Vec<UsageEvent> {
             (0..2).map(move |n| UsageEvent {
                 key_id: *id,
                 at: now,
-                ip: Some("192.0.2.9".into()),
-                method: "GET".into(),
-                endpoint: format!("/v1/e{n}"),
+                ip: Some("192.0.2.9".parse().unwrap()),
+                method: "GET",
+                endpoint: format!("/v1/e{n}").into(),
                 decision: "allowed",
                 allowed: true,
             })
@@ -186,14 +186,19 @@ on_both_backends! {
         assert_eq!(check_path(&server, &created.key, "POST", "/v1/orders", "write:orders").await, "insufficient_ability");
 
         let request = GetKeyUsageRequest { owner_id: "acme".into(), id: id.clone(), recent_limit: 0 };
+        let logged = |usage: &keygate::proto::KeyUsage| usage.recent_logs.iter().map(|log| log.count).sum::<u64>();
         let flushed = eventually(Duration::from_secs(10), async || {
             let usage = server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner();
-            usage.recent_logs.len() == 4
+            logged(&usage) == 4
         })
         .await;
         assert!(flushed, "usage was not flushed");
         let usage = server.admin.clone().get_key_usage(request).await.unwrap().into_inner();
         assert_eq!(usage.request_count, 3, "only allowed requests count");
+        // The two GETs of /v1/orders/{id} share a row when they fell in one
+        // second and one flush; every row stands for at least one request.
+        assert!((3..=4).contains(&usage.recent_logs.len()), "{:?}", usage.recent_logs);
+        assert!(usage.recent_logs.iter().all(|log| log.count >= 1));
         assert_eq!(usage.last_used_ip, "203.0.113.7");
         assert!(usage.last_used_at.is_some());
         assert_eq!(usage.top_endpoints[0].endpoint, "/v1/orders/{id}");
@@ -222,7 +227,8 @@ on_both_backends! {
         let request = GetKeyUsageRequest { owner_id: "acme".into(), id, recent_limit: 0 };
         let flushed = eventually(Duration::from_secs(10), async || {
             let usage = server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner();
-            usage.recent_logs.len() == 2
+            // Both requests, in one row when they shared a second and a flush.
+            usage.recent_logs.iter().map(|log| log.count).sum::<u64>() == 2
         })
         .await;
         assert!(flushed, "usage was not flushed");
@@ -244,7 +250,9 @@ on_both_backends! {
             .unwrap()
             .into_inner();
         const N: usize = 300;
+        let started = std::time::Instant::now();
         drive_checks(process.authz_addr, &created.key, N).await;
+        let seconds_spanned = started.elapsed().as_secs() as i64 + 2;
         let (status, logs) = process.terminate().await;
         assert!(status.success(), "keygate exited with {status}:\n{logs}");
         assert!(logs.contains("final usage flush"), "{logs}");
@@ -253,8 +261,12 @@ on_both_backends! {
         let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
         assert_eq!(store.get_key(id).await.unwrap().request_count, N as u64);
         store.close().await;
-        assert_eq!(scalar_i64(&db, "SELECT COUNT(*) FROM usage_log WHERE key_id = $1", id).await, N as i64);
+        assert_eq!(scalar_i64(&db, "SELECT CAST(SUM(count) AS BIGINT) FROM usage_log WHERE key_id = $1", id).await, N as i64);
         assert_eq!(scalar_i64(&db, "SELECT CAST(SUM(count) AS BIGINT) FROM usage_daily WHERE key_id = $1", id).await, N as i64);
+        // One call repeated (`/v1/items/{id}` once normalised), flushed as one
+        // batch: a log row per second it spanned, not one per request.
+        let rows = scalar_i64(&db, "SELECT COUNT(*) FROM usage_log WHERE key_id = $1", id).await;
+        assert!((1..=seconds_spanned).contains(&rows), "{rows} log rows for {N} requests over at most {seconds_spanned} s");
     }
 
     async fn prune_soft_deletes_expired_keys_and_old_usage(backend) {
@@ -267,7 +279,7 @@ on_both_backends! {
             key_id: Uuid::parse_str(&kept).unwrap(),
             at: keygate::store::now() - chrono::Duration::days(days_ago),
             ip: None,
-            method: "GET".into(),
+            method: "GET",
             endpoint: "/v1/x".into(),
             decision: "allowed",
             allowed: true,

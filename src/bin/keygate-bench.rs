@@ -7,6 +7,7 @@
 //! - `http`: a fixed-rate HTTP/1.1 load, e.g. through Envoy.
 //! - `usage-flush`: usage events/s the store write sustains.
 //! - `propagation`: revoke on one replica → denied on another.
+//! - `grpc-body`: one Check request as a gRPC-framed body file (for h2load).
 //! - `noop-server`: the no-op ext_authz server used as the baseline.
 //! - `noop-http-server`: the no-op HTTP server, forward-auth's baseline.
 
@@ -20,7 +21,7 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use bench::{admin, check, http, noop, noop_http, propagation, usage_flush};
+use bench::{admin, check, grpc_body, http, noop, noop_http, propagation, usage_flush};
 
 #[derive(Parser)]
 #[command(
@@ -45,10 +46,17 @@ enum Command {
     UsageFlush(usage_flush::UsageFlushArgs),
     /// Revoke on replica A → denied on replica B, per key.
     Propagation(propagation::PropagationArgs),
+    /// Issue one key and write a Check request for it as a gRPC-framed
+    /// HTTP/2 body (`h2load -d FILE`).
+    GrpcBody(grpc_body::GrpcBodyArgs),
     /// Serve a no-op ext_authz Check (always OK) until killed.
     NoopServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Accept connections as keygate's Check listener does (coalesced
+        /// writes, TCP keep-alive) rather than as a plain tonic server.
+        #[arg(long)]
+        keygate_transport: bool,
     },
     /// Serve an empty HTTP 200 (HTTP/1.1 and h2c) until killed.
     NoopHttpServer {
@@ -73,7 +81,11 @@ fn main() -> ExitCode {
             Command::Http(args) => http::run(args).await,
             Command::UsageFlush(args) => usage_flush::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,
-            Command::NoopServer { listen } => noop::serve(listen).await,
+            Command::GrpcBody(args) => grpc_body::run(args).await,
+            Command::NoopServer {
+                listen,
+                keygate_transport,
+            } => noop::serve(listen, keygate_transport).await,
             Command::NoopHttpServer { listen } => noop_http::serve(listen).await,
         }
     });

@@ -126,5 +126,6 @@ fn usage_log_entry(entry: UsageLogEntry) -> proto::UsageLogEntry {
         endpoint: entry.endpoint,
         ip: entry.ip.unwrap_or_default(),
         decision: entry.decision,
+        count: entry.count.max(1) as u64,
     }
 }

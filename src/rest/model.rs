@@ -334,11 +334,15 @@ pub struct EndpointCount {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageLogEntry {
+    /// The latest of the requests this row stands for.
     pub at: DateTime<Utc>,
     pub method: String,
     pub endpoint: String,
     pub ip: Option<String>,
     pub decision: String,
+    /// Requests of this key in this second with the same method, endpoint,
+    /// IP and decision, coalesced into this row.
+    pub count: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -370,6 +374,7 @@ impl Usage {
                     endpoint: entry.endpoint,
                     ip: entry.ip,
                     decision: entry.decision,
+                    count: entry.count.max(1) as u64,
                 })
                 .collect(),
         }

@@ -1,7 +1,11 @@
 //! Usage: batched writes from the flusher, the figures GetKeyUsage reads, and
 //! pruning of expired keys and old usage.
 
-use std::collections::HashMap;
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{QueryBuilder, Sqlite};
@@ -12,18 +16,22 @@ use super::{
     StoreResult,
 };
 
-/// One Check decision about a known key.
+/// One Check decision about a known key. Cheap to build: the IP becomes
+/// text only per written row, and the events of one raw path share their
+/// normalised endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {
     pub key_id: Uuid,
     pub at: DateTime<Utc>,
-    pub ip: Option<String>,
-    pub method: String,
-    pub endpoint: String,
+    pub ip: Option<IpAddr>,
+    pub method: &'static str,
+    pub endpoint: Arc<str>,
     pub decision: &'static str,
     pub allowed: bool,
 }
 
+/// One usage-log row: `count` requests of one key in one second with the
+/// same method, endpoint, client IP and decision; `at` is the latest of them.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UsageLogEntry {
     pub at: DateTime<Utc>,
@@ -31,6 +39,7 @@ pub struct UsageLogEntry {
     pub endpoint: String,
     pub ip: Option<String>,
     pub decision: String,
+    pub count: i64,
 }
 
 /// What GetKeyUsage reports beyond the key's own counters.
@@ -51,7 +60,7 @@ pub struct PruneSummary {
 struct CounterDelta {
     allowed: i64,
     last_at: DateTime<Utc>,
-    last_ip: Option<String>,
+    last_ip: Option<IpAddr>,
 }
 
 /// Requests per key, day and endpoint.
@@ -68,18 +77,83 @@ fn aggregate(events: &[UsageEvent]) -> (HashMap<Uuid, CounterDelta>, DailyCounts
             .or_insert_with(|| CounterDelta {
                 allowed: 0,
                 last_at: event.at,
-                last_ip: event.ip.clone(),
+                last_ip: event.ip,
             });
         delta.allowed += i64::from(event.allowed);
         if event.at >= delta.last_at {
             delta.last_at = event.at;
-            delta.last_ip.clone_from(&event.ip);
+            delta.last_ip = event.ip;
         }
         *daily
-            .entry((event.key_id, event.at.date_naive(), event.endpoint.as_str()))
+            .entry((event.key_id, event.at.date_naive(), &*event.endpoint))
             .or_default() += 1;
     }
     (counters, daily)
+}
+
+/// A usage-log row about to be written (see [`UsageLogEntry`]).
+#[derive(Debug, PartialEq, Eq)]
+struct LogRow<'a> {
+    key_id: Uuid,
+    at: DateTime<Utc>,
+    method: &'static str,
+    endpoint: &'a str,
+    ip: Option<IpAddr>,
+    decision: &'static str,
+    count: i64,
+}
+
+/// What makes two events one log row: key, whole second, method, endpoint,
+/// client IP and decision.
+type LogRowKey<'a> = (
+    Uuid,
+    i64,
+    &'static str,
+    &'a str,
+    Option<IpAddr>,
+    &'static str,
+);
+
+/// Coalesces a batch into log rows, in the order of each row's first event:
+/// a client repeating one call writes a row a second, not one a request.
+fn coalesce(events: &[UsageEvent]) -> Vec<LogRow<'_>> {
+    let mut rows: Vec<LogRow<'_>> = Vec::new();
+    let mut index: HashMap<LogRowKey<'_>, usize> = HashMap::new();
+    for event in events {
+        let key = (
+            event.key_id,
+            event.at.timestamp(),
+            event.method,
+            &*event.endpoint,
+            event.ip,
+            event.decision,
+        );
+        match index.entry(key) {
+            Entry::Occupied(slot) => {
+                let row = &mut rows[*slot.get()];
+                row.count += 1;
+                row.at = row.at.max(event.at);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(rows.len());
+                rows.push(LogRow {
+                    key_id: event.key_id,
+                    at: event.at,
+                    method: event.method,
+                    endpoint: &event.endpoint,
+                    ip: event.ip,
+                    decision: event.decision,
+                    count: 1,
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// An IP as stored: its text.
+fn ip_text(ip: Option<IpAddr>) -> Option<String> {
+    ip.map(|ip| ip.to_string())
 }
 
 /// Rows per multi-row SQLite statement: 6 binds a row stays far below
@@ -101,7 +175,8 @@ const DAILY_UPSERT_TAIL: &str =
 
 impl Store {
     /// Writes a batch of usage events: one statement per table on Postgres
-    /// (array binds), one transaction on SQLite.
+    /// (array binds), one transaction on SQLite. The log gets one row per
+    /// [`coalesce`]d group, not one per event.
     pub async fn record_usage(&self, events: &[UsageEvent], log_enabled: bool) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());
@@ -112,7 +187,7 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 let (ids, rest): (Vec<Uuid>, Vec<_>) = counters
                     .into_iter()
-                    .map(|(id, d)| (id, (d.allowed, d.last_at, d.last_ip)))
+                    .map(|(id, d)| (id, (d.allowed, d.last_at, ip_text(d.last_ip))))
                     .unzip();
                 let (counts, rest): (Vec<i64>, Vec<_>) =
                     rest.into_iter().map(|(n, at, ip)| (n, (at, ip))).unzip();
@@ -144,16 +219,18 @@ impl Store {
                 .execute(&mut *tx).await?;
 
                 if log_enabled {
+                    let rows = coalesce(events);
                     sqlx::query(
-                        "INSERT INTO usage_log (key_id, at, method, endpoint, ip, decision) \
-                         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])",
+                        "INSERT INTO usage_log (key_id, at, method, endpoint, ip, decision, count) \
+                         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])",
                     )
-                    .bind(events.iter().map(|e| e.key_id).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.method.as_str()).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.endpoint.as_str()).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.ip.as_deref()).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.decision).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.key_id).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.method).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.endpoint).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| ip_text(r.ip)).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.decision).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.count).collect::<Vec<_>>())
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -176,7 +253,7 @@ impl Store {
                         row.push_bind(*key_id)
                             .push_bind(delta.allowed)
                             .push_bind(delta.last_at)
-                            .push_bind(delta.last_ip.clone());
+                            .push_bind(ip_text(delta.last_ip));
                     });
                     update.push(SQLITE_BUMP_COUNTERS_TAIL);
                     update.build().execute(&mut *tx).await?;
@@ -196,17 +273,19 @@ impl Store {
                     upsert.build().execute(&mut *tx).await?;
                 }
                 if log_enabled {
-                    for chunk in events.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                    let rows = coalesce(events);
+                    for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
                         let mut insert = QueryBuilder::<Sqlite>::new(
-                            "INSERT OR FAIL INTO usage_log (key_id, at, method, endpoint, ip, decision) ",
+                            "INSERT OR FAIL INTO usage_log (key_id, at, method, endpoint, ip, decision, count) ",
                         );
-                        insert.push_values(chunk, |mut row, e| {
-                            row.push_bind(e.key_id)
-                                .push_bind(e.at)
-                                .push_bind(e.method.clone())
-                                .push_bind(e.endpoint.clone())
-                                .push_bind(e.ip.clone())
-                                .push_bind(e.decision);
+                        insert.push_values(chunk, |mut row, r| {
+                            row.push_bind(r.key_id)
+                                .push_bind(r.at)
+                                .push_bind(r.method)
+                                .push_bind(r.endpoint.to_owned())
+                                .push_bind(ip_text(r.ip))
+                                .push_bind(r.decision)
+                                .push_bind(r.count);
                         });
                         insert.build().execute(&mut *tx).await?;
                     }
@@ -233,7 +312,7 @@ impl Store {
             .bind(key_id).bind(since).bind(i64::from(top))
             .fetch_all(pool).await?;
             let recent_logs: Vec<UsageLogEntry> = sqlx::query_as(
-                "SELECT at, method, endpoint, ip, decision FROM usage_log \
+                "SELECT at, method, endpoint, ip, decision, count FROM usage_log \
                  WHERE key_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
             )
             .bind(key_id).bind(i64::from(recent))
@@ -293,8 +372,8 @@ mod tests {
         UsageEvent {
             key_id: Uuid::from_u128(key),
             at: DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap(),
-            ip: Some(ip.into()),
-            method: "GET".into(),
+            ip: Some(ip.parse().unwrap()),
+            method: "GET",
             endpoint: endpoint.into(),
             decision: if allowed { "allowed" } else { "rate_limited" },
             allowed,
@@ -312,10 +391,59 @@ mod tests {
         let (counters, daily) = aggregate(&events);
         let one = &counters[&Uuid::from_u128(1)];
         assert_eq!(one.allowed, 2);
-        assert_eq!(one.last_ip.as_deref(), Some("10.0.0.3"));
+        assert_eq!(one.last_ip, Some("10.0.0.3".parse().unwrap()));
         let day = events[0].at.date_naive();
         assert_eq!(daily[&(Uuid::from_u128(1), day, "/a")], 2);
         assert_eq!(daily[&(Uuid::from_u128(1), day, "/b")], 1);
         assert_eq!(counters.len(), 2);
+    }
+
+    #[test]
+    fn the_log_keeps_one_row_per_key_second_and_request_shape() {
+        let at = |secs: i64, millis: u32| {
+            DateTime::from_timestamp(1_700_000_000 + secs, millis * 1_000_000).unwrap()
+        };
+        let mut events = vec![
+            event(1, 0, "10.0.0.1", "/a", true),
+            event(1, 0, "10.0.0.1", "/a", true),
+            event(1, 0, "10.0.0.1", "/b", true),
+            event(1, 0, "10.0.0.2", "/a", true),
+            event(1, 0, "10.0.0.1", "/a", false),
+            event(2, 0, "10.0.0.1", "/a", true),
+            event(1, 1, "10.0.0.1", "/a", true),
+        ];
+        events[1].at = at(0, 900);
+        let rows = coalesce(&events);
+        let counts: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.key_id.as_u128(),
+                    r.at,
+                    r.endpoint,
+                    ip_text(r.ip),
+                    r.decision,
+                    r.count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                (1, at(0, 900), "/a", Some("10.0.0.1".into()), "allowed", 2),
+                (1, at(0, 0), "/b", Some("10.0.0.1".into()), "allowed", 1),
+                (1, at(0, 0), "/a", Some("10.0.0.2".into()), "allowed", 1),
+                (
+                    1,
+                    at(0, 0),
+                    "/a",
+                    Some("10.0.0.1".into()),
+                    "rate_limited",
+                    1
+                ),
+                (2, at(0, 0), "/a", Some("10.0.0.1".into()), "allowed", 1),
+                (1, at(1, 0), "/a", Some("10.0.0.1".into()), "allowed", 1),
+            ]
+        );
     }
 }

@@ -9,6 +9,59 @@
 /// stored beyond the first segments kept here.
 pub const MAX_EVENT_PATH: usize = 512;
 
+/// Bytes of a path an event holds in place, without a heap allocation: most
+/// API paths are shorter, so recording a request allocates nothing.
+const INLINE_PATH: usize = 64;
+
+/// The path an event keeps ([`recorded_path`]): in place when it is short,
+/// on the heap otherwise.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EventPath(Stored);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Stored {
+    Inline { len: u8, bytes: [u8; INLINE_PATH] },
+    Heap(Box<str>),
+}
+
+impl EventPath {
+    pub fn new(path: &str) -> Self {
+        match u8::try_from(path.len()) {
+            Ok(len) if path.len() <= INLINE_PATH => {
+                let mut bytes = [0; INLINE_PATH];
+                bytes[..path.len()].copy_from_slice(path.as_bytes());
+                Self(Stored::Inline { len, bytes })
+            }
+            _ => Self(Stored::Heap(path.into())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Copied whole from a `&str`, so always UTF-8; the check runs in
+            // the flusher, off the Check path.
+            Stored::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Stored::Heap(path) => path,
+        }
+    }
+
+    /// Bytes held on the heap beyond the event itself.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            Stored::Inline { .. } => 0,
+            Stored::Heap(path) => path.len(),
+        }
+    }
+}
+
+impl std::fmt::Debug for EventPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// The methods recorded by name; any other is recorded as `OTHER`.
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
@@ -55,6 +108,19 @@ mod tests {
         assert_eq!(method_label("PROPFIND"), "OTHER");
         assert_eq!(method_label(&"X".repeat(1 << 20)), "OTHER");
         assert_eq!(method_label(""), "OTHER");
+    }
+
+    #[test]
+    fn event_paths_keep_their_text_inline_or_on_the_heap() {
+        let short = "/v1/orders/42";
+        let exactly = format!("/{}", "a".repeat(INLINE_PATH - 1));
+        let long = format!("/{}", "é".repeat(INLINE_PATH));
+        for path in [short, "", exactly.as_str(), long.as_str()] {
+            assert_eq!(EventPath::new(path).as_str(), path);
+        }
+        assert_eq!(EventPath::new(&exactly).heap_bytes(), 0);
+        assert_eq!(EventPath::new(&long).heap_bytes(), long.len());
+        assert_eq!(format!("{:?}", EventPath::new(short)), format!("{short:?}"));
     }
 
     #[test]

@@ -38,10 +38,11 @@ use uuid::Uuid;
 
 use crate::store::{Store, UsageEvent};
 
-pub use event::{method_label, recorded_path, MAX_EVENT_PATH};
+pub use event::{method_label, recorded_path, EventPath, MAX_EVENT_PATH};
 
 /// A decision as Check records it: cheap to build and bounded in size (build
-/// `method` with [`method_label`] and `path` with [`recorded_path`]).
+/// `method` with [`method_label`] and `path` from [`recorded_path`]; a short
+/// path is held in place, so recording allocates nothing).
 /// Normalisation happens in the flusher, off the hot path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckEvent {
@@ -49,7 +50,7 @@ pub struct CheckEvent {
     pub at: DateTime<Utc>,
     pub ip: Option<IpAddr>,
     pub method: &'static str,
-    pub path: String,
+    pub path: EventPath,
     pub decision: &'static str,
     pub allowed: bool,
 }
@@ -57,19 +58,7 @@ pub struct CheckEvent {
 impl CheckEvent {
     /// Bytes this event holds while it waits in the buffer.
     fn footprint(&self) -> usize {
-        std::mem::size_of::<Self>() + self.path.capacity()
-    }
-
-    fn into_usage(self) -> UsageEvent {
-        UsageEvent {
-            key_id: self.key_id,
-            at: self.at,
-            ip: self.ip.map(|ip| ip.to_string()),
-            method: self.method.to_owned(),
-            endpoint: normalize::normalize_endpoint(&self.path),
-            decision: self.decision,
-            allowed: self.allowed,
-        }
+        std::mem::size_of::<Self>() + self.path.heap_bytes()
     }
 }
 
@@ -156,6 +145,7 @@ pub struct Flusher {
     flushed: Counter,
     failures: Counter,
     latency: Histogram,
+    endpoints: normalize::EndpointMemo,
 }
 
 /// A usage buffer within `bounds`.
@@ -187,6 +177,7 @@ pub fn buffer(
         flushed: metrics::counter!("keygate_usage_flushed_total"),
         failures: metrics::counter!("keygate_usage_flush_failures_total"),
         latency: metrics::histogram!("keygate_usage_flush_seconds"),
+        endpoints: normalize::EndpointMemo::default(),
     };
     (sender, flusher)
 }
@@ -251,9 +242,17 @@ impl Flusher {
 
     /// Converts an event leaving the channel and releases its bytes: the
     /// batch it joins is bounded by `batch_size` and normalised endpoints.
-    fn take(&self, event: CheckEvent) -> UsageEvent {
+    fn take(&mut self, event: CheckEvent) -> UsageEvent {
         self.bytes.fetch_sub(event.footprint(), Ordering::AcqRel);
-        event.into_usage()
+        UsageEvent {
+            key_id: event.key_id,
+            at: event.at,
+            ip: event.ip,
+            method: event.method,
+            endpoint: self.endpoints.endpoint(event.path.as_str()),
+            decision: event.decision,
+            allowed: event.allowed,
+        }
     }
 
     /// The final flush: everything buffered, retried until written. The
@@ -307,7 +306,7 @@ mod tests {
             at: Utc::now(),
             ip: None,
             method: method_label("GET"),
-            path: recorded_path(path).to_owned(),
+            path: EventPath::new(recorded_path(path)),
             decision: "allowed",
             allowed: true,
         }

@@ -3,12 +3,39 @@
 //! segment holding anything key-shaped becomes `{key}`, so that no key ever
 //! reaches the usage tables.
 
+use std::{collections::HashMap, sync::Arc};
+
 use percent_encoding::percent_decode_str;
 
 use crate::domain::contains_key_shaped;
 
 /// Longest endpoint stored; longer ones are cut at a segment boundary.
 const MAX_ENDPOINT_LEN: usize = 256;
+
+/// Raw paths the memo keeps before it starts afresh.
+const MEMO_CAPACITY: usize = 4096;
+
+/// The normalised endpoints of the raw paths seen lately, for the flusher: a
+/// client repeating a call costs one normalisation, not one a request, and
+/// its events share one endpoint. Bounded: forgotten whole when full.
+#[derive(Debug, Default)]
+pub struct EndpointMemo {
+    known: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+}
+
+impl EndpointMemo {
+    pub fn endpoint(&mut self, raw: &str) -> Arc<str> {
+        if let Some(endpoint) = self.known.get(raw) {
+            return endpoint.clone();
+        }
+        if self.known.len() >= MEMO_CAPACITY {
+            self.known.clear();
+        }
+        let endpoint: Arc<str> = normalize_endpoint(raw).into();
+        self.known.insert(raw.into(), endpoint.clone());
+        endpoint
+    }
+}
 
 pub fn normalize_endpoint(raw: &str) -> String {
     let path = raw.split(['?', '#']).next().unwrap_or("");

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod check;
 pub mod grpc;
+pub mod grpc_body;
 pub mod http;
 pub mod load;
 pub mod noop;

@@ -45,16 +45,28 @@ impl Authorization for NoopAuthz {
     }
 }
 
-/// Serves until the process is killed.
-pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+/// Serves until the process is killed. With `keygate_transport`, accepts
+/// connections as keygate's Check listener does (`grpc::accept`: writes
+/// coalesced, TCP keep-alive), so that a comparison isolates keygate's own
+/// work from its transport tuning.
+pub async fn serve(listen: SocketAddr, keygate_transport: bool) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot bind {listen}"))?;
     println!("{READY_PREFIX}{}", listener.local_addr()?);
-    Server::builder()
-        .add_service(AuthorizationServer::new(NoopAuthz))
-        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
-        .await?;
+    let router = Server::builder().add_service(AuthorizationServer::new(NoopAuthz));
+    match keygate_transport {
+        true => {
+            router
+                .serve_with_incoming(keygate::grpc::accept::incoming(listener))
+                .await?
+        }
+        false => {
+            router
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
+                .await?
+        }
+    }
     Ok(())
 }
 

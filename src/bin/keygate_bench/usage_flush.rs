@@ -58,8 +58,8 @@ pub async fn run(args: UsageFlushArgs) -> anyhow::Result<()> {
     let store = Store::connect(&StoreOptions::new(&args.database_url)).await?;
     store.migrate().await.context("migrations failed")?;
     let key_ids = create_keys(&store, args.keys).await?;
-    let endpoints: Vec<String> = (0..args.endpoints.max(1))
-        .map(|i| format!("/v1/resource{i}/{{id}}"))
+    let endpoints: Vec<std::sync::Arc<str>> = (0..args.endpoints.max(1))
+        .map(|i| format!("/v1/resource{i}/{{id}}").into())
         .collect();
 
     let mut batch_ms = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
@@ -74,8 +74,8 @@ pub async fn run(args: UsageFlushArgs) -> anyhow::Result<()> {
                 UsageEvent {
                     key_id: key_ids[seq % key_ids.len()],
                     at,
-                    ip: Some(format!("203.0.113.{}", seq % 250)),
-                    method: "GET".into(),
+                    ip: Some(std::net::IpAddr::from([203, 0, 113, (seq % 250) as u8])),
+                    method: "GET",
                     endpoint: endpoints[(seq / key_ids.len()) % endpoints.len()].clone(),
                     decision: "allowed",
                     allowed: true,
