@@ -6,7 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use super::AdminError;
-use crate::domain::RateLimit;
+use crate::domain::{Credits, RateLimit};
 
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_OWNER_ID_CHARS: usize = 255;
@@ -185,4 +185,20 @@ mod tests {
         assert_eq!(page_size(9999, 50, 500).unwrap(), 500);
         assert!(page_size(-1, 50, 500).is_err());
     }
+}
+
+/// Credits as stored: a refill has both an amount and an interval, and
+/// every number fits the store's signed 64-bit columns.
+pub fn credits(credits: Option<Credits>) -> Result<Option<Credits>, AdminError> {
+    let Some(credits) = credits else {
+        return Ok(None);
+    };
+    let too_big = |n: u64| i64::try_from(n).is_err();
+    let refill_ok = credits
+        .refill
+        .is_none_or(|r| r.amount > 0 && r.interval_seconds > 0 && !too_big(r.amount));
+    if too_big(credits.remaining) || !refill_ok {
+        return Err(AdminError::InvalidCredits);
+    }
+    Ok(Some(credits))
 }

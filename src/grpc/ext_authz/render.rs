@@ -343,7 +343,7 @@ mod tests {
         authz::{CredentialSource, RateHeaders},
     };
 
-    fn every_reason() -> [DenyReason; 10] {
+    fn every_reason() -> [DenyReason; 11] {
         DenyReason::one_of_each(7)
     }
 
