@@ -21,6 +21,7 @@ use crate::{
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
     config::{Config, TlsConfig},
+    credits::CreditLedger,
     forward_auth::{self, ForwardAuth},
     grpc::{
         accept::incoming,
@@ -31,7 +32,6 @@ use crate::{
     },
     invalidation,
     proto::key_admin_server::KeyAdminServer,
-    credits::CreditLedger,
     ratelimit::{RateLimitStore, RateLimiters, SharedLimiter},
     rest::{self, principal::Authenticator, RestState},
     store::{Store, StoreOptions},
@@ -107,8 +107,8 @@ fn rate_limiters(store: &RateLimitStore) -> anyhow::Result<RateLimiters> {
     Ok(match store {
         RateLimitStore::Local => local,
         RateLimitStore::Redis(settings) => {
-            let shared = SharedLimiter::new(settings)
-                .context("invalid KEYGATE_RATE_LIMIT_STORE")?;
+            let shared =
+                SharedLimiter::new(settings).context("invalid KEYGATE_RATE_LIMIT_STORE")?;
             tracing::info!(timeout = ?settings.timeout, prefix = %settings.prefix, "rate limits are shared across replicas through Redis");
             local.with_shared(shared)
         }

@@ -590,7 +590,8 @@ impl Settings {
                     "rate_limit_timeout",
                     "KEYGATE_RATE_LIMIT_TIMEOUT",
                 )?,
-                self.rate_limit_prefix.unwrap_or_else(|| "keygate:".to_owned()),
+                self.rate_limit_prefix
+                    .unwrap_or_else(|| "keygate:".to_owned()),
             )?,
             credit_lease: positive(
                 self.credit_lease.unwrap_or(100),

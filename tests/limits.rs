@@ -16,8 +16,8 @@ use std::{
 };
 
 use common::{
-    check_request, eventually, http::forward_auth, proxy::CuttableProxy, replica::Replica,
-    Backend, Decision, TestDb, TestServer,
+    check_request, eventually, http::forward_auth, proxy::CuttableProxy, replica::Replica, Backend,
+    Decision, TestDb, TestServer,
 };
 use keygate::proto::{CreateKeyRequest, Credits, GetKeyRequest, RateLimit, UpdateKeyRequest};
 
@@ -75,7 +75,8 @@ async fn spread_load(
                     return;
                 }
                 let mut client = clients[n % clients.len()].clone();
-                let decision = Decision::of(client.check(request.clone()).await.unwrap().into_inner());
+                let decision =
+                    Decision::of(client.check(request.clone()).await.unwrap().into_inner());
                 match decision.code.as_str() {
                     "allowed" => {
                         allowed.fetch_add(1, Ordering::Relaxed);
@@ -114,11 +115,16 @@ async fn three_replicas_sharing_redis_allow_a_key_its_limit_once_not_three_times
     // 300 per hour: one request in 12 s comes back, so a load lasting a few
     // seconds may see one more at most.
     const LIMIT: usize = 300;
-    let (key, _) = replicas[0].create(limited_key("acme", LIMIT as u32, 3600)).await;
+    let (key, _) = replicas[0]
+        .create(limited_key("acme", LIMIT as u32, 3600))
+        .await;
     let first = replicas[1].check(&key).await.unwrap();
     assert_eq!(first.code, "allowed");
     assert_eq!(
-        first.response_headers.get("x-ratelimit-remaining").map(String::as_str),
+        first
+            .response_headers
+            .get("x-ratelimit-remaining")
+            .map(String::as_str),
         Some("299"),
         "{first:?}"
     );
@@ -299,7 +305,10 @@ async fn three_replicas_racing_a_key_with_1000_credits_allow_exactly_1000() {
     assert_eq!(allowed, 1000);
     assert_eq!(replicas[1].remaining("acme", &id).await, 0);
     let denied = replicas[2].check(&key).await.unwrap();
-    assert_eq!((denied.status, denied.code.as_str()), (429, "credits_exhausted"));
+    assert_eq!(
+        (denied.status, denied.code.as_str()),
+        (429, "credits_exhausted")
+    );
 }
 
 /// SIGTERM gives the unspent lease back; SIGKILL loses at most the one
@@ -314,7 +323,11 @@ async fn a_graceful_stop_returns_the_unspent_lease_and_a_crash_loses_at_most_one
     let stopping = replicas.pop().unwrap();
 
     assert_eq!(stopping.code(&key).await, "allowed");
-    assert_eq!(survivor.remaining("acme", &id).await, 950, "one lease of 50 taken");
+    assert_eq!(
+        survivor.remaining("acme", &id).await,
+        950,
+        "one lease of 50 taken"
+    );
     let (status, logs) = stopping.process.terminate().await;
     assert!(status.success(), "{logs}");
     assert_eq!(
@@ -329,7 +342,10 @@ async fn a_graceful_stop_returns_the_unspent_lease_and_a_crash_loses_at_most_one
     let after_crash = survivor.remaining("acme", &id).await;
     let lost = 999 - 2 - after_crash;
     eprintln!("SIGKILL lost {lost} credits (bound: one lease, {LEASE})");
-    assert!(lost <= LEASE.parse().unwrap(), "a crash lost {lost} credits");
+    assert!(
+        lost <= LEASE.parse().unwrap(),
+        "a crash lost {lost} credits"
+    );
     assert_eq!(after_crash, 949);
 }
 

@@ -19,11 +19,11 @@ use uuid::Uuid;
 use crate::{
     cache::KeyCache,
     config::AdminRole,
+    credits::CreditLedger,
     domain::{
         ability, Ability, AbilityError, ApiKey, Credits, Echo, KeyFormat, Owner, PlaintextKey,
         RateLimit,
     },
-    credits::CreditLedger,
     ratelimit::RateLimiters,
     store::{
         self, AuditEvent, AuditFilter, AuditRecord, Cursor, KeyChanges, KeyFilter, KeyUsage,

@@ -72,7 +72,12 @@ const RETURN: &str = "UPDATE api_keys SET credits_remaining = credits_remaining 
 impl Store {
     /// Takes up to `want` of key `id`'s credits at `now_secs`. `None` when
     /// the key has no credits (or no longer exists).
-    pub async fn lease_credits(&self, id: Uuid, want: u64, now_secs: i64) -> StoreResult<Option<Lease>> {
+    pub async fn lease_credits(
+        &self,
+        id: Uuid,
+        want: u64,
+        now_secs: i64,
+    ) -> StoreResult<Option<Lease>> {
         let want = i64::try_from(want).unwrap_or(i64::MAX);
         with_pool!(&self.main, pool => {
             let row: Option<(i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(LEASE)
@@ -98,7 +103,13 @@ impl Store {
 
     /// Returns `unspent` credits of `lease` at `now_secs`; `false` when they
     /// were void (credits set anew or refilled since).
-    pub async fn return_credits(&self, id: Uuid, lease: &Lease, unspent: u64, now_secs: i64) -> StoreResult<bool> {
+    pub async fn return_credits(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+        unspent: u64,
+        now_secs: i64,
+    ) -> StoreResult<bool> {
         let unspent = i64::try_from(unspent).unwrap_or(i64::MAX);
         with_pool!(&self.main, pool => {
             let returned = sqlx::query(RETURN)

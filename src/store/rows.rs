@@ -70,7 +70,8 @@ impl TryFrom<KeyRow> for ApiKey {
         };
         let refill = match (row.credits_refill_amount, row.credits_refill_interval) {
             (Some(amount), Some(interval)) => Some(Refill {
-                amount: u64::try_from(amount).map_err(|_| corrupt("credits_refill_amount", amount))?,
+                amount: u64::try_from(amount)
+                    .map_err(|_| corrupt("credits_refill_amount", amount))?,
                 interval_seconds: u32::try_from(interval)
                     .map_err(|_| corrupt("credits_refill_interval", interval))?,
             }),

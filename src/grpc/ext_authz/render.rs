@@ -611,7 +611,9 @@ mod tests {
                 400 => (tonic::Code::InvalidArgument, None),
                 401 => (tonic::Code::Unauthenticated, Some("www-authenticate")),
                 403 => (tonic::Code::PermissionDenied, None),
-                _ if reason == DenyReason::CreditsExhausted => (tonic::Code::ResourceExhausted, None),
+                _ if reason == DenyReason::CreditsExhausted => {
+                    (tonic::Code::ResourceExhausted, None)
+                }
                 _ => (tonic::Code::ResourceExhausted, Some("retry-after")),
             };
             assert_eq!(grpc, code as i32, "{reason:?}");
