@@ -15,8 +15,10 @@
 #   propagation  revoke on one replica → denied on another (Postgres)
 #   envoy        1,000 req/s through a real Envoy: alone / + keygate / + no-op
 #   limits       Check at full speed, valid=100, every key limited: no limit vs
-#                local limits vs Redis limits (127.0.0.1:6379), two rounds
-#                alternating (not in the default set: it needs Redis)
+#                local limits vs Redis limits (127.0.0.1:6379) with the default
+#                5 ms timeout vs Redis with a 1 s timeout (every decision made
+#                by Redis), two rounds alternating (not in the default set:
+#                it needs Redis)
 # Default: all of them, in that order.
 #
 # Env: BENCH_DURATION (measured seconds per run, default 10s),
@@ -183,14 +185,17 @@ section_propagation() {
 section_limits() {
   local round mode name extra
   for round in 1 2; do
-    for mode in none local redis; do
+    for mode in none local redis redis-1s; do
       name="limits-$mode-$round"
       extra=()
       case "$mode" in
         local) extra=(KEYGATE_DEFAULT_RATE_LIMIT=1000000000/1) ;;
-        redis) extra=(KEYGATE_DEFAULT_RATE_LIMIT=1000000000/1
-                      KEYGATE_RATE_LIMIT_STORE=redis://127.0.0.1:6379
-                      KEYGATE_RATE_LIMIT_PREFIX="keygate-bench:$name:") ;;
+        redis*) extra=(KEYGATE_DEFAULT_RATE_LIMIT=1000000000/1
+                       KEYGATE_RATE_LIMIT_STORE=redis://127.0.0.1:6379
+                       KEYGATE_RATE_LIMIT_PREFIX="keygate-bench:$name:") ;;
+      esac
+      case "$mode" in
+        redis-1s) extra+=(KEYGATE_RATE_LIMIT_TIMEOUT=1s) ;;
       esac
       start_keygate "$name" "$AUTHZ" "$ADMIN" "$METRICS" "${extra[@]}"
       note_load "$name" "$BENCH_OUT/load.txt"
