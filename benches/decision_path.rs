@@ -108,6 +108,7 @@ fn check_key(id: Uuid, key_prefix: String, revoked: bool) -> CheckKey {
         abilities_header: ABILITY.into(),
         superkey: false,
         rate_limit: None,
+        has_credits: false,
         expires_at: None,
         revoked_at: revoked.then(|| Utc::now() - chrono::Duration::hours(1)),
         owner_suspended: false,

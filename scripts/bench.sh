@@ -21,6 +21,11 @@
 #   flush        usage events/s into PostgreSQL (database keygate_bench_usage)
 #   propagation  revoke on one replica → denied on another (Postgres)
 #   envoy        1,000 req/s through a real Envoy: alone / + keygate / + no-op
+#   limits       Check at full speed, valid=100, every key limited: no limit vs
+#                local limits vs Redis limits (127.0.0.1:6379) with the default
+#                5 ms timeout vs Redis with a 1 s timeout (every decision made
+#                by Redis), two rounds alternating (not in the default set:
+#                it needs Redis)
 # Default: all of them, in that order.
 #
 # Env: BENCH_DURATION (measured seconds per run, default 10s),
@@ -216,6 +221,35 @@ section_propagation() {
   "$BENCH_ROOT/scripts/bench-propagation.sh" >"$BENCH_OUT/propagation.json"
 }
 
+# Every key gets the default limit, far above what is reached, so every Check
+# is counted and allowed: the difference is the limiter's own cost (and, with
+# Redis, one round-trip per Check).
+section_limits() {
+  local round mode name extra
+  for round in 1 2; do
+    for mode in none local redis redis-1s; do
+      name="limits-$mode-$round"
+      extra=()
+      case "$mode" in
+        local) extra=(KEYGATE_DEFAULT_RATE_LIMIT=1000000000/1) ;;
+        redis*) extra=(KEYGATE_DEFAULT_RATE_LIMIT=1000000000/1
+                       KEYGATE_RATE_LIMIT_STORE=redis://127.0.0.1:6379
+                       KEYGATE_RATE_LIMIT_PREFIX="keygate-bench:$name:") ;;
+      esac
+      case "$mode" in
+        redis-1s) extra+=(KEYGATE_RATE_LIMIT_TIMEOUT=1s) ;;
+      esac
+      start_keygate "$name" "$AUTHZ" "$ADMIN" "$METRICS" "${extra[@]}"
+      note_load "$name" "$BENCH_OUT/load.txt"
+      log "$name: full speed, valid=100"
+      bench check --target "127.0.0.1:$AUTHZ" --admin "127.0.0.1:$ADMIN" \
+        --mix valid=100 --server-pid "$KG_PID" --duration "$DURATION" --json >"$BENCH_OUT/$name.json"
+      echo "$name fallbacks: $(metric "$METRICS" keygate_rate_limit_fallbacks_total)" >>"$BENCH_OUT/limits-metrics.txt"
+      stop_pid "$KG_PID"
+    done
+  done
+}
+
 section_envoy() {
   note_load "envoy" "$BENCH_OUT/load.txt"
   "$BENCH_ROOT/scripts/bench-envoy.sh" >"$BENCH_OUT/envoy.json"
@@ -223,7 +257,7 @@ section_envoy() {
 
 for s in "${SECTIONS[@]}"; do
   case "$s" in
-    instructions|check_cost|check|usage|usage_pg|latency|admin|criterion|flush|propagation|envoy) "section_$s" ;;
+    instructions|check_cost|check|usage|usage_pg|latency|admin|criterion|flush|propagation|envoy|limits) "section_$s" ;;
     *) echo "unknown section $s" >&2; exit 2 ;;
   esac
 done

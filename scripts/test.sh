@@ -7,6 +7,7 @@
 # PostgreSQL: KEYGATE_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 # If it is not reachable the script tries to start the local cluster, and
 # fails loudly if that does not work: the Postgres tests are never skipped.
+# Redis (127.0.0.1:6379) likewise: started with redis-server if not running.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,6 +25,25 @@ if ! pg_ready; then
   if ! pg_ready; then
     echo "test.sh: FATAL: PostgreSQL is still not reachable on 127.0.0.1:5432." >&2
     echo "test.sh: start it (pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start) or set KEYGATE_TEST_POSTGRES_URL." >&2
+    exit 1
+  fi
+fi
+
+# Redis: the shared rate-limit tests (tests/limits.rs) use the real one on
+# 127.0.0.1:6379 and are never skipped either.
+redis_ready() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if ! redis_ready; then
+  echo "test.sh: Redis is not reachable on 127.0.0.1:6379; starting redis-server" >&2
+  if ! command -v redis-server >/dev/null; then
+    apt-get install -y redis-server >/dev/null 2>&1 || true
+  fi
+  if command -v redis-server >/dev/null; then
+    redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes || true
+  fi
+  for _ in $(seq 1 30); do redis_ready && break; sleep 1; done
+  if ! redis_ready; then
+    echo "test.sh: FATAL: Redis is still not reachable on 127.0.0.1:6379." >&2
+    echo "test.sh: install redis-server (apt-get install -y redis-server) and start it, or free port 6379." >&2
     exit 1
   fi
 fi

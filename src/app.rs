@@ -22,6 +22,7 @@ use crate::{
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
     config::{Config, TlsConfig},
+    credits::CreditLedger,
     forward_auth::{self, ForwardAuth},
     grpc::{
         accept::incoming,
@@ -32,7 +33,7 @@ use crate::{
     },
     invalidation,
     proto::key_admin_server::KeyAdminServer,
-    ratelimit::RateLimiters,
+    ratelimit::{RateLimitStore, RateLimiters, SharedLimiter},
     rest::{self, principal::Authenticator, RestState},
     store::{Store, StoreOptions},
     usage::{self, BufferBounds, FlushSettings},
@@ -101,6 +102,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
+/// The local limiters, counting in Redis first when it is configured.
+fn rate_limiters(store: &RateLimitStore) -> anyhow::Result<RateLimiters> {
+    let local = RateLimiters::new(LIMITER_CAPACITY);
+    Ok(match store {
+        RateLimitStore::Local => local,
+        RateLimitStore::Redis(settings) => {
+            let shared =
+                SharedLimiter::new(settings).context("invalid KEYGATE_RATE_LIMIT_STORE")?;
+            tracing::info!(timeout = ?settings.timeout, prefix = %settings.prefix, "rate limits are shared across replicas through Redis");
+            local.with_shared(shared)
+        }
+    })
+}
+
 /// Opens the store, migrates if configured, binds both listeners and starts
 /// every task. Returns once the listeners accept connections.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
@@ -129,7 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_concurrent_misses: config.max_concurrent_misses,
         },
     ));
-    let limiters = Arc::new(RateLimiters::new(LIMITER_CAPACITY));
+    let limiters = Arc::new(rate_limiters(&config.rate_limit_store)?);
     let (usage_sender, flusher) = usage::buffer(
         BufferBounds {
             events: config.usage_buffer,
@@ -142,12 +157,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             log_enabled: config.usage_log_enabled,
         },
     );
-    let authorizer = Arc::new(Authorizer::new(
-        AuthzSettings::from_config(&config),
-        cache.clone(),
-        limiters.clone(),
-        config.usage_enabled.then(|| usage_sender.clone()),
+    let credits = Arc::new(CreditLedger::new(
+        store.clone(),
+        config.credit_lease,
+        config.check_timeout,
     ));
+    let authorizer = Arc::new(
+        Authorizer::new(
+            AuthzSettings::from_config(&config),
+            cache.clone(),
+            limiters.clone(),
+            config.usage_enabled.then(|| usage_sender.clone()),
+        )
+        .with_credits(credits.clone()),
+    );
     let admin = Arc::new(
         KeyAdmin::new(
             store.clone(),
@@ -158,6 +181,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             cache.clone(),
             limiters.clone(),
         )
+        .with_credits(credits.clone())
         .with_policy(AdminPolicy {
             max_rotation_overlap: config.max_rotation_overlap,
             services_may_grant_superkey: config.service_tokens_may_grant_superkey,
@@ -260,6 +284,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             store.clone(),
             cache.clone(),
             limiters.clone(),
+            credits.clone(),
             stopped(stop_rx.clone()),
             connected,
         )));
@@ -327,6 +352,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bounded("REST listener", deadline, rest_task).await;
         let _ = finish_usage.send(true);
         bounded("final usage flush", deadline, flusher_task).await;
+        // No Check is in flight any more: what this replica leased and did
+        // not spend goes back.
+        let give_back = tokio::spawn(async move { credits.return_all().await });
+        bounded("return unspent credits", deadline, give_back).await;
         for task in background {
             bounded("background task", deadline, task).await;
         }

@@ -10,6 +10,7 @@ use metrics::Counter;
 use crate::{
     cache::{CachedKey, KeyCache, LookupError},
     config::{Config, ForeignBearer, RouteRule},
+    credits::{CreditLedger, Spend},
     domain::{decide, path, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
     ratelimit::{RateLimiters, RateOutcome},
     usage::{
@@ -102,6 +103,7 @@ pub struct Authorizer {
     settings: AuthzSettings,
     cache: Arc<KeyCache>,
     limiters: Arc<RateLimiters>,
+    credits: Option<Arc<CreditLedger>>,
     usage: Option<UsageSender>,
     decisions: DecisionCounters,
 }
@@ -150,9 +152,16 @@ impl Authorizer {
             settings,
             cache,
             limiters,
+            credits: None,
             usage,
             decisions: DecisionCounters::new(),
         }
+    }
+
+    /// Spends a credit for every allowed Check of a key that has credits.
+    pub fn with_credits(mut self, credits: Arc<CreditLedger>) -> Self {
+        self.credits = Some(credits);
+        self
     }
 
     pub fn cache(&self) -> &Arc<KeyCache> {
@@ -259,7 +268,18 @@ impl Authorizer {
         if cached.key.environment != parsed.environment {
             return Ok(denied(DenyReason::InvalidKey, Some(source)));
         }
-        let decision = decide(&cached.key, route, now).and_then(|()| self.rate_limit(&cached));
+        let mut decision = match decide(&cached.key, route, now) {
+            Ok(()) => self.rate_limit(&cached).await,
+            Err(reason) => Err(reason),
+        };
+        // Last, so that no denied request spends a credit.
+        if decision.is_ok() && cached.key.has_credits {
+            if let Some(credits) = &self.credits {
+                if credits.spend(cached.key.id).await? == Spend::Exhausted {
+                    decision = Err(DenyReason::CreditsExhausted);
+                }
+            }
+        }
         Ok(Evaluation {
             decision,
             key: Some(cached),
@@ -267,11 +287,11 @@ impl Authorizer {
         })
     }
 
-    fn rate_limit(&self, cached: &CachedKey) -> Result<Option<RateHeaders>, DenyReason> {
+    async fn rate_limit(&self, cached: &CachedKey) -> Result<Option<RateHeaders>, DenyReason> {
         let Some(limit) = cached.key.rate_limit.or(self.settings.default_rate_limit) else {
             return Ok(None);
         };
-        match self.limiters.check(cached.key.id, limit) {
+        match self.limiters.check(cached.key.id, limit).await {
             RateOutcome::Allowed {
                 limit,
                 remaining,

@@ -144,6 +144,9 @@ enum FillError {
     Contended,
     #[error("too many cache misses are reading the store")]
     Shed,
+    /// Not a fill: the store failed a credit lease the Check needed.
+    #[error(transparent)]
+    Credits(#[from] crate::credits::CreditError),
 }
 
 /// The store was needed for a lookup and failed; the cause is kept for the log.
@@ -151,10 +154,20 @@ enum FillError {
 #[error("the key store could not be read")]
 pub struct LookupError(#[source] Arc<FillError>);
 
+impl From<crate::credits::CreditError> for LookupError {
+    fn from(error: crate::credits::CreditError) -> Self {
+        Self(Arc::new(FillError::Credits(error)))
+    }
+}
+
 impl LookupError {
     /// Whether the store was unreachable (as opposed to failing otherwise).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.0.as_ref(), FillError::Store(store) if store.is_unavailable())
+        match self.0.as_ref() {
+            FillError::Store(store) => store.is_unavailable(),
+            FillError::Credits(credits) => credits.is_unavailable(),
+            _ => false,
+        }
     }
 
     /// Whether invalidations kept outdating the key's fills (not a store
@@ -273,9 +286,10 @@ impl KeyCache {
                 Err(error) => {
                     return match error.as_ref() {
                         FillError::Unknown => Ok(None),
-                        FillError::Store(_) | FillError::Contended | FillError::Shed => {
-                            Err(LookupError(error))
-                        }
+                        FillError::Store(_)
+                        | FillError::Contended
+                        | FillError::Shed
+                        | FillError::Credits(_) => Err(LookupError(error)),
                     }
                 }
             };

@@ -11,7 +11,10 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ability, Ability, KeyFormat, RateLimit};
+use crate::{
+    domain::{ability, Ability, KeyFormat, RateLimit},
+    ratelimit::{RateLimitStore, RedisSettings, RedisUrl},
+};
 
 /// Every setting, as given. All optional: defaults are applied in [`Config`].
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
@@ -90,6 +93,24 @@ pub struct Settings {
     /// such as `100/60`. [default: none]
     #[arg(long, env = "KEYGATE_DEFAULT_RATE_LIMIT")]
     pub default_rate_limit: Option<String>,
+    /// Where rate-limit state lives: `local` (per replica) or a Redis URL
+    /// `redis://[:password@]host:port[/db]` shared by every replica.
+    /// [default: local]
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE", hide_env_values = true)]
+    pub rate_limit_store: Option<String>,
+    /// How long a Check waits for Redis before the local limiter answers.
+    /// [default: 5ms]
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_TIMEOUT")]
+    pub rate_limit_timeout: Option<String>,
+    /// Prefix of every Redis key keygate writes, so that several keygate
+    /// deployments can share one Redis. [default: keygate:]
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_PREFIX")]
+    pub rate_limit_prefix: Option<String>,
+    /// Credits a replica leases from the database at once for a key with
+    /// credits; a crash loses at most this many per key per replica.
+    /// [default: 100]
+    #[arg(long, env = "KEYGATE_CREDIT_LEASE")]
+    pub credit_lease: Option<u64>,
 
     /// How long a known key stays cached; the last bound on staleness.
     /// [default: 60s]
@@ -329,6 +350,8 @@ pub struct Config {
     pub max_keys_per_owner: u32,
     pub ability_catalog: Vec<Ability>,
     pub default_rate_limit: Option<RateLimit>,
+    pub rate_limit_store: RateLimitStore,
+    pub credit_lease: u64,
     pub cache_ttl: Duration,
     pub negative_cache_ttl: Duration,
     pub cache_capacity: u64,
@@ -559,6 +582,22 @@ impl Settings {
             )?,
             ability_catalog,
             default_rate_limit,
+            rate_limit_store: rate_limit_store(
+                self.rate_limit_store.as_deref(),
+                duration(
+                    self.rate_limit_timeout,
+                    "5ms",
+                    "rate_limit_timeout",
+                    "KEYGATE_RATE_LIMIT_TIMEOUT",
+                )?,
+                self.rate_limit_prefix
+                    .unwrap_or_else(|| "keygate:".to_owned()),
+            )?,
+            credit_lease: positive(
+                self.credit_lease.unwrap_or(100),
+                "credit_lease",
+                "KEYGATE_CREDIT_LEASE",
+            )?,
             cache_ttl: duration(self.cache_ttl, "60s", "cache_ttl", "KEYGATE_CACHE_TTL")?,
             negative_cache_ttl: duration(
                 self.negative_cache_ttl,
@@ -683,6 +722,38 @@ fn path_prefix(raw: Option<&str>) -> Result<String, ConfigError> {
             format!("{prefix:?} must start with / and not end with one, as in /ext-authz"),
         ))
     }
+}
+
+/// `local`, or a `redis://` URL with the timeout and key prefix that go
+/// with it.
+fn rate_limit_store(
+    raw: Option<&str>,
+    timeout: Duration,
+    prefix: String,
+) -> Result<RateLimitStore, ConfigError> {
+    let raw = raw.map(str::trim).unwrap_or("local");
+    if raw == "local" {
+        return Ok(RateLimitStore::Local);
+    }
+    if !raw.starts_with("redis://") {
+        return Err(invalid(
+            "rate_limit_store",
+            "KEYGATE_RATE_LIMIT_STORE",
+            "must be local or a redis:// URL",
+        ));
+    }
+    if timeout.is_zero() {
+        return Err(invalid(
+            "rate_limit_timeout",
+            "KEYGATE_RATE_LIMIT_TIMEOUT",
+            "must be greater than zero",
+        ));
+    }
+    Ok(RateLimitStore::Redis(RedisSettings {
+        url: RedisUrl(raw.to_owned()),
+        timeout,
+        prefix,
+    }))
 }
 
 /// Metadata names usable in a header name: `[A-Za-z0-9_-]`, at most 64.

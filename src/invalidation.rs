@@ -34,9 +34,13 @@ use uuid::Uuid;
 
 use crate::{
     cache::KeyCache,
+    credits::CreditLedger,
     ratelimit::RateLimiters,
     store::{Store, StoreError, INVALIDATION_CHANNEL, ISSUED_CHANNEL},
 };
+
+/// How long a reconnect waits for unspent credits to go back.
+const RETURN_CREDITS_WAIT: Duration = Duration::from_secs(2);
 
 /// An invalidation message as sent on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,7 @@ pub async fn listen(
     store: Store,
     cache: Arc<KeyCache>,
     limiters: Arc<RateLimiters>,
+    credits: Arc<CreditLedger>,
     stop: impl std::future::Future<Output = ()>,
     first_connect: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -150,6 +155,16 @@ pub async fn listen(
         // as dead as the one the heartbeat condemned, and a revoke heard of
         // late must not wait on them.
         cache.clear();
+        // Credits set anew while away make held leases void; the rest go
+        // back and are leased again. Bounded: the pool may be as dead as
+        // the listener was, and what is not returned is only lost, never
+        // spent twice.
+        if tokio::time::timeout(RETURN_CREDITS_WAIT, credits.return_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not return all unspent credits after reconnecting");
+        }
         metrics.clears.increment(1);
         // Read after LISTEN: a key created meanwhile is in the read or is
         // notified after it.
@@ -176,7 +191,7 @@ pub async fn listen(
         }
         let lost = tokio::select! {
             () = &mut stop => return,
-            lost = serve(&mut listener, &heartbeat_channel, &store, &cache, &limiters, &metrics) => lost,
+            lost = serve(&mut listener, &heartbeat_channel, &store, &cache, (&limiters, &credits), &metrics) => lost,
         };
         cache.issued().distrust();
         metrics.up.set(0.0);
@@ -226,7 +241,7 @@ async fn serve(
     heartbeat_channel: &str,
     store: &Store,
     cache: &KeyCache,
-    limiters: &RateLimiters,
+    (limiters, credits): (&RateLimiters, &CreditLedger),
     metrics: &ListenerMetrics,
 ) -> &'static str {
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
@@ -244,7 +259,7 @@ async fn serve(
                     let applied = if notification.channel() == ISSUED_CHANNEL {
                         issued(notification.payload(), store, cache).await
                     } else {
-                        apply(notification.payload(), cache, limiters).await;
+                        apply(notification.payload(), cache, limiters, credits).await;
                         Ok(())
                     };
                     if let Err(error) = applied {
@@ -295,11 +310,12 @@ async fn issued(payload: &str, store: &Store, cache: &KeyCache) -> Result<(), St
 }
 
 /// Acts on one invalidation payload.
-async fn apply(payload: &str, cache: &KeyCache, limiters: &RateLimiters) {
+async fn apply(payload: &str, cache: &KeyCache, limiters: &RateLimiters, credits: &CreditLedger) {
     match Invalidation::parse(payload) {
         Some(Invalidation::Key(id)) => {
             cache.invalidate_key(id).await;
             limiters.forget(id);
+            credits.release(id).await;
         }
         Some(Invalidation::Owner(owner)) => cache.invalidate_owner(&owner),
         None => {

@@ -5,6 +5,7 @@
 //! - [`cache`], [`issued_keys`], [`ratelimit`]: the in-memory state behind
 //!   the Check hot path.
 //! - [`authz`]: the Check decision from credential to outcome.
+//! - [`credits`]: credits spent from leases of the database's blocks.
 //! - [`answer`]: what an outcome tells the proxy, whichever the transport.
 //! - [`admin`]: key lifecycle use-cases behind KeyAdmin.
 //! - [`usage`]: the off-hot-path usage buffer and flusher.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod authz;
 pub mod cache;
 pub mod config;
+pub mod credits;
 pub mod domain;
 pub mod forward_auth;
 pub mod grpc;

@@ -1,9 +1,13 @@
-//! Per-key rate limits, enforced per replica in memory.
+//! Per-key rate limits: per replica in memory (`local`), or shared by every
+//! replica through Redis ([`shared`]) with the local limiter answering
+//! whenever Redis does not in time.
 //!
 //! Each limited key gets a GCRA limiter (governor) allowing `max_attempts`
 //! per `decay_seconds`. Limiter state is kept in a bounded moka cache and
 //! expires after `decay_seconds` without use: by then the key's allowance is
 //! full again, so forgetting it loses nothing.
+
+pub mod shared;
 
 use std::{
     num::NonZeroU32,
@@ -21,6 +25,40 @@ use moka::{sync::Cache, Expiry};
 use uuid::Uuid;
 
 use crate::domain::RateLimit;
+pub use shared::SharedLimiter;
+
+/// Where rate-limit state lives (`KEYGATE_RATE_LIMIT_STORE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitStore {
+    /// Each replica counts on its own: `N` replicas allow `N` times the limit.
+    Local,
+    Redis(RedisSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: RedisUrl,
+    /// How long a Check waits for Redis before the local limiter answers.
+    pub timeout: Duration,
+    /// Prefix of every Redis key written.
+    pub prefix: String,
+}
+
+/// A Redis URL, which may carry a password: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -71,6 +109,7 @@ impl Expiry<Uuid, Arc<KeyLimiter>> for IdleForDecay {
 pub struct RateLimiters {
     limiters: Cache<Uuid, Arc<KeyLimiter>>,
     clock: DefaultClock,
+    shared: Option<SharedLimiter>,
 }
 
 impl RateLimiters {
@@ -81,11 +120,30 @@ impl RateLimiters {
                 .expire_after(IdleForDecay)
                 .build(),
             clock: DefaultClock::default(),
+            shared: None,
         }
     }
 
-    /// Counts one request for `key_id` against `limit`.
-    pub fn check(&self, key_id: Uuid, limit: RateLimit) -> RateOutcome {
+    /// Counts in Redis first; the local limiters stay for the fallback.
+    pub fn with_shared(mut self, shared: SharedLimiter) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Counts one request for `key_id` against `limit`: in Redis when it is
+    /// configured and answers in time, otherwise on this replica. Local mode
+    /// never waits on anything.
+    pub async fn check(&self, key_id: Uuid, limit: RateLimit) -> RateOutcome {
+        if let Some(shared) = &self.shared {
+            if let Some(outcome) = shared.check(key_id, limit).await {
+                return outcome;
+            }
+        }
+        self.check_local(key_id, limit)
+    }
+
+    /// Counts one request for `key_id` against `limit` on this replica.
+    pub fn check_local(&self, key_id: Uuid, limit: RateLimit) -> RateOutcome {
         let mut limiter = self.limiters.get_with(key_id, || new_limiter(limit));
         if limiter.limit != limit {
             // The key's limit was updated: start afresh under the new one.
@@ -148,13 +206,13 @@ mod tests {
             decay_seconds: 60,
         };
         let remaining: Vec<_> = (0..3)
-            .map(|_| match limiters.check(key, limit) {
+            .map(|_| match limiters.check_local(key, limit) {
                 RateOutcome::Allowed { remaining, .. } => remaining,
                 other => panic!("expected allowed, got {other:?}"),
             })
             .collect();
         assert_eq!(remaining, [2, 1, 0]);
-        match limiters.check(key, limit) {
+        match limiters.check_local(key, limit) {
             RateOutcome::Limited {
                 retry_after_secs,
                 limit,
@@ -174,15 +232,15 @@ mod tests {
             decay_seconds: 60,
         };
         assert!(matches!(
-            limiters.check(Uuid::from_u128(1), one),
+            limiters.check_local(Uuid::from_u128(1), one),
             RateOutcome::Allowed { .. }
         ));
         assert!(matches!(
-            limiters.check(Uuid::from_u128(1), one),
+            limiters.check_local(Uuid::from_u128(1), one),
             RateOutcome::Limited { .. }
         ));
         assert!(matches!(
-            limiters.check(Uuid::from_u128(2), one),
+            limiters.check_local(Uuid::from_u128(2), one),
             RateOutcome::Allowed { .. }
         ));
         let two = RateLimit {
@@ -190,7 +248,7 @@ mod tests {
             decay_seconds: 60,
         };
         assert!(matches!(
-            limiters.check(Uuid::from_u128(1), two),
+            limiters.check_local(Uuid::from_u128(1), two),
             RateOutcome::Allowed { .. }
         ));
     }

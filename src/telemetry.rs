@@ -144,4 +144,12 @@ fn describe_metrics() {
         "keygate_cache_clears_total",
         "Full cache clears (lost LISTEN connection)"
     );
+    describe_counter!(
+        "keygate_rate_limit_fallbacks_total",
+        "Rate-limit decisions the local limiter took because Redis did not answer within KEYGATE_RATE_LIMIT_TIMEOUT or was known to be down"
+    );
+    describe_gauge!(
+        "keygate_rate_limit_redis_up",
+        "1 while Redis answers rate-limit decisions, 0 while the local limiter answers (redis mode only)"
+    );
 }

@@ -13,7 +13,7 @@ use keygate::{
     grpc::auth::new_admin_token,
     proto::{
         api_key::State, AdminListKeysRequest, AdminRevokeKeyRequest, ApiKey, AuditEvent,
-        CreateKeyRequest, GetKeyRequest, ListAbilitiesRequest, ListAuditEventsRequest,
+        CreateKeyRequest, Credits, GetKeyRequest, ListAbilitiesRequest, ListAuditEventsRequest,
         ListKeysRequest, ListKeysResponse, RateLimit, ResumeOwnerRequest, RevokeKeyRequest,
         RotateKeyRequest, SuspendOwnerRequest, UpdateKeyRequest,
     },
@@ -579,8 +579,9 @@ on_both_backends! {
             superkey: true,
             rate_limit: Some(RateLimit { max_attempts: 500, decay_seconds: 1 }),
             metadata: metadata(&[("team", "payments"), ("cost_center", "42")]),
+            credits: Some(Credits { remaining: 77, refill_amount: 77, refill_interval_seconds: 60 }),
         };
-        for path in ["name", "abilities", "superkey", "rate_limit", "metadata"] {
+        for path in ["name", "abilities", "superkey", "rate_limit", "metadata", "credits"] {
             let updated = server.update(everything(&current.id, &[path])).await.unwrap_or_else(|s| panic!("{path}: {s:?}"));
             let mut expected = current.clone();
             match path {
@@ -589,6 +590,9 @@ on_both_backends! {
                 "superkey" => expected.superkey = true,
                 "rate_limit" => expected.rate_limit = Some(RateLimit { max_attempts: 500, decay_seconds: 1 }),
                 "metadata" => expected.metadata = metadata(&[("team", "payments"), ("cost_center", "42")]),
+                "credits" => {
+                    expected.credits = Some(Credits { remaining: 77, refill_amount: 77, refill_interval_seconds: 60 })
+                }
                 _ => unreachable!(),
             }
             assert!(instant(&updated.updated_at) > instant(&current.updated_at), "{path}: updated_at moves");

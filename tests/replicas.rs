@@ -7,36 +7,19 @@ mod common;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use common::{
-    check_request, eventually, metric_value, process::KeygateProcess, proxy::CuttableProxy,
-    scrape_metrics, Backend, Decision, TestDb,
+    check_request, eventually, metric_value, proxy::CuttableProxy, replica::Replica, Backend,
+    Decision, TestDb,
 };
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use keygate::proto::{
-    key_admin_client::KeyAdminClient, CreateKeyRequest, RevokeKeyRequest, RotateKeyRequest,
-    SuspendOwnerRequest,
-};
-use tonic::transport::Channel;
+use keygate::proto::{CreateKeyRequest, RevokeKeyRequest, RotateKeyRequest, SuspendOwnerRequest};
 
 /// A cache TTL far beyond the test, so only notifications can explain a
 /// change seen on the other replica.
 const LONG_TTL: (&str, &str) = ("KEYGATE_CACHE_TTL", "1h");
 
-struct Replica {
-    process: KeygateProcess,
-    admin: KeyAdminClient<Channel>,
-    authz: AuthorizationClient<Channel>,
-}
-
+/// Test-only conveniences on the shared harness's replica.
 impl Replica {
-    async fn start(database_url: &str) -> Replica {
-        let process = KeygateProcess::spawn(database_url, &[LONG_TTL]).await;
-        let admin = KeyAdminClient::new(common::channel(process.admin_addr).await);
-        let authz = AuthorizationClient::new(common::channel(process.authz_addr).await);
-        Replica {
-            process,
-            admin,
-            authz,
-        }
+    async fn with_long_ttl(database_url: &str) -> Replica {
+        Replica::start(database_url, &[LONG_TTL]).await
     }
 
     async fn revoke(&self, owner: &str, id: String, reason: &str) {
@@ -51,30 +34,13 @@ impl Replica {
             .unwrap();
     }
 
-    async fn create(&self, owner: &str) -> (String, String) {
-        let created = self
-            .admin
-            .clone()
-            .create_key(CreateKeyRequest {
-                owner_id: owner.into(),
-                name: "replicated".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        (created.key, created.api_key.unwrap().id)
-    }
-
-    async fn code(&self, key: &str) -> String {
-        let headers = HashMap::from([("authorization".to_string(), format!("Bearer {key}"))]);
-        let response = self
-            .authz
-            .clone()
-            .check(check_request(headers, "GET", "/", HashMap::new()))
-            .await
-            .unwrap();
-        Decision::of(response.into_inner()).code
+    async fn create_for(&self, owner: &str) -> (String, String) {
+        self.create(CreateKeyRequest {
+            owner_id: owner.into(),
+            name: "replicated".into(),
+            ..Default::default()
+        })
+        .await
     }
 
     async fn becomes(&self, key: &str, code: &str) -> bool {
@@ -83,23 +49,19 @@ impl Replica {
         })
         .await
     }
-
-    fn metrics(&self) -> String {
-        scrape_metrics(self.process.metrics_addr)
-    }
 }
 
 async fn two_replicas() -> (TestDb, Replica, Replica) {
     let db = TestDb::new(Backend::Postgres).await;
-    let a = Replica::start(&db.url).await;
-    let b = Replica::start(&db.url).await;
+    let a = Replica::with_long_ttl(&db.url).await;
+    let b = Replica::with_long_ttl(&db.url).await;
     (db, a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_created_on_one_replica_works_on_the_other_and_a_revoke_reaches_it() {
     let (_db, a, b) = two_replicas().await;
-    let (key, id) = a.create("acme").await;
+    let (key, id) = a.create_for("acme").await;
     assert_eq!(b.code(&key).await, "allowed");
     a.revoke("acme", id, "leaked").await;
     assert!(
@@ -112,7 +74,7 @@ async fn a_key_created_on_one_replica_works_on_the_other_and_a_revoke_reaches_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_without_overlap_on_one_replica_switches_keys_on_the_other() {
     let (_db, a, b) = two_replicas().await;
-    let (old_key, id) = a.create("acme").await;
+    let (old_key, id) = a.create_for("acme").await;
     assert_eq!(b.code(&old_key).await, "allowed");
     let rotated = a
         .admin
@@ -132,9 +94,9 @@ async fn a_rotation_without_overlap_on_one_replica_switches_keys_on_the_other() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspending_an_owner_on_one_replica_denies_all_its_keys_on_the_other() {
     let (_db, a, b) = two_replicas().await;
-    let (first, _) = a.create("acme").await;
-    let (second, _) = a.create("acme").await;
-    let (bystander, _) = a.create("globex").await;
+    let (first, _) = a.create_for("acme").await;
+    let (second, _) = a.create_for("acme").await;
+    let (bystander, _) = a.create_for("globex").await;
     for key in [&first, &second, &bystander] {
         assert_eq!(b.code(key).await, "allowed");
     }
@@ -154,11 +116,11 @@ async fn suspending_an_owner_on_one_replica_denies_all_its_keys_on_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_listener_lost_notifications_clears_its_cache_on_reconnect() {
     let db = TestDb::new(Backend::Postgres).await;
-    let a = Replica::start(&db.url).await;
+    let a = Replica::with_long_ttl(&db.url).await;
     let upstream: SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = CuttableProxy::start(upstream).await;
-    let b = Replica::start(&proxy.postgres_url(&db.url)).await;
-    let (key, id) = a.create("acme").await;
+    let b = Replica::with_long_ttl(&proxy.postgres_url(&db.url)).await;
+    let (key, id) = a.create_for("acme").await;
     assert_eq!(b.code(&key).await, "allowed");
 
     proxy.cut();
@@ -204,9 +166,9 @@ async fn a_replica_whose_listener_lost_notifications_clears_its_cache_on_reconne
 async fn a_revoke_reaches_a_replica_whose_listener_died_silently_within_seconds() {
     let db = TestDb::new(Backend::Postgres).await;
     let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let a = Replica::start(&db.url).await;
-    let b = Replica::start(&proxy.postgres_url(&db.url)).await;
-    let (key, id) = a.create("acme").await;
+    let a = Replica::with_long_ttl(&db.url).await;
+    let b = Replica::with_long_ttl(&proxy.postgres_url(&db.url)).await;
+    let (key, id) = a.create_for("acme").await;
     assert!(b.becomes(&key, "allowed").await);
 
     proxy.silence_open_connections();

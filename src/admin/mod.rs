@@ -19,8 +19,10 @@ use uuid::Uuid;
 use crate::{
     cache::KeyCache,
     config::AdminRole,
+    credits::CreditLedger,
     domain::{
-        ability, Ability, AbilityError, ApiKey, Echo, KeyFormat, Owner, PlaintextKey, RateLimit,
+        ability, Ability, AbilityError, ApiKey, Credits, Echo, KeyFormat, Owner, PlaintextKey,
+        RateLimit,
     },
     ratelimit::RateLimiters,
     store::{
@@ -85,6 +87,8 @@ pub enum AdminError {
     ExpiryInPast,
     #[error("rate_limit needs max_attempts and decay_seconds greater than zero")]
     InvalidRateLimit,
+    #[error("credits: refill_amount and refill_interval_seconds go together, both greater than zero, and no number may exceed 9223372036854775807")]
+    InvalidCredits,
     #[error("metadata allows 50 entries, keys of 1 to 40 characters and values of up to 500")]
     InvalidMetadata,
     #[error("reason must be at most 500 printable characters")]
@@ -159,6 +163,7 @@ pub struct CreateKey {
     pub abilities: Vec<String>,
     pub superkey: bool,
     pub rate_limit: Option<RateLimit>,
+    pub credits: Option<Credits>,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: BTreeMap<String, String>,
 }
@@ -171,6 +176,7 @@ pub struct UpdateKey {
     pub abilities: Vec<String>,
     pub superkey: bool,
     pub rate_limit: Option<RateLimit>,
+    pub credits: Option<Credits>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -207,6 +213,7 @@ pub struct KeyAdmin {
     retention_days: u32,
     cache: Arc<KeyCache>,
     limiters: Arc<RateLimiters>,
+    credits: Option<Arc<CreditLedger>>,
     policy: AdminPolicy,
     /// Read from the database (or made there) on first use.
     page_key: OnceCell<page_token::PageKey>,
@@ -247,6 +254,7 @@ impl KeyAdmin {
             retention_days,
             cache,
             limiters,
+            credits: None,
             policy: AdminPolicy::default(),
             page_key: OnceCell::new(),
         }
@@ -267,6 +275,19 @@ impl KeyAdmin {
             Ok(done) => done,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(_) => Err(AdminError::Interrupted),
+        }
+    }
+
+    /// Hands this replica's unspent credits of a changed key back at once
+    /// (on PostgreSQL the notification would too, a moment later).
+    pub fn with_credits(mut self, credits: Arc<CreditLedger>) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+
+    async fn release_credits(&self, id: Uuid) {
+        if let Some(credits) = &self.credits {
+            credits.release(id).await;
         }
     }
 
@@ -339,6 +360,7 @@ impl KeyAdmin {
             abilities: template.abilities,
             superkey: template.superkey,
             rate_limit: template.rate_limit,
+            credits: template.credits,
             expires_at: template.expires_at,
             metadata: template.metadata,
             rotated_from_id: template.rotated_from_id,
@@ -369,6 +391,7 @@ impl KeyAdmin {
             abilities: self.abilities_of(&request.abilities)?,
             superkey: request.superkey,
             rate_limit: validate::rate_limit(request.rate_limit)?,
+            credits: validate::credits(request.credits)?,
             expires_at: validate::expiry(request.expires_at, now)?,
             metadata: validate::metadata(request.metadata)?,
             rotated_from_id: None,
@@ -468,6 +491,7 @@ impl KeyAdmin {
                     changes.superkey = Some(update.superkey);
                 }
                 "rate_limit" => changes.rate_limit = Some(validate::rate_limit(update.rate_limit)?),
+                "credits" => changes.credits = Some(validate::credits(update.credits)?),
                 "metadata" => changes.metadata = Some(validate::metadata(update.metadata.clone())?),
                 "environment" | "id" | "owner_id" | "key_prefix" | "masked_key" | "expires_at"
                 | "revoked_at" | "created_at" | "updated_at" | "rotated_from_id"
@@ -485,6 +509,7 @@ impl KeyAdmin {
             .await?;
         self.cache.invalidate_key(key.id).await;
         self.limiters.forget(key.id);
+        self.release_credits(key.id).await;
         audit_log(&audit, Some(&updated), &updated.owner_id);
         Ok(updated)
     }
@@ -532,6 +557,8 @@ impl KeyAdmin {
             abilities: old.abilities.clone(),
             superkey: old.superkey,
             rate_limit: old.rate_limit,
+            // The store moves the old key's unleased credits over.
+            credits: old.credits,
             expires_at: old.expires_at,
             metadata: old.metadata.clone(),
             rotated_from_id: Some(old.id),
@@ -553,6 +580,7 @@ impl KeyAdmin {
                 other => other.into(),
             })?;
         self.cache.invalidate_key(old.id).await;
+        self.release_credits(old.id).await;
         audit_log(&audit, Some(&previous), &previous.owner_id);
         Ok((Issued { plaintext, key }, previous))
     }
@@ -711,6 +739,7 @@ struct NewKeyTemplate {
     abilities: Vec<String>,
     superkey: bool,
     rate_limit: Option<RateLimit>,
+    credits: Option<Credits>,
     expires_at: Option<DateTime<Utc>>,
     metadata: BTreeMap<String, String>,
     rotated_from_id: Option<Uuid>,

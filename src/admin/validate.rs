@@ -6,7 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use super::AdminError;
-use crate::domain::RateLimit;
+use crate::domain::{Credits, RateLimit};
 
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_OWNER_ID_CHARS: usize = 255;
@@ -125,6 +125,22 @@ pub fn page_size(requested: i32, default: u32, max: u32) -> Result<u32, AdminErr
     }
 }
 
+/// Credits as stored: a refill has both an amount and an interval, and
+/// every number fits the store's signed 64-bit columns.
+pub fn credits(credits: Option<Credits>) -> Result<Option<Credits>, AdminError> {
+    let Some(credits) = credits else {
+        return Ok(None);
+    };
+    let too_big = |n: u64| i64::try_from(n).is_err();
+    let refill_ok = credits
+        .refill
+        .is_none_or(|r| r.amount > 0 && r.interval_seconds > 0 && !too_big(r.amount));
+    if too_big(credits.remaining) || !refill_ok {
+        return Err(AdminError::InvalidCredits);
+    }
+    Ok(Some(credits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +200,26 @@ mod tests {
         assert_eq!(page_size(0, 50, 500).unwrap(), 50);
         assert_eq!(page_size(9999, 50, 500).unwrap(), 500);
         assert!(page_size(-1, 50, 500).is_err());
+    }
+
+    #[test]
+    fn credits_need_a_whole_refill_and_numbers_the_store_can_hold() {
+        use crate::domain::{Credits, Refill};
+        let credits = |remaining, refill| credits(Some(Credits { remaining, refill }));
+        let refill = |amount, interval_seconds| {
+            Some(Refill {
+                amount,
+                interval_seconds,
+            })
+        };
+        assert!(credits(0, None).is_ok());
+        assert!(credits(10, refill(5, 60)).is_ok());
+        for bad in [refill(0, 60), refill(5, 0), refill(u64::MAX, 60)] {
+            assert!(matches!(credits(1, bad), Err(AdminError::InvalidCredits)));
+        }
+        assert!(matches!(
+            credits(u64::MAX, None),
+            Err(AdminError::InvalidCredits)
+        ));
     }
 }

@@ -14,6 +14,22 @@ pub struct RateLimit {
     pub decay_seconds: u32,
 }
 
+/// A key's budget of calls: each allowed Check spends one
+/// (docs/behaviour.md, "Credits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credits {
+    /// Credits no replica has leased yet.
+    pub remaining: u64,
+    pub refill: Option<Refill>,
+}
+
+/// Every `interval_seconds`, `remaining` is set back to `amount`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    pub amount: u64,
+    pub interval_seconds: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     Active,
@@ -34,6 +50,7 @@ pub struct ApiKey {
     pub abilities: Vec<String>,
     pub superkey: bool,
     pub rate_limit: Option<RateLimit>,
+    pub credits: Option<Credits>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revocation_reason: Option<String>,
@@ -83,6 +100,8 @@ pub struct CheckKey {
     pub abilities_header: String,
     pub superkey: bool,
     pub rate_limit: Option<RateLimit>,
+    /// Each allowed Check spends a credit (`credits::CreditLedger`).
+    pub has_credits: bool,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub owner_suspended: bool,
@@ -106,6 +125,7 @@ impl CheckKey {
             abilities_header: abilities.join(","),
             superkey: false,
             rate_limit: None,
+            has_credits: false,
             expires_at: None,
             revoked_at: None,
             owner_suspended: false,
@@ -130,6 +150,7 @@ impl CheckKey {
             abilities_header,
             superkey: key.superkey,
             rate_limit: key.rate_limit,
+            has_credits: key.credits.is_some(),
             expires_at: key.expires_at,
             revoked_at: key.revoked_at,
             owner_suspended,

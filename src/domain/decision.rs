@@ -24,6 +24,8 @@ pub enum DenyReason {
     /// Route rules apply and the path cannot be normalised unambiguously
     /// (`domain::path`).
     InvalidPath,
+    /// The key's credits are spent (docs/behaviour.md, "Credits").
+    CreditsExhausted,
 }
 
 impl DenyReason {
@@ -40,6 +42,7 @@ impl DenyReason {
             Self::InsufficientAbility => "insufficient_ability",
             Self::RateLimited { .. } => "rate_limited",
             Self::InvalidPath => "invalid_path",
+            Self::CreditsExhausted => "credits_exhausted",
         }
     }
 
@@ -51,7 +54,7 @@ impl DenyReason {
             | Self::KeyRevoked
             | Self::KeyExpired => 401,
             Self::OwnerSuspended | Self::EnvironmentNotAllowed | Self::InsufficientAbility => 403,
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::CreditsExhausted => 429,
             Self::InvalidPath => 400,
         }
     }
@@ -67,6 +70,7 @@ impl DenyReason {
             Self::EnvironmentNotAllowed => "This API key's environment is not allowed on this route.",
             Self::InsufficientAbility => "This API key lacks an ability this route requires.",
             Self::RateLimited { .. } => "Too many requests for this API key; retry after the time in Retry-After.",
+            Self::CreditsExhausted => "This API key has no credits left.",
             Self::InvalidPath => "The request path is ambiguous: an encoded slash or backslash, a backslash, a relative path, .. above the root or an invalid percent-escape.",
         }
     }
@@ -85,12 +89,13 @@ impl DenyReason {
             Self::InsufficientAbility => 7,
             Self::RateLimited { .. } => 8,
             Self::InvalidPath => 9,
+            Self::CreditsExhausted => 10,
         }
     }
 
     /// One reason of each kind, in [`Self::ALL_CODES`] order; the
     /// rate-limited one carries `retry_after_secs`.
-    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 10] {
+    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 11] {
         [
             Self::MissingCredentials,
             Self::MalformedKey,
@@ -102,11 +107,12 @@ impl DenyReason {
             Self::InsufficientAbility,
             Self::RateLimited { retry_after_secs },
             Self::InvalidPath,
+            Self::CreditsExhausted,
         ]
     }
 
     /// Every code, for metrics that should show zeros before the first hit.
-    pub const ALL_CODES: [&'static str; 10] = [
+    pub const ALL_CODES: [&'static str; 11] = [
         "missing_credentials",
         "malformed_key",
         "invalid_key",
@@ -117,6 +123,7 @@ impl DenyReason {
         "insufficient_ability",
         "rate_limited",
         "invalid_path",
+        "credits_exhausted",
     ];
 }
 

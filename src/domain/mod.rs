@@ -10,7 +10,7 @@ pub mod key;
 pub mod path;
 
 pub use ability::{Ability, AbilityError};
-pub use api_key::{ApiKey, CheckKey, KeyState, Owner, RateLimit};
+pub use api_key::{ApiKey, CheckKey, Credits, KeyState, Owner, RateLimit, Refill};
 pub use decision::{decide, DenyReason, RouteRequirements};
 pub use echo::Echo;
 pub use key::{

@@ -9,7 +9,7 @@ use tonic::Status;
 use super::status::bad_timestamp;
 use crate::{
     admin::validate::{MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS},
-    domain::{ApiKey, KeyState, RateLimit},
+    domain::{ApiKey, Credits, KeyState, RateLimit, Refill},
     proto,
     store::{AuditEvent, KeyUsage, UsageLogEntry},
 };
@@ -47,6 +47,24 @@ pub fn rate_limit(limit: Option<proto::RateLimit>) -> Option<RateLimit> {
             max_attempts: l.max_attempts,
             decay_seconds: l.decay_seconds,
         })
+}
+
+pub fn credits(credits: Option<proto::Credits>) -> Option<Credits> {
+    credits.map(|c| Credits {
+        remaining: c.remaining,
+        refill: (c.refill_amount != 0 || c.refill_interval_seconds != 0).then_some(Refill {
+            amount: c.refill_amount,
+            interval_seconds: c.refill_interval_seconds,
+        }),
+    })
+}
+
+fn credits_message(credits: Credits) -> proto::Credits {
+    proto::Credits {
+        remaining: credits.remaining,
+        refill_amount: credits.refill.map_or(0, |r| r.amount),
+        refill_interval_seconds: credits.refill.map_or(0, |r| r.interval_seconds),
+    }
 }
 
 pub fn metadata(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
@@ -89,6 +107,7 @@ pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> proto::ApiKey {
         metadata: key.metadata.into_iter().collect(),
         created_at: Some(timestamp(key.created_at)),
         updated_at: Some(timestamp(key.updated_at)),
+        credits: key.credits.map(credits_message),
     }
 }
 

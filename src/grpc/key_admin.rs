@@ -104,6 +104,7 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     abilities: r.abilities,
                     superkey: r.superkey,
                     rate_limit: convert::rate_limit(r.rate_limit),
+                    credits: convert::credits(r.credits),
                     expires_at: convert::instant(r.expires_at, "expires_at")?,
                     metadata: convert::metadata(r.metadata),
                 };
@@ -182,6 +183,7 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     abilities: r.abilities,
                     superkey: r.superkey,
                     rate_limit: convert::rate_limit(r.rate_limit),
+                    credits: convert::credits(r.credits),
                     metadata: convert::metadata(r.metadata),
                 };
                 let key = self

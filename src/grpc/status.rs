@@ -19,6 +19,7 @@ pub fn from_admin(error: AdminError) -> Status {
         | AdminError::TooManyAbilities { .. }
         | AdminError::ExpiryInPast
         | AdminError::InvalidRateLimit
+        | AdminError::InvalidCredits
         | AdminError::InvalidMetadata
         | AdminError::InvalidReason
         | AdminError::InvalidId

@@ -117,6 +117,7 @@ impl ApiError {
         let code = match reason.http_status() {
             401 => "unauthenticated",
             403 => "forbidden",
+            _ if reason == DenyReason::CreditsExhausted => "credits_exhausted",
             _ => "rate_limited",
         };
         let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
@@ -137,6 +138,7 @@ impl From<AdminError> for ApiError {
             AdminError::InvalidAbility(_) | AdminError::TooManyAbilities { .. } => "abilities",
             AdminError::ExpiryInPast => "expires_at",
             AdminError::InvalidRateLimit => "rate_limit",
+            AdminError::InvalidCredits => "credits",
             AdminError::InvalidMetadata => "metadata",
             AdminError::InvalidReason => "reason",
             AdminError::InvalidId => "id",

@@ -70,6 +70,7 @@ pub async fn create(
         abilities: body.abilities.unwrap_or_default(),
         superkey,
         rate_limit: body.rate_limit.map(Into::into),
+        credits: body.credits.map(Into::into),
         expires_at: expiry(body.expires_at)?,
         metadata: body.metadata,
     };
@@ -136,6 +137,10 @@ pub async fn update(
     if let Some(rate_limit) = body.rate_limit {
         update.paths.push("rate_limit".to_owned());
         update.rate_limit = rate_limit.map(Into::into);
+    }
+    if let Some(credits) = body.credits {
+        update.paths.push("credits".to_owned());
+        update.credits = credits.map(Into::into);
     }
     if let Some(metadata) = body.metadata {
         update.paths.push("metadata".to_owned());

@@ -46,6 +46,48 @@ impl From<domain::RateLimit> for RateLimit {
     }
 }
 
+/// A key's budget of calls: each allowed Check spends one; at zero Check
+/// answers 429 `credits_exhausted`. `remaining` excludes credits replicas
+/// hold in leases.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credits {
+    pub remaining: u64,
+    /// With `refill_interval_seconds`: `remaining` is set back to this
+    /// every interval.
+    #[schema(minimum = 1)]
+    pub refill_amount: Option<u64>,
+    #[schema(minimum = 1)]
+    pub refill_interval_seconds: Option<u32>,
+}
+
+impl From<Credits> for domain::Credits {
+    fn from(credits: Credits) -> Self {
+        let refill = match (credits.refill_amount, credits.refill_interval_seconds) {
+            (None, None) => None,
+            // One without the other is refused by validation (zero is invalid).
+            (amount, interval) => Some(domain::Refill {
+                amount: amount.unwrap_or(0),
+                interval_seconds: interval.unwrap_or(0),
+            }),
+        };
+        Self {
+            remaining: credits.remaining,
+            refill,
+        }
+    }
+}
+
+impl From<domain::Credits> for Credits {
+    fn from(credits: domain::Credits) -> Self {
+        Self {
+            remaining: credits.remaining,
+            refill_amount: credits.refill.map(|r| r.amount),
+            refill_interval_seconds: credits.refill.map(|r| r.interval_seconds),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
@@ -68,6 +110,7 @@ pub struct ApiKey {
     pub abilities: Vec<String>,
     pub superkey: bool,
     pub rate_limit: Option<RateLimit>,
+    pub credits: Option<Credits>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revocation_reason: Option<String>,
@@ -101,6 +144,7 @@ impl ApiKey {
             abilities: key.abilities,
             superkey: key.superkey,
             rate_limit: key.rate_limit.map(Into::into),
+            credits: key.credits.map(Into::into),
             expires_at: key.expires_at,
             revoked_at: key.revoked_at,
             revocation_reason: key.revocation_reason,
@@ -131,6 +175,7 @@ pub struct CreateKeyBody {
     pub abilities: Option<Vec<String>>,
     pub superkey: Option<bool>,
     pub rate_limit: Option<RateLimit>,
+    pub credits: Option<Credits>,
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -149,6 +194,11 @@ pub struct UpdateKeyBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<RateLimit>)]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Sets the credits anew (leases held by replicas become void); `null`
+    /// removes them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Credits>)]
+    pub credits: Option<Option<Credits>>,
     pub metadata: Option<BTreeMap<String, String>>,
     /// Immutable: sending it is refused with 422.
     #[schema(value_type = Option<String>)]

@@ -12,7 +12,7 @@ use super::{
     rows::{key_columns, keys_from_rows, CheckRow, KeyRow},
     with_pool, Store, StoreError, StoreResult,
 };
-use crate::domain::{ApiKey, CheckKey, IssuedKey, KeyHash, RateLimit};
+use crate::domain::{ApiKey, CheckKey, Credits, IssuedKey, KeyHash, RateLimit};
 
 /// A key about to be stored: everything but usage counters.
 #[derive(Debug, Clone)]
@@ -26,6 +26,7 @@ pub struct NewKey {
     pub abilities: Vec<String>,
     pub superkey: bool,
     pub rate_limit: Option<RateLimit>,
+    pub credits: Option<Credits>,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: BTreeMap<String, String>,
     pub rotated_from_id: Option<Uuid>,
@@ -53,6 +54,7 @@ impl NewKey {
             abilities: vec![],
             superkey: false,
             rate_limit: None,
+            credits: None,
             expires_at: None,
             metadata: BTreeMap::new(),
             rotated_from_id: None,
@@ -69,6 +71,8 @@ pub struct KeyChanges {
     pub superkey: Option<bool>,
     /// `Some(None)` removes the key's own limit.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// `Some(None)` removes the key's credits: it is no longer counted.
+    pub credits: Option<Option<Credits>>,
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
@@ -80,6 +84,7 @@ impl KeyChanges {
             ("abilities", self.abilities.is_some()),
             ("superkey", self.superkey.is_some()),
             ("rate_limit", self.rate_limit.is_some()),
+            ("credits", self.credits.is_some()),
             ("metadata", self.metadata.is_some()),
         ]
         .into_iter()
@@ -121,15 +126,23 @@ const COUNT_LIVE_KEYS_OF_OWNER: &str = "SELECT COUNT(*) FROM api_keys \
      WHERE owner_id = $1 AND deleted_at IS NULL AND (revoked_at IS NULL OR revoked_at > $2) \
      AND (expires_at IS NULL OR expires_at > $2)";
 
-const INSERT_KEY: &str = "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
+const INSERT_KEY: &str =
+    "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
      abilities, superkey, rate_limit_max, rate_limit_decay, expires_at, rotated_from_id, metadata, \
-     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)";
+     created_at, updated_at, credits_remaining, credits_refill_amount, credits_refill_interval, \
+     credits_refilled_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16, $17, $18)";
 
 const UPDATE_KEY: &str = "UPDATE api_keys SET name = COALESCE($2, name), \
      abilities = COALESCE($3, abilities), superkey = COALESCE($4, superkey), \
      rate_limit_max = CASE WHEN $5 THEN $6 ELSE rate_limit_max END, \
      rate_limit_decay = CASE WHEN $5 THEN $7 ELSE rate_limit_decay END, \
-     metadata = COALESCE($8, metadata), updated_at = $9 \
+     metadata = COALESCE($8, metadata), updated_at = $9, \
+     credits_remaining = CASE WHEN $10 THEN $11 ELSE credits_remaining END, \
+     credits_refill_amount = CASE WHEN $10 THEN $12 ELSE credits_refill_amount END, \
+     credits_refill_interval = CASE WHEN $10 THEN $13 ELSE credits_refill_interval END, \
+     credits_refilled_at = CASE WHEN $10 THEN $14 ELSE credits_refilled_at END, \
+     credits_generation = CASE WHEN $10 THEN credits_generation + 1 ELSE credits_generation END \
      WHERE id = $1 AND deleted_at IS NULL";
 
 const MARK_ROTATED: &str = "UPDATE api_keys SET revoked_at = $2, revocation_reason = 'rotated', \
@@ -137,6 +150,16 @@ const MARK_ROTATED: &str = "UPDATE api_keys SET revoked_at = $2, revocation_reas
      WHERE id = $1 AND deleted_at IS NULL AND revoked_at IS NULL";
 
 /// Revokes now; a key inside a rotation overlap has its overlap cut short.
+/// A rotation moves the old key's unleased credits to its successor (`$2`),
+/// within the rotation's transaction, so that no credit can be spent under
+/// both keys; leases the old key's replicas hold are void with the new
+/// generation. Without credits on the old key nothing changes.
+const CARRY_CREDITS: &str = "UPDATE api_keys SET credits_last_lease = credits_remaining, \
+     credits_remaining = 0, credits_generation = credits_generation + 1 \
+     WHERE id = $1 AND credits_remaining IS NOT NULL RETURNING credits_last_lease";
+const RECEIVE_CREDITS: &str =
+    "UPDATE api_keys SET credits_remaining = $2 WHERE id = $1 AND credits_remaining IS NOT NULL";
+
 /// Only a rotation leaves `revoked_at` later than `updated_at` (a revoke sets
 /// both to the same instant), so a revoke whose `$2` was taken before a
 /// concurrent revoke committed finds nothing to do instead of revoking twice.
@@ -144,6 +167,22 @@ const REVOKE: &str =
     "UPDATE api_keys SET revoked_at = $2, revocation_reason = $3, updated_at = $2 \
      WHERE id = $1 AND deleted_at IS NULL \
      AND (revoked_at IS NULL OR (revoked_at > $2 AND revoked_at > updated_at))";
+
+/// `credits_remaining`, `_refill_amount`, `_refill_interval`,
+/// `_refilled_at`: the refill period starts at `at`.
+fn credit_columns(
+    credits: Option<Credits>,
+    at: DateTime<Utc>,
+) -> (Option<i64>, Option<i64>, Option<i64>, Option<i64>) {
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let refill = credits.and_then(|c| c.refill);
+    (
+        credits.map(|c| clamp(c.remaining)),
+        refill.map(|r| clamp(r.amount)),
+        refill.map(|r| i64::from(r.interval_seconds)),
+        credits.map(|_| at.timestamp()),
+    )
+}
 
 fn limit_columns(limit: Option<RateLimit>) -> (Option<i64>, Option<i64>) {
     (
@@ -180,6 +219,8 @@ macro_rules! insert_key {
     ($tx:expr, $new:expr) => {{
         let new: &NewKey = $new;
         let (max, decay) = limit_columns(new.rate_limit);
+        let (credits, refill_amount, refill_interval, refilled_at) =
+            credit_columns(new.credits, new.created_at);
         sqlx::query(INSERT_KEY)
             .bind(new.id)
             .bind(&new.owner_id)
@@ -195,6 +236,10 @@ macro_rules! insert_key {
             .bind(new.rotated_from_id)
             .bind(Json(&new.metadata))
             .bind(new.created_at)
+            .bind(credits)
+            .bind(refill_amount)
+            .bind(refill_interval)
+            .bind(refilled_at)
             .execute(&mut *$tx)
             .await?;
     }};
@@ -287,6 +332,8 @@ impl Store {
         audit: &AuditRecord,
     ) -> StoreResult<ApiKey> {
         let (max, decay) = limit_columns(changes.rate_limit.flatten());
+        let (credits, refill_amount, refill_interval, refilled_at) =
+            credit_columns(changes.credits.flatten(), at);
         with_pool!(&self.main, pool => {
             let mut tx = pool.begin_write().await?;
             let updated = sqlx::query(UPDATE_KEY)
@@ -299,6 +346,11 @@ impl Store {
                 .bind(decay)
                 .bind(changes.metadata.as_ref().map(Json))
                 .bind(at)
+                .bind(changes.credits.is_some())
+                .bind(credits)
+                .bind(refill_amount)
+                .bind(refill_interval)
+                .bind(refilled_at)
                 .execute(&mut *tx)
                 .await?;
             if updated.rows_affected() == 0 {
@@ -350,6 +402,17 @@ impl Store {
                 return Err(StoreError::AlreadyRevoked);
             }
             insert_key!(tx, successor);
+            let carried: Option<i64> = sqlx::query_scalar(CARRY_CREDITS)
+                .bind(old_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(carried) = carried {
+                sqlx::query(RECEIVE_CREDITS)
+                    .bind(successor.id)
+                    .bind(carried)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let new_key = fetch_key!(&mut *tx, successor.id)?;
             let old_key = fetch_key!(&mut *tx, old_id)?;
             insert_audit!(tx, audit, Some(old_key.id), &old_key.owner_id, Some(&old_key.key_prefix), successor.created_at);

@@ -7,6 +7,7 @@
 //! [`backend::Backend`].
 
 mod backend;
+mod credits;
 mod issued;
 mod key_pages;
 mod keys;
@@ -26,6 +27,7 @@ use sqlx::{
 };
 
 pub use backend::PRUNE_LOCK_ID;
+pub use credits::Lease;
 pub use issued::heartbeat;
 pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
 pub use owners_audit::{AuditEvent, AuditFilter, AuditRecord};

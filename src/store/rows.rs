@@ -7,7 +7,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::{ApiKey, CheckKey, RateLimit};
+use crate::domain::{ApiKey, CheckKey, Credits, RateLimit, Refill};
 
 /// The columns of `api_keys` that may leave the store. `key_hash` is absent
 /// on purpose: it is matched in SQL, never read back.
@@ -16,7 +16,8 @@ macro_rules! key_columns {
         "k.id, k.owner_id, k.name, k.environment, k.key_prefix, k.abilities, k.superkey, \
          k.rate_limit_max, k.rate_limit_decay, k.expires_at, k.revoked_at, k.revocation_reason, \
          k.rotated_from_id, k.rotated_to_id, k.request_count, k.last_used_at, k.last_used_ip, \
-         k.metadata, k.created_at, k.updated_at, k.deleted_at"
+         k.metadata, k.created_at, k.updated_at, k.deleted_at, \
+         k.credits_remaining, k.credits_refill_amount, k.credits_refill_interval"
     };
 }
 pub(crate) use key_columns;
@@ -44,6 +45,9 @@ pub(crate) struct KeyRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
+    credits_remaining: Option<i64>,
+    credits_refill_amount: Option<i64>,
+    credits_refill_interval: Option<i64>,
 }
 
 impl TryFrom<KeyRow> for ApiKey {
@@ -61,6 +65,28 @@ impl TryFrom<KeyRow> for ApiKey {
             }),
             _ => None,
         };
+        let corrupt = |column: &str, value: i64| {
+            StoreError::Corrupt(format!("key {} {column} {value}", row.id))
+        };
+        let refill = match (row.credits_refill_amount, row.credits_refill_interval) {
+            (Some(amount), Some(interval)) => Some(Refill {
+                amount: u64::try_from(amount)
+                    .map_err(|_| corrupt("credits_refill_amount", amount))?,
+                interval_seconds: u32::try_from(interval)
+                    .map_err(|_| corrupt("credits_refill_interval", interval))?,
+            }),
+            _ => None,
+        };
+        let credits = row
+            .credits_remaining
+            .map(|remaining| {
+                Ok::<_, StoreError>(Credits {
+                    remaining: u64::try_from(remaining)
+                        .map_err(|_| corrupt("credits_remaining", remaining))?,
+                    refill,
+                })
+            })
+            .transpose()?;
         Ok(ApiKey {
             id: row.id,
             owner_id: row.owner_id,
@@ -70,6 +96,7 @@ impl TryFrom<KeyRow> for ApiKey {
             abilities: row.abilities.0,
             superkey: row.superkey,
             rate_limit,
+            credits,
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
             revocation_reason: row.revocation_reason,

@@ -316,6 +316,9 @@ def test_config_map_carries_every_setting_with_the_documented_default(default_do
         "KEYGATE_SHUTDOWN_GRACE": "25s",
         "KEYGATE_USAGE_LOG_ENABLED": "true",
         "KEYGATE_USAGE_LOG_RETENTION_DAYS": "30",
+        "KEYGATE_RATE_LIMIT_TIMEOUT": "5ms",
+        "KEYGATE_RATE_LIMIT_PREFIX": "keygate:",
+        "KEYGATE_CREDIT_LEASE": "100",
         # keygate's own default is 0.0.0.0:8081; off, it stays on the pod's loopback.
         "KEYGATE_FORWARD_AUTH_ADDR": "127.0.0.1:8081",
     }
@@ -460,6 +463,51 @@ def test_an_existing_secret_is_mounted_under_the_file_names_keygate_reads() -> N
         {"key": "url", "path": "database-url"},
         {"key": "tokens", "path": "admin-tokens"},
     ]
+
+
+REDIS_URL = "redis://:hunter2@redis.cache.svc:6379/0"
+
+
+def test_rate_limits_point_at_an_existing_redis_whose_url_stays_in_a_secret() -> None:
+    docs = manifests(merged(REQUIRED, {"rateLimits": {"redis": {"enabled": True, "url": REDIS_URL}}}))
+    (c,) = the(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    store = next(e for e in c["env"] if e["name"] == "KEYGATE_RATE_LIMIT_STORE")
+    assert store == {
+        "name": "KEYGATE_RATE_LIMIT_STORE",
+        "valueFrom": {"secretKeyRef": {"name": f"{FULLNAME}-redis", "key": "redis-url"}},
+    }
+    assert the(docs, "Secret", f"{FULLNAME}-redis")["data"]["redis-url"] == _b64(REDIS_URL)
+    for doc in docs:
+        if doc["kind"] != "Secret":
+            assert "hunter2" not in json.dumps(doc)
+    job = the(docs, "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert "KEYGATE_RATE_LIMIT_STORE" not in env_of(job)
+    moved = manifests(merged(REQUIRED, {"rateLimits": {"redis": {"enabled": True, "url": REDIS_URL + "1"}}}))
+    annotations = lambda d: the(d, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations(moved)["checksum/redis"] != annotations(docs)["checksum/redis"]
+
+
+def test_an_existing_redis_secret_is_read_and_none_is_created() -> None:
+    redis = {"enabled": True, "existingSecret": "cache-creds", "urlKey": "url"}
+    docs = manifests(merged(REQUIRED, {"rateLimits": {"redis": redis}}))
+    (c,) = the(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    store = next(e for e in c["env"] if e["name"] == "KEYGATE_RATE_LIMIT_STORE")
+    assert store["valueFrom"]["secretKeyRef"] == {"name": "cache-creds", "key": "url"}
+    secrets = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Secret")
+    assert secrets == [FULLNAME, f"{FULLNAME}-migrate"]
+
+
+def test_without_redis_each_replica_limits_locally(container: dict[str, Any]) -> None:
+    env = env_of(container)
+    assert "KEYGATE_RATE_LIMIT_STORE" not in env
+    config = the(manifests(REQUIRED), "ConfigMap", FULLNAME)["data"]
+    assert config["KEYGATE_RATE_LIMIT_TIMEOUT"] == "5ms"
+    assert config["KEYGATE_CREDIT_LEASE"] == "100"
+
+
+def test_redis_without_a_url_or_a_secret_fails_to_render() -> None:
+    values = merged(REQUIRED, {"rateLimits": {"redis": {"enabled": True}}})
+    assert "rateLimits.redis.enabled needs rateLimits.redis.url" in render_error(values)
 
 
 def test_admin_tokens_may_be_given_as_a_list() -> None:

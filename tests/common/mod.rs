@@ -6,6 +6,7 @@
 pub mod http;
 pub mod process;
 pub mod proxy;
+pub mod replica;
 
 use std::{collections::HashMap, time::Duration};
 

@@ -92,6 +92,11 @@ Checks that must stop rendering. Included by every workload template so that
 {{- fail "keygate: secrets.adminTokens is required: the admin listener binds 0.0.0.0 and keygate refuses a non-loopback admin bind without tokens (print one with `keygate admin-token`)" -}}
 {{- end -}}
 {{- end -}}
+{{- with .Values.rateLimits.redis -}}
+{{- if and .enabled (not .url) (not .existingSecret) -}}
+{{- fail "keygate: rateLimits.redis.enabled needs rateLimits.redis.url (redis://…) or rateLimits.redis.existingSecret" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
 {{- fail "keygate: tls.enabled needs tls.secretName (a kubernetes.io/tls Secret)" -}}
 {{- end -}}
@@ -195,6 +200,9 @@ the same configuration.
   "KEYGATE_SHUTDOWN_GRACE" $c.shutdownGrace
   "KEYGATE_USAGE_LOG_ENABLED" (toString $c.usageLogEnabled)
   "KEYGATE_USAGE_LOG_RETENTION_DAYS" (toString (int $c.usageLogRetentionDays))
+  "KEYGATE_RATE_LIMIT_TIMEOUT" .Values.rateLimits.timeout
+  "KEYGATE_RATE_LIMIT_PREFIX" .Values.rateLimits.prefix
+  "KEYGATE_CREDIT_LEASE" (toString (int .Values.rateLimits.creditLease))
 -}}
 {{- with $c.abilities -}}
 {{- $_ := set $env "KEYGATE_ABILITIES" (join "," .) -}}
@@ -212,7 +220,7 @@ listener's own default, 127.0.0.1:8080, already is).
 {{- with $fwd.pathPrefix -}}
 {{- $_ := set $env "KEYGATE_FORWARD_AUTH_PATH_PREFIX" . -}}
 {{- end -}}
-{{- $reserved := list "KEYGATE_DATABASE_URL" "KEYGATE_DATABASE_URL_FILE" "KEYGATE_ADMIN_TOKENS" "KEYGATE_ADMIN_TOKENS_FILE" "KEYGATE_TLS_CERT" "KEYGATE_TLS_KEY" "KEYGATE_ADMIN_CLIENT_CA" "KEYGATE_AUTHZ_CLIENT_CA" "KEYGATE_HTTP_ADDR" "KEYGATE_FORWARD_AUTH_PATH_PREFIX" "KEYGATE_CONFIG" -}}
+{{- $reserved := list "KEYGATE_DATABASE_URL" "KEYGATE_DATABASE_URL_FILE" "KEYGATE_ADMIN_TOKENS" "KEYGATE_ADMIN_TOKENS_FILE" "KEYGATE_TLS_CERT" "KEYGATE_TLS_KEY" "KEYGATE_ADMIN_CLIENT_CA" "KEYGATE_AUTHZ_CLIENT_CA" "KEYGATE_HTTP_ADDR" "KEYGATE_FORWARD_AUTH_PATH_PREFIX" "KEYGATE_CONFIG" "KEYGATE_RATE_LIMIT_STORE" -}}
 {{- range $k, $v := $c.extraEnv -}}
 {{- if or (hasKey $env $k) (has $k $reserved) -}}
 {{- fail (printf "keygate: config.extraEnv cannot set %s: it has its own value (config.*, secrets.*, tls.*, rest.* or forwardAuth.*)" $k) -}}
@@ -230,6 +238,26 @@ listener's own default, 127.0.0.1:8080, already is).
   value: /etc/keygate/secrets/database-url
 - name: KEYGATE_ADMIN_TOKENS_FILE
   value: /etc/keygate/secrets/admin-tokens
+{{- end -}}
+
+{{/*
+The Redis URL for shared rate limits, from its Secret (the Deployment only:
+migrations do not rate-limit).
+*/}}
+{{- define "keygate.redisEnv" -}}
+{{- with .Values.rateLimits.redis }}
+{{- if .enabled }}
+- name: KEYGATE_RATE_LIMIT_STORE
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "keygate.redisSecretName" $ }}
+      key: {{ .urlKey }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "keygate.redisSecretName" -}}
+{{- .Values.rateLimits.redis.existingSecret | default (printf "%s-redis" (include "keygate.fullname" .)) -}}
 {{- end -}}
 
 {{/*

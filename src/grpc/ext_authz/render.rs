@@ -343,7 +343,7 @@ mod tests {
         authz::{CredentialSource, RateHeaders},
     };
 
-    fn every_reason() -> [DenyReason; 10] {
+    fn every_reason() -> [DenyReason; 11] {
         DenyReason::one_of_each(7)
     }
 
@@ -611,6 +611,9 @@ mod tests {
                 400 => (tonic::Code::InvalidArgument, None),
                 401 => (tonic::Code::Unauthenticated, Some("www-authenticate")),
                 403 => (tonic::Code::PermissionDenied, None),
+                _ if reason == DenyReason::CreditsExhausted => {
+                    (tonic::Code::ResourceExhausted, None)
+                }
                 _ => (tonic::Code::ResourceExhausted, Some("retry-after")),
             };
             assert_eq!(grpc, code as i32, "{reason:?}");
