@@ -34,6 +34,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod webhooks;
 
 /// Generated KeyAdmin API (`proto/keygate/admin/v1/key_admin.proto`).
 pub mod proto {

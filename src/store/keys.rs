@@ -29,6 +29,8 @@ pub struct NewKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: BTreeMap<String, String>,
     pub rotated_from_id: Option<Uuid>,
+    /// The acting admin token's name or calling key's id.
+    pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -56,6 +58,7 @@ impl NewKey {
             expires_at: None,
             metadata: BTreeMap::new(),
             rotated_from_id: None,
+            created_by: None,
             created_at,
         }
     }
@@ -123,7 +126,8 @@ const COUNT_LIVE_KEYS_OF_OWNER: &str = "SELECT COUNT(*) FROM api_keys \
 
 const INSERT_KEY: &str = "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
      abilities, superkey, rate_limit_max, rate_limit_decay, expires_at, rotated_from_id, metadata, \
-     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)";
+     created_at, updated_at, created_by) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)";
 
 const UPDATE_KEY: &str = "UPDATE api_keys SET name = COALESCE($2, name), \
      abilities = COALESCE($3, abilities), superkey = COALESCE($4, superkey), \
@@ -195,6 +199,7 @@ macro_rules! insert_key {
             .bind(new.rotated_from_id)
             .bind(Json(&new.metadata))
             .bind(new.created_at)
+            .bind(new.created_by.as_deref())
             .execute(&mut *$tx)
             .await?;
     }};

@@ -195,6 +195,12 @@ the same configuration.
   "KEYGATE_SHUTDOWN_GRACE" $c.shutdownGrace
   "KEYGATE_USAGE_LOG_ENABLED" (toString $c.usageLogEnabled)
   "KEYGATE_USAGE_LOG_RETENTION_DAYS" (toString (int $c.usageLogRetentionDays))
+  "KEYGATE_WEBHOOKS_ENABLED" (toString $c.webhooksEnabled)
+  "KEYGATE_WEBHOOK_TIMEOUT" $c.webhookTimeout
+  "KEYGATE_WEBHOOK_RETRY_FOR" $c.webhookRetryFor
+  "KEYGATE_EXPIRY_WARNINGS" (join "," $c.expiryWarnings)
+  "KEYGATE_WEBHOOK_ALLOW_PRIVATE" (toString $c.webhookAllowPrivate)
+  "KEYGATE_WEBHOOK_ALLOW_HTTP" (toString $c.webhookAllowHttp)
 -}}
 {{- with $c.abilities -}}
 {{- $_ := set $env "KEYGATE_ABILITIES" (join "," .) -}}
