@@ -736,12 +736,8 @@ fn webhook_settings(
     }
     let mut warnings = Vec::new();
     for raw in split_list(expiry_warnings.as_deref().unwrap_or("7d,1d")) {
-        let warning = nonzero_duration(
-            Some(raw),
-            "",
-            "expiry_warnings",
-            "KEYGATE_EXPIRY_WARNINGS",
-        )?;
+        let warning =
+            nonzero_duration(Some(raw), "", "expiry_warnings", "KEYGATE_EXPIRY_WARNINGS")?;
         warnings.push(warning);
     }
     Ok(crate::webhooks::DispatchSettings {
@@ -763,7 +759,12 @@ fn webhook_settings(
             "webhook_retry_base",
             "KEYGATE_WEBHOOK_RETRY_BASE",
         )?,
-        retry_for: duration(retry_for, "24h", "webhook_retry_for", "KEYGATE_WEBHOOK_RETRY_FOR")?,
+        retry_for: duration(
+            retry_for,
+            "24h",
+            "webhook_retry_for",
+            "KEYGATE_WEBHOOK_RETRY_FOR",
+        )?,
         expiry_warnings: warnings,
         ..crate::webhooks::DispatchSettings::default()
     })

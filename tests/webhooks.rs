@@ -88,7 +88,11 @@ impl Receiver {
     }
 
     fn script(&self, replies: &[Reply]) {
-        self.state.script.lock().unwrap().extend(replies.iter().copied());
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(replies.iter().copied());
     }
 
     fn answer_otherwise(&self, reply: Reply) {
@@ -181,7 +185,11 @@ fn fast_webhooks(settings: &mut Settings) {
     settings.webhook_lease = Some("2s".into());
 }
 
-async fn register(admin: &mut KeyAdminClient<Channel>, url: &str, events: &[&str]) -> (String, String) {
+async fn register(
+    admin: &mut KeyAdminClient<Channel>,
+    url: &str,
+    events: &[&str],
+) -> (String, String) {
     let created = admin
         .create_webhook(CreateWebhookRequest {
             owner_id: OWNER.into(),
@@ -195,7 +203,10 @@ async fn register(admin: &mut KeyAdminClient<Channel>, url: &str, events: &[&str
     (created.webhook.unwrap().id, created.secret)
 }
 
-async fn create_key(admin: &mut KeyAdminClient<Channel>, name: &str) -> keygate::proto::CreateKeyResponse {
+async fn create_key(
+    admin: &mut KeyAdminClient<Channel>,
+    name: &str,
+) -> keygate::proto::CreateKeyResponse {
     admin
         .create_key(CreateKeyRequest {
             owner_id: OWNER.into(),
@@ -237,7 +248,10 @@ async fn delivery_where(
         last.as_ref().is_some_and(&done)
     })
     .await;
-    assert!(reached, "delivery never reached the expected state: {last:?}");
+    assert!(
+        reached,
+        "delivery never reached the expected state: {last:?}"
+    );
     last.unwrap()
 }
 
@@ -482,20 +496,31 @@ async fn two_replicas_on_postgres_deliver_each_event_once() {
     let (_, secret) = register(&mut first.admin, &receiver.url(), &["api_key.created"]).await;
     const EVENTS: usize = 40;
     for i in 0..EVENTS {
-        let admin = if i % 2 == 0 { &mut first.admin } else { &mut second_admin };
+        let admin = if i % 2 == 0 {
+            &mut first.admin
+        } else {
+            &mut second_admin
+        };
         create_key(admin, &format!("key {i}")).await;
     }
     let received = receiver.wait_for(EVENTS).await;
     // Both replicas run a dispatcher; let any double claim show itself.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let received = if receiver.received().len() > received.len() { receiver.received() } else { received };
+    let received = if receiver.received().len() > received.len() {
+        receiver.received()
+    } else {
+        received
+    };
     let mut per_id: HashMap<String, usize> = HashMap::new();
     for r in &received {
         assert!(verify(&secret, r));
         *per_id.entry(r.id.clone()).or_default() += 1;
     }
     assert_eq!(per_id.len(), EVENTS, "every event delivered");
-    assert!(per_id.values().all(|&n| n == 1), "no event delivered twice: {per_id:?}");
+    assert!(
+        per_id.values().all(|&n| n == 1),
+        "no event delivered twice: {per_id:?}"
+    );
     second.stop().await;
     first.stop().await;
 }
@@ -512,7 +537,8 @@ async fn a_replica_killed_mid_delivery_leaves_the_event_to_another() {
         s.webhooks_enabled = Some(false);
     })
     .await;
-    let (webhook_id, secret) = register(&mut survivor.admin, &receiver.url(), &["api_key.created"]).await;
+    let (webhook_id, secret) =
+        register(&mut survivor.admin, &receiver.url(), &["api_key.created"]).await;
     let doomed = KeygateProcess::spawn(
         &survivor.db.url,
         &[
@@ -531,12 +557,18 @@ async fn a_replica_killed_mid_delivery_leaves_the_event_to_another() {
 
     let mut survivor = TestServer::start_on(survivor.db, fast_webhooks).await;
     let received = receiver.wait_for(2).await;
-    assert_eq!(received[1].id, first[0].id, "the redelivery carries the same webhook-id");
+    assert_eq!(
+        received[1].id, first[0].id,
+        "the redelivery carries the same webhook-id"
+    );
     assert!(verify(&secret, &received[1]));
     let delivered = delivery_where(&mut survivor.admin, &webhook_id, &first[0].id, |d| {
         d.status == DeliveryStatus::Delivered as i32
     })
     .await;
-    assert_eq!(delivered.attempts, 2, "the killed attempt counts: {delivered:?}");
+    assert_eq!(
+        delivered.attempts, 2,
+        "the killed attempt counts: {delivered:?}"
+    );
     survivor.stop().await;
 }

@@ -417,7 +417,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::CreateWebhookRequest>,
     ) -> Result<Response<proto::CreateWebhookResponse>, Status> {
-        observe("CreateWebhook", webhooks::create(&self.admin, request).await)
+        observe(
+            "CreateWebhook",
+            webhooks::create(&self.admin, request).await,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListWebhooks"))]
@@ -433,7 +436,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::UpdateWebhookRequest>,
     ) -> Result<Response<proto::Webhook>, Status> {
-        observe("UpdateWebhook", webhooks::update(&self.admin, request).await)
+        observe(
+            "UpdateWebhook",
+            webhooks::update(&self.admin, request).await,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "DeleteWebhook"))]
@@ -441,7 +447,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::DeleteWebhookRequest>,
     ) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
-        observe("DeleteWebhook", webhooks::delete(&self.admin, request).await)
+        observe(
+            "DeleteWebhook",
+            webhooks::delete(&self.admin, request).await,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListWebhookDeliveries"))]
@@ -449,7 +458,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ListWebhookDeliveriesRequest>,
     ) -> Result<Response<proto::ListWebhookDeliveriesResponse>, Status> {
-        observe("ListWebhookDeliveries", webhooks::deliveries(&self.admin, request).await)
+        observe(
+            "ListWebhookDeliveries",
+            webhooks::deliveries(&self.admin, request).await,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RedeliverWebhook"))]
@@ -457,7 +469,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::RedeliverWebhookRequest>,
     ) -> Result<Response<proto::WebhookDelivery>, Status> {
-        observe("RedeliverWebhook", webhooks::redeliver(&self.admin, request).await)
+        observe(
+            "RedeliverWebhook",
+            webhooks::redeliver(&self.admin, request).await,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "SendTestWebhook"))]
@@ -465,7 +480,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::SendTestWebhookRequest>,
     ) -> Result<Response<proto::WebhookDelivery>, Status> {
-        observe("SendTestWebhook", webhooks::send_test(&self.admin, request).await)
+        observe(
+            "SendTestWebhook",
+            webhooks::send_test(&self.admin, request).await,
+        )
     }
 }
 

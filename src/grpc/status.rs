@@ -35,7 +35,8 @@ pub fn from_admin(error: AdminError) -> Status {
         AdminError::NotFound | AdminError::WebhookNotFound | AdminError::DeliveryNotFound => {
             Code::NotFound
         }
-        AdminError::OtherOwnersWebhook | AdminError::OtherOwnersKey
+        AdminError::OtherOwnersWebhook
+        | AdminError::OtherOwnersKey
         | AdminError::AdminRoleRequired
         | AdminError::AboveCallerAbilities(_)
         | AdminError::SuperkeyRequiresAdmin => Code::PermissionDenied,

@@ -161,7 +161,8 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound | AdminError::WebhookNotFound | AdminError::DeliveryNotFound => {
                 return ApiError::not_found(error.to_string())
             }
-            AdminError::OtherOwnersWebhook | AdminError::OtherOwnersKey
+            AdminError::OtherOwnersWebhook
+            | AdminError::OtherOwnersKey
             | AdminError::AdminRoleRequired
             | AdminError::AboveCallerAbilities(_)
             | AdminError::SuperkeyRequiresAdmin => return ApiError::forbidden(error.to_string()),

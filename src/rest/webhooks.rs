@@ -357,7 +357,12 @@ pub async fn redeliver(
                 .await
         })
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(DeliveryData { data: queued.into() })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeliveryData {
+            data: queued.into(),
+        }),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
@@ -380,5 +385,10 @@ pub async fn send_test(
                 .await
         })
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(DeliveryData { data: queued.into() })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeliveryData {
+            data: queued.into(),
+        }),
+    ))
 }

@@ -124,7 +124,8 @@ const COUNT_LIVE_KEYS_OF_OWNER: &str = "SELECT COUNT(*) FROM api_keys \
      WHERE owner_id = $1 AND deleted_at IS NULL AND (revoked_at IS NULL OR revoked_at > $2) \
      AND (expires_at IS NULL OR expires_at > $2)";
 
-const INSERT_KEY: &str = "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
+const INSERT_KEY: &str =
+    "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
      abilities, superkey, rate_limit_max, rate_limit_decay, expires_at, rotated_from_id, metadata, \
      created_at, updated_at, created_by) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)";

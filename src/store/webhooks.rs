@@ -83,7 +83,8 @@ const DELIVERY_COLUMNS: &str = "event_id, endpoint_id, event_type, payload, stat
      next_attempt_at, last_status_code, last_error, created_at, delivered_at";
 
 /// Keys expiring within a warning window that have not had that warning.
-const SELECT_EXPIRING: &str = "SELECT k.id, k.owner_id, k.key_prefix, k.expires_at FROM api_keys k \
+const SELECT_EXPIRING: &str =
+    "SELECT k.id, k.owner_id, k.key_prefix, k.expires_at FROM api_keys k \
      WHERE k.deleted_at IS NULL AND k.revoked_at IS NULL AND k.expires_at > $1 \
      AND k.expires_at <= $2 AND NOT EXISTS (SELECT 1 FROM key_expiry_warnings w \
      WHERE w.key_id = k.id AND w.before_seconds = $3) ORDER BY k.expires_at LIMIT $4";
@@ -134,9 +135,8 @@ struct DeliveryRow {
 impl DeliveryRow {
     fn into_delivery(self, attempt_log: Vec<Attempt>) -> StoreResult<Delivery> {
         Ok(Delivery {
-            status: DeliveryStatus::parse(&self.status).ok_or_else(|| {
-                StoreError::Corrupt(format!("delivery status {:?}", self.status))
-            })?,
+            status: DeliveryStatus::parse(&self.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("delivery status {:?}", self.status)))?,
             event_id: self.event_id,
             webhook_id: self.endpoint_id,
             event_type: self.event_type,
@@ -551,7 +551,10 @@ impl Store {
         for (key_id, owner_id, key_prefix, expires_at) in due {
             let audit = AuditRecord::new("api_key.expiring", actor)
                 .with("expires_at", expires_at.to_rfc3339())
-                .with("warning_before", humantime::format_duration(before.to_std().unwrap_or_default()).to_string());
+                .with(
+                    "warning_before",
+                    humantime::format_duration(before.to_std().unwrap_or_default()).to_string(),
+                );
             let first = with_pool!(&self.main, pool => {
                 let mut tx = pool.begin_write().await?;
                 let marked = sqlx::query(MARK_WARNED)

@@ -39,6 +39,8 @@ pub enum TargetError {
 }
 
 const MAX_URL_CHARS: usize = 2000;
+/// How long registration waits for DNS before accepting a name unchecked.
+const REGISTRATION_LOOKUP: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl TargetPolicy {
     /// Checks a URL's shape, scheme and, when the host is an address
@@ -51,13 +53,15 @@ impl TargetPolicy {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = host.parse::<IpAddr>() {
             self.check_ip(ip)?;
-        } else if let Ok(addrs) =
-            tokio::net::lookup_host((host, url.port_or_known_default().unwrap_or(443))).await
-        {
-            // A name that does not resolve yet is accepted: delivery
-            // checks again, and retries.
-            for addr in addrs {
-                self.check_ip(addr.ip())?;
+        } else {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let lookup = tokio::net::lookup_host((host, port));
+            // A name that does not resolve (yet, or in time) is accepted:
+            // delivery checks again, and retries.
+            if let Ok(Ok(addrs)) = tokio::time::timeout(REGISTRATION_LOOKUP, lookup).await {
+                for addr in addrs {
+                    self.check_ip(addr.ip())?;
+                }
             }
         }
         Ok(url)
@@ -153,9 +157,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|addr| policy.check_ip(addr.ip()).is_ok())
