@@ -27,6 +27,7 @@ use super::{
 };
 use crate::{
     domain::webhook::DeliveryStatus,
+    grpc::status::chain,
     store::{self, AttemptOutcome, ClaimedDelivery, Store, StoreResult},
 };
 
@@ -140,7 +141,7 @@ impl Dispatcher {
                 Ok(claimed) if claimed == self.settings.batch as usize => continue,
                 Ok(_) => return,
                 Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "webhook dispatch round failed; retrying at the next poll");
+                    tracing::warn!(error = %chain(&error), "webhook dispatch round failed; retrying at the next poll");
                     return;
                 }
             }
@@ -172,7 +173,7 @@ impl Dispatcher {
                     .increment(1);
                 if let Err(error) = self.store.record_attempt(&delivery, claim_id, &outcome).await {
                     // The claim lapses and the delivery is attempted again.
-                    tracing::warn!(error = %error_chain(&error), event_id = %delivery.event_id, "cannot record a webhook attempt");
+                    tracing::warn!(error = %chain(&error), event_id = %delivery.event_id, "cannot record a webhook attempt");
                 }
             })
             .await;
@@ -252,7 +253,7 @@ impl Dispatcher {
             .send()
             .await
             // The URL is the owner's and may carry a token: kept out.
-            .map_err(|e| error_chain(&e.without_url()))?;
+            .map_err(|e| chain(&e.without_url()))?;
         Ok(response.status())
     }
 
@@ -267,7 +268,7 @@ impl Dispatcher {
                 metrics::gauge!("keygate_webhook_oldest_pending_seconds").set(age);
             }
             Err(error) => {
-                tracing::debug!(error = %error_chain(&error), "cannot read the webhook outbox gauges")
+                tracing::debug!(error = %chain(&error), "cannot read the webhook outbox gauges")
             }
         }
     }
@@ -292,7 +293,7 @@ impl Dispatcher {
                 Ok(0) => {}
                 Ok(sent) => tracing::info!(sent, ?before, "expiry warnings emitted"),
                 Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "cannot emit expiry warnings; retrying at the next round");
+                    tracing::warn!(error = %chain(&error), "cannot emit expiry warnings; retrying at the next round");
                     return;
                 }
             }
@@ -316,18 +317,6 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, random: f64) -> Dura
     let doubled = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(30));
     let delay = doubled.min(max);
     delay / 2 + delay.mul_f64(random.clamp(0.0, 1.0) / 2.0)
-}
-
-/// `error: cause: cause` on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
