@@ -425,6 +425,43 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn pruning_sends_api_key_expired_and_drops_old_finished_deliveries(backend) {
+        let receiver = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, _) = register(&mut server.admin, &receiver.url(), &["api_key.created", "api_key.expired"]).await;
+        let key = create_key(&mut server.admin, "old").await.api_key.unwrap();
+        let created = receiver.wait_for(1).await;
+        delivery_where(&mut server.admin, &webhook_id, &created[0].id, |d| {
+            d.status == DeliveryStatus::Delivered as i32
+        }).await;
+        // The API refuses a past expiry, and the created event is to look
+        // older than the retention: put both in place directly.
+        let key_id = uuid::Uuid::parse_str(&key.id).unwrap();
+        let event_id = uuid::Uuid::parse_str(&created[0].id).unwrap();
+        let sqlite = backend == Backend::Sqlite;
+        let past = if sqlite { "'2020-01-01T00:00:00+00:00'" } else { "'2020-01-01T00:00:00Z'" };
+        let literal = |id: uuid::Uuid| if sqlite { format!("X'{}'", id.simple()) } else { format!("'{id}'") };
+        common::execute(&server.db, &format!("UPDATE api_keys SET expires_at = {past} WHERE id = {}", literal(key_id))).await;
+        common::execute(&server.db, &format!("UPDATE webhook_deliveries SET created_at = {past} WHERE event_id = {}", literal(event_id))).await;
+
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("prune")
+            .env("KEYGATE_DATABASE_URL", &server.db.url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("1 finished webhook deliveries deleted"), "{stdout}");
+
+        let received = receiver.wait_for(2).await;
+        let expired = body_of(&received[1]);
+        assert_eq!(expired["type"], "api_key.expired");
+        assert_eq!(expired["data"]["key_id"], key.id);
+        let listed: Vec<String> = deliveries(&mut server.admin, &webhook_id).await.into_iter().map(|d| d.event_type).collect();
+        assert_eq!(listed, ["api_key.expired"], "the old delivered event is gone, the new one is kept");
+        server.stop().await;
+    }
+
     async fn private_targets_and_plain_http_are_refused_unless_allowed(backend) {
         let mut server = TestServer::start(backend).await;
         for url in [

@@ -709,6 +709,7 @@ impl KeyAdmin {
                 keys_expired = summary.keys_expired,
                 usage_logs_deleted = summary.usage_logs_deleted,
                 daily_counts_deleted = summary.daily_counts_deleted,
+                webhook_deliveries_deleted = summary.webhook_deliveries_deleted,
                 "prune finished"
             );
         }
