@@ -285,6 +285,10 @@ on_both_backends! {
         assert!(!event.body.contains(&issued.key), "the plaintext key is never sent");
         let token = issued.key.rsplit('_').next().unwrap();
         assert!(!event.body.contains(token));
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(token.as_bytes());
+        assert!(!event.body.contains(&hex::encode(hash)), "nor the key's hash");
+        assert!(!event.body.contains(&STANDARD.encode(hash)));
 
         let fetched = server.admin.get_key(GetKeyRequest { owner_id: OWNER.into(), id: key.id.clone() })
             .await.unwrap().into_inner();

@@ -202,7 +202,7 @@ pub struct DeliveryList {
     pub next_page_token: String,
 }
 
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks",
     params(OwnerQuery),
     responses((status = 200, description = "The owner's endpoints, newest first", body = WebhookList)))]
 pub async fn list(
@@ -217,7 +217,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/webhooks", operation_id = "create_webhook", tag = "webhooks",
     request_body = CreateWebhookBody,
     responses((status = 201, description = "Registered; `secret` is shown only in this response", body = RegisteredWebhookData)))]
 pub async fn create(
@@ -247,7 +247,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(RegisteredWebhookData { data })))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "get_webhook", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's UUID"), OwnerQuery),
     responses((status = 200, description = "The endpoint", body = WebhookData)))]
 pub async fn get(
@@ -261,7 +261,7 @@ pub async fn get(
     Ok(Json(WebhookData { data: hook.into() }))
 }
 
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", operation_id = "update_webhook", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's UUID"), OwnerQuery),
     request_body = UpdateWebhookBody,
     responses((status = 200, description = "The updated endpoint", body = WebhookData)))]
@@ -295,7 +295,7 @@ pub async fn update(
     Ok(Json(WebhookData { data: hook.into() }))
 }
 
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "delete_webhook", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's UUID"), OwnerQuery),
     responses((status = 204, description = "Deleted, with its deliveries")))]
 pub async fn delete(
@@ -312,7 +312,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", operation_id = "list_webhook_deliveries", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's UUID"), DeliveriesQuery),
     responses((status = 200, description = "Deliveries, newest first, each with every attempt", body = DeliveryList)))]
 pub async fn deliveries(
@@ -337,7 +337,7 @@ pub async fn deliveries(
     }))
 }
 
-#[utoipa::path(post, path = "/v1/webhooks/{id}/redeliver", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/webhooks/{id}/redeliver", operation_id = "redeliver_webhook", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's UUID"), OwnerQuery),
     request_body = RedeliverBody,
     responses((status = 202, description = "Queued again, due now, same webhook-id", body = DeliveryData)))]
@@ -365,7 +365,7 @@ pub async fn redeliver(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", operation_id = "send_test_webhook", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's UUID"), OwnerQuery),
     request_body(content = Option<TestWebhookBody>, description = "May be omitted"),
     responses((status = 202, description = "A `webhook.test` event, queued", body = DeliveryData)))]
