@@ -613,3 +613,47 @@ async fn a_replica_killed_mid_delivery_leaves_the_event_to_another() {
     );
     survivor.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_the_outbox_are_reported_as_metrics() {
+    let receiver = Receiver::start().await;
+    receiver.script(&[Reply::Status(500)]);
+    let db = TestDb::new(Backend::Sqlite).await;
+    let process = KeygateProcess::spawn(
+        &db.url,
+        &[
+            ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
+            ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
+            ("KEYGATE_WEBHOOK_RETRY_BASE", "100ms"),
+        ],
+    )
+    .await;
+    let mut admin = KeyAdminClient::new(common::channel(process.admin_addr).await);
+    register(&mut admin, &receiver.url(), &["api_key.created"]).await;
+    create_key(&mut admin, "measured").await;
+    receiver.wait_for(2).await;
+
+    let counter = |text: &str, outcome: &str| {
+        let prefix = format!("keygate_webhook_deliveries_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let mut text = String::new();
+    let reported = eventually(Duration::from_secs(10), async || {
+        text = common::scrape_metrics(process.metrics_addr);
+        counter(&text, "delivered") == Some(1.0)
+    })
+    .await;
+    assert!(reported, "{text}");
+    assert_eq!(counter(&text, "retrying"), Some(1.0), "{text}");
+    assert!(
+        common::metric_value(&text, "keygate_webhook_outbox_depth").is_some(),
+        "{text}"
+    );
+    assert!(
+        common::metric_value(&text, "keygate_webhook_oldest_pending_seconds").is_some(),
+        "{text}"
+    );
+}
