@@ -448,13 +448,7 @@ on_both_backends! {
         common::execute(&server.db, &format!("UPDATE api_keys SET expires_at = {past} WHERE id = {}", literal(key_id))).await;
         common::execute(&server.db, &format!("UPDATE webhook_deliveries SET created_at = {past} WHERE event_id = {}", literal(event_id))).await;
 
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("prune")
-            .env("KEYGATE_DATABASE_URL", &server.db.url)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = common::prune_cli(&server.db.url);
         assert!(stdout.contains("1 finished webhook deliveries deleted"), "{stdout}");
 
         let received = receiver.wait_for(2).await;
