@@ -37,6 +37,7 @@ use crate::{
     rest::{self, principal::Authenticator, RestState},
     store::{Store, StoreOptions},
     usage::{self, BufferBounds, FlushSettings},
+    webhooks,
 };
 
 /// Rate-limiter states kept at most (idle ones expire on their own).
@@ -185,7 +186,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_policy(AdminPolicy {
             max_rotation_overlap: config.max_rotation_overlap,
             services_may_grant_superkey: config.service_tokens_may_grant_superkey,
-        }),
+        })
+        .with_webhook_targets(config.webhooks.policy),
+    );
+    let dispatcher = Arc::new(
+        webhooks::Dispatcher::new(store.clone(), config.webhooks.clone())
+            .context("cannot build the webhook HTTP client")?,
     );
     if config.admin_tokens.is_empty() {
         tracing::warn!(
@@ -326,6 +332,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let flusher_task = tokio::spawn(flusher.run(stopped(finish_usage_rx)));
     if config.prune_enabled {
         background.push(tokio::spawn(prune_daily(admin, stopped(stop_rx.clone()))));
+    }
+    if config.webhooks_enabled {
+        background.push(tokio::spawn(dispatcher.run(stopped(stop_rx.clone()))));
     }
     let usage_tally = usage_sender.tally().clone();
     background.push(tokio::spawn(report_gauges(

@@ -220,6 +220,40 @@ pub struct Settings {
     #[arg(long, env = "KEYGATE_SERVICE_TOKENS_MAY_GRANT_SUPERKEY")]
     pub service_tokens_may_grant_superkey: Option<bool>,
 
+    /// Deliver webhooks to loopback, private, link-local and other
+    /// non-public addresses (SSRF guard off; development and tests only).
+    /// [default: false]
+    #[arg(long, env = "KEYGATE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
+    /// Allow `http://` webhook URLs (otherwise `https` only). [default: false]
+    #[arg(long, env = "KEYGATE_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: Option<bool>,
+    /// Time allowed for one webhook delivery attempt. [default: 10s]
+    #[arg(long, env = "KEYGATE_WEBHOOK_TIMEOUT")]
+    pub webhook_timeout: Option<String>,
+    /// How long a replica's claim on a delivery holds before another may
+    /// take it; must exceed the timeout. [default: 60s]
+    #[arg(long, env = "KEYGATE_WEBHOOK_LEASE")]
+    pub webhook_lease: Option<String>,
+    /// How often each replica looks for due deliveries. [default: 1s]
+    #[arg(long, env = "KEYGATE_WEBHOOK_POLL_INTERVAL")]
+    pub webhook_poll_interval: Option<String>,
+    /// Delay before the first retry; each further one doubles (with
+    /// jitter) up to 1h. [default: 10s]
+    #[arg(long, env = "KEYGATE_WEBHOOK_RETRY_BASE")]
+    pub webhook_retry_base: Option<String>,
+    /// How long a failing delivery is retried before it is marked failed.
+    /// [default: 24h]
+    #[arg(long, env = "KEYGATE_WEBHOOK_RETRY_FOR")]
+    pub webhook_retry_for: Option<String>,
+    /// Run the webhook dispatcher in `serve`. [default: true]
+    #[arg(long, env = "KEYGATE_WEBHOOKS_ENABLED")]
+    pub webhooks_enabled: Option<bool>,
+    /// Comma-separated durations before `expires_at` at which
+    /// `api_key.expiring` is sent. [default: 7d,1d]
+    #[arg(long, env = "KEYGATE_EXPIRY_WARNINGS")]
+    pub expiry_warnings: Option<String>,
+
     /// Route rules (TOML only): `[[routes]]` with `method`, `path` (exact, or
     /// a prefix ending in `*`), `abilities`, `environment`, `mode`. Used when
     /// Envoy sends no `keygate.*` context extensions, e.g. under Istio.
@@ -378,6 +412,8 @@ pub struct Config {
     pub routes: Vec<RouteRule>,
     pub max_rotation_overlap: Duration,
     pub service_tokens_may_grant_superkey: bool,
+    pub webhooks_enabled: bool,
+    pub webhooks: crate::webhooks::DispatchSettings,
 }
 
 impl Settings {
@@ -686,6 +722,17 @@ impl Settings {
             service_tokens_may_grant_superkey: self
                 .service_tokens_may_grant_superkey
                 .unwrap_or(false),
+            webhooks_enabled: self.webhooks_enabled.unwrap_or(true),
+            webhooks: webhook_settings(
+                self.webhook_allow_private,
+                self.webhook_allow_http,
+                self.webhook_timeout,
+                self.webhook_lease,
+                self.webhook_poll_interval,
+                self.webhook_retry_base,
+                self.webhook_retry_for,
+                self.expiry_warnings,
+            )?,
         };
         if config.admin_tokens.is_empty() && !config.admin_addr.ip().is_loopback() {
             return Err(invalid(
@@ -703,6 +750,63 @@ impl Settings {
         }
         Ok(config)
     }
+}
+
+/// The webhook dispatcher's settings; see `webhooks::DispatchSettings`.
+#[allow(clippy::too_many_arguments)]
+fn webhook_settings(
+    allow_private: Option<bool>,
+    allow_http: Option<bool>,
+    timeout: Option<String>,
+    lease: Option<String>,
+    poll_interval: Option<String>,
+    retry_base: Option<String>,
+    retry_for: Option<String>,
+    expiry_warnings: Option<String>,
+) -> Result<crate::webhooks::DispatchSettings, ConfigError> {
+    let timeout = nonzero_duration(timeout, "10s", "webhook_timeout", "KEYGATE_WEBHOOK_TIMEOUT")?;
+    let lease = nonzero_duration(lease, "60s", "webhook_lease", "KEYGATE_WEBHOOK_LEASE")?;
+    if lease <= timeout {
+        return Err(invalid(
+            "webhook_lease",
+            "KEYGATE_WEBHOOK_LEASE",
+            "must be longer than webhook_timeout, or a live replica's claim could pass to another mid-delivery",
+        ));
+    }
+    let mut warnings = Vec::new();
+    for raw in split_list(expiry_warnings.as_deref().unwrap_or("7d,1d")) {
+        let warning =
+            nonzero_duration(Some(raw), "", "expiry_warnings", "KEYGATE_EXPIRY_WARNINGS")?;
+        warnings.push(warning);
+    }
+    Ok(crate::webhooks::DispatchSettings {
+        policy: crate::webhooks::TargetPolicy {
+            allow_private: allow_private.unwrap_or(false),
+            allow_http: allow_http.unwrap_or(false),
+        },
+        timeout,
+        lease,
+        poll_interval: nonzero_duration(
+            poll_interval,
+            "1s",
+            "webhook_poll_interval",
+            "KEYGATE_WEBHOOK_POLL_INTERVAL",
+        )?,
+        retry_base: nonzero_duration(
+            retry_base,
+            "10s",
+            "webhook_retry_base",
+            "KEYGATE_WEBHOOK_RETRY_BASE",
+        )?,
+        retry_for: duration(
+            retry_for,
+            "24h",
+            "webhook_retry_for",
+            "KEYGATE_WEBHOOK_RETRY_FOR",
+        )?,
+        expiry_warnings: warnings,
+        ..crate::webhooks::DispatchSettings::default()
+    })
 }
 
 /// `/ext-authz` or nothing: `/` alone or a trailing `/` would eat the

@@ -9,6 +9,7 @@
 //! - [`answer`]: what an outcome tells the proxy, whichever the transport.
 //! - [`admin`]: key lifecycle use-cases behind KeyAdmin.
 //! - [`usage`]: the off-hot-path usage buffer and flusher.
+//! - [`webhooks`]: webhook signing, SSRF rules and the outbox dispatcher.
 //! - [`invalidation`]: cross-replica cache invalidation via LISTEN/NOTIFY.
 //! - [`grpc`]: the ext_authz and KeyAdmin services and error mapping.
 //! - [`forward_auth`]: the same decision over HTTP for NGINX, Traefik, Caddy
@@ -37,6 +38,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod webhooks;
 
 /// Generated KeyAdmin API (`proto/keygate/admin/v1/key_admin.proto`).
 pub mod proto {

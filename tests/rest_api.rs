@@ -445,6 +445,64 @@ on_both_backends! {
             assert_eq!((status, error_code(&error)), (StatusCode::FORBIDDEN, "forbidden"), "{method} {path}");
         }
     }
+
+    async fn webhooks_are_managed_over_rest_owner_scoped_with_the_secret_shown_once(backend) {
+        let api = start_with(backend, |s| {
+            s.webhook_allow_private = Some(true);
+            s.webhook_allow_http = Some(true);
+            // Deliveries stay queued: this test is about management.
+            s.webhooks_enabled = Some(false);
+        }).await;
+        let (status, created) = api.call(Method::POST, "/v1/webhooks", &api.service,
+            Some(json!({"owner_id": "acme", "url": "http://127.0.0.1:9/hook", "events": ["api_key.created"]}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let secret = created["data"]["secret"].as_str().unwrap();
+        assert!(secret.starts_with("whsec_"));
+        let hook = &created["data"]["webhook"];
+        assert_eq!((&hook["enabled"], &hook["events"]), (&json!(true), &json!(["api_key.created"])));
+        let id = hook["id"].as_str().unwrap();
+
+        let (status, list) = api.call(Method::GET, "/v1/webhooks?owner_id=acme", &api.service, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list["data"][0]["id"], id);
+        assert!(!list.to_string().contains(secret), "the secret is shown only at creation");
+        let (status, _) = api.call(Method::GET, &format!("/v1/webhooks/{id}?owner_id=globex"), &api.service, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        let (status, bad) = api.call(Method::POST, "/v1/webhooks", &api.service,
+            Some(json!({"owner_id": "acme", "url": "http://127.0.0.1:9/hook", "events": ["nope"]}))).await;
+        assert_eq!((status, &bad["error"]["fields"]["events"].is_array()), (StatusCode::UNPROCESSABLE_ENTITY, &true));
+
+        // An event through the REST API's own key creation reaches the outbox,
+        // with created_by naming the token.
+        let (status, key) = api.call(Method::POST, "/v1/api-keys", &api.service,
+            Some(json!({"owner_id": "acme", "name": "hooked", "abilities": []}))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(key["data"]["api_key"]["created_by"], "billing");
+        let (status, deliveries) = api.call(Method::GET, &format!("/v1/webhooks/{id}/deliveries?owner_id=acme"), &api.service, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let delivery = &deliveries["data"][0];
+        assert_eq!((&delivery["event_type"], &delivery["status"]), (&json!("api_key.created"), &json!("pending")));
+        let payload: Value = serde_json::from_str(delivery["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(payload["data"]["created_by"], "billing");
+        assert_eq!(payload["data"]["key_id"], key["data"]["api_key"]["id"]);
+
+        let event_id = delivery["event_id"].as_str().unwrap();
+        let (status, again) = api.call(Method::POST, &format!("/v1/webhooks/{id}/redeliver"), &api.service,
+            Some(json!({"owner_id": "acme", "event_id": event_id}))).await;
+        assert_eq!((status, &again["data"]["event_id"]), (StatusCode::ACCEPTED, &json!(event_id)));
+        let (status, test) = api.call(Method::POST, &format!("/v1/webhooks/{id}/test?owner_id=acme"), &api.service, None).await;
+        assert_eq!((status, &test["data"]["event_type"]), (StatusCode::ACCEPTED, &json!("webhook.test")));
+
+        let (status, patched) = api.call(Method::PATCH, &format!("/v1/webhooks/{id}"), &api.service,
+            Some(json!({"owner_id": "acme", "enabled": false, "events": []}))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((&patched["data"]["enabled"], &patched["data"]["events"]), (&json!(false), &json!([])));
+        let (status, _) = api.call(Method::DELETE, &format!("/v1/webhooks/{id}?owner_id=acme"), &api.service, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _) = api.call(Method::GET, &format!("/v1/webhooks/{id}?owner_id=acme"), &api.service, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -291,13 +291,7 @@ on_both_backends! {
         let id_literal = if backend == Backend::Sqlite { format!("X'{}'", expired_id.simple()) } else { format!("'{expired_id}'") };
         execute(&server.db, &format!("UPDATE api_keys SET expires_at = {past} WHERE id = {id_literal}")).await;
 
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("prune")
-            .env("KEYGATE_DATABASE_URL", &server.db.url)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = common::prune_cli(&server.db.url);
         assert!(stdout.contains("1 expired keys soft-deleted, 1 usage log rows and 1 daily counts deleted"), "{stdout}");
 
         let gone = server.admin.clone().get_key(GetKeyRequest { owner_id: "acme".into(), id: expired.clone() }).await.unwrap_err();

@@ -9,6 +9,7 @@ pub mod ceiling;
 pub mod page_token;
 pub mod pages;
 pub mod validate;
+pub mod webhooks;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
@@ -131,6 +132,20 @@ pub enum AdminError {
     OverlapAboveMaximum { max_minutes: u64 },
     #[error("the owner would hold more than {limit} keys plus one in rotation overlap; rotate with overlap_minutes = 0 or revoke a key first")]
     RotationOverlapLimit { limit: u32 },
+    #[error(transparent)]
+    InvalidWebhookUrl(crate::webhooks::target::TargetError),
+    #[error("event type {0} is not one keygate sends")]
+    UnknownEventType(Echo),
+    #[error("no such webhook")]
+    WebhookNotFound,
+    #[error("the webhook belongs to another owner")]
+    OtherOwnersWebhook,
+    #[error("no such delivery for this webhook")]
+    DeliveryNotFound,
+    #[error("owner already holds the maximum of {limit} webhooks")]
+    OwnerWebhookLimit { limit: u32 },
+    #[error("the server's random source failed")]
+    RandomSourceFailed,
     #[error("the key store failed")]
     Store(#[source] StoreError),
 }
@@ -141,6 +156,7 @@ impl From<StoreError> for AdminError {
             StoreError::NotFound => AdminError::NotFound,
             StoreError::OwnerKeyLimit { limit } => AdminError::OwnerKeyLimit { limit },
             StoreError::AlreadyRevoked => AdminError::AlreadyRevoked,
+            StoreError::OwnerWebhookLimit { limit } => AdminError::OwnerWebhookLimit { limit },
             other => AdminError::Store(other),
         }
     }
@@ -217,6 +233,10 @@ pub struct KeyAdmin {
     policy: AdminPolicy,
     /// Read from the database (or made there) on first use.
     page_key: OnceCell<page_token::PageKey>,
+    /// Which URLs webhooks may be registered with.
+    webhook_targets: crate::webhooks::TargetPolicy,
+    /// Seals webhook signing secrets; read from the database on first use.
+    seal_key: OnceCell<crate::webhooks::SealKey>,
 }
 
 pub fn parse_id(raw: &str) -> AdminResult<Uuid> {
@@ -257,7 +277,14 @@ impl KeyAdmin {
             credits: None,
             policy: AdminPolicy::default(),
             page_key: OnceCell::new(),
+            webhook_targets: crate::webhooks::TargetPolicy::default(),
+            seal_key: OnceCell::new(),
         }
+    }
+
+    pub fn with_webhook_targets(mut self, targets: crate::webhooks::TargetPolicy) -> Self {
+        self.webhook_targets = targets;
+        self
     }
 
     /// Runs a mutation on its own task so that it finishes, cache
@@ -364,6 +391,7 @@ impl KeyAdmin {
             expires_at: template.expires_at,
             metadata: template.metadata,
             rotated_from_id: template.rotated_from_id,
+            created_by: Some(template.created_by),
             created_at: now,
         };
         // Known to Check before the store commits it, so no Check can find
@@ -395,6 +423,7 @@ impl KeyAdmin {
             expires_at: validate::expiry(request.expires_at, now)?,
             metadata: validate::metadata(request.metadata)?,
             rotated_from_id: None,
+            created_by: caller.actor.clone(),
         };
         let (plaintext, new) = self.new_key(template, now);
         let audit = AuditRecord::new("api_key.created", &caller.actor)
@@ -562,6 +591,7 @@ impl KeyAdmin {
             expires_at: old.expires_at,
             metadata: old.metadata.clone(),
             rotated_from_id: Some(old.id),
+            created_by: caller.actor.clone(),
         };
         let (plaintext, new) = self.new_key(template, now);
         let audit = AuditRecord::new("api_key.rotated", &caller.actor)
@@ -707,6 +737,7 @@ impl KeyAdmin {
                 keys_expired = summary.keys_expired,
                 usage_logs_deleted = summary.usage_logs_deleted,
                 daily_counts_deleted = summary.daily_counts_deleted,
+                webhook_deliveries_deleted = summary.webhook_deliveries_deleted,
                 "prune finished"
             );
         }
@@ -743,4 +774,6 @@ struct NewKeyTemplate {
     expires_at: Option<DateTime<Utc>>,
     metadata: BTreeMap<String, String>,
     rotated_from_id: Option<Uuid>,
+    /// The acting token's name or key's id.
+    created_by: String,
 }

@@ -60,6 +60,10 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_used_ip: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Who issued it: the admin token's name, or `key:<prefix>` for a key
+    /// acting through the REST API (`None` for keys issued before keygate
+    /// recorded it).
+    pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,

@@ -8,6 +8,7 @@ pub mod decision;
 pub mod echo;
 pub mod key;
 pub mod path;
+pub mod webhook;
 
 pub use ability::{Ability, AbilityError};
 pub use api_key::{ApiKey, CheckKey, Credits, KeyState, Owner, RateLimit, Refill};

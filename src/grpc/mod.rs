@@ -10,3 +10,4 @@ pub mod ext_authz;
 pub mod key_admin;
 pub mod reflection;
 pub mod status;
+mod webhooks;

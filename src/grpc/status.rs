@@ -30,17 +30,23 @@ pub fn from_admin(error: AdminError) -> Status {
         | AdminError::UnknownField(_)
         | AdminError::EmptyUpdateMask
         | AdminError::OverlapTooLong
-        | AdminError::OverlapAboveMaximum { .. } => Code::InvalidArgument,
-        AdminError::NotFound => Code::NotFound,
-        AdminError::OtherOwnersKey
+        | AdminError::OverlapAboveMaximum { .. }
+        | AdminError::InvalidWebhookUrl(_)
+        | AdminError::UnknownEventType(_) => Code::InvalidArgument,
+        AdminError::NotFound | AdminError::WebhookNotFound | AdminError::DeliveryNotFound => {
+            Code::NotFound
+        }
+        AdminError::OtherOwnersWebhook
+        | AdminError::OtherOwnersKey
         | AdminError::AdminRoleRequired
         | AdminError::AboveCallerAbilities(_)
         | AdminError::SuperkeyRequiresAdmin => Code::PermissionDenied,
         AdminError::OwnerKeyLimit { .. }
         | AdminError::RotationOverlapLimit { .. }
         | AdminError::AlreadyRevoked
-        | AdminError::AlreadyExpired => Code::FailedPrecondition,
-        AdminError::Interrupted => Code::Unavailable,
+        | AdminError::AlreadyExpired
+        | AdminError::OwnerWebhookLimit { .. } => Code::FailedPrecondition,
+        AdminError::Interrupted | AdminError::RandomSourceFailed => Code::Unavailable,
         AdminError::Store(store) if store.is_storage() => {
             tracing::error!(error = %chain(&error), "key store cannot write");
             return Status::unavailable(

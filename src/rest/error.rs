@@ -132,7 +132,11 @@ impl ApiError {
 impl From<AdminError> for ApiError {
     fn from(error: AdminError) -> Self {
         let field = match &error {
-            AdminError::InvalidOwnerId | AdminError::OwnerKeyLimit { .. } => "owner_id",
+            AdminError::InvalidOwnerId
+            | AdminError::OwnerKeyLimit { .. }
+            | AdminError::OwnerWebhookLimit { .. } => "owner_id",
+            AdminError::InvalidWebhookUrl(_) => "url",
+            AdminError::UnknownEventType(_) => "events",
             AdminError::InvalidName { .. } => "name",
             AdminError::UnknownEnvironment(_) => "environment",
             AdminError::InvalidAbility(_) | AdminError::TooManyAbilities { .. } => "abilities",
@@ -156,15 +160,20 @@ impl From<AdminError> for ApiError {
             AdminError::OverlapTooLong
             | AdminError::OverlapAboveMaximum { .. }
             | AdminError::RotationOverlapLimit { .. } => "overlap_minutes",
-            AdminError::NotFound => return ApiError::not_found(error.to_string()),
-            AdminError::OtherOwnersKey
+            AdminError::NotFound | AdminError::WebhookNotFound | AdminError::DeliveryNotFound => {
+                return ApiError::not_found(error.to_string())
+            }
+            AdminError::OtherOwnersWebhook
+            | AdminError::OtherOwnersKey
             | AdminError::AdminRoleRequired
             | AdminError::AboveCallerAbilities(_)
             | AdminError::SuperkeyRequiresAdmin => return ApiError::forbidden(error.to_string()),
             AdminError::AlreadyRevoked | AdminError::AlreadyExpired => {
                 return ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
-            AdminError::Interrupted => return ApiError::unavailable(error.to_string()),
+            AdminError::Interrupted | AdminError::RandomSourceFailed => {
+                return ApiError::unavailable(error.to_string())
+            }
             AdminError::Store(store) => {
                 crate::telemetry::store_error("admin");
                 if store.is_unavailable() {

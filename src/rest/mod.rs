@@ -3,7 +3,7 @@
 //!
 //! - [`principal`]: admin token or an owner's own key, and for which owner;
 //! - [`extract`]: body, query and path parsing into precise 4xx errors;
-//! - [`keys`], [`admin_routes`]: handlers that translate and call
+//! - [`keys`], [`admin_routes`], [`webhooks`]: handlers that translate and call
 //!   [`KeyAdmin`] once;
 //! - [`error`]: the one place errors become HTTP responses;
 //! - [`model`]: the JSON shapes; [`openapi`]: the document built from them.
@@ -15,6 +15,7 @@ pub mod keys;
 pub mod model;
 pub mod openapi;
 pub mod principal;
+pub mod webhooks;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -67,6 +68,16 @@ pub fn router(state: Arc<RestState>) -> Router {
             "/v1/admin/audit-events",
             get(admin_routes::list_audit_events),
         )
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/redeliver", post(webhooks::redeliver))
+        .route("/v1/webhooks/{id}/test", post(webhooks::send_test))
         .route("/openapi.json", get(move || async move { Json(document) }))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

@@ -121,6 +121,9 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_used_ip: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Who issued the key: the admin token's name, or `key:<prefix>` for a
+    /// key acting through the REST API.
+    pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -154,6 +157,7 @@ impl ApiKey {
             last_used_at: key.last_used_at,
             last_used_ip: key.last_used_ip,
             metadata: key.metadata,
+            created_by: key.created_by,
             created_at: key.created_at,
             updated_at: key.updated_at,
         }

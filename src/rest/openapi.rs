@@ -11,7 +11,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{admin_routes, error, keys, model};
+use super::{admin_routes, error, keys, model, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,8 @@ use super::{admin_routes, error, keys, model};
         keys::rotate, keys::usage,
         admin_routes::list_keys, admin_routes::revoke_key, admin_routes::suspend_owner,
         admin_routes::resume_owner, admin_routes::list_audit_events,
+        webhooks::list, webhooks::create, webhooks::get, webhooks::update, webhooks::delete,
+        webhooks::deliveries, webhooks::redeliver, webhooks::send_test,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, model::State)),
     modifiers(&CommonResponses),
@@ -34,6 +36,7 @@ use super::{admin_routes, error, keys, model};
     tags(
         (name = "api-keys", description = "An owner's keys"),
         (name = "admin", description = "Across owners; admin tokens only"),
+        (name = "webhooks", description = "An owner's webhook endpoints and their deliveries"),
     )
 )]
 pub struct ApiDoc;
@@ -47,7 +50,7 @@ const ERRORS: [(&str, &str, bool); 10] = [
     ("400", "Malformed JSON (including invalid UTF-8)", true),
     ("401", "No credential, or one that is not valid: unknown token, revoked / expired key", false),
     ("403", "Another owner's key, an admin route with a non-admin caller, a suspended owner, or abilities above the calling key's", false),
-    ("404", "No such key or route", false),
+    ("404", "No such key, webhook, delivery or route", false),
     ("409", "The key is already revoked or expired", false),
     ("413", "The body exceeds 64 KiB", true),
     ("415", "The body is not JSON", true),

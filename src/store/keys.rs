@@ -30,6 +30,8 @@ pub struct NewKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: BTreeMap<String, String>,
     pub rotated_from_id: Option<Uuid>,
+    /// The acting admin token's name or calling key's id.
+    pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -58,6 +60,7 @@ impl NewKey {
             expires_at: None,
             metadata: BTreeMap::new(),
             rotated_from_id: None,
+            created_by: None,
             created_at,
         }
     }
@@ -130,8 +133,8 @@ const INSERT_KEY: &str =
     "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
      abilities, superkey, rate_limit_max, rate_limit_decay, expires_at, rotated_from_id, metadata, \
      created_at, updated_at, credits_remaining, credits_refill_amount, credits_refill_interval, \
-     credits_refilled_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16, $17, $18)";
+     credits_refilled_at, created_by) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16, $17, $18, $19)";
 
 const UPDATE_KEY: &str = "UPDATE api_keys SET name = COALESCE($2, name), \
      abilities = COALESCE($3, abilities), superkey = COALESCE($4, superkey), \
@@ -240,6 +243,7 @@ macro_rules! insert_key {
             .bind(refill_amount)
             .bind(refill_interval)
             .bind(refilled_at)
+            .bind(new.created_by.as_deref())
             .execute(&mut *$tx)
             .await?;
     }};

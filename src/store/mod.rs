@@ -16,6 +16,7 @@ mod reuse;
 mod rows;
 mod secrets;
 mod usage;
+pub(crate) mod webhooks;
 mod writer_priority;
 
 use std::{str::FromStr, time::Duration};
@@ -32,6 +33,7 @@ pub use issued::heartbeat;
 pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
 pub use owners_audit::{AuditEvent, AuditFilter, AuditRecord};
 pub use usage::{KeyUsage, PruneSummary, UsageEvent, UsageLogEntry};
+pub use webhooks::{AttemptOutcome, ClaimedDelivery, NewWebhook, OutboxStats, WebhookChanges};
 
 pub(crate) static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("migrations/postgres");
@@ -74,6 +76,8 @@ pub enum StoreError {
     NotFound,
     #[error("owner already holds the maximum of {limit} keys")]
     OwnerKeyLimit { limit: u32 },
+    #[error("owner already holds the maximum of {limit} webhooks")]
+    OwnerWebhookLimit { limit: u32 },
     #[error("key is already revoked")]
     AlreadyRevoked,
     #[error("database unavailable: {0}")]

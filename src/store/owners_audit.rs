@@ -55,26 +55,44 @@ pub struct AuditFilter {
     pub event: Option<String>,
 }
 
-/// Writes one audit row inside the transaction `$tx`.
+/// Writes one audit row inside the transaction `$tx`, and the webhook
+/// deliveries of the same event (the outbox, `store::webhooks`): the change,
+/// its audit row and its webhooks commit together or not at all.
 macro_rules! insert_audit {
     ($tx:expr, $record:expr, $key_id:expr, $owner_id:expr, $key_prefix:expr, $at:expr) => {{
         let record: &$crate::store::AuditRecord = $record;
         let key_id: Option<uuid::Uuid> = $key_id;
         let key_prefix: Option<&str> = $key_prefix.map(|p: &String| p.as_str());
+        let event_id = uuid::Uuid::now_v7();
+        let owner_id: &str = $owner_id;
+        let at: chrono::DateTime<chrono::Utc> = $at;
         sqlx::query(
             "INSERT INTO audit_events (id, event, key_id, owner_id, key_prefix, actor, metadata, at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(uuid::Uuid::now_v7())
+        .bind(event_id)
         .bind(record.event)
         .bind(key_id)
-        .bind($owner_id)
+        .bind(owner_id)
         .bind(key_prefix)
         .bind(&record.actor)
         .bind(sqlx::types::Json(&record.metadata))
-        .bind($at)
+        .bind(at)
         .execute(&mut *$tx)
         .await?;
+        $crate::store::webhooks::enqueue_event!(
+            $tx,
+            &$crate::domain::webhook::EventFacts {
+                event_id,
+                audit_event: record.event,
+                owner_id,
+                key_id,
+                key_prefix,
+                actor: &record.actor,
+                metadata: &record.metadata,
+                at,
+            }
+        );
     }};
 }
 pub(crate) use insert_audit;

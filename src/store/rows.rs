@@ -16,7 +16,7 @@ macro_rules! key_columns {
         "k.id, k.owner_id, k.name, k.environment, k.key_prefix, k.abilities, k.superkey, \
          k.rate_limit_max, k.rate_limit_decay, k.expires_at, k.revoked_at, k.revocation_reason, \
          k.rotated_from_id, k.rotated_to_id, k.request_count, k.last_used_at, k.last_used_ip, \
-         k.metadata, k.created_at, k.updated_at, k.deleted_at, \
+         k.metadata, k.created_by, k.created_at, k.updated_at, k.deleted_at, \
          k.credits_remaining, k.credits_refill_amount, k.credits_refill_interval"
     };
 }
@@ -42,6 +42,7 @@ pub(crate) struct KeyRow {
     last_used_at: Option<DateTime<Utc>>,
     last_used_ip: Option<String>,
     metadata: Json<BTreeMap<String, String>>,
+    created_by: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
@@ -106,6 +107,7 @@ impl TryFrom<KeyRow> for ApiKey {
             last_used_at: row.last_used_at,
             last_used_ip: row.last_used_ip,
             metadata: row.metadata.0,
+            created_by: row.created_by,
             created_at: row.created_at,
             updated_at: row.updated_at,
             deleted_at: row.deleted_at,

@@ -54,6 +54,7 @@ pub struct PruneSummary {
     pub keys_expired: u64,
     pub usage_logs_deleted: u64,
     pub daily_counts_deleted: u64,
+    pub webhook_deliveries_deleted: u64,
 }
 
 /// Per-key counter deltas: allowed requests, latest use and its IP.
@@ -325,7 +326,8 @@ impl Store {
     }
 
     /// Soft-deletes keys whose expiry has passed (one `api_key.expired` audit
-    /// event each) and deletes usage older than `cutoff`. Returns `None` when
+    /// event each) and deletes usage and finished webhook deliveries older
+    /// than `cutoff`. Returns `None` when
     /// another replica holds the prune lock.
     pub async fn prune(
         &self,
@@ -354,11 +356,20 @@ impl Store {
             }
             let logs = sqlx::query("DELETE FROM usage_log WHERE at < $1").bind(cutoff).execute(&mut *tx).await?;
             let daily = sqlx::query("DELETE FROM usage_daily WHERE day < $1").bind(cutoff.date_naive()).execute(&mut *tx).await?;
+            // Finished webhook deliveries (and their attempts, by cascade)
+            // are kept as long as usage; pending ones are never pruned.
+            let deliveries = sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < $1",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(Some(PruneSummary {
                 keys_expired: expired.len() as u64,
                 usage_logs_deleted: logs.rows_affected(),
                 daily_counts_deleted: daily.rows_affected(),
+                webhook_deliveries_deleted: deliveries.rows_affected(),
             }))
         })
     }

@@ -319,9 +319,26 @@ def test_config_map_carries_every_setting_with_the_documented_default(default_do
         "KEYGATE_RATE_LIMIT_TIMEOUT": "5ms",
         "KEYGATE_RATE_LIMIT_PREFIX": "keygate:",
         "KEYGATE_CREDIT_LEASE": "100",
+        "KEYGATE_WEBHOOKS_ENABLED": "true",
+        "KEYGATE_WEBHOOK_TIMEOUT": "10s",
+        "KEYGATE_WEBHOOK_RETRY_FOR": "24h",
+        "KEYGATE_EXPIRY_WARNINGS": "7d,1d",
+        "KEYGATE_WEBHOOK_ALLOW_PRIVATE": "false",
+        "KEYGATE_WEBHOOK_ALLOW_HTTP": "false",
         # keygate's own default is 0.0.0.0:8081; off, it stays on the pod's loopback.
         "KEYGATE_FORWARD_AUTH_ADDR": "127.0.0.1:8081",
     }
+
+
+def test_webhook_settings_reach_the_config_map_and_a_disabled_dispatcher_stays_off() -> None:
+    values = merged(
+        REQUIRED,
+        {"config": {"webhooksEnabled": False, "expiryWarnings": ["3d"], "webhookAllowHttp": True}},
+    )
+    data = the(manifests(values), "ConfigMap")["data"]
+    assert data["KEYGATE_WEBHOOKS_ENABLED"] == "false"
+    assert data["KEYGATE_EXPIRY_WARNINGS"] == "3d"
+    assert data["KEYGATE_WEBHOOK_ALLOW_HTTP"] == "true"
 
 
 def test_ability_catalog_and_extra_settings_reach_the_config_map() -> None:

@@ -392,6 +392,23 @@ pub async fn execute(db: &TestDb, sql: &str) {
     })
 }
 
+/// Runs `keygate prune` on `database_url`; returns its standard output
+/// after checking that it succeeded.
+pub fn prune_cli(database_url: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("prune")
+        .env("KEYGATE_DATABASE_URL", database_url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Fetches `/metrics` from a running process over plain HTTP/1.1.
 pub fn scrape_metrics(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};

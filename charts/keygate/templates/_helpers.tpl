@@ -203,6 +203,12 @@ the same configuration.
   "KEYGATE_RATE_LIMIT_TIMEOUT" .Values.rateLimits.timeout
   "KEYGATE_RATE_LIMIT_PREFIX" .Values.rateLimits.prefix
   "KEYGATE_CREDIT_LEASE" (toString (int .Values.rateLimits.creditLease))
+  "KEYGATE_WEBHOOKS_ENABLED" (toString $c.webhooksEnabled)
+  "KEYGATE_WEBHOOK_TIMEOUT" $c.webhookTimeout
+  "KEYGATE_WEBHOOK_RETRY_FOR" $c.webhookRetryFor
+  "KEYGATE_EXPIRY_WARNINGS" (join "," $c.expiryWarnings)
+  "KEYGATE_WEBHOOK_ALLOW_PRIVATE" (toString $c.webhookAllowPrivate)
+  "KEYGATE_WEBHOOK_ALLOW_HTTP" (toString $c.webhookAllowHttp)
 -}}
 {{- with $c.abilities -}}
 {{- $_ := set $env "KEYGATE_ABILITIES" (join "," .) -}}

@@ -1,0 +1,195 @@
+//! The webhook RPCs of KeyAdmin. Handlers translate: proto → use-case
+//! request, one call into [`KeyAdmin`]'s webhook use-cases, result → proto.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{convert, key_admin::caller, status::from_admin};
+use crate::{
+    admin::{
+        webhooks::{CreateWebhook, ListDeliveries, UpdateWebhook},
+        AdminResult, KeyAdmin,
+    },
+    domain::webhook::{Attempt, Delivery, DeliveryStatus, Webhook},
+    proto,
+};
+
+const SECRET_SHOWN_ONCE: &str =
+    "Store this signing secret now: it is shown only once and cannot be recovered.";
+
+/// See [`KeyAdmin::run_to_completion`].
+async fn to_completion<T, F, Fut>(admin: &Arc<KeyAdmin>, mutation: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<KeyAdmin>) -> Fut,
+    Fut: std::future::Future<Output = AdminResult<T>> + Send + 'static,
+{
+    admin.run_to_completion(mutation).await.map_err(from_admin)
+}
+
+pub async fn create(
+    admin: &Arc<KeyAdmin>,
+    request: Request<proto::CreateWebhookRequest>,
+) -> Result<Response<proto::CreateWebhookResponse>, Status> {
+    let caller = caller(&request)?;
+    let r = request.into_inner();
+    let create = CreateWebhook {
+        owner_id: r.owner_id,
+        url: r.url,
+        events: r.events,
+        enabled: r.enabled,
+    };
+    let registered = to_completion(admin, move |admin| async move {
+        admin.create_webhook(&caller, create).await
+    })
+    .await?;
+    Ok(Response::new(proto::CreateWebhookResponse {
+        webhook: Some(webhook(registered.webhook)),
+        secret: registered.secret.expose(),
+        message: SECRET_SHOWN_ONCE.to_owned(),
+    }))
+}
+
+pub async fn list(
+    admin: &Arc<KeyAdmin>,
+    request: Request<proto::ListWebhooksRequest>,
+) -> Result<Response<proto::ListWebhooksResponse>, Status> {
+    caller(&request)?;
+    let hooks = admin
+        .list_webhooks(&request.into_inner().owner_id)
+        .await
+        .map_err(from_admin)?;
+    Ok(Response::new(proto::ListWebhooksResponse {
+        webhooks: hooks.into_iter().map(webhook).collect(),
+    }))
+}
+
+pub async fn update(
+    admin: &Arc<KeyAdmin>,
+    request: Request<proto::UpdateWebhookRequest>,
+) -> Result<Response<proto::Webhook>, Status> {
+    caller(&request)?;
+    let r = request.into_inner();
+    let update = UpdateWebhook {
+        paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
+        url: r.url,
+        events: r.events,
+        enabled: r.enabled,
+    };
+    let hook = to_completion(admin, move |admin| async move {
+        admin.update_webhook(&r.owner_id, &r.id, update).await
+    })
+    .await?;
+    Ok(Response::new(webhook(hook)))
+}
+
+pub async fn delete(
+    admin: &Arc<KeyAdmin>,
+    request: Request<proto::DeleteWebhookRequest>,
+) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
+    caller(&request)?;
+    let r = request.into_inner();
+    to_completion(admin, move |admin| async move {
+        admin.delete_webhook(&r.owner_id, &r.id).await
+    })
+    .await?;
+    Ok(Response::new(proto::DeleteWebhookResponse {}))
+}
+
+pub async fn deliveries(
+    admin: &Arc<KeyAdmin>,
+    request: Request<proto::ListWebhookDeliveriesRequest>,
+) -> Result<Response<proto::ListWebhookDeliveriesResponse>, Status> {
+    caller(&request)?;
+    let r = request.into_inner();
+    let page = admin
+        .list_webhook_deliveries(ListDeliveries {
+            owner_id: r.owner_id,
+            webhook_id: r.webhook_id,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        })
+        .await
+        .map_err(from_admin)?;
+    Ok(Response::new(proto::ListWebhookDeliveriesResponse {
+        deliveries: page.items.into_iter().map(delivery).collect(),
+        next_page_token: page.next_page_token,
+    }))
+}
+
+pub async fn redeliver(
+    admin: &Arc<KeyAdmin>,
+    request: Request<proto::RedeliverWebhookRequest>,
+) -> Result<Response<proto::WebhookDelivery>, Status> {
+    caller(&request)?;
+    let r = request.into_inner();
+    let queued = to_completion(admin, move |admin| async move {
+        admin
+            .redeliver_webhook(&r.owner_id, &r.webhook_id, &r.event_id)
+            .await
+    })
+    .await?;
+    Ok(Response::new(delivery(queued)))
+}
+
+pub async fn send_test(
+    admin: &Arc<KeyAdmin>,
+    request: Request<proto::SendTestWebhookRequest>,
+) -> Result<Response<proto::WebhookDelivery>, Status> {
+    let caller = caller(&request)?;
+    let r = request.into_inner();
+    let queued = to_completion(admin, move |admin| async move {
+        admin
+            .send_test_webhook(&caller, &r.owner_id, &r.webhook_id)
+            .await
+    })
+    .await?;
+    Ok(Response::new(delivery(queued)))
+}
+
+fn webhook(hook: Webhook) -> proto::Webhook {
+    proto::Webhook {
+        id: hook.id.to_string(),
+        owner_id: hook.owner_id,
+        url: hook.url,
+        events: hook.events,
+        enabled: hook.enabled,
+        created_at: Some(convert::timestamp(hook.created_at)),
+        updated_at: Some(convert::timestamp(hook.updated_at)),
+    }
+}
+
+fn delivery(d: Delivery) -> proto::WebhookDelivery {
+    use proto::webhook_delivery::Status as S;
+    let status = match d.status {
+        DeliveryStatus::Pending => S::Pending,
+        DeliveryStatus::Delivered => S::Delivered,
+        DeliveryStatus::Failed => S::Failed,
+    };
+    proto::WebhookDelivery {
+        event_id: d.event_id.to_string(),
+        webhook_id: d.webhook_id.to_string(),
+        event_type: d.event_type,
+        payload: d.payload,
+        status: status as i32,
+        attempts: d.attempts,
+        next_attempt_at: (d.status == DeliveryStatus::Pending)
+            .then(|| convert::timestamp(d.next_attempt_at)),
+        last_status_code: d.last_status_code.map(u32::from).unwrap_or_default(),
+        last_error: d.last_error.unwrap_or_default(),
+        created_at: Some(convert::timestamp(d.created_at)),
+        delivered_at: convert::optional_timestamp(d.delivered_at),
+        attempt_log: d.attempt_log.into_iter().map(attempt).collect(),
+    }
+}
+
+fn attempt(a: Attempt) -> proto::WebhookAttempt {
+    proto::WebhookAttempt {
+        attempt: a.attempt,
+        at: Some(convert::timestamp(a.at)),
+        status_code: a.status_code.map(u32::from).unwrap_or_default(),
+        latency_ms: a.latency_ms,
+        error: a.error.unwrap_or_default(),
+    }
+}

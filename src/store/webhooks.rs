@@ -1,0 +1,588 @@
+//! Webhook endpoints, the outbox of deliveries, and their attempts.
+//!
+//! Deliveries are written by [`enqueue_event!`] inside the transaction of
+//! the change they report (through `insert_audit!`), so an event exists if
+//! and only if its change committed. The dispatcher claims due rows with a
+//! lease (`claim_id`, `claimed_until`; `FOR UPDATE SKIP LOCKED` on
+//! Postgres, so replicas never take the same row), delivers with no
+//! transaction open, and records the outcome only while its claim holds:
+//! a replica that dies mid-delivery leaves the row to be claimed again once
+//! the lease lapses.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    backend::Backend, owners_audit::insert_audit, with_pool, AuditRecord, DbPool, Store,
+    StoreError, StoreResult,
+};
+use crate::domain::webhook::{
+    events_column, events_from_column, Attempt, Delivery, DeliveryStatus, Webhook,
+};
+
+pub(crate) const ENQUEUE_SQL: &str = "INSERT INTO webhook_deliveries (event_id, endpoint_id, \
+     owner_id, event_type, payload, status, attempts, next_attempt_at, retry_from, created_at) \
+     SELECT $1, id, owner_id, $2, $3, 'pending', 0, $4, $4, $4 FROM webhook_endpoints \
+     WHERE owner_id = $5 AND enabled AND (events = '' OR events LIKE $6)";
+
+/// Fans an event out to the owner's enabled endpoints that want it, inside
+/// the transaction `$tx`.
+macro_rules! enqueue_event {
+    ($tx:expr, $facts:expr) => {{
+        let facts: &$crate::domain::webhook::EventFacts<'_> = $facts;
+        let event_type = $crate::domain::webhook::event_type_of(facts.audit_event);
+        sqlx::query($crate::store::webhooks::ENQUEUE_SQL)
+            .bind(facts.event_id)
+            .bind(event_type)
+            .bind($crate::domain::webhook::payload(facts))
+            .bind(facts.at)
+            .bind(facts.owner_id)
+            .bind(format!("%,{event_type},%"))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+pub(crate) use enqueue_event;
+
+const WEBHOOK_COLUMNS: &str = "id, owner_id, url, events, enabled, created_at, updated_at";
+
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE webhook_deliveries SET claim_id = $1, claimed_until = $2, \
+             attempts = attempts + 1 WHERE (event_id, endpoint_id) IN (\
+             SELECT d.event_id, d.endpoint_id FROM webhook_deliveries d \
+             JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= $3 \
+             AND (d.claimed_until IS NULL OR d.claimed_until <= $3) \
+             ORDER BY d.next_attempt_at LIMIT $4",
+            $lock,
+            ")"
+        )
+    };
+}
+/// Postgres: rows another replica is claiming are skipped, not waited for.
+const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF d SKIP LOCKED");
+/// SQLite: one process, one writer.
+const CLAIM_SQLITE: &str = claim_sql!("");
+
+const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.event_type, d.payload, \
+     d.attempts, d.retry_from, e.url, e.sealed_secret FROM webhook_deliveries d \
+     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
+
+const RECORD_ATTEMPT: &str = "INSERT INTO webhook_attempts \
+     (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) \
+     SELECT event_id, endpoint_id, $3, $4, $5, $6, $7 FROM webhook_deliveries \
+     WHERE event_id = $1 AND endpoint_id = $2 ON CONFLICT DO NOTHING";
+
+const RECORD_OUTCOME: &str = "UPDATE webhook_deliveries SET status = $3, next_attempt_at = $4, \
+     delivered_at = $5, last_status_code = $6, last_error = $7, claim_id = NULL, \
+     claimed_until = NULL WHERE event_id = $1 AND endpoint_id = $2 AND claim_id = $8";
+
+const DELIVERY_COLUMNS: &str = "event_id, endpoint_id, event_type, payload, status, attempts, \
+     next_attempt_at, last_status_code, last_error, created_at, delivered_at";
+
+/// Keys expiring within a warning window that have not had that warning.
+const SELECT_EXPIRING: &str =
+    "SELECT k.id, k.owner_id, k.key_prefix, k.expires_at FROM api_keys k \
+     WHERE k.deleted_at IS NULL AND k.revoked_at IS NULL AND k.expires_at > $1 \
+     AND k.expires_at <= $2 AND NOT EXISTS (SELECT 1 FROM key_expiry_warnings w \
+     WHERE w.key_id = k.id AND w.before_seconds = $3) ORDER BY k.expires_at LIMIT $4";
+
+const MARK_WARNED: &str = "INSERT INTO key_expiry_warnings (key_id, before_seconds, at) \
+     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+#[derive(sqlx::FromRow)]
+struct WebhookRow {
+    id: Uuid,
+    owner_id: String,
+    url: String,
+    events: String,
+    enabled: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<WebhookRow> for Webhook {
+    fn from(row: WebhookRow) -> Self {
+        Webhook {
+            id: row.id,
+            owner_id: row.owner_id,
+            url: row.url,
+            events: events_from_column(&row.events),
+            enabled: row.enabled,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    event_id: Uuid,
+    endpoint_id: Uuid,
+    event_type: String,
+    payload: String,
+    status: String,
+    attempts: i32,
+    next_attempt_at: DateTime<Utc>,
+    last_status_code: Option<i32>,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    delivered_at: Option<DateTime<Utc>>,
+}
+
+impl DeliveryRow {
+    fn into_delivery(self, attempt_log: Vec<Attempt>) -> StoreResult<Delivery> {
+        Ok(Delivery {
+            status: DeliveryStatus::parse(&self.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("delivery status {:?}", self.status)))?,
+            event_id: self.event_id,
+            webhook_id: self.endpoint_id,
+            event_type: self.event_type,
+            payload: self.payload,
+            attempts: u32::try_from(self.attempts).unwrap_or_default(),
+            next_attempt_at: self.next_attempt_at,
+            last_status_code: self.last_status_code.and_then(|c| u16::try_from(c).ok()),
+            last_error: self.last_error,
+            created_at: self.created_at,
+            delivered_at: self.delivered_at,
+            attempt_log,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    attempt: i32,
+    at: DateTime<Utc>,
+    status_code: Option<i32>,
+    latency_ms: i64,
+    error: Option<String>,
+}
+
+impl From<AttemptRow> for Attempt {
+    fn from(row: AttemptRow) -> Self {
+        Attempt {
+            attempt: u32::try_from(row.attempt).unwrap_or_default(),
+            at: row.at,
+            status_code: row.status_code.and_then(|c| u16::try_from(c).ok()),
+            latency_ms: u64::try_from(row.latency_ms).unwrap_or_default(),
+            error: row.error,
+        }
+    }
+}
+
+/// A new endpoint: its fields and its sealed signing secret.
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    pub webhook: Webhook,
+    pub sealed_secret: Vec<u8>,
+}
+
+/// Fields an endpoint update sets; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebhookChanges {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// A delivery this replica has claimed: what it needs to send it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    pub event_id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_type: String,
+    pub payload: String,
+    /// This attempt's number, counting from 1.
+    pub attempts: i32,
+    pub retry_from: DateTime<Utc>,
+    pub url: String,
+    pub sealed_secret: Vec<u8>,
+}
+
+/// What became of an attempt, as the dispatcher decided.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+    pub status: DeliveryStatus,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// Pending deliveries: how many, and since when the oldest waits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Stores an endpoint unless the owner already holds `limit` of them.
+    pub async fn insert_webhook(&self, new: &NewWebhook, limit: u32) -> StoreResult<Webhook> {
+        let hook = &new.webhook;
+        with_pool!(&self.main, pool => {
+            let mut tx = pool.begin_write().await?;
+            pool.serialize_owner(&mut tx, &hook.owner_id).await?;
+            let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints WHERE owner_id = $1")
+                .bind(&hook.owner_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if held >= i64::from(limit) {
+                return Err(StoreError::OwnerWebhookLimit { limit });
+            }
+            sqlx::query(
+                "INSERT INTO webhook_endpoints (id, owner_id, url, events, enabled, sealed_secret, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(hook.id)
+            .bind(&hook.owner_id)
+            .bind(&hook.url)
+            .bind(events_column(&hook.events))
+            .bind(hook.enabled)
+            .bind(&new.sealed_secret)
+            .bind(hook.created_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        self.get_webhook(hook.id).await
+    }
+
+    pub async fn get_webhook(&self, id: Uuid) -> StoreResult<Webhook> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints WHERE id = $1");
+        with_pool!(&self.main, pool => {
+            sqlx::query_as::<_, WebhookRow>(&sql)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(Webhook::from)
+                .ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// The owner's endpoints, newest first.
+    pub async fn list_webhooks(&self, owner_id: &str) -> StoreResult<Vec<Webhook>> {
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints WHERE owner_id = $1 \
+             ORDER BY created_at DESC, id DESC"
+        );
+        with_pool!(&self.main, pool => {
+            Ok(sqlx::query_as::<_, WebhookRow>(&sql)
+                .bind(owner_id)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(Webhook::from)
+                .collect())
+        })
+    }
+
+    pub async fn update_webhook(
+        &self,
+        id: Uuid,
+        changes: &WebhookChanges,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Webhook> {
+        with_pool!(&self.main, pool => {
+            let updated = sqlx::query(
+                "UPDATE webhook_endpoints SET url = COALESCE($2, url), \
+                 events = COALESCE($3, events), enabled = COALESCE($4, enabled), updated_at = $5 \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(changes.url.as_deref())
+            .bind(changes.events.as_deref().map(events_column))
+            .bind(changes.enabled)
+            .bind(at)
+            .execute(pool)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        });
+        self.get_webhook(id).await
+    }
+
+    /// Deletes an endpoint with its deliveries and their attempts.
+    pub async fn delete_webhook(&self, id: Uuid) -> StoreResult<()> {
+        with_pool!(&self.main, pool => {
+            let deleted = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?;
+            if deleted.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        });
+        Ok(())
+    }
+
+    /// An endpoint's deliveries, newest first, after the `(created_at,
+    /// event_id)` cursor, each with its attempts.
+    pub async fn list_deliveries(
+        &self,
+        webhook_id: Uuid,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        let rows = with_pool!(&self.main, pool => {
+            let mut query = sqlx::QueryBuilder::new(format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = "
+            ));
+            query.push_bind(webhook_id);
+            if let Some((at, id)) = after {
+                query.push(" AND (created_at < ").push_bind(at)
+                    .push(" OR (created_at = ").push_bind(at)
+                    .push(" AND event_id < ").push_bind(id).push("))");
+            }
+            query.push(" ORDER BY created_at DESC, event_id DESC LIMIT ").push_bind(i64::from(limit));
+            query.build_query_as::<DeliveryRow>().fetch_all(pool).await?
+        });
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attempts = self.attempts(row.event_id, row.endpoint_id).await?;
+            deliveries.push(row.into_delivery(attempts)?);
+        }
+        Ok(deliveries)
+    }
+
+    pub async fn get_delivery(&self, event_id: Uuid, webhook_id: Uuid) -> StoreResult<Delivery> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE event_id = $1 AND endpoint_id = $2"
+        );
+        let row = with_pool!(&self.main, pool => {
+            sqlx::query_as::<_, DeliveryRow>(&sql)
+                .bind(event_id)
+                .bind(webhook_id)
+                .fetch_optional(pool)
+                .await?
+        })
+        .ok_or(StoreError::NotFound)?;
+        let attempts = self.attempts(event_id, webhook_id).await?;
+        row.into_delivery(attempts)
+    }
+
+    async fn attempts(&self, event_id: Uuid, webhook_id: Uuid) -> StoreResult<Vec<Attempt>> {
+        with_pool!(&self.main, pool => {
+            Ok(sqlx::query_as::<_, AttemptRow>(
+                "SELECT attempt, at, status_code, latency_ms, error FROM webhook_attempts \
+                 WHERE event_id = $1 AND endpoint_id = $2 ORDER BY attempt",
+            )
+            .bind(event_id)
+            .bind(webhook_id)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(Attempt::from)
+            .collect())
+        })
+    }
+
+    /// Puts a delivery back in the queue, due now, with a fresh retry
+    /// window. The `webhook-id` stays the same.
+    pub async fn redeliver(
+        &self,
+        event_id: Uuid,
+        webhook_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Delivery> {
+        with_pool!(&self.main, pool => {
+            let updated = sqlx::query(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $3, \
+                 retry_from = $3, claim_id = NULL, claimed_until = NULL \
+                 WHERE event_id = $1 AND endpoint_id = $2",
+            )
+            .bind(event_id)
+            .bind(webhook_id)
+            .bind(at)
+            .execute(pool)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        });
+        self.get_delivery(event_id, webhook_id).await
+    }
+
+    /// Queues one event for one endpoint only (`webhook.test`).
+    pub async fn enqueue_for_endpoint(
+        &self,
+        webhook_id: Uuid,
+        event_id: Uuid,
+        event_type: &str,
+        payload: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Delivery> {
+        with_pool!(&self.main, pool => {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (event_id, endpoint_id, owner_id, event_type, payload, \
+                 status, attempts, next_attempt_at, retry_from, created_at) \
+                 SELECT $1, id, owner_id, $2, $3, 'pending', 0, $4, $4, $4 FROM webhook_endpoints \
+                 WHERE id = $5",
+            )
+            .bind(event_id)
+            .bind(event_type)
+            .bind(payload)
+            .bind(at)
+            .bind(webhook_id)
+            .execute(pool)
+            .await?;
+        });
+        self.get_delivery(event_id, webhook_id).await
+    }
+
+    /// Claims up to `limit` due deliveries for `lease` (until `lease_until`)
+    /// under `claim_id`. One statement: no transaction stays open after it.
+    pub async fn claim_deliveries(
+        &self,
+        claim_id: Uuid,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let claim = match &self.main {
+            DbPool::Postgres(_) => CLAIM_POSTGRES,
+            DbPool::Sqlite(_) => CLAIM_SQLITE,
+        };
+        with_pool!(&self.main, pool => {
+            let claimed = sqlx::query(claim)
+                .bind(claim_id)
+                .bind(lease_until)
+                .bind(now)
+                .bind(i64::from(limit))
+                .execute(pool)
+                .await?;
+            if claimed.rows_affected() == 0 {
+                return Ok(Vec::new());
+            }
+            Ok(sqlx::query_as::<_, ClaimedDelivery>(SELECT_CLAIMED)
+                .bind(claim_id)
+                .fetch_all(pool)
+                .await?)
+        })
+    }
+
+    /// Records an attempt, always, and its outcome on the delivery while
+    /// `claim_id` still holds it (a lapsed claim may have passed to another
+    /// replica, whose outcome then stands).
+    pub async fn record_attempt(
+        &self,
+        claimed: &ClaimedDelivery,
+        claim_id: Uuid,
+        outcome: &AttemptOutcome,
+    ) -> StoreResult<()> {
+        let status_code = outcome.status_code.map(i32::from);
+        let latency = i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX);
+        let delivered_at = (outcome.status == DeliveryStatus::Delivered).then_some(outcome.at);
+        with_pool!(&self.main, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(RECORD_ATTEMPT)
+                .bind(claimed.event_id)
+                .bind(claimed.endpoint_id)
+                .bind(claimed.attempts)
+                .bind(outcome.at)
+                .bind(status_code)
+                .bind(latency)
+                .bind(outcome.error.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(RECORD_OUTCOME)
+                .bind(claimed.event_id)
+                .bind(claimed.endpoint_id)
+                .bind(outcome.status.as_str())
+                .bind(outcome.next_attempt_at)
+                .bind(delivered_at)
+                .bind(status_code)
+                .bind(outcome.error.as_deref())
+                .bind(claim_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        with_pool!(&self.main, pool => {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'",
+            )
+            .fetch_one(pool)
+            .await?;
+            let oldest_pending: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT created_at FROM webhook_deliveries WHERE status = 'pending' \
+                 ORDER BY created_at LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?;
+            Ok(OutboxStats { pending, oldest_pending })
+        })
+    }
+
+    /// Emits `api_key.expiring` for up to `limit` keys that expire within
+    /// `before` of `now` and have not had this warning, each with its audit
+    /// row and webhooks in one transaction. Every wider warning (in
+    /// `wider`) is marked as had too, so a key created close to its expiry
+    /// hears only the nearest warning. Returns how many warnings were sent.
+    pub async fn warn_expiring(
+        &self,
+        now: DateTime<Utc>,
+        before: chrono::Duration,
+        wider: &[chrono::Duration],
+        actor: &str,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let before_seconds = before.num_seconds();
+        let due: Vec<(Uuid, String, String, DateTime<Utc>)> = with_pool!(&self.main, pool => {
+            sqlx::query_as(SELECT_EXPIRING)
+                .bind(now)
+                .bind(now + before)
+                .bind(before_seconds)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        let mut sent = 0;
+        for (key_id, owner_id, key_prefix, expires_at) in due {
+            let audit = AuditRecord::new("api_key.expiring", actor)
+                .with("expires_at", expires_at.to_rfc3339())
+                .with(
+                    "warning_before",
+                    humantime::format_duration(before.to_std().unwrap_or_default()).to_string(),
+                );
+            let first = with_pool!(&self.main, pool => {
+                let mut tx = pool.begin_write().await?;
+                let marked = sqlx::query(MARK_WARNED)
+                    .bind(key_id)
+                    .bind(before_seconds)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if marked.rows_affected() == 0 {
+                    false
+                } else {
+                    for wider in wider {
+                        sqlx::query(MARK_WARNED)
+                            .bind(key_id)
+                            .bind(wider.num_seconds())
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    insert_audit!(tx, &audit, Some(key_id), &owner_id, Some(&key_prefix), now);
+                    tx.commit().await?;
+                    true
+                }
+            });
+            if first {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+}

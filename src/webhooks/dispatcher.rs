@@ -1,0 +1,338 @@
+//! The dispatcher: a task on every replica that delivers the outbox.
+//!
+//! Each round claims a batch of due deliveries for a lease (one statement;
+//! `FOR UPDATE SKIP LOCKED` on Postgres, so two replicas never claim the same
+//! row), sends them concurrently with no transaction open, and records each
+//! attempt and its outcome. A failed attempt is retried after an exponential
+//! backoff with jitter until the retry window (24 h by default) has passed,
+//! then the delivery is marked failed. A replica that dies mid-delivery
+//! holds nothing: its lease lapses and another replica (or the restarted
+//! one) claims the row again, and the receiver sees the same `webhook-id`.
+//!
+//! The same task, every five seconds, reports the outbox gauges and emits
+//! the `api_key.expiring` warnings that have come due.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures::StreamExt;
+use rand::Rng;
+use tokio::time::{Instant, MissedTickBehavior};
+use uuid::Uuid;
+
+use super::{
+    secret::SealKey,
+    signature,
+    target::{GuardedResolver, TargetPolicy},
+};
+use crate::{
+    domain::webhook::DeliveryStatus,
+    grpc::status::chain,
+    store::{self, AttemptOutcome, ClaimedDelivery, Store, StoreResult},
+};
+
+/// How the dispatcher delivers.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub policy: TargetPolicy,
+    /// One HTTP attempt, connection included.
+    pub timeout: Duration,
+    /// How long a claim holds; longer than `timeout`, so that a live
+    /// replica records its attempt before anyone else may claim the row.
+    pub lease: Duration,
+    /// How often the outbox is polled when it had nothing due.
+    pub poll_interval: Duration,
+    /// The first retry's delay; each further one doubles, up to
+    /// `retry_max_delay`, with jitter.
+    pub retry_base: Duration,
+    pub retry_max_delay: Duration,
+    /// How long after an event a failed delivery is still retried.
+    pub retry_for: Duration,
+    /// Deliveries claimed (and sent concurrently) per round.
+    pub batch: u32,
+    /// When `api_key.expiring` is sent, before `expires_at`.
+    pub expiry_warnings: Vec<Duration>,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            policy: TargetPolicy::default(),
+            timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            retry_base: Duration::from_secs(10),
+            retry_max_delay: Duration::from_secs(60 * 60),
+            retry_for: Duration::from_secs(24 * 60 * 60),
+            batch: 32,
+            expiry_warnings: vec![
+                Duration::from_secs(7 * 24 * 60 * 60),
+                Duration::from_secs(24 * 60 * 60),
+            ],
+        }
+    }
+}
+
+/// How often the gauges are read and expiry warnings looked for: two
+/// indexed reads per warning threshold.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+/// Keys warned per threshold per round; the rest wait for the next.
+const WARNINGS_PER_ROUND: u32 = 500;
+/// The actor of `api_key.expiring` events.
+const ACTOR: &str = "keygate";
+
+pub struct Dispatcher {
+    store: Store,
+    settings: DispatchSettings,
+    client: reqwest::Client,
+    seal_key: tokio::sync::OnceCell<SealKey>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, settings: DispatchSettings) -> anyhow::Result<Dispatcher> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .dns_resolver(GuardedResolver::shared(settings.policy))
+            // An environment proxy would connect on our behalf to an
+            // address no one checked.
+            .no_proxy()
+            .https_only(!settings.policy.allow_http)
+            .user_agent(concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Dispatcher {
+            store,
+            settings,
+            client,
+            seal_key: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Runs until `stop` resolves. A round cut short by `stop` leaves its
+    /// claims to lapse: those events are delivered later, not lost.
+    pub async fn run(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = poll.tick() => {
+                    tokio::select! {
+                        () = &mut stop => return,
+                        () = self.drain_due() => {}
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    self.warn_expiring().await;
+                    self.report_gauges().await;
+                }
+            }
+        }
+    }
+
+    /// Delivers rounds until one finds less than a full batch due.
+    async fn drain_due(&self) {
+        loop {
+            match self.deliver_round().await {
+                Ok(claimed) if claimed == self.settings.batch as usize => continue,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(error = %chain(&error), "webhook dispatch round failed; retrying at the next poll");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One round: claim, deliver concurrently, record. Returns how many
+    /// deliveries it claimed.
+    pub async fn deliver_round(&self) -> StoreResult<usize> {
+        let claim_id = Uuid::now_v7();
+        let now = store::now();
+        let lease = chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
+        let claimed = self
+            .store
+            .claim_deliveries(claim_id, now, now + lease, self.settings.batch)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let count = claimed.len();
+        let seal_key = self
+            .seal_key
+            .get_or_try_init(|| SealKey::load(&self.store))
+            .await?;
+        futures::stream::iter(claimed)
+            .for_each_concurrent(None, |delivery| async move {
+                let outcome = self.attempt(seal_key, &delivery).await;
+                metrics::counter!("keygate_webhook_deliveries_total", "outcome" => outcome_label(&outcome))
+                    .increment(1);
+                if let Err(error) = self.store.record_attempt(&delivery, claim_id, &outcome).await {
+                    // The claim lapses and the delivery is attempted again.
+                    tracing::warn!(error = %chain(&error), event_id = %delivery.event_id, "cannot record a webhook attempt");
+                }
+            })
+            .await;
+        Ok(count)
+    }
+
+    async fn attempt(&self, seal_key: &SealKey, delivery: &ClaimedDelivery) -> AttemptOutcome {
+        let started = Instant::now();
+        let sent = self.send(seal_key, delivery).await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let at = store::now();
+        let (status_code, error) = match sent {
+            Ok(status) if status.is_success() => {
+                return AttemptOutcome {
+                    at,
+                    status_code: Some(status.as_u16()),
+                    latency_ms,
+                    error: None,
+                    status: DeliveryStatus::Delivered,
+                    next_attempt_at: at,
+                }
+            }
+            Ok(status) => (Some(status.as_u16()), format!("HTTP {status}")),
+            Err(error) => (None, error),
+        };
+        let retry_for = chrono::Duration::from_std(self.settings.retry_for).unwrap_or_default();
+        let (status, next_attempt_at) = if at - delivery.retry_from >= retry_for {
+            (DeliveryStatus::Failed, at)
+        } else {
+            let delay = backoff(
+                u32::try_from(delivery.attempts).unwrap_or(1),
+                self.settings.retry_base,
+                self.settings.retry_max_delay,
+                rand::rng().random::<f64>(),
+            );
+            (
+                DeliveryStatus::Pending,
+                at + chrono::Duration::from_std(delay).unwrap_or_default(),
+            )
+        };
+        tracing::debug!(event_id = %delivery.event_id, attempt = delivery.attempts, ?status_code, %error, "webhook attempt failed");
+        AttemptOutcome {
+            at,
+            status_code,
+            latency_ms,
+            error: Some(error),
+            status,
+            next_attempt_at,
+        }
+    }
+
+    /// One signed POST. Redirects are answers, not followed.
+    async fn send(
+        &self,
+        seal_key: &SealKey,
+        delivery: &ClaimedDelivery,
+    ) -> Result<reqwest::StatusCode, String> {
+        let url = self
+            .settings
+            .policy
+            .check_shape(&delivery.url)
+            .map_err(|e| e.to_string())?;
+        let secret = seal_key
+            .open(delivery.endpoint_id, &delivery.sealed_secret)
+            .map_err(|e| e.to_string())?;
+        let id = delivery.event_id.to_string();
+        let timestamp = Utc::now().timestamp();
+        let signature = signature::sign(&secret, &id, timestamp, &delivery.payload);
+        let response = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(delivery.payload.clone())
+            .send()
+            .await
+            // The URL is the owner's and may carry a token: kept out.
+            .map_err(|e| chain(&e.without_url()))?;
+        Ok(response.status())
+    }
+
+    async fn report_gauges(&self) {
+        match self.store.outbox_stats().await {
+            Ok(stats) => {
+                metrics::gauge!("keygate_webhook_outbox_depth").set(stats.pending as f64);
+                let age = stats
+                    .oldest_pending
+                    .map(|at| (store::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                metrics::gauge!("keygate_webhook_oldest_pending_seconds").set(age);
+            }
+            Err(error) => {
+                tracing::debug!(error = %chain(&error), "cannot read the webhook outbox gauges")
+            }
+        }
+    }
+
+    /// Sends every due `api_key.expiring`, nearest threshold first, so that
+    /// a key already inside several windows hears only the nearest.
+    pub async fn warn_expiring(&self) {
+        let mut thresholds: Vec<chrono::Duration> = self
+            .settings
+            .expiry_warnings
+            .iter()
+            .filter_map(|d| chrono::Duration::from_std(*d).ok())
+            .collect();
+        thresholds.sort();
+        for (i, before) in thresholds.iter().enumerate() {
+            let wider = &thresholds[i + 1..];
+            match self
+                .store
+                .warn_expiring(store::now(), *before, wider, ACTOR, WARNINGS_PER_ROUND)
+                .await
+            {
+                Ok(0) => {}
+                Ok(sent) => tracing::info!(sent, ?before, "expiry warnings emitted"),
+                Err(error) => {
+                    tracing::warn!(error = %chain(&error), "cannot emit expiry warnings; retrying at the next round");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn outcome_label(outcome: &AttemptOutcome) -> &'static str {
+    match outcome.status {
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Pending => "retrying",
+        DeliveryStatus::Failed => "failed",
+    }
+}
+
+/// The delay before attempt `attempt + 1`: `base · 2^(attempt-1)`, capped at
+/// `max`, of which a random half is kept ("equal jitter"): replicas that
+/// failed together spread out, and below the cap a later delay is never
+/// shorter than an earlier one.
+pub fn backoff(attempt: u32, base: Duration, max: Duration, random: f64) -> Duration {
+    let doubled = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(30));
+    let delay = doubled.min(max);
+    delay / 2 + delay.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_keeps_half_and_never_shrinks() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(3600);
+        assert_eq!(backoff(1, base, max, 0.0), Duration::from_secs(5));
+        assert_eq!(backoff(1, base, max, 1.0), Duration::from_secs(10));
+        assert_eq!(backoff(3, base, max, 0.0), Duration::from_secs(20));
+        assert_eq!(backoff(40, base, max, 1.0), max);
+        for attempt in 1..9 {
+            assert!(backoff(attempt + 1, base, max, 0.0) >= backoff(attempt, base, max, 1.0));
+        }
+    }
+}

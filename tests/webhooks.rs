@@ -1,0 +1,653 @@
+//! Webhooks end to end (docs/behaviour.md, "Webhooks"): a real keygate, a
+//! real database, and a real HTTP receiver on a loopback port. The receiver
+//! checks each signature with the Standard Webhooks algorithm written out
+//! here, independently of keygate's own signing code.
+
+mod common;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::post,
+    Router,
+};
+use base64::{engine::general_purpose::STANDARD, Engine};
+use common::{eventually, process::KeygateProcess, Backend, TestDb, TestServer};
+use hmac::{Hmac, Mac};
+use keygate::{
+    app,
+    config::Settings,
+    proto::{
+        key_admin_client::KeyAdminClient, webhook_delivery::Status as DeliveryStatus,
+        CreateKeyRequest, CreateWebhookRequest, GetKeyRequest, ListWebhookDeliveriesRequest,
+        RevokeKeyRequest, SendTestWebhookRequest, WebhookDelivery,
+    },
+};
+use sha2::Sha256;
+use tonic::transport::Channel;
+
+const OWNER: &str = "org_hooks";
+/// The dispatcher's pace in these tests: fast polls and short retries, so
+/// nothing waits on production intervals.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+
+/// What the receiver answers to one request.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Status(u16),
+    /// Never answers (the sender's timeout or death ends the request).
+    Hang,
+}
+
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    /// Replies to the next requests, in order; then `otherwise`.
+    script: Mutex<VecDeque<Reply>>,
+    otherwise: Mutex<Option<Reply>>,
+}
+
+/// An HTTP server on a loopback port that records every webhook request.
+struct Receiver {
+    addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let state = Arc::new(ReceiverState::default());
+        let router = Router::new()
+            .route("/hook", post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Receiver { addr, state, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn script(&self, replies: &[Reply]) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(replies.iter().copied());
+    }
+
+    fn answer_otherwise(&self, reply: Reply) {
+        *self.state.otherwise.lock().unwrap() = Some(reply);
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<Received> {
+        let arrived = eventually(Duration::from_secs(30), async || {
+            self.received().len() >= count
+        })
+        .await;
+        assert!(
+            arrived,
+            "expected {count} webhook requests, got {:?}",
+            self.received()
+        );
+        self.received()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    state.received.lock().unwrap().push(Received {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        body,
+    });
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or(*state.otherwise.lock().unwrap())
+        .unwrap_or(Reply::Status(200));
+    match reply {
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap(),
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+/// The Standard Webhooks verification, from the specification: the secret
+/// is the base64 after `whsec_`; the signed content is `id.timestamp.body`;
+/// the header lists `v1,<base64 HMAC-SHA256>` signatures separated by
+/// spaces; the timestamp must be within five minutes.
+fn verify(secret: &str, received: &Received) -> bool {
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
+        .expect("base64 secret");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.{}", received.id, received.timestamp, received.body).as_bytes());
+    let expected = STANDARD.encode(mac.finalize().into_bytes());
+    let timestamp: i64 = received.timestamp.parse().expect("numeric timestamp");
+    let fresh = (chrono::Utc::now().timestamp() - timestamp).abs() < 300;
+    fresh
+        && received
+            .signature
+            .split(' ')
+            .filter_map(|s| s.strip_prefix("v1,"))
+            .any(|s| s == expected)
+}
+
+/// Test settings plus a fast dispatcher allowed to call loopback over HTTP.
+fn fast_webhooks(settings: &mut Settings) {
+    settings.webhook_allow_private = Some(true);
+    settings.webhook_allow_http = Some(true);
+    settings.webhook_poll_interval = Some("50ms".into());
+    settings.webhook_retry_base = Some(format!("{}ms", RETRY_BASE.as_millis()));
+    settings.webhook_timeout = Some("1s".into());
+    settings.webhook_lease = Some("2s".into());
+}
+
+async fn register(
+    admin: &mut KeyAdminClient<Channel>,
+    url: &str,
+    events: &[&str],
+) -> (String, String) {
+    let created = admin
+        .create_webhook(CreateWebhookRequest {
+            owner_id: OWNER.into(),
+            url: url.into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            enabled: None,
+        })
+        .await
+        .expect("webhook registered")
+        .into_inner();
+    (created.webhook.unwrap().id, created.secret)
+}
+
+async fn create_key(
+    admin: &mut KeyAdminClient<Channel>,
+    name: &str,
+) -> keygate::proto::CreateKeyResponse {
+    admin
+        .create_key(CreateKeyRequest {
+            owner_id: OWNER.into(),
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("key created")
+        .into_inner()
+}
+
+async fn deliveries(admin: &mut KeyAdminClient<Channel>, webhook_id: &str) -> Vec<WebhookDelivery> {
+    admin
+        .list_webhook_deliveries(ListWebhookDeliveriesRequest {
+            owner_id: OWNER.into(),
+            webhook_id: webhook_id.into(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .expect("deliveries listed")
+        .into_inner()
+        .deliveries
+}
+
+/// Waits until the delivery of `event_id` satisfies `done`.
+async fn delivery_where(
+    admin: &mut KeyAdminClient<Channel>,
+    webhook_id: &str,
+    event_id: &str,
+    done: impl Fn(&WebhookDelivery) -> bool,
+) -> WebhookDelivery {
+    let mut last = None;
+    let reached = eventually(Duration::from_secs(30), async || {
+        last = deliveries(admin, webhook_id)
+            .await
+            .into_iter()
+            .find(|d| d.event_id == event_id);
+        last.as_ref().is_some_and(&done)
+    })
+    .await;
+    assert!(
+        reached,
+        "delivery never reached the expected state: {last:?}"
+    );
+    last.unwrap()
+}
+
+fn body_of(received: &Received) -> serde_json::Value {
+    serde_json::from_str(&received.body).expect("JSON body")
+}
+
+on_both_backends! {
+    async fn a_key_event_reaches_the_receiver_signed_per_standard_webhooks(backend) {
+        let receiver = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, secret) = register(&mut server.admin, &receiver.url(), &[]).await;
+        assert!(secret.starts_with("whsec_"));
+        let issued = create_key(&mut server.admin, "billing").await;
+        let key = issued.api_key.unwrap();
+
+        let received = receiver.wait_for(1).await;
+        let event = &received[0];
+        assert!(verify(&secret, event), "signature must verify: {event:?}");
+        let mut tampered = event.clone();
+        tampered.body = tampered.body.replace("billing", "b1lling");
+        assert!(!verify(&secret, &tampered), "a changed body must not verify");
+        let body = body_of(event);
+        assert_eq!(body["type"], "api_key.created");
+        assert_eq!(body["data"]["key_id"], key.id);
+        assert_eq!(body["data"]["key_prefix"], key.key_prefix);
+        assert_eq!(body["data"]["owner_id"], OWNER);
+        assert_eq!(body["data"]["created_by"], key.created_by);
+        assert!(!key.created_by.is_empty(), "created_by is recorded");
+        assert_eq!(body["data"]["event_id"], event.id);
+        assert!(!event.body.contains(&issued.key), "the plaintext key is never sent");
+        let token = issued.key.rsplit('_').next().unwrap();
+        assert!(!event.body.contains(token));
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(token.as_bytes());
+        assert!(!event.body.contains(&hex::encode(hash)), "nor the key's hash");
+        assert!(!event.body.contains(&STANDARD.encode(hash)));
+
+        let fetched = server.admin.get_key(GetKeyRequest { owner_id: OWNER.into(), id: key.id.clone() })
+            .await.unwrap().into_inner();
+        assert_eq!(fetched.created_by, key.created_by);
+
+        let delivered = delivery_where(&mut server.admin, &webhook_id, &event.id, |d| {
+            d.status == DeliveryStatus::Delivered as i32
+        }).await;
+        assert_eq!(delivered.attempts, 1);
+        assert_eq!(delivered.attempt_log.len(), 1);
+        assert_eq!(delivered.attempt_log[0].status_code, 200);
+        assert_eq!(delivered.payload, event.body);
+        server.stop().await;
+    }
+
+    async fn a_receiver_answering_500_is_retried_until_it_accepts(backend) {
+        let receiver = Receiver::start().await;
+        receiver.script(&[Reply::Status(500)]);
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, secret) = register(&mut server.admin, &receiver.url(), &["api_key.created"]).await;
+        create_key(&mut server.admin, "retried").await;
+
+        let received = receiver.wait_for(2).await;
+        assert_eq!(received[0].id, received[1].id, "a retry carries the same webhook-id");
+        assert!(received.iter().all(|r| verify(&secret, r)));
+        let delivery = delivery_where(&mut server.admin, &webhook_id, &received[0].id, |d| {
+            d.status == DeliveryStatus::Delivered as i32
+        }).await;
+        let codes: Vec<u32> = delivery.attempt_log.iter().map(|a| a.status_code).collect();
+        assert_eq!(codes, [500, 200]);
+        assert_eq!(delivery.attempt_log[0].error, "HTTP 500 Internal Server Error");
+        // Delivered means done: no third request.
+        assert_eq!(receiver.received().len(), 2);
+        server.stop().await;
+    }
+
+    async fn a_receiver_that_stays_down_makes_the_event_wait_with_growing_backoff(backend) {
+        let receiver = Receiver::start().await;
+        receiver.answer_otherwise(Reply::Status(503));
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, _) = register(&mut server.admin, &receiver.url(), &[]).await;
+        create_key(&mut server.admin, "patient").await;
+
+        let received = receiver.wait_for(5).await;
+        let event_id = received[0].id.clone();
+        let waiting = delivery_where(&mut server.admin, &webhook_id, &event_id, |d| d.attempt_log.len() >= 5).await;
+        assert_eq!(waiting.status, DeliveryStatus::Pending as i32, "the event waits, not failed");
+        assert!(waiting.delivered_at.is_none());
+        assert!(waiting.next_attempt_at.is_some());
+        // Attempt k+1 cannot come before the k-th backoff's lower bound,
+        // base · 2^(k-1) / 2: the gaps must grow.
+        let at = |i: usize| {
+            let t = waiting.attempt_log[i].at.unwrap();
+            Duration::from_secs(t.seconds as u64) + Duration::from_nanos(t.nanos as u64)
+        };
+        for k in 1..5usize {
+            let gap = at(k) - at(k - 1);
+            let floor = RETRY_BASE * (1 << (k - 1)) / 2;
+            assert!(gap >= floor, "gap {k} was {gap:?}, below the backoff floor {floor:?}");
+        }
+
+        receiver.answer_otherwise(Reply::Status(204));
+        delivery_where(&mut server.admin, &webhook_id, &event_id, |d| {
+            d.status == DeliveryStatus::Delivered as i32
+        }).await;
+        server.stop().await;
+    }
+
+    async fn a_change_whose_transaction_rolls_back_emits_nothing(backend) {
+        let receiver = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, _) = register(&mut server.admin, &receiver.url(), &["api_key.revoked", "api_key.updated", "webhook.test"]).await;
+        let key = create_key(&mut server.admin, "kept").await.api_key.unwrap();
+        // The revoke's outbox row fails to insert, after the key row and
+        // its audit row were written in the same transaction.
+        match backend {
+            Backend::Sqlite => common::execute(&server.db,
+                "CREATE TRIGGER refuse_revoked BEFORE INSERT ON webhook_deliveries \
+                 WHEN NEW.event_type = 'api_key.revoked' BEGIN SELECT RAISE(ABORT, 'refused by test'); END").await,
+            Backend::Postgres => {
+                common::execute(&server.db,
+                    "CREATE FUNCTION refuse_revoked() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN RAISE EXCEPTION 'refused by test'; END $$").await;
+                common::execute(&server.db,
+                    "CREATE TRIGGER refuse_revoked BEFORE INSERT ON webhook_deliveries FOR EACH ROW \
+                     WHEN (NEW.event_type = 'api_key.revoked') EXECUTE FUNCTION refuse_revoked()").await;
+            }
+        }
+        let revoked = server.admin.revoke_key(RevokeKeyRequest {
+            owner_id: OWNER.into(), id: key.id.clone(), reason: "rolled back".into(),
+        }).await;
+        assert!(revoked.is_err(), "the revoke fails as a whole");
+        let still = server.admin.get_key(GetKeyRequest { owner_id: OWNER.into(), id: key.id.clone() })
+            .await.unwrap().into_inner();
+        assert!(still.revoked_at.is_none(), "the change rolled back");
+        let audit_rows = common::scalar_i64(&server.db,
+            "SELECT COUNT(*) FROM audit_events WHERE key_id = $1 AND event = 'api_key.revoked'",
+            uuid::Uuid::parse_str(&key.id).unwrap()).await;
+        assert_eq!(audit_rows, 0);
+
+        // A later event goes through: the receiver hears it and only it.
+        let test = server.admin.send_test_webhook(SendTestWebhookRequest {
+            owner_id: OWNER.into(), webhook_id: webhook_id.clone(),
+        }).await.unwrap().into_inner();
+        let received = receiver.wait_for(1).await;
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].id, test.event_id);
+        assert_eq!(body_of(&received[0])["type"], "webhook.test");
+        let listed = deliveries(&mut server.admin, &webhook_id).await;
+        assert_eq!(listed.len(), 1, "no delivery of the rolled-back revoke: {listed:?}");
+        server.stop().await;
+    }
+
+    async fn a_key_near_its_expiry_sends_the_nearest_warning_once(backend) {
+        let receiver = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, _) = register(&mut server.admin, &receiver.url(), &["api_key.expiring"]).await;
+        let expires = chrono::Utc::now() + chrono::Duration::hours(12);
+        let key = server.admin.create_key(CreateKeyRequest {
+            owner_id: OWNER.into(),
+            name: "short-lived".into(),
+            expires_at: Some(prost_types::Timestamp { seconds: expires.timestamp(), nanos: 0 }),
+            ..Default::default()
+        }).await.unwrap().into_inner().api_key.unwrap();
+
+        let received = receiver.wait_for(1).await;
+        let body = body_of(&received[0]);
+        assert_eq!(body["type"], "api_key.expiring");
+        assert_eq!(body["data"]["key_id"], key.id);
+        assert_eq!(body["data"]["warning_before"], "1day");
+        // The 7-day warning was marked as had in the same transaction, so
+        // it can never follow.
+        let warnings = common::scalar_i64(&server.db,
+            "SELECT COUNT(*) FROM key_expiry_warnings WHERE key_id = $1",
+            uuid::Uuid::parse_str(&key.id).unwrap()).await;
+        assert_eq!(warnings, 2);
+        assert_eq!(deliveries(&mut server.admin, &webhook_id).await.len(), 1);
+        server.stop().await;
+    }
+
+    async fn pruning_sends_api_key_expired_and_drops_old_finished_deliveries(backend) {
+        let receiver = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, _) = register(&mut server.admin, &receiver.url(), &["api_key.created", "api_key.expired"]).await;
+        let key = create_key(&mut server.admin, "old").await.api_key.unwrap();
+        let created = receiver.wait_for(1).await;
+        delivery_where(&mut server.admin, &webhook_id, &created[0].id, |d| {
+            d.status == DeliveryStatus::Delivered as i32
+        }).await;
+        // The API refuses a past expiry, and the created event is to look
+        // older than the retention: put both in place directly.
+        let key_id = uuid::Uuid::parse_str(&key.id).unwrap();
+        let event_id = uuid::Uuid::parse_str(&created[0].id).unwrap();
+        let sqlite = backend == Backend::Sqlite;
+        let past = if sqlite { "'2020-01-01T00:00:00+00:00'" } else { "'2020-01-01T00:00:00Z'" };
+        let literal = |id: uuid::Uuid| if sqlite { format!("X'{}'", id.simple()) } else { format!("'{id}'") };
+        common::execute(&server.db, &format!("UPDATE api_keys SET expires_at = {past} WHERE id = {}", literal(key_id))).await;
+        common::execute(&server.db, &format!("UPDATE webhook_deliveries SET created_at = {past} WHERE event_id = {}", literal(event_id))).await;
+
+        let stdout = common::prune_cli(&server.db.url);
+        assert!(stdout.contains("1 finished webhook deliveries deleted"), "{stdout}");
+
+        let received = receiver.wait_for(2).await;
+        let expired = body_of(&received[1]);
+        assert_eq!(expired["type"], "api_key.expired");
+        assert_eq!(expired["data"]["key_id"], key.id);
+        let listed: Vec<String> = deliveries(&mut server.admin, &webhook_id).await.into_iter().map(|d| d.event_type).collect();
+        assert_eq!(listed, ["api_key.expired"], "the old delivered event is gone, the new one is kept");
+        server.stop().await;
+    }
+
+    async fn private_targets_and_plain_http_are_refused_unless_allowed(backend) {
+        let mut server = TestServer::start(backend).await;
+        for url in [
+            "https://127.0.0.1/hook",
+            "https://localhost/hook",
+            "https://10.0.0.8/hook",
+            "https://192.168.1.1/hook",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[::1]/hook",
+            "https://[fe80::1]/hook",
+            "https://[::ffff:169.254.169.254]/hook",
+            "http://example.com/hook",
+            "ftp://example.com/hook",
+            "https://user:password@example.com/hook",
+        ] {
+            let refused = server.admin.create_webhook(CreateWebhookRequest {
+                owner_id: OWNER.into(), url: url.into(), events: vec![], enabled: None,
+            }).await.expect_err(url);
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{url}: {refused:?}");
+        }
+        let unknown = server.admin.create_webhook(CreateWebhookRequest {
+            owner_id: OWNER.into(), url: "https://example.com/hook".into(),
+            events: vec!["api_key.exploded".into()], enabled: None,
+        }).await.unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+        server.stop().await;
+    }
+
+    async fn a_name_that_resolves_to_loopback_is_refused_at_delivery(backend) {
+        let receiver = Receiver::start().await;
+        let db = TestDb::new(backend).await;
+        // Registered while private targets were allowed…
+        let mut open = TestServer::start_on(db, fast_webhooks).await;
+        let url = format!("http://localhost:{}/hook", receiver.addr.port());
+        let (webhook_id, _) = register(&mut open.admin, &url, &["webhook.test"]).await;
+        open.stop().await;
+        // …then delivered by a server that refuses them.
+        let mut strict = TestServer::start_on(open.db, |s| {
+            fast_webhooks(s);
+            s.webhook_allow_private = Some(false);
+        }).await;
+        let test = strict.admin.send_test_webhook(SendTestWebhookRequest {
+            owner_id: OWNER.into(), webhook_id: webhook_id.clone(),
+        }).await.unwrap().into_inner();
+        let refused = delivery_where(&mut strict.admin, &webhook_id, &test.event_id, |d| !d.attempt_log.is_empty()).await;
+        assert_eq!(refused.status, DeliveryStatus::Pending as i32);
+        assert_eq!(refused.attempt_log[0].status_code, 0);
+        assert!(refused.attempt_log[0].error.contains("resolves to no address that may be called"),
+            "{:?}", refused.attempt_log[0].error);
+        assert!(receiver.received().is_empty(), "nothing reached the loopback receiver");
+        strict.stop().await;
+    }
+}
+
+/// A second replica on an existing database.
+async fn replica(db: &TestDb) -> (app::Running, KeyAdminClient<Channel>) {
+    let mut settings = common::test_settings(db);
+    fast_webhooks(&mut settings);
+    let running = app::start(settings.validate().unwrap()).await.unwrap();
+    let admin = KeyAdminClient::new(common::channel(running.admin_addr).await);
+    (running, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_deliver_each_event_once() {
+    let receiver = Receiver::start().await;
+    let mut first = TestServer::start_with(Backend::Postgres, fast_webhooks).await;
+    let (second, mut second_admin) = replica(&first.db).await;
+    let (_, secret) = register(&mut first.admin, &receiver.url(), &["api_key.created"]).await;
+    const EVENTS: usize = 40;
+    for i in 0..EVENTS {
+        let admin = if i % 2 == 0 {
+            &mut first.admin
+        } else {
+            &mut second_admin
+        };
+        create_key(admin, &format!("key {i}")).await;
+    }
+    let received = receiver.wait_for(EVENTS).await;
+    // Both replicas run a dispatcher; let any double claim show itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = if receiver.received().len() > received.len() {
+        receiver.received()
+    } else {
+        received
+    };
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &received {
+        assert!(verify(&secret, r));
+        *per_id.entry(r.id.clone()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), EVENTS, "every event delivered");
+    assert!(
+        per_id.values().all(|&n| n == 1),
+        "no event delivered twice: {per_id:?}"
+    );
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_delivery_leaves_the_event_to_another() {
+    let receiver = Receiver::start().await;
+    // The first request hangs: the replica that sent it dies waiting.
+    receiver.script(&[Reply::Hang]);
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut survivor = TestServer::start_on(db, |s| {
+        fast_webhooks(s);
+        // Off until the other replica has claimed the event.
+        s.webhooks_enabled = Some(false);
+    })
+    .await;
+    let (webhook_id, secret) =
+        register(&mut survivor.admin, &receiver.url(), &["api_key.created"]).await;
+    let doomed = KeygateProcess::spawn(
+        &survivor.db.url,
+        &[
+            ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
+            ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
+            ("KEYGATE_WEBHOOK_TIMEOUT", "5s"),
+            ("KEYGATE_WEBHOOK_LEASE", "6s"),
+        ],
+    )
+    .await;
+    create_key(&mut survivor.admin, "orphaned").await;
+    let first = receiver.wait_for(1).await;
+    drop(doomed); // SIGKILL, mid-request.
+    survivor.stop().await;
+
+    let mut survivor = TestServer::start_on(survivor.db, fast_webhooks).await;
+    let received = receiver.wait_for(2).await;
+    assert_eq!(
+        received[1].id, first[0].id,
+        "the redelivery carries the same webhook-id"
+    );
+    assert!(verify(&secret, &received[1]));
+    let delivered = delivery_where(&mut survivor.admin, &webhook_id, &first[0].id, |d| {
+        d.status == DeliveryStatus::Delivered as i32
+    })
+    .await;
+    assert_eq!(
+        delivered.attempts, 2,
+        "the killed attempt counts: {delivered:?}"
+    );
+    survivor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_the_outbox_are_reported_as_metrics() {
+    let receiver = Receiver::start().await;
+    receiver.script(&[Reply::Status(500)]);
+    let db = TestDb::new(Backend::Sqlite).await;
+    let process = KeygateProcess::spawn(
+        &db.url,
+        &[
+            ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
+            ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
+            ("KEYGATE_WEBHOOK_RETRY_BASE", "100ms"),
+        ],
+    )
+    .await;
+    let mut admin = KeyAdminClient::new(common::channel(process.admin_addr).await);
+    register(&mut admin, &receiver.url(), &["api_key.created"]).await;
+    create_key(&mut admin, "measured").await;
+    receiver.wait_for(2).await;
+
+    let counter = |text: &str, outcome: &str| {
+        let prefix = format!("keygate_webhook_deliveries_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let mut text = String::new();
+    let reported = eventually(Duration::from_secs(10), async || {
+        text = common::scrape_metrics(process.metrics_addr);
+        counter(&text, "delivered") == Some(1.0)
+    })
+    .await;
+    assert!(reported, "{text}");
+    assert_eq!(counter(&text, "retrying"), Some(1.0), "{text}");
+    assert!(
+        common::metric_value(&text, "keygate_webhook_outbox_depth").is_some(),
+        "{text}"
+    );
+    assert!(
+        common::metric_value(&text, "keygate_webhook_oldest_pending_seconds").is_some(),
+        "{text}"
+    );
+}
