@@ -354,6 +354,7 @@ fn check_key(id: Uuid, key_prefix: String) -> CheckKey {
         abilities_header: ABILITY.into(),
         superkey: false,
         rate_limit: None,
+        has_credits: false,
         expires_at: None,
         revoked_at: None::<chrono::DateTime<Utc>>,
         owner_suspended: false,
