@@ -35,15 +35,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
-use envoy_types::{
-    ext_authz::v3::pb::{CheckRequest, HttpResponse},
-    pb::envoy::service::auth::v3::{
-        attribute_context::{HttpRequest, Request as AttrRequest},
-        AttributeContext,
-    },
-};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use keygate::{
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
@@ -55,11 +48,15 @@ use keygate::{
 };
 use uuid::Uuid;
 
+#[path = "support/check_fixture.rs"]
+mod check_fixture;
+
+use check_fixture::{check_key, check_request, set_authorization};
+
 const DEFAULT_KEYS: usize = 1_000_000;
 /// Distinct valid keys the hit benchmark cycles through, spread over the
 /// whole cache so that lookups are not all served from one hot entry.
 const PROBES: usize = 10_000;
-const ABILITY: &str = "read:orders";
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
@@ -74,47 +71,6 @@ struct Fixture {
     malformed: CheckRequest,
     // Keeps the SQLite file alive for the fixture's lifetime.
     _dir: tempfile::TempDir,
-}
-
-fn check_request(key: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/orders/42".into(),
-                    headers: HashMap::from([
-                        ("authorization".into(), format!("Bearer {key}")),
-                        ("x-forwarded-for".into(), "203.0.113.7".into()),
-                    ]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: HashMap::from([("keygate.abilities".into(), ABILITY.into())]),
-            ..Default::default()
-        }),
-    }
-}
-
-fn check_key(id: Uuid, key_prefix: String, revoked: bool) -> CheckKey {
-    CheckKey {
-        id,
-        id_header: id.to_string(),
-        owner_id: format!("owner-{}", id.as_u128() % 10_000),
-        environment: "live".into(),
-        key_prefix,
-        abilities: vec![ABILITY.into()],
-        abilities_header: ABILITY.into(),
-        superkey: false,
-        rate_limit: None,
-        has_credits: false,
-        expires_at: None,
-        revoked_at: revoked.then(|| Utc::now() - chrono::Duration::hours(1)),
-        owner_suspended: false,
-        deleted: false,
-        metadata: Default::default(),
-    }
 }
 
 fn fixture() -> Fixture {
@@ -229,23 +185,6 @@ fn decision(fixture: &Fixture, request: &CheckRequest) -> (i32, String) {
         ),
         _ => (0, String::new()),
     }
-}
-
-fn set_authorization(request: &mut CheckRequest, value: &str) {
-    let headers = &mut request
-        .attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap()
-        .headers;
-    let authorization = headers.get_mut("authorization").expect("template has one");
-    authorization.clear();
-    authorization.push_str(value);
 }
 
 /// Times `iterations` decisions, each followed by writing the response's

@@ -27,26 +27,17 @@
 
 use std::{
     alloc::System,
-    collections::HashMap,
     hint::black_box,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use chrono::Utc;
-use envoy_types::{
-    ext_authz::v3::pb::{CheckRequest, HttpResponse},
-    pb::envoy::service::auth::v3::{
-        attribute_context::{HttpRequest, Request as AttrRequest},
-        AttributeContext,
-    },
-};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use keygate::{
     authz::{Authorizer, AuthzSettings},
     cache::{CacheSettings, KeyCache},
     config::{Config, Settings},
-    domain::CheckKey,
     grpc::ext_authz::{CredentialHeaders, EncodedCheckResponse, ExtAuthzService},
     ratelimit::RateLimiters,
     store::{Store, StoreOptions},
@@ -56,10 +47,14 @@ use rand::Rng;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use uuid::Uuid;
 
+#[path = "../../benches/support/check_fixture.rs"]
+mod check_fixture;
+
+use check_fixture::{check_key, check_request, set_authorization};
+
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-const ABILITY: &str = "read:orders";
 /// Calls between two flushes of the usage buffer.
 const FLUSH_EVERY: usize = 1_000;
 /// The flusher's interval here: it writes between two chunks of calls.
@@ -158,7 +153,7 @@ impl Fixture {
             let issued = config.key_format.generate("live");
             let id = Uuid::from_u128(i as u128 + 1);
             cache
-                .insert_for_bench(issued.hash, check_key(id, issued.key_prefix))
+                .insert_for_bench(issued.hash, check_key(id, issued.key_prefix, false))
                 .await;
             authorizations.push(format!("Bearer {}", issued.plaintext.expose()));
         }
@@ -193,7 +188,7 @@ impl Fixture {
 
     /// Allocations counted over all calls, and the latency distribution.
     async fn measure(&self, probes: &[usize]) -> anyhow::Result<(Allocations, Latency)> {
-        let mut request = check_request();
+        let mut request = check_request("");
         let mut buffer = Vec::with_capacity(4096);
         // Warm-up: every probed key once (a key's identity headers are
         // encoded on its first allowed Check and kept with its cache entry:
@@ -304,62 +299,6 @@ impl std::fmt::Display for Latency {
             "median {} ns, p90 {} ns, p99 {} ns",
             self.p50, self.p90, self.p99
         )
-    }
-}
-
-/// `GET /v1/orders/42` on a route requiring [`ABILITY`], from a client
-/// behind one proxy; the key is written in per call.
-fn check_request() -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/orders/42".into(),
-                    headers: HashMap::from([
-                        ("authorization".into(), String::new()),
-                        ("x-forwarded-for".into(), "203.0.113.7".into()),
-                    ]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: HashMap::from([("keygate.abilities".into(), ABILITY.into())]),
-            ..Default::default()
-        }),
-    }
-}
-
-fn set_authorization(request: &mut CheckRequest, value: &str) {
-    let header = request
-        .attributes
-        .as_mut()
-        .and_then(|a| a.request.as_mut())
-        .and_then(|r| r.http.as_mut())
-        .and_then(|h| h.headers.get_mut("authorization"));
-    if let Some(header) = header {
-        header.clear();
-        header.push_str(value);
-    }
-}
-
-fn check_key(id: Uuid, key_prefix: String) -> CheckKey {
-    CheckKey {
-        id,
-        id_header: id.to_string(),
-        owner_id: format!("owner-{}", id.as_u128() % 10_000),
-        environment: "live".into(),
-        key_prefix,
-        abilities: vec![ABILITY.into()],
-        abilities_header: ABILITY.into(),
-        superkey: false,
-        rate_limit: None,
-        has_credits: false,
-        expires_at: None,
-        revoked_at: None::<chrono::DateTime<Utc>>,
-        owner_suspended: false,
-        deleted: false,
-        metadata: Default::default(),
     }
 }
 
