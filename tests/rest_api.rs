@@ -555,13 +555,26 @@ async fn the_openapi_document_describes_every_route_and_error() {
 ///
 /// SQLite only: its connections are driven by sqlx's own threads, while a
 /// Postgres connection the pool opened on the blocked runtime would wait for
-/// that runtime's I/O driver, which is not what this test is about.
+/// that runtime's I/O driver, which is not what this test is about. For the
+/// same reason the background tasks that use the database from the blocked
+/// runtime (usage flushes, webhook delivery) are off: a connection one of
+/// them held when the thread was blocked would go back to the pool only
+/// through that runtime, and the admin call would wait for the pool instead.
+/// In a server that runtime is never blocked for good, only busy.
 #[tokio::test(flavor = "current_thread")]
 async fn admin_listeners_answer_while_the_check_runtime_is_blocked() {
     use keygate::proto::{key_admin_client::KeyAdminClient, ListAbilitiesRequest};
     use std::{sync::mpsc, time::Duration};
 
-    let api = start(Backend::Sqlite).await;
+    let api = start_with(Backend::Sqlite, |settings| {
+        settings.usage_enabled = Some(false);
+        settings.webhooks_enabled = Some(false);
+    })
+    .await;
+    // Start-up used the single SQLite writer connection on this runtime; sqlx
+    // hands a connection back to its pool in a task on the runtime that
+    // dropped it. One call awaited here lets that happen before the block.
+    api.create("acme", json!(["orders:read"])).await;
     let rest_base = api.base.clone();
     let admin_addr = api.server.running().admin_addr;
     let (service, admin) = (api.service.clone(), api.admin.clone());
