@@ -29,7 +29,7 @@ if ! pg_ready; then
   fi
 fi
 
-# Redis: the shared rate-limit tests (tests/limits.rs) use the real one on
+# Redis: the shared rate-limit tests (tests/it/limits.rs) use the real one on
 # 127.0.0.1:6379 and are never skipped either.
 redis_ready() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
 if ! redis_ready; then

@@ -8,6 +8,8 @@
 //! (`grpc::ext_authz::render`, `forward_auth::render`), so the two can never
 //! drift apart. README.md, "Decisions", is the operators' description.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 
 use crate::{
@@ -46,15 +48,27 @@ pub const IDENTITY_FIELDS: [&str; 5] = [
 
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"keygate\"";
 
-/// A key's identity header values, in [`IDENTITY_HEADERS`] order.
-pub fn identity_values(key: &CheckKey) -> [&String; 5] {
+/// A key's identity header values, in [`IDENTITY_HEADERS`] order. The id
+/// is written into `id_text` (`Uuid::encode_buffer()`), so that building
+/// the values allocates only for a key with several abilities.
+pub fn identity_values<'a>(key: &'a CheckKey, id_text: &'a mut [u8; 45]) -> [Cow<'a, str>; 5] {
     [
-        &key.id_header,
-        &key.owner_id,
-        &key.environment,
-        &key.key_prefix,
-        &key.abilities_header,
+        Cow::Borrowed(key.id.hyphenated().encode_lower(id_text)),
+        Cow::Borrowed(&key.owner_id),
+        Cow::Borrowed(&key.environment),
+        Cow::Borrowed(&key.key_prefix),
+        abilities_value(key),
     ]
+}
+
+/// The abilities header: comma-separated, `*` for a superkey.
+fn abilities_value(key: &CheckKey) -> Cow<'_, str> {
+    match key.abilities.as_slice() {
+        _ if key.superkey => Cow::Borrowed("*"),
+        [] => Cow::Borrowed(""),
+        [one] => Cow::Borrowed(one),
+        several => Cow::Owned(several.join(",")),
+    }
 }
 
 /// The denial body: `{"error":{"code":"…","message":"…"}}`.

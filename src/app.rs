@@ -9,7 +9,8 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
+use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
 use tonic::{
     service::interceptor::InterceptedService,
     transport::{Certificate, Identity, Server, ServerTlsConfig},
@@ -34,6 +35,7 @@ use crate::{
     invalidation,
     proto::key_admin_server::KeyAdminServer,
     ratelimit::{RateLimitStore, RateLimiters, SharedLimiter},
+    replica_state::ReplicaKeyState,
     rest::{self, principal::Authenticator, RestState},
     store::{Store, StoreOptions},
     usage::{self, BufferBounds, FlushSettings},
@@ -61,7 +63,7 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub store: Store,
     pub cache: Arc<KeyCache>,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     lifecycle: JoinHandle<Stopped>,
 }
 
@@ -76,7 +78,7 @@ pub struct Stopped {
 impl Running {
     /// Starts the drain and waits for it to end.
     pub async fn stop(self) -> Stopped {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         match self.lifecycle.await {
             Ok(stopped) => stopped,
             Err(error) => {
@@ -163,6 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.credit_lease,
         config.check_timeout,
     ));
+    let replica = ReplicaKeyState::new(cache.clone(), limiters.clone(), credits.clone());
     let authorizer = Arc::new(
         Authorizer::new(
             AuthzSettings::from_config(&config),
@@ -179,10 +182,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.ability_catalog.clone(),
             config.max_keys_per_owner,
             config.usage_log_retention_days,
-            cache.clone(),
-            limiters.clone(),
+            replica.clone(),
         )
-        .with_credits(credits.clone())
         .with_policy(AdminPolicy {
             max_rotation_overlap: config.max_rotation_overlap,
             services_may_grant_superkey: config.service_tokens_may_grant_superkey,
@@ -239,12 +240,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (authz_reflection_v1, authz_reflection_v1alpha) = reflection::services(Listener::Check)?;
     let (admin_reflection_v1, admin_reflection_v1alpha) = reflection::services(Listener::Admin)?;
 
-    let (stop, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let stop = CancellationToken::new();
+    let stopped = |token: &CancellationToken| token.clone().cancelled_owned();
     // Listeners stop on their own signal, sent after health turns NOT_SERVING.
-    let (drain, drain_rx) = watch::channel(false);
+    let drain = CancellationToken::new();
 
     let forward_auth = Arc::new(ForwardAuth::from_config(authorizer.clone(), &config));
     let rest_router = rest::router(Arc::new(RestState {
@@ -261,7 +260,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .add_service(authz_reflection_v1)
         .add_service(authz_reflection_v1alpha)
         .add_service(AuthorizationServer::new(ext_authz))
-        .serve_with_incoming_shutdown(incoming(authz_listener), stopped(drain_rx.clone()));
+        .serve_with_incoming_shutdown(incoming(authz_listener), stopped(&drain));
     let admin_router = server_builder(config.tls.as_ref(), true)?
         .add_service(health_service)
         .add_service(admin_reflection_v1)
@@ -273,25 +272,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ));
     // KeyAdmin and REST serve on a runtime of their own: see admin_runtime.
     let admin_runtime = AdminRuntime::start()?;
-    let admin_stopped = stopped(drain_rx.clone());
+    let admin_stopped = stopped(&drain);
     let admin_task = admin_runtime.serve(admin_listener, move |listener| {
         admin_router.serve_with_incoming_shutdown(incoming(listener), admin_stopped)
     })?;
-    let rest_stopped = stopped(drain_rx.clone());
+    let rest_stopped = stopped(&drain);
     let rest_task = admin_runtime.serve(http_listener, move |listener| {
         rest::serve(listener, rest_router, rest_stopped)
     })?;
     let forward_auth_server =
-        forward_auth::serve(forward_auth_listener, forward_auth, stopped(drain_rx));
+        forward_auth::serve(forward_auth_listener, forward_auth, stopped(&drain));
     let mut background = Vec::new();
     if store.is_postgres() {
         let (connected, listening) = tokio::sync::oneshot::channel();
         background.push(tokio::spawn(invalidation::listen(
             store.clone(),
-            cache.clone(),
-            limiters.clone(),
-            credits.clone(),
-            stopped(stop_rx.clone()),
+            replica,
+            stopped(&stop),
             connected,
         )));
         // Serving before the subscription exists would let a revoke made in
@@ -328,29 +325,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "keygate serving"
     );
 
-    let (finish_usage, finish_usage_rx) = watch::channel(false);
-    let flusher_task = tokio::spawn(flusher.run(stopped(finish_usage_rx)));
+    let finish_usage = CancellationToken::new();
+    let flusher_task = tokio::spawn(flusher.run(stopped(&finish_usage)));
     if config.prune_enabled {
-        background.push(tokio::spawn(prune_daily(admin, stopped(stop_rx.clone()))));
+        background.push(tokio::spawn(prune_daily(admin, stopped(&stop))));
     }
     if config.webhooks_enabled {
-        background.push(tokio::spawn(dispatcher.run(stopped(stop_rx.clone()))));
+        background.push(tokio::spawn(dispatcher.run(stopped(&stop))));
     }
     let usage_tally = usage_sender.tally().clone();
     background.push(tokio::spawn(report_gauges(
         cache.clone(),
         usage_sender,
-        stopped(stop_rx.clone()),
+        stopped(&stop),
     )));
 
     let grace = config.shutdown_grace;
     let lifecycle_store = store.clone();
+    let lifecycle_stop = stop.clone();
     let lifecycle = tokio::spawn(async move {
-        stopped(stop_rx).await;
+        lifecycle_stop.cancelled().await;
         let deadline = Instant::now() + grace;
         tracing::info!(?grace, "draining");
         set_health(&health, ServingStatus::NotServing).await;
-        let _ = drain.send(true);
+        drain.cancel();
         for (name, task) in [
             ("Check listener", authz_task),
             ("KeyAdmin listener", admin_task),
@@ -359,7 +357,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             bounded(name, deadline, task).await;
         }
         bounded("REST listener", deadline, rest_task).await;
-        let _ = finish_usage.send(true);
+        finish_usage.cancel();
         bounded("final usage flush", deadline, flusher_task).await;
         // No Check is in flight any more: what this replica leased and did
         // not spend goes back.

@@ -164,10 +164,6 @@ impl Authorizer {
         self
     }
 
-    pub fn cache(&self) -> &Arc<KeyCache> {
-        &self.cache
-    }
-
     /// Decides one request. `Err` only when the store was needed and failed:
     /// the caller returns a gRPC error so Envoy's own failure settings apply.
     pub async fn check(

@@ -23,8 +23,13 @@
 //! - A hash that no issued key has ([`IssuedKeys`]) is unknown without a
 //!   store read, except for a few a second: those cover a key created on
 //!   another replica whose notification is still on its way.
+//! - What the cache reads from is a [`KeySource`]: the [`Store`] in the
+//!   service; in the tests below, a source whose reads the test answers one
+//!   at a time, so a fill and an invalidation are interleaved step by step
+//!   instead of raced.
 
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock,
@@ -43,6 +48,31 @@ use crate::{
     issued_keys::IssuedKeys,
     store::{Store, StoreError},
 };
+
+/// What the cache reads keys from.
+pub trait KeySource: Send + Sync + 'static {
+    /// The key with this hash as Check needs it, `None` if there is none.
+    fn find_for_check(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<Option<CheckKey>, StoreError>> + Send;
+
+    /// How long one read takes at most: tombstones outlive it.
+    fn check_timeout(&self) -> Duration;
+}
+
+impl KeySource for Store {
+    fn find_for_check(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<Option<CheckKey>, StoreError>> + Send {
+        Store::find_for_check(self, hash)
+    }
+
+    fn check_timeout(&self) -> Duration {
+        Store::check_timeout(self)
+    }
+}
 
 /// A cached key and the invalidation generation its fill started under.
 #[derive(Debug)]
@@ -182,8 +212,8 @@ impl LookupError {
     }
 }
 
-pub struct KeyCache {
-    store: Store,
+pub struct KeyCache<S = Store> {
+    store: S,
     known: Cache<KeyHash, Arc<CachedKey>>,
     unknown: moka::sync::Cache<KeyHash, ()>,
     /// Key id → hash, so a change to a key (named by id in admin calls and
@@ -210,8 +240,8 @@ pub struct KeyCache {
     unissued: Counter,
 }
 
-impl KeyCache {
-    pub fn new(store: Store, settings: CacheSettings) -> Self {
+impl<S: KeySource> KeyCache<S> {
+    pub fn new(store: S, settings: CacheSettings) -> Self {
         // Entries live through the stale window; freshness is judged per hit.
         let lifetime = settings.ttl + settings.stale_if_error;
         let tombstone_ttl = lifetime + store.check_timeout() + TOMBSTONE_MARGIN;
@@ -506,4 +536,240 @@ where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
 {
     moka::sync::Cache::builder().time_to_live(ttl).build()
+}
+
+#[cfg(test)]
+mod tests {
+    //! A fill and an invalidation, interleaved step by step: the source
+    //! hands each read to the test, which decides when it returns and what
+    //! row it read.
+
+    use chrono::Utc;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+
+    /// One store read in flight, answered by the test.
+    struct Read {
+        answer: oneshot::Sender<Option<CheckKey>>,
+    }
+
+    struct ScriptedSource {
+        reads: mpsc::UnboundedSender<Read>,
+    }
+
+    impl KeySource for ScriptedSource {
+        fn find_for_check(
+            &self,
+            _hash: &KeyHash,
+        ) -> impl Future<Output = Result<Option<CheckKey>, StoreError>> + Send {
+            let (answer, answered) = oneshot::channel();
+            self.reads
+                .send(Read { answer })
+                .expect("the test stopped taking reads");
+            async move { Ok(answered.await.expect("the test dropped a read")) }
+        }
+
+        fn check_timeout(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+    }
+
+    fn scripted_cache() -> (Arc<KeyCache<ScriptedSource>>, mpsc::UnboundedReceiver<Read>) {
+        let (reads, taken) = mpsc::unbounded_channel();
+        let settings = CacheSettings {
+            capacity: 100,
+            ttl: Duration::from_secs(3600),
+            negative_capacity: 100,
+            negative_ttl: Duration::from_secs(3600),
+            stale_if_error: Duration::ZERO,
+            max_concurrent_misses: 8,
+        };
+        (
+            Arc::new(KeyCache::new(ScriptedSource { reads }, settings)),
+            taken,
+        )
+    }
+
+    fn active() -> CheckKey {
+        CheckKey::sample(Uuid::from_u128(7), "acme", &["read:orders"])
+    }
+
+    fn revoked() -> CheckKey {
+        CheckKey {
+            revoked_at: Some(Utc::now()),
+            ..active()
+        }
+    }
+
+    fn hash() -> KeyHash {
+        KeyHash::of_token("sk_live_scripted")
+    }
+
+    /// Starts a lookup on its own task and waits until it is reading.
+    async fn lookup_reading(
+        cache: &Arc<KeyCache<ScriptedSource>>,
+        reads: &mut mpsc::UnboundedReceiver<Read>,
+    ) -> (
+        tokio::task::JoinHandle<Result<Option<Arc<CachedKey>>, LookupError>>,
+        Read,
+    ) {
+        let looking = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.lookup(&hash()).await }
+        });
+        let read = reads.recv().await.expect("the lookup did not read");
+        (looking, read)
+    }
+
+    fn revoked_at(found: &Option<Arc<CachedKey>>) -> Option<DateTime> {
+        found
+            .as_ref()
+            .expect("the key was not found")
+            .key
+            .revoked_at
+    }
+
+    type DateTime = chrono::DateTime<Utc>;
+
+    #[tokio::test]
+    async fn a_hit_needs_no_read() {
+        let (cache, mut reads) = scripted_cache();
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        read.answer.send(Some(active())).unwrap();
+        assert!(revoked_at(&looking.await.unwrap().unwrap()).is_none());
+        assert!(cache.lookup(&hash()).await.unwrap().is_some());
+        assert!(reads.try_recv().is_err(), "a hit read the store");
+        assert_eq!(cache.store_reads(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoke_during_a_fill_makes_the_lookup_read_again() {
+        let (cache, mut reads) = scripted_cache();
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        // The read saw the row before the revoke committed; the revoke's
+        // eviction comes before the fill is stored.
+        cache.invalidate_key(active().id).await;
+        read.answer.send(Some(active())).unwrap();
+        let reread = reads
+            .recv()
+            .await
+            .expect("the stale fill was not read again");
+        reread.answer.send(Some(revoked())).unwrap();
+        let found = looking.await.unwrap().unwrap();
+        assert!(
+            revoked_at(&found).is_some(),
+            "the pre-revoke row was served"
+        );
+        // And what stays cached is the revoked row.
+        assert!(revoked_at(&cache.lookup(&hash()).await.unwrap()).is_some());
+        assert!(reads.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_owner_suspension_during_a_fill_condemns_it() {
+        let (cache, mut reads) = scripted_cache();
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        cache.invalidate_owner("acme");
+        read.answer.send(Some(active())).unwrap();
+        let suspended = CheckKey {
+            owner_suspended: true,
+            ..active()
+        };
+        reads
+            .recv()
+            .await
+            .unwrap()
+            .answer
+            .send(Some(suspended))
+            .unwrap();
+        let found = looking.await.unwrap().unwrap().unwrap();
+        assert!(found.key.owner_suspended);
+    }
+
+    #[tokio::test]
+    async fn a_clear_during_a_fill_condemns_it() {
+        let (cache, mut reads) = scripted_cache();
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        cache.clear();
+        read.answer.send(Some(active())).unwrap();
+        reads
+            .recv()
+            .await
+            .unwrap()
+            .answer
+            .send(Some(revoked()))
+            .unwrap();
+        assert!(revoked_at(&looking.await.unwrap().unwrap()).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_of_another_key_leaves_the_fill_alone() {
+        let (cache, mut reads) = scripted_cache();
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        cache.invalidate_key(Uuid::from_u128(8)).await;
+        cache.invalidate_owner("globex");
+        read.answer.send(Some(active())).unwrap();
+        assert!(revoked_at(&looking.await.unwrap().unwrap()).is_none());
+        assert_eq!(
+            cache.store_reads(),
+            1,
+            "an unrelated invalidation forced a read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoke_after_the_fill_evicts_the_entry() {
+        let (cache, mut reads) = scripted_cache();
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        read.answer.send(Some(active())).unwrap();
+        looking.await.unwrap().unwrap();
+        cache.invalidate_key(active().id).await;
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        read.answer.send(Some(revoked())).unwrap();
+        assert!(revoked_at(&looking.await.unwrap().unwrap()).is_some());
+    }
+
+    // Paused time: the wait for reads that do not come ends as soon as
+    // every task is idle, without a sleep.
+    #[tokio::test(start_paused = true)]
+    async fn callers_that_joined_a_condemned_fill_read_again_too() {
+        let (cache, mut reads) = scripted_cache();
+        let (first, read) = lookup_reading(&cache, &mut reads).await;
+        let second = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.lookup(&hash()).await }
+        });
+        // Let the second caller join the fill in flight.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        cache.invalidate_key(active().id).await;
+        read.answer.send(Some(active())).unwrap();
+        // Each caller may start its own refill; every one reads the revoked row.
+        let mut answered = 0;
+        while let Ok(Some(reread)) =
+            tokio::time::timeout(Duration::from_millis(200), reads.recv()).await
+        {
+            reread.answer.send(Some(revoked())).unwrap();
+            answered += 1;
+        }
+        assert!(
+            (1..=2).contains(&answered),
+            "{answered} reads after the revoke"
+        );
+        for looking in [first, second] {
+            assert!(revoked_at(&looking.await.unwrap().unwrap()).is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_hash_is_remembered() {
+        let (cache, mut reads) = scripted_cache();
+        let (looking, read) = lookup_reading(&cache, &mut reads).await;
+        read.answer.send(None).unwrap();
+        assert!(looking.await.unwrap().unwrap().is_none());
+        assert!(cache.lookup(&hash()).await.unwrap().is_none());
+        assert!(reads.try_recv().is_err(), "the negative entry was not used");
+    }
 }

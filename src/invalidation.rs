@@ -21,10 +21,7 @@
 //! [`HEARTBEAT_DEADLINE`] condemns the connection: it is replaced, and the
 //! replacement clears the cache as any reconnect does.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use sqlx::{
     postgres::{PgListener, PgPoolOptions},
@@ -34,8 +31,7 @@ use uuid::Uuid;
 
 use crate::{
     cache::KeyCache,
-    credits::CreditLedger,
-    ratelimit::RateLimiters,
+    replica_state::ReplicaKeyState,
     store::{Store, StoreError, INVALIDATION_CHANNEL, ISSUED_CHANNEL},
 };
 
@@ -52,7 +48,7 @@ pub enum Invalidation {
 impl Invalidation {
     pub fn parse(payload: &str) -> Option<Self> {
         match payload.split_once(':')? {
-            ("key", id) => Uuid::parse_str(id).ok().map(Invalidation::Key),
+            ("key", id) => Uuid::try_parse(id).ok().map(Invalidation::Key),
             ("owner", owner) if !owner.is_empty() => Some(Invalidation::Owner(owner.to_owned())),
             _ => None,
         }
@@ -93,15 +89,14 @@ struct ListenerMetrics {
 /// traffic until no revocation can slip past unheard.
 pub async fn listen(
     store: Store,
-    cache: Arc<KeyCache>,
-    limiters: Arc<RateLimiters>,
-    credits: Arc<CreditLedger>,
+    replica: ReplicaKeyState,
     stop: impl std::future::Future<Output = ()>,
     first_connect: tokio::sync::oneshot::Sender<()>,
 ) {
     let Some(pool) = store.postgres_pool().cloned() else {
         return;
     };
+    let cache = replica.cache();
     let mut first_connect = Some(first_connect);
     tokio::pin!(stop);
     let metrics = ListenerMetrics {
@@ -159,7 +154,7 @@ pub async fn listen(
         // back and are leased again. Bounded: the pool may be as dead as
         // the listener was, and what is not returned is only lost, never
         // spent twice.
-        if tokio::time::timeout(RETURN_CREDITS_WAIT, credits.return_all())
+        if tokio::time::timeout(RETURN_CREDITS_WAIT, replica.credits().return_all())
             .await
             .is_err()
         {
@@ -191,7 +186,7 @@ pub async fn listen(
         }
         let lost = tokio::select! {
             () = &mut stop => return,
-            lost = serve(&mut listener, &heartbeat_channel, &store, &cache, (&limiters, &credits), &metrics) => lost,
+            lost = serve(&mut listener, &heartbeat_channel, &store, &replica, &metrics) => lost,
         };
         cache.issued().distrust();
         metrics.up.set(0.0);
@@ -240,8 +235,7 @@ async fn serve(
     listener: &mut PgListener,
     heartbeat_channel: &str,
     store: &Store,
-    cache: &KeyCache,
-    (limiters, credits): (&RateLimiters, &CreditLedger),
+    replica: &ReplicaKeyState,
     metrics: &ListenerMetrics,
 ) -> &'static str {
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
@@ -257,9 +251,9 @@ async fn serve(
                 Ok(Some(notification)) => {
                     metrics.received.increment(1);
                     let applied = if notification.channel() == ISSUED_CHANNEL {
-                        issued(notification.payload(), store, cache).await
+                        issued(notification.payload(), store, replica.cache()).await
                     } else {
-                        apply(notification.payload(), cache, limiters, credits).await;
+                        apply(notification.payload(), replica).await;
                         Ok(())
                     };
                     if let Err(error) = applied {
@@ -268,7 +262,7 @@ async fn serve(
                         tracing::warn!(error = %crate::grpc::status::chain(&error), "cannot read a notified key");
                         return "a notified key could not be read";
                     }
-                    metrics.issued.set(cache.issued().len() as f64);
+                    metrics.issued.set(replica.cache().issued().len() as f64);
                 }
                 Ok(None) | Err(_) => return "the connection closed",
             },
@@ -310,17 +304,13 @@ async fn issued(payload: &str, store: &Store, cache: &KeyCache) -> Result<(), St
 }
 
 /// Acts on one invalidation payload.
-async fn apply(payload: &str, cache: &KeyCache, limiters: &RateLimiters, credits: &CreditLedger) {
+async fn apply(payload: &str, replica: &ReplicaKeyState) {
     match Invalidation::parse(payload) {
-        Some(Invalidation::Key(id)) => {
-            cache.invalidate_key(id).await;
-            limiters.forget(id);
-            credits.release(id).await;
-        }
-        Some(Invalidation::Owner(owner)) => cache.invalidate_owner(&owner),
+        Some(Invalidation::Key(id)) => replica.forget_key(id).await,
+        Some(Invalidation::Owner(owner)) => replica.forget_owner(&owner),
         None => {
             tracing::warn!(payload, "unknown invalidation; clearing the cache");
-            cache.clear();
+            replica.cache().clear();
         }
     }
 }

@@ -9,7 +9,9 @@ use keygate::{
     admin_token,
     cache::{CacheSettings, KeyCache},
     config::{AdminRole, Config, Settings},
+    credits::CreditLedger,
     ratelimit::RateLimiters,
+    replica_state::ReplicaKeyState,
     store::{Store, StoreOptions},
     telemetry,
 };
@@ -131,8 +133,15 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 config.ability_catalog.clone(),
                 config.max_keys_per_owner,
                 config.usage_log_retention_days,
-                cache,
-                std::sync::Arc::new(RateLimiters::new(1)),
+                ReplicaKeyState::new(
+                    cache,
+                    std::sync::Arc::new(RateLimiters::new(1)),
+                    std::sync::Arc::new(CreditLedger::new(
+                        store.clone(),
+                        config.credit_lease,
+                        config.check_timeout,
+                    )),
+                ),
             );
             let summary = admin.prune("keygate-prune-cli").await?;
             store.close().await;

@@ -61,12 +61,10 @@ pub fn set_authorization(request: &mut CheckRequest, value: &str) {
 pub fn check_key(id: Uuid, key_prefix: String, revoked: bool) -> CheckKey {
     CheckKey {
         id,
-        id_header: id.to_string(),
         owner_id: format!("owner-{}", id.as_u128() % 10_000),
         environment: "live".into(),
         key_prefix,
         abilities: vec![ABILITY.into()],
-        abilities_header: ABILITY.into(),
         superkey: false,
         rate_limit: None,
         has_credits: false,

@@ -18,14 +18,12 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::{
-    cache::KeyCache,
     config::AdminRole,
-    credits::CreditLedger,
     domain::{
         ability, Ability, AbilityError, ApiKey, Credits, Echo, KeyFormat, Owner, PlaintextKey,
         RateLimit,
     },
-    ratelimit::RateLimiters,
+    replica_state::ReplicaKeyState,
     store::{
         self, AuditEvent, AuditFilter, AuditRecord, Cursor, KeyChanges, KeyFilter, KeyUsage,
         NewKey, PruneSummary, Store, StoreError,
@@ -227,9 +225,7 @@ pub struct KeyAdmin {
     catalog: Vec<Ability>,
     max_keys_per_owner: u32,
     retention_days: u32,
-    cache: Arc<KeyCache>,
-    limiters: Arc<RateLimiters>,
-    credits: Option<Arc<CreditLedger>>,
+    replica: ReplicaKeyState,
     policy: AdminPolicy,
     /// Read from the database (or made there) on first use.
     page_key: OnceCell<page_token::PageKey>,
@@ -240,7 +236,7 @@ pub struct KeyAdmin {
 }
 
 pub fn parse_id(raw: &str) -> AdminResult<Uuid> {
-    Uuid::parse_str(raw.trim()).map_err(|_| AdminError::InvalidId)
+    Uuid::try_parse(raw.trim()).map_err(|_| AdminError::InvalidId)
 }
 
 fn audit_log(record: &AuditRecord, key: Option<&ApiKey>, owner_id: &str) {
@@ -263,8 +259,7 @@ impl KeyAdmin {
         catalog: Vec<Ability>,
         max_keys_per_owner: u32,
         retention_days: u32,
-        cache: Arc<KeyCache>,
-        limiters: Arc<RateLimiters>,
+        replica: ReplicaKeyState,
     ) -> Self {
         Self {
             store,
@@ -272,9 +267,7 @@ impl KeyAdmin {
             catalog,
             max_keys_per_owner,
             retention_days,
-            cache,
-            limiters,
-            credits: None,
+            replica,
             policy: AdminPolicy::default(),
             page_key: OnceCell::new(),
             webhook_targets: crate::webhooks::TargetPolicy::default(),
@@ -305,17 +298,13 @@ impl KeyAdmin {
         }
     }
 
-    /// Hands this replica's unspent credits of a changed key back at once
-    /// (on PostgreSQL the notification would too, a moment later).
-    pub fn with_credits(mut self, credits: Arc<CreditLedger>) -> Self {
-        self.credits = Some(credits);
-        self
-    }
-
-    async fn release_credits(&self, id: Uuid) {
-        if let Some(credits) = &self.credits {
-            credits.release(id).await;
-        }
+    /// The step after every committed change to a key: this replica
+    /// forgets what it held about it (the same step a notification runs on
+    /// the other replicas) before the call returns, and the audit event
+    /// goes to the log.
+    async fn after_key_change(&self, audit: &AuditRecord, key: &ApiKey) {
+        self.replica.forget_key(key.id).await;
+        audit_log(audit, Some(key), &key.owner_id);
     }
 
     pub fn with_policy(mut self, policy: AdminPolicy) -> Self {
@@ -396,7 +385,8 @@ impl KeyAdmin {
         };
         // Known to Check before the store commits it, so no Check can find
         // the new key missing from the set.
-        self.cache
+        self.replica
+            .cache()
             .issued()
             .insert(crate::issued_keys::prefix(&new.key_hash));
         (issued.plaintext, new)
@@ -536,10 +526,7 @@ impl KeyAdmin {
             .store
             .update_key(key.id, &changes, store::now(), &audit)
             .await?;
-        self.cache.invalidate_key(key.id).await;
-        self.limiters.forget(key.id);
-        self.release_credits(key.id).await;
-        audit_log(&audit, Some(&updated), &updated.owner_id);
+        self.after_key_change(&audit, &updated).await;
         Ok(updated)
     }
 
@@ -609,9 +596,7 @@ impl KeyAdmin {
                 StoreError::OwnerKeyLimit { .. } => AdminError::RotationOverlapLimit { limit },
                 other => other.into(),
             })?;
-        self.cache.invalidate_key(old.id).await;
-        self.release_credits(old.id).await;
-        audit_log(&audit, Some(&previous), &previous.owner_id);
+        self.after_key_change(&audit, &previous).await;
         Ok((Issued { plaintext, key }, previous))
     }
 
@@ -643,9 +628,7 @@ impl KeyAdmin {
             .store
             .revoke_key(key.id, &reason, store::now(), &audit)
             .await?;
-        self.cache.invalidate_key(key.id).await;
-        self.limiters.forget(key.id);
-        audit_log(&audit, Some(&revoked), &revoked.owner_id);
+        self.after_key_change(&audit, &revoked).await;
         Ok(revoked)
     }
 
@@ -683,7 +666,7 @@ impl KeyAdmin {
             .store
             .set_owner_suspension(owner_id, reason.as_deref(), store::now(), &audit)
             .await?;
-        self.cache.invalidate_owner(owner_id);
+        self.replica.forget_owner(owner_id);
         audit_log(&audit, None, owner_id);
         Ok(owner)
     }
@@ -730,7 +713,7 @@ impl KeyAdmin {
             if summary.keys_expired > 0 {
                 // Which keys is not returned; expired keys already fail Check
                 // by time, so a full clear only costs refills.
-                self.cache.clear();
+                self.replica.cache().clear();
             }
             tracing::info!(
                 target: "keygate::prune",

@@ -95,13 +95,10 @@ impl ApiKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckKey {
     pub id: Uuid,
-    pub id_header: String,
     pub owner_id: String,
     pub environment: String,
     pub key_prefix: String,
     pub abilities: Vec<String>,
-    /// Comma-separated abilities, `*` for a superkey.
-    pub abilities_header: String,
     pub superkey: bool,
     pub rate_limit: Option<RateLimit>,
     /// Each allowed Check spends a credit (`credits::CreditLedger`).
@@ -121,12 +118,10 @@ impl CheckKey {
     pub(crate) fn sample(id: Uuid, owner_id: &str, abilities: &[&str]) -> Self {
         Self {
             id,
-            id_header: id.to_string(),
             owner_id: owner_id.into(),
             environment: "live".into(),
             key_prefix: "sk_live_abcdefgh".into(),
             abilities: abilities.iter().map(|s| s.to_string()).collect(),
-            abilities_header: abilities.join(","),
             superkey: false,
             rate_limit: None,
             has_credits: false,
@@ -139,19 +134,12 @@ impl CheckKey {
     }
 
     pub fn from_key(key: &ApiKey, owner_suspended: bool) -> Self {
-        let abilities_header = if key.superkey {
-            "*".to_owned()
-        } else {
-            key.abilities.join(",")
-        };
         Self {
             id: key.id,
-            id_header: key.id.to_string(),
             owner_id: key.owner_id.clone(),
             environment: key.environment.clone(),
             key_prefix: key.key_prefix.clone(),
             abilities: key.abilities.clone(),
-            abilities_header,
             superkey: key.superkey,
             rate_limit: key.rate_limit,
             has_credits: key.credits.is_some(),

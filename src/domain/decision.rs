@@ -8,6 +8,10 @@ use super::api_key::CheckKey;
 
 /// Why a request is denied. A denial is a value, not an error: it becomes an
 /// ordinary Check response carrying an HTTP status for Envoy to return.
+///
+/// What each transport says about a reason is one row of [`REASONS`]; a new
+/// reason is a variant, its place in [`DenyReason::index`] and [`ALL`], and
+/// its row (the tests below hold the three together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
     MissingCredentials,
@@ -28,56 +32,102 @@ pub enum DenyReason {
     CreditsExhausted,
 }
 
-impl DenyReason {
+/// The `google.rpc.Code` of an ext_authz denial's status. Envoy answers the
+/// client with the HTTP status; the gRPC code is what its logs and the
+/// gRPC-mode metrics show. Numbers as in `google/rpc/code.proto`, so the
+/// domain needs no gRPC crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum RpcCode {
+    InvalidArgument = 3,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Unauthenticated = 16,
+}
+
+/// Everything a transport says about one reason.
+#[derive(Debug)]
+pub struct ReasonRow {
     /// The stable machine-readable code clients and dashboards depend on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::MissingCredentials => "missing_credentials",
-            Self::MalformedKey => "malformed_key",
-            Self::InvalidKey => "invalid_key",
-            Self::KeyRevoked => "key_revoked",
-            Self::KeyExpired => "key_expired",
-            Self::OwnerSuspended => "owner_suspended",
-            Self::EnvironmentNotAllowed => "environment_not_allowed",
-            Self::InsufficientAbility => "insufficient_ability",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::InvalidPath => "invalid_path",
-            Self::CreditsExhausted => "credits_exhausted",
-        }
-    }
+    pub code: &'static str,
+    pub http_status: u16,
+    pub rpc_code: RpcCode,
+    /// The REST API's error `code` when a key acting through it is denied:
+    /// the class of error, as the REST API names every other one
+    /// (docs/behaviour.md, §8).
+    pub rest_code: &'static str,
+    /// The `message` of the JSON error body.
+    pub message: &'static str,
+}
 
-    pub fn http_status(&self) -> u16 {
-        match self {
-            Self::MissingCredentials
-            | Self::MalformedKey
-            | Self::InvalidKey
-            | Self::KeyRevoked
-            | Self::KeyExpired => 401,
-            Self::OwnerSuspended | Self::EnvironmentNotAllowed | Self::InsufficientAbility => 403,
-            Self::RateLimited { .. } | Self::CreditsExhausted => 429,
-            Self::InvalidPath => 400,
-        }
+const fn row(code: &'static str, http_status: u16, message: &'static str) -> ReasonRow {
+    let (rpc_code, rest_code) = match http_status {
+        400 => (RpcCode::InvalidArgument, "bad_request"),
+        401 => (RpcCode::Unauthenticated, "unauthenticated"),
+        403 => (RpcCode::PermissionDenied, "forbidden"),
+        _ => (RpcCode::ResourceExhausted, "rate_limited"),
+    };
+    ReasonRow {
+        code,
+        http_status,
+        rpc_code,
+        rest_code,
+        message,
     }
+}
 
-    pub fn message(&self) -> &'static str {
-        match self {
-            Self::MissingCredentials => "An API key is required: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header.",
-            Self::MalformedKey => "The API key is malformed: check that it was copied completely.",
-            Self::InvalidKey => "The API key is not valid.",
-            Self::KeyRevoked => "The API key has been revoked.",
-            Self::KeyExpired => "The API key has expired.",
-            Self::OwnerSuspended => "The account that owns this API key is suspended.",
-            Self::EnvironmentNotAllowed => "This API key's environment is not allowed on this route.",
-            Self::InsufficientAbility => "This API key lacks an ability this route requires.",
-            Self::RateLimited { .. } => "Too many requests for this API key; retry after the time in Retry-After.",
-            Self::CreditsExhausted => "This API key has no credits left.",
-            Self::InvalidPath => "The request path is ambiguous: an encoded slash or backslash, a backslash, a relative path, .. above the root or an invalid percent-escape.",
-        }
-    }
+/// How many reasons there are.
+pub const REASON_COUNT: usize = 11;
 
-    /// This reason's position in [`Self::ALL_CODES`], for tables indexed by
-    /// reason.
-    pub fn index(&self) -> usize {
+/// One row per reason, in [`DenyReason::index`] order.
+pub static REASONS: [ReasonRow; REASON_COUNT] = REASON_TABLE;
+
+const REASON_TABLE: [ReasonRow; REASON_COUNT] = [
+    row("missing_credentials", 401,
+        "An API key is required: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."),
+    row("malformed_key", 401,
+        "The API key is malformed: check that it was copied completely."),
+    row("invalid_key", 401, "The API key is not valid."),
+    row("key_revoked", 401, "The API key has been revoked."),
+    row("key_expired", 401, "The API key has expired."),
+    row("owner_suspended", 403,
+        "The account that owns this API key is suspended."),
+    row("environment_not_allowed", 403,
+        "This API key's environment is not allowed on this route."),
+    row("insufficient_ability", 403,
+        "This API key lacks an ability this route requires."),
+    row("rate_limited", 429,
+        "Too many requests for this API key; retry after the time in Retry-After."),
+    row("invalid_path", 400,
+        "The request path is ambiguous: an encoded slash or backslash, a backslash, a relative path, .. above the root or an invalid percent-escape."),
+    // Spent credits are not a rate: the REST API says which it is.
+    ReasonRow {
+        rest_code: "credits_exhausted",
+        ..row("credits_exhausted", 429, "This API key has no credits left.")
+    },
+];
+
+/// One reason of each kind, in [`DenyReason::index`] order; the
+/// rate-limited one says to retry at once.
+pub const ALL: [DenyReason; REASON_COUNT] = [
+    DenyReason::MissingCredentials,
+    DenyReason::MalformedKey,
+    DenyReason::InvalidKey,
+    DenyReason::KeyRevoked,
+    DenyReason::KeyExpired,
+    DenyReason::OwnerSuspended,
+    DenyReason::EnvironmentNotAllowed,
+    DenyReason::InsufficientAbility,
+    DenyReason::RateLimited {
+        retry_after_secs: 0,
+    },
+    DenyReason::InvalidPath,
+    DenyReason::CreditsExhausted,
+];
+
+impl DenyReason {
+    /// This reason's row in [`REASONS`] (and place in [`ALL`]).
+    pub const fn index(&self) -> usize {
         match self {
             Self::MissingCredentials => 0,
             Self::MalformedKey => 1,
@@ -93,38 +143,42 @@ impl DenyReason {
         }
     }
 
-    /// One reason of each kind, in [`Self::ALL_CODES`] order; the
-    /// rate-limited one carries `retry_after_secs`.
-    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 11] {
-        [
-            Self::MissingCredentials,
-            Self::MalformedKey,
-            Self::InvalidKey,
-            Self::KeyRevoked,
-            Self::KeyExpired,
-            Self::OwnerSuspended,
-            Self::EnvironmentNotAllowed,
-            Self::InsufficientAbility,
-            Self::RateLimited { retry_after_secs },
-            Self::InvalidPath,
-            Self::CreditsExhausted,
-        ]
+    pub fn row(&self) -> &'static ReasonRow {
+        &REASONS[self.index()]
     }
 
-    /// Every code, for metrics that should show zeros before the first hit.
-    pub const ALL_CODES: [&'static str; 11] = [
-        "missing_credentials",
-        "malformed_key",
-        "invalid_key",
-        "key_revoked",
-        "key_expired",
-        "owner_suspended",
-        "environment_not_allowed",
-        "insufficient_ability",
-        "rate_limited",
-        "invalid_path",
-        "credits_exhausted",
-    ];
+    pub fn code(&self) -> &'static str {
+        self.row().code
+    }
+
+    pub fn http_status(&self) -> u16 {
+        self.row().http_status
+    }
+
+    pub fn message(&self) -> &'static str {
+        self.row().message
+    }
+
+    /// One reason of each kind, in [`ALL`] order; the rate-limited one
+    /// carries `retry_after_secs`.
+    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; REASON_COUNT] {
+        ALL.map(|reason| match reason {
+            Self::RateLimited { .. } => Self::RateLimited { retry_after_secs },
+            other => other,
+        })
+    }
+
+    /// Every code, in [`ALL`] order, for metrics that should show zeros
+    /// before the first hit.
+    pub const ALL_CODES: [&'static str; REASON_COUNT] = {
+        let mut codes = [""; REASON_COUNT];
+        let mut i = 0;
+        while i < REASON_COUNT {
+            codes[i] = REASON_TABLE[i].code;
+            i += 1;
+        }
+        codes
+    };
 }
 
 /// What a route requires, borrowed from the Check request or the config.
@@ -180,6 +234,29 @@ mod tests {
     use super::*;
     use chrono::Duration;
     use uuid::Uuid;
+
+    #[test]
+    fn every_reason_has_its_own_row() {
+        let mut codes = std::collections::HashSet::new();
+        for (i, reason) in ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?} is out of place in ALL");
+            assert!(
+                codes.insert(reason.code()),
+                "{} is listed twice",
+                reason.code()
+            );
+            assert_eq!(DenyReason::ALL_CODES[i], reason.code());
+            let expected_rpc = match reason.http_status() {
+                400 => RpcCode::InvalidArgument,
+                401 => RpcCode::Unauthenticated,
+                403 => RpcCode::PermissionDenied,
+                429 => RpcCode::ResourceExhausted,
+                other => panic!("{reason:?} has an unexpected status {other}"),
+            };
+            assert_eq!(reason.row().rpc_code, expected_rpc, "{reason:?}");
+            assert!(reason.message().ends_with('.'), "{reason:?}");
+        }
+    }
 
     #[test]
     fn every_reason_indexes_its_own_code() {

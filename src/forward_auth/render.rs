@@ -65,8 +65,12 @@ impl Renderer {
         match &allowance.identity {
             Some(cached) => {
                 let key = &cached.key;
-                for (name, value) in IDENTITY_HEADERS.iter().zip(identity_values(key)) {
-                    insert(&mut headers, name, value);
+                let mut id_text = uuid::Uuid::encode_buffer();
+                for (name, value) in IDENTITY_HEADERS
+                    .iter()
+                    .zip(identity_values(key, &mut id_text))
+                {
+                    insert(&mut headers, name, &value);
                 }
                 for (name, value) in self.metadata.values(key) {
                     match value {

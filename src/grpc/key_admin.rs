@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{auth::Authentication, convert, status::from_admin, webhooks};
+use super::{auth::Authentication, convert, webhooks};
 use crate::{
     admin::{self, Caller, KeyAdmin},
     proto::{self, key_admin_server},
@@ -28,10 +28,7 @@ impl KeyAdminService {
         F: FnOnce(Arc<KeyAdmin>) -> Fut,
         Fut: std::future::Future<Output = admin::AdminResult<T>> + Send + 'static,
     {
-        self.admin
-            .run_to_completion(mutation)
-            .await
-            .map_err(from_admin)
+        Ok(self.admin.run_to_completion(mutation).await?)
     }
 }
 
@@ -48,7 +45,7 @@ pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 
 fn admin_caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     let caller = caller(request)?;
-    caller.require_admin().map_err(from_admin)?;
+    caller.require_admin()?;
     Ok(caller)
 }
 
@@ -71,7 +68,7 @@ impl KeyAdminService {
             page_size,
             page_token,
         };
-        let page = self.admin.list_keys(request).await.map_err(from_admin)?;
+        let page = self.admin.list_keys(request).await?;
         let now = store::now();
         Ok(Response::new(proto::ListKeysResponse {
             keys: page
@@ -133,11 +130,7 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             async move {
                 caller(&request)?;
                 let r = request.into_inner();
-                let key = self
-                    .admin
-                    .get_key(&r.owner_id, &r.id)
-                    .await
-                    .map_err(from_admin)?;
+                let key = self.admin.get_key(&r.owner_id, &r.id).await?;
                 Ok(Response::new(convert::api_key(key, store::now())))
             }
             .await,
@@ -262,8 +255,7 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                 let (key, usage) = self
                     .admin
                     .key_usage(&r.owner_id, &r.id, r.recent_limit)
-                    .await
-                    .map_err(from_admin)?;
+                    .await?;
                 Ok(Response::new(convert::key_usage(&key, usage)))
             }
             .await,
@@ -405,8 +397,7 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                         page_size: r.page_size,
                         page_token: r.page_token,
                     })
-                    .await
-                    .map_err(from_admin)?;
+                    .await?;
                 Ok(Response::new(proto::ListAuditEventsResponse {
                     events: page.items.into_iter().map(convert::audit_event).collect(),
                     next_page_token: page.next_page_token,

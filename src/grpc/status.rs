@@ -7,7 +7,14 @@ use tonic::{Code, Status};
 
 use crate::admin::AdminError;
 
-pub fn from_admin(error: AdminError) -> Status {
+/// So that a handler's `?` turns a use-case's error into its status.
+impl From<AdminError> for Status {
+    fn from(error: AdminError) -> Self {
+        from_admin(error)
+    }
+}
+
+fn from_admin(error: AdminError) -> Status {
     if matches!(error, AdminError::Store(_)) {
         crate::telemetry::store_error("admin");
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, key_admin::caller, status::from_admin};
+use super::{convert, key_admin::caller};
 use crate::{
     admin::{
         webhooks::{CreateWebhook, ListDeliveries, UpdateWebhook},
@@ -25,7 +25,7 @@ where
     F: FnOnce(Arc<KeyAdmin>) -> Fut,
     Fut: std::future::Future<Output = AdminResult<T>> + Send + 'static,
 {
-    admin.run_to_completion(mutation).await.map_err(from_admin)
+    Ok(admin.run_to_completion(mutation).await?)
 }
 
 pub async fn create(
@@ -56,10 +56,7 @@ pub async fn list(
     request: Request<proto::ListWebhooksRequest>,
 ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
     caller(&request)?;
-    let hooks = admin
-        .list_webhooks(&request.into_inner().owner_id)
-        .await
-        .map_err(from_admin)?;
+    let hooks = admin.list_webhooks(&request.into_inner().owner_id).await?;
     Ok(Response::new(proto::ListWebhooksResponse {
         webhooks: hooks.into_iter().map(webhook).collect(),
     }))
@@ -110,8 +107,7 @@ pub async fn deliveries(
             page_size: r.page_size,
             page_token: r.page_token,
         })
-        .await
-        .map_err(from_admin)?;
+        .await?;
     Ok(Response::new(proto::ListWebhookDeliveriesResponse {
         deliveries: page.items.into_iter().map(delivery).collect(),
         next_page_token: page.next_page_token,

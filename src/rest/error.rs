@@ -114,14 +114,9 @@ impl ApiError {
 
     /// A credential Check would deny: the same status and message.
     pub fn denied(reason: DenyReason) -> Self {
-        let code = match reason.http_status() {
-            401 => "unauthenticated",
-            403 => "forbidden",
-            _ if reason == DenyReason::CreditsExhausted => "credits_exhausted",
-            _ => "rate_limited",
-        };
-        let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        let mut error = Self::new(status, code, reason.message());
+        let row = reason.row();
+        let status = StatusCode::from_u16(row.http_status).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut error = Self::new(status, row.rest_code, row.message);
         if let DenyReason::RateLimited { retry_after_secs } = reason {
             error.retry_after_secs = Some(retry_after_secs);
         }

@@ -307,14 +307,6 @@ impl Store {
         }
     }
 
-    /// Whether the database answers, for readiness and diagnostics.
-    pub async fn ping(&self) -> StoreResult<()> {
-        with_pool!(&self.main, pool => {
-            sqlx::query("SELECT 1").execute(pool).await?;
-        });
-        Ok(())
-    }
-
     pub async fn close(&self) {
         for pools in [&self.main, &self.check] {
             with_pool!(pools, pool => pool.close().await);

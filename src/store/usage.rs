@@ -69,10 +69,15 @@ type DailyCounts<'a> = HashMap<(Uuid, NaiveDate, &'a str), i64>;
 
 /// Folds a batch into per-key counters and per-day endpoint counts, so each
 /// table gets one statement per batch instead of one per event.
+///
+/// Only allowed requests count: `last_used_at`, `last_used_ip` and the
+/// endpoint counts describe the last *authenticated* use, so a denied
+/// attempt (a revoked key tried from a new address, say) moves none of
+/// them. Denied attempts are written to the usage log only.
 fn aggregate(events: &[UsageEvent]) -> (HashMap<Uuid, CounterDelta>, DailyCounts<'_>) {
     let mut counters: HashMap<Uuid, CounterDelta> = HashMap::new();
     let mut daily: DailyCounts<'_> = HashMap::new();
-    for event in events {
+    for event in events.iter().filter(|event| event.allowed) {
         let delta = counters
             .entry(event.key_id)
             .or_insert_with(|| CounterDelta {
@@ -80,7 +85,7 @@ fn aggregate(events: &[UsageEvent]) -> (HashMap<Uuid, CounterDelta>, DailyCounts
                 last_at: event.at,
                 last_ip: event.ip,
             });
-        delta.allowed += i64::from(event.allowed);
+        delta.allowed += 1;
         if event.at >= delta.last_at {
             delta.last_at = event.at;
             delta.last_ip = event.ip;
@@ -194,13 +199,16 @@ impl Store {
                     rest.into_iter().map(|(n, at, ip)| (n, (at, ip))).unzip();
                 let (ats, ips): (Vec<DateTime<Utc>>, Vec<Option<String>>) =
                     rest.into_iter().unzip();
-                sqlx::query(PG_BUMP_COUNTERS)
-                    .bind(ids)
-                    .bind(counts)
-                    .bind(ats)
-                    .bind(ips)
-                    .execute(&mut *tx)
-                    .await?;
+                // A batch of denied attempts only has log rows to write.
+                if !ids.is_empty() {
+                    sqlx::query(PG_BUMP_COUNTERS)
+                        .bind(ids)
+                        .bind(counts)
+                        .bind(ats)
+                        .bind(ips)
+                        .execute(&mut *tx)
+                        .await?;
+                }
 
                 let mut daily_keys = Vec::with_capacity(daily.len());
                 let mut days = Vec::with_capacity(daily.len());
@@ -212,12 +220,14 @@ impl Store {
                     endpoints.push(endpoint);
                     daily_counts.push(count);
                 }
-                sqlx::query(&format!(
-                    "INSERT INTO usage_daily (key_id, day, endpoint, count) \
-                     SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::text[], $4::int8[]){DAILY_UPSERT_TAIL}"
-                ))
-                .bind(daily_keys).bind(days).bind(endpoints).bind(daily_counts)
-                .execute(&mut *tx).await?;
+                if !daily_keys.is_empty() {
+                    sqlx::query(&format!(
+                        "INSERT INTO usage_daily (key_id, day, endpoint, count) \
+                         SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::text[], $4::int8[]){DAILY_UPSERT_TAIL}"
+                    ))
+                    .bind(daily_keys).bind(days).bind(endpoints).bind(daily_counts)
+                    .execute(&mut *tx).await?;
+                }
 
                 if log_enabled {
                     let rows = coalesce(events);
@@ -392,21 +402,26 @@ mod tests {
     }
 
     #[test]
-    fn aggregation_counts_allowed_requests_and_keeps_the_latest_ip() {
+    fn aggregation_counts_allowed_requests_and_keeps_their_latest_ip() {
         let events = [
             event(1, 5, "10.0.0.2", "/a", true),
             event(1, 1, "10.0.0.1", "/a", true),
             event(1, 9, "10.0.0.3", "/b", false),
             event(2, 0, "10.0.0.9", "/a", true),
+            event(3, 0, "10.0.0.7", "/a", false),
         ];
         let (counters, daily) = aggregate(&events);
         let one = &counters[&Uuid::from_u128(1)];
         assert_eq!(one.allowed, 2);
-        assert_eq!(one.last_ip, Some("10.0.0.3".parse().unwrap()));
+        // The later denied attempt from 10.0.0.3 is not a use.
+        assert_eq!(one.last_ip, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(one.last_at, events[0].at);
         let day = events[0].at.date_naive();
         assert_eq!(daily[&(Uuid::from_u128(1), day, "/a")], 2);
-        assert_eq!(daily[&(Uuid::from_u128(1), day, "/b")], 1);
+        assert!(!daily.contains_key(&(Uuid::from_u128(1), day, "/b")));
+        // A key only ever denied has no counter row to write.
         assert_eq!(counters.len(), 2);
+        assert!(!counters.contains_key(&Uuid::from_u128(3)));
     }
 
     #[test]

@@ -205,11 +205,12 @@ impl Renderer {
 /// `dynamic_metadata` for other filters and access logs, the key's whole
 /// metadata map under `metadata`.
 fn encode_identity(key: &CheckKey, exported: &MetadataHeaders) -> EncodedIdentity {
-    let values = identity_values(key);
+    let mut id_text = uuid::Uuid::encode_buffer();
+    let values = identity_values(key, &mut id_text);
     let mut headers: Vec<HeaderValueOption> = IDENTITY_HEADERS
         .iter()
-        .zip(values)
-        .map(|(name, value)| overwrite(name, value.clone()))
+        .zip(&values)
+        .map(|(name, value)| overwrite(name, value.to_string()))
         .collect();
     let mut headers_to_remove = Vec::new();
     for (name, value) in exported.values(key) {
@@ -235,7 +236,7 @@ fn encode_identity(key: &CheckKey, exported: &MetadataHeaders) -> EncodedIdentit
     };
     let fields = IDENTITY_FIELDS
         .iter()
-        .zip(values)
+        .zip(&values)
         .map(|(name, value)| ((*name).to_owned(), text(value)))
         .chain([(
             "metadata".to_owned(),
@@ -304,12 +305,7 @@ fn overwrite(key: &str, value: String) -> HeaderValueOption {
 /// The denial Envoy returns to the client: status, JSON body, headers.
 pub fn denied(reason: DenyReason) -> CheckResponse {
     let status = reason.http_status();
-    let grpc_code = match status {
-        400 => tonic::Code::InvalidArgument,
-        401 => tonic::Code::Unauthenticated,
-        403 => tonic::Code::PermissionDenied,
-        _ => tonic::Code::ResourceExhausted,
-    };
+    let grpc_code = reason.row().rpc_code;
     let headers = denial_headers(reason)
         .into_iter()
         .map(|(name, value)| overwrite(name, value))

@@ -2,7 +2,7 @@
 //! unauthenticated public admin listener, the health service on the admin
 //! listener, and reflection on both listeners.
 
-mod common;
+use crate::common;
 
 use common::{channel, test_settings, with_token, TestDb, TestServer};
 use keygate::{

@@ -2,7 +2,7 @@
 //! client: every route, both ways of calling (admin tokens and an owner's own
 //! key), owner isolation, page totals, and each documented error status.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestServer};
 use keygate::{config::AdminRole, grpc::auth::new_admin_token};

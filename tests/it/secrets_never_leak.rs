@@ -2,7 +2,7 @@
 //! its token segment and its hash never reach logs, metrics, other responses
 //! or audit events (docs/behaviour.md §1, §5).
 
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -3,7 +3,7 @@
 //! checks each signature with the Standard Webhooks algorithm written out
 //! here, independently of keygate's own signing code.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -2,7 +2,7 @@
 //! and on the Check listener, with certificates made by the openssl CLI for
 //! each test run.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Command};
 

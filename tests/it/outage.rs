@@ -3,7 +3,7 @@
 //! misses fail fast with UNAVAILABLE, KeyAdmin says UNAVAILABLE, usage stays
 //! buffered, and everything recovers without a restart.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

@@ -1,7 +1,7 @@
 //! The Prometheus endpoint of a real process: the series operators rely on
 //! are there, labelled by method and code, never by owner or key.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -2,7 +2,7 @@
 //! every error row of docs/behaviour.md §4 (GetKeyUsage is covered elsewhere), with the
 //! Check listener as the witness that a change took effect.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 

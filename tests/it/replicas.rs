@@ -2,7 +2,7 @@
 //! PostgreSQL database. A change made through one must reach the other's
 //! cache through LISTEN/NOTIFY, not after the cache TTL.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -10,7 +10,9 @@ use common::{
     check_request, eventually, metric_value, proxy::CuttableProxy, replica::Replica, Backend,
     Decision, TestDb,
 };
-use keygate::proto::{CreateKeyRequest, RevokeKeyRequest, RotateKeyRequest, SuspendOwnerRequest};
+use keygate::proto::{
+    CreateKeyRequest, RateLimit, RevokeKeyRequest, RotateKeyRequest, SuspendOwnerRequest,
+};
 
 /// A cache TTL far beyond the test, so only notifications can explain a
 /// change seen on the other replica.
@@ -89,6 +91,43 @@ async fn a_rotation_without_overlap_on_one_replica_switches_keys_on_the_other() 
         .into_inner();
     assert!(b.becomes(&old_key, "key_revoked").await);
     assert_eq!(b.code(&rotated.key).await, "allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_starts_the_old_keys_rate_limit_window_afresh_on_every_replica() {
+    // One post-change step on both paths (docs/architecture.md, "The path of
+    // an invalidation"): the replica that rotates and the replica told by
+    // notification forget the same state.
+    let (_db, a, b) = two_replicas().await;
+    let (key, id) = a
+        .create(CreateKeyRequest {
+            owner_id: "acme".into(),
+            name: "limited".into(),
+            rate_limit: Some(RateLimit {
+                max_attempts: 1,
+                decay_seconds: 3600,
+            }),
+            ..Default::default()
+        })
+        .await;
+    for replica in [&a, &b] {
+        assert_eq!(replica.code(&key).await, "allowed");
+        assert_eq!(replica.code(&key).await, "rate_limited");
+    }
+    a.admin
+        .clone()
+        .rotate_key(RotateKeyRequest {
+            owner_id: "acme".into(),
+            id,
+            overlap_minutes: 60,
+        })
+        .await
+        .unwrap();
+    assert!(
+        b.becomes(&key, "allowed").await,
+        "replica B kept the old key's window after a rotation on A"
+    );
+    assert_eq!(a.code(&key).await, "allowed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

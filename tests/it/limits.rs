@@ -3,7 +3,7 @@
 //! sharing the real Redis on 127.0.0.1:6379 (scripts/test.sh starts it).
 //! Every test writes under its own Redis key prefix, so tests run at once.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

@@ -2,7 +2,7 @@
 //! single-flight, invalidation by KeyAdmin, races, and malformed input; the
 //! same decision over the forward-auth listener (HTTP/1.1 and h2c).
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -260,6 +260,33 @@ on_both_backends! {
             assert_eq!(server.check_key(&own_limit, None).await.code, "allowed");
         }
         assert_eq!(server.check_key(&own_limit, None).await.code, "rate_limited");
+    }
+
+    async fn the_replica_that_rotates_a_key_starts_its_rate_limit_window_afresh(backend) {
+        // Before the call returns, as the other replicas do on notification
+        // (tests/it/replicas.rs): no wait, no second replica needed.
+        let server = TestServer::start(backend).await;
+        let created = server
+            .create(keygate::proto::CreateKeyRequest {
+                owner_id: "acme".into(),
+                name: "limited".into(),
+                rate_limit: Some(keygate::proto::RateLimit { max_attempts: 1, decay_seconds: 3600 }),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(server.check_key(&created.key, None).await.code, "allowed");
+        assert_eq!(server.check_key(&created.key, None).await.code, "rate_limited");
+        server
+            .admin
+            .clone()
+            .rotate_key(keygate::proto::RotateKeyRequest {
+                owner_id: "acme".into(),
+                id: created.api_key.unwrap().id,
+                overlap_minutes: 60,
+            })
+            .await
+            .unwrap();
+        assert_eq!(server.check_key(&created.key, None).await.code, "allowed");
     }
 
     async fn forward_auth_gives_check_decisions_with_identity_and_metadata_headers(backend) {

@@ -5,7 +5,7 @@
 //! part-way, or a disk that fills and frees, leaves every later change
 //! working.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! event, a stop that cannot flush and says what it lost, a full buffer
 //! that never blocks Check, and pruning.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,7 +11,7 @@ use common::{
     scrape_metrics, Backend, TestDb, TestServer,
 };
 use keygate::{
-    proto::{GetKeyRequest, GetKeyUsageRequest, ListAuditEventsRequest},
+    proto::{GetKeyRequest, GetKeyUsageRequest, ListAuditEventsRequest, RevokeKeyRequest},
     store::{Store, StoreOptions, UsageEvent},
 };
 use uuid::Uuid;
@@ -23,11 +23,23 @@ async fn check_path(
     path: &str,
     abilities: &str,
 ) -> String {
+    check_path_from(server, "203.0.113.7", key, method, path, abilities).await
+}
+
+/// A Check whose client, behind one trusted hop, is `client_ip`.
+async fn check_path_from(
+    server: &TestServer,
+    client_ip: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    abilities: &str,
+) -> String {
     let headers = HashMap::from([
         ("authorization".to_string(), format!("Bearer {key}")),
         (
             "x-forwarded-for".to_string(),
-            "198.51.100.1, 203.0.113.7".to_string(),
+            format!("198.51.100.1, {client_ip}"),
         ),
     ]);
     let extensions = HashMap::from([("keygate.abilities".to_string(), abilities.to_string())]);
@@ -213,6 +225,40 @@ on_both_backends! {
         assert_eq!(key.request_count, 3);
         let other = server.admin.clone().get_key_usage(GetKeyUsageRequest { owner_id: "other".into(), id, recent_limit: 0 }).await.unwrap_err();
         assert_eq!(other.code(), tonic::Code::PermissionDenied);
+    }
+
+    async fn denied_attempts_are_logged_but_do_not_count_as_use(backend) {
+        // last_used_at / last_used_ip and top_endpoints describe the last
+        // authenticated request (docs/behaviour.md, "Usage"); a denied
+        // attempt, even on a revoked key, shows only in the recent log.
+        let server = TestServer::start_with(backend, |s| s.trusted_proxy_hops = Some(1)).await;
+        let created = server.create_key("acme", &["read:orders"]).await;
+        let id = created.api_key.unwrap().id;
+        assert_eq!(check_path_from(&server, "203.0.113.7", &created.key, "GET", "/v1/orders/1", "read:orders").await, "allowed");
+        let request = GetKeyUsageRequest { owner_id: "acme".into(), id: id.clone(), recent_limit: 0 };
+        let logged = |usage: &keygate::proto::KeyUsage| usage.recent_logs.iter().map(|log| log.count).sum::<u64>();
+        let flushed = eventually(Duration::from_secs(10), async || {
+            logged(&server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner()) == 1
+        })
+        .await;
+        assert!(flushed, "the allowed request was not flushed");
+        let used = server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner();
+
+        assert_eq!(check_path_from(&server, "192.0.2.66", &created.key, "POST", "/v1/orders", "write:orders").await, "insufficient_ability");
+        server.admin.clone().revoke_key(RevokeKeyRequest { owner_id: "acme".into(), id: id.clone(), reason: "test".into() }).await.unwrap();
+        assert_eq!(check_path_from(&server, "192.0.2.99", &created.key, "GET", "/v1/admin/export", "").await, "key_revoked");
+        let flushed = eventually(Duration::from_secs(10), async || {
+            logged(&server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner()) == 3
+        })
+        .await;
+        assert!(flushed, "the denied attempts were not logged");
+        let usage = server.admin.clone().get_key_usage(request).await.unwrap().into_inner();
+        assert_eq!(usage.request_count, 1);
+        assert_eq!((usage.last_used_ip.as_str(), usage.last_used_at), ("203.0.113.7", used.last_used_at));
+        let top: Vec<_> = usage.top_endpoints.iter().map(|e| (e.endpoint.as_str(), e.count)).collect();
+        assert_eq!(top, [("/v1/orders/{id}", 1)]);
+        let decisions: Vec<_> = usage.recent_logs.iter().map(|log| (log.decision.as_str(), log.ip.as_str())).collect();
+        assert_eq!(decisions, [("key_revoked", "192.0.2.99"), ("insufficient_ability", "192.0.2.66"), ("allowed", "203.0.113.7")]);
     }
 
     async fn a_key_pasted_into_a_path_is_stored_as_a_placeholder(backend) {
