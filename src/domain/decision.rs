@@ -1,6 +1,8 @@
 //! The pure Check decision: given a cached key, what the route requires and
 //! the current instant, allow or name the reason for denial.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 
 use super::ability::grants;
@@ -26,6 +28,9 @@ pub enum DenyReason {
     InvalidPath,
     /// The key's credits are spent (docs/behaviour.md, "Credits").
     CreditsExhausted,
+    /// The client's address is outside the key's allow-list
+    /// (docs/behaviour.md, "Key hygiene").
+    IpNotAllowed,
 }
 
 impl DenyReason {
@@ -43,6 +48,7 @@ impl DenyReason {
             Self::RateLimited { .. } => "rate_limited",
             Self::InvalidPath => "invalid_path",
             Self::CreditsExhausted => "credits_exhausted",
+            Self::IpNotAllowed => "ip_not_allowed",
         }
     }
 
@@ -53,7 +59,10 @@ impl DenyReason {
             | Self::InvalidKey
             | Self::KeyRevoked
             | Self::KeyExpired => 401,
-            Self::OwnerSuspended | Self::EnvironmentNotAllowed | Self::InsufficientAbility => 403,
+            Self::OwnerSuspended
+            | Self::EnvironmentNotAllowed
+            | Self::InsufficientAbility
+            | Self::IpNotAllowed => 403,
             Self::RateLimited { .. } | Self::CreditsExhausted => 429,
             Self::InvalidPath => 400,
         }
@@ -71,6 +80,7 @@ impl DenyReason {
             Self::InsufficientAbility => "This API key lacks an ability this route requires.",
             Self::RateLimited { .. } => "Too many requests for this API key; retry after the time in Retry-After.",
             Self::CreditsExhausted => "This API key has no credits left.",
+            Self::IpNotAllowed => "This API key may not be used from this client's IP address.",
             Self::InvalidPath => "The request path is ambiguous: an encoded slash or backslash, a backslash, a relative path, .. above the root or an invalid percent-escape.",
         }
     }
@@ -90,12 +100,13 @@ impl DenyReason {
             Self::RateLimited { .. } => 8,
             Self::InvalidPath => 9,
             Self::CreditsExhausted => 10,
+            Self::IpNotAllowed => 11,
         }
     }
 
     /// One reason of each kind, in [`Self::ALL_CODES`] order; the
     /// rate-limited one carries `retry_after_secs`.
-    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 11] {
+    pub fn one_of_each(retry_after_secs: u64) -> [DenyReason; 12] {
         [
             Self::MissingCredentials,
             Self::MalformedKey,
@@ -108,11 +119,12 @@ impl DenyReason {
             Self::RateLimited { retry_after_secs },
             Self::InvalidPath,
             Self::CreditsExhausted,
+            Self::IpNotAllowed,
         ]
     }
 
     /// Every code, for metrics that should show zeros before the first hit.
-    pub const ALL_CODES: [&'static str; 11] = [
+    pub const ALL_CODES: [&'static str; 12] = [
         "missing_credentials",
         "malformed_key",
         "invalid_key",
@@ -124,6 +136,7 @@ impl DenyReason {
         "rate_limited",
         "invalid_path",
         "credits_exhausted",
+        "ip_not_allowed",
     ];
 }
 
@@ -147,11 +160,14 @@ impl<'a> RouteRequirements<'a> {
     }
 }
 
-/// Decides everything about a known key except its rate limit. Time
-/// conditions use `now`, never the instant the key was cached.
+/// Decides everything about a known key except its rate limit and credits.
+/// Time conditions use `now`, never the instant the key was cached. The
+/// allow-list comes before the route's requirements, so that a client
+/// outside it learns nothing about what the key may do.
 pub fn decide(
     key: &CheckKey,
     route: &RouteRequirements<'_>,
+    client: Option<IpAddr>,
     now: DateTime<Utc>,
 ) -> Result<(), DenyReason> {
     if key.revoked_at.is_some_and(|at| at <= now) {
@@ -162,6 +178,9 @@ pub fn decide(
     }
     if key.owner_suspended {
         return Err(DenyReason::OwnerSuspended);
+    }
+    if !key.allow_list.permits(client) {
+        return Err(DenyReason::IpNotAllowed);
     }
     if route.environment.is_some_and(|env| env != key.environment) {
         return Err(DenyReason::EnvironmentNotAllowed);
@@ -205,16 +224,16 @@ mod tests {
         let now = Utc::now();
         let mut k = key(&[]);
         k.revoked_at = Some(now + Duration::minutes(5));
-        assert_eq!(decide(&k, &route(""), now), Ok(()));
+        assert_eq!(decide(&k, &route(""), None, now), Ok(()));
         assert_eq!(
-            decide(&k, &route(""), now + Duration::minutes(5)),
+            decide(&k, &route(""), None, now + Duration::minutes(5)),
             Err(DenyReason::KeyRevoked)
         );
         let mut k = key(&[]);
         k.expires_at = Some(now + Duration::seconds(1));
-        assert_eq!(decide(&k, &route(""), now), Ok(()));
+        assert_eq!(decide(&k, &route(""), None, now), Ok(()));
         assert_eq!(
-            decide(&k, &route(""), now + Duration::seconds(2)),
+            decide(&k, &route(""), None, now + Duration::seconds(2)),
             Err(DenyReason::KeyExpired)
         );
     }
@@ -223,19 +242,25 @@ mod tests {
     fn every_required_ability_must_be_granted() {
         let now = Utc::now();
         let k = key(&["read:orders", "users:*"]);
-        assert_eq!(decide(&k, &route("read:orders, users:list"), now), Ok(()));
         assert_eq!(
-            decide(&k, &route("read:orders,write:orders"), now),
+            decide(&k, &route("read:orders, users:list"), None, now),
+            Ok(())
+        );
+        assert_eq!(
+            decide(&k, &route("read:orders,write:orders"), None, now),
             Err(DenyReason::InsufficientAbility)
         );
-        assert_eq!(decide(&key(&[]), &route(""), now), Ok(()));
+        assert_eq!(decide(&key(&[]), &route(""), None, now), Ok(()));
         assert_eq!(
-            decide(&key(&[]), &route("read:orders"), now),
+            decide(&key(&[]), &route("read:orders"), None, now),
             Err(DenyReason::InsufficientAbility)
         );
         let mut superkey = key(&[]);
         superkey.superkey = true;
-        assert_eq!(decide(&superkey, &route("anything:goes"), now), Ok(()));
+        assert_eq!(
+            decide(&superkey, &route("anything:goes"), None, now),
+            Ok(())
+        );
     }
 
     #[test]
@@ -247,11 +272,33 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            decide(&k, &live_only, now),
+            decide(&k, &live_only, None, now),
             Err(DenyReason::EnvironmentNotAllowed)
         );
         k.owner_suspended = true;
-        assert_eq!(decide(&k, &route(""), now), Err(DenyReason::OwnerSuspended));
+        assert_eq!(
+            decide(&k, &route(""), None, now),
+            Err(DenyReason::OwnerSuspended)
+        );
         assert_eq!(DenyReason::OwnerSuspended.http_status(), 403);
+    }
+
+    #[test]
+    fn a_client_outside_the_allow_list_is_denied_before_abilities_are_judged() {
+        let now = Utc::now();
+        let mut k = key(&[]);
+        k.allow_list = crate::domain::AllowList::from_stored(&["198.51.100.0/24".into()]);
+        let inside = "198.51.100.4".parse().ok();
+        let outside = "192.0.2.1".parse().ok();
+        assert_eq!(decide(&k, &route(""), inside, now), Ok(()));
+        assert_eq!(
+            decide(&k, &route("read:orders"), outside, now),
+            Err(DenyReason::IpNotAllowed)
+        );
+        assert_eq!(
+            decide(&k, &route(""), None, now),
+            Err(DenyReason::IpNotAllowed)
+        );
+        assert_eq!(DenyReason::IpNotAllowed.http_status(), 403);
     }
 }
