@@ -1165,6 +1165,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hygiene_settings_are_off_by_default_and_bad_values_name_their_setting() {
+        let hygiene = Settings::default().validate().unwrap().hygiene;
+        assert_eq!(hygiene.dormant_after, None);
+        assert!(hygiene.imported_prefixes.is_empty() && hygiene.scanning_keys.is_none());
+        assert_eq!(hygiene.leak_action, LeakAction::Revoke);
+        let with = |change: fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            settings.validate()
+        };
+        let set = with(|s| {
+            s.dormant_after = Some("90d".into());
+            s.imported_prefixes = Some("lk_, old_".into());
+            s.leak_action = Some("notify".into());
+        })
+        .unwrap()
+        .hygiene;
+        assert_eq!(set.dormant_after, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(set.imported_prefixes, ["lk_", "old_"]);
+        assert_eq!(set.leak_action, LeakAction::Notify);
+        for (error, env) in [
+            (
+                with(|s| s.leak_action = Some("delete".into())),
+                "KEYGATE_LEAK_ACTION",
+            ),
+            (
+                with(|s| s.dormant_after = Some("soon".into())),
+                "KEYGATE_DORMANT_AFTER",
+            ),
+            (
+                with(|s| s.dormant_after = Some("0s".into())),
+                "KEYGATE_DORMANT_AFTER",
+            ),
+            (
+                with(|s| s.imported_prefixes = Some("l k".into())),
+                "KEYGATE_IMPORTED_PREFIXES",
+            ),
+            (
+                with(|s| s.github_scanning_keys = Some("/nonexistent/keys.json".into())),
+                "KEYGATE_GITHUB_SCANNING_KEYS",
+            ),
+        ] {
+            assert_eq!(error.unwrap_err().env, env);
+        }
+    }
+
+    #[test]
     fn defaults_validate() {
         let config = Settings::default().validate().unwrap();
         assert_eq!(config.database_url, "sqlite://keygate.db");

@@ -145,6 +145,44 @@ mod allow_lists {
             assert!(get_key(&server, &stored.id).await.allowed_cidrs.is_empty());
         }
 
+        async fn without_trusted_hops_the_source_address_is_judged_not_the_header(backend) {
+            use envoy_types::pb::envoy::config::core::v3::{address::Address, Address as EnvoyAddress, SocketAddress};
+            use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+            let server = TestServer::start(backend).await;
+            let created = server
+                .create(CreateKeyRequest {
+                    owner_id: OWNER.into(),
+                    name: "office only".into(),
+                    allowed_cidrs: vec!["203.0.113.0/24".into()],
+                    ..Default::default()
+                })
+                .await;
+            let from = |source: &str| {
+                let headers = HashMap::from([
+                    ("authorization".to_string(), format!("Bearer {}", created.key)),
+                    // A client may write anything here; with no trusted hop it is ignored.
+                    ("x-forwarded-for".to_string(), "203.0.113.7".to_string()),
+                ]);
+                let mut request = check_request(headers, "GET", "/v1/orders", HashMap::new());
+                request.attributes.as_mut().unwrap().source = Some(Peer {
+                    address: Some(EnvoyAddress {
+                        address: Some(Address::SocketAddress(SocketAddress {
+                            address: source.into(),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                });
+                request
+            };
+            let outside = server.check(from("192.0.2.1")).await.unwrap();
+            assert_eq!(outcome(&outside), (403, "ip_not_allowed"));
+            let inside = server.check(from("203.0.113.50")).await.unwrap();
+            assert_eq!(outcome(&inside), (200, "allowed"));
+            let unknown = check_from(&server, &created.key, "203.0.113.7", None).await;
+            assert_eq!(outcome(&unknown), (403, "ip_not_allowed"));
+        }
+
         async fn a_malformed_cidr_is_refused_naming_the_entry_and_nothing_is_stored(backend) {
             let server = TestServer::start(backend).await;
             let refused = server
