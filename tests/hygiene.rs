@@ -183,6 +183,29 @@ mod allow_lists {
             assert_eq!(outcome(&unknown), (403, "ip_not_allowed"));
         }
 
+        async fn a_key_calling_the_rest_api_is_held_to_its_allow_list(backend) {
+            let server = TestServer::start_with(backend, |s| s.trusted_proxy_hops = Some(1)).await;
+            let created = server
+                .create(CreateKeyRequest {
+                    owner_id: OWNER.into(),
+                    name: "self service".into(),
+                    abilities: vec!["keygate:keys".into()],
+                    allowed_cidrs: vec!["192.0.2.0/24".into()],
+                    ..Default::default()
+                })
+                .await;
+            let list = |forwarded_for: &'static str| {
+                reqwest::Client::new()
+                    .get(format!("http://{}/v1/api-keys", server.running().http_addr))
+                    .bearer_auth(&created.key)
+                    .header("x-forwarded-for", forwarded_for)
+                    .send()
+            };
+            assert_eq!(list("198.51.100.1, 192.0.2.9").await.unwrap().status(), 200);
+            let refused = list("192.0.2.9, 198.51.100.1").await.unwrap();
+            assert_eq!(refused.status(), 403);
+        }
+
         async fn a_malformed_cidr_is_refused_naming_the_entry_and_nothing_is_stored(backend) {
             let server = TestServer::start(backend).await;
             let refused = server

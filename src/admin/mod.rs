@@ -763,7 +763,7 @@ impl KeyAdmin {
         if let Some(summary) = &summary {
             if summary.keys_expired > 0 || summary.keys_dormant > 0 {
                 // Which keys is not returned; expired keys already fail Check
-                // by time, so a full clear only costs refills.
+                // by time, and a full clear only costs refills.
                 self.cache.clear();
             }
             tracing::info!(
