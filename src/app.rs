@@ -63,6 +63,9 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub store: Store,
     pub cache: Arc<KeyCache>,
+    /// The key lifecycle use-cases, for tests that drive them with a clock
+    /// of their own (`KeyAdmin::prune_at`).
+    pub admin: Arc<KeyAdmin>,
     stop: CancellationToken,
     lifecycle: JoinHandle<Stopped>,
 }
@@ -188,7 +191,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_rotation_overlap: config.max_rotation_overlap,
             services_may_grant_superkey: config.service_tokens_may_grant_superkey,
         })
-        .with_webhook_targets(config.webhooks.policy),
+        .with_webhook_targets(config.webhooks.policy)
+        .with_hygiene(crate::admin::hygiene::HygienePolicy::from_config(&config)),
     );
     let dispatcher = Arc::new(
         webhooks::Dispatcher::new(store.clone(), config.webhooks.clone())
@@ -246,7 +250,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let drain = CancellationToken::new();
 
     let forward_auth = Arc::new(ForwardAuth::from_config(authorizer.clone(), &config));
+    let admin_handle = admin.clone();
     let rest_router = rest::router(Arc::new(RestState {
+        leaks: config.hygiene.scanning_keys.clone(),
         admin: admin.clone(),
         auth: Authenticator::new(
             AdminAuth::new(config.admin_tokens.clone()),
@@ -389,6 +395,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http_addr,
         store,
         cache,
+        admin: admin_handle,
         stop,
         lifecycle,
     })

@@ -2,7 +2,7 @@
 //! rate limit, plus the usage event. The gRPC layer turns the [`Outcome`] into
 //! an Envoy `CheckResponse`; nothing here knows the proto types.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use metrics::Counter;
@@ -11,12 +11,17 @@ use crate::{
     cache::{CachedKey, KeyCache, LookupError},
     config::{Config, ForeignBearer, RouteRule},
     credits::{CreditLedger, Spend},
-    domain::{decide, path, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements},
+    domain::{
+        decide, path, DenyReason, KeyFormat, KeyHash, KeyParseError, RateLimit, RouteRequirements,
+    },
     ratelimit::{RateLimiters, RateOutcome},
     usage::{
         client_ip::client_ip, method_label, recorded_path, CheckEvent, EventPath, UsageSender,
     },
 };
+
+/// Longest credential tried as an imported key; longer ones are not hashed.
+const MAX_IMPORTED_KEY_LEN: usize = 512;
 
 /// Context-extension names Envoy sets per route (`check_settings`).
 pub const EXT_ABILITIES: &str = "keygate.abilities";
@@ -85,6 +90,8 @@ pub struct AuthzSettings {
     pub default_rate_limit: Option<RateLimit>,
     pub routes: Vec<RouteRule>,
     pub trusted_proxy_hops: usize,
+    /// Prefixes of keys imported from another system (`ImportKeys`).
+    pub imported_prefixes: Vec<String>,
 }
 
 impl AuthzSettings {
@@ -95,6 +102,7 @@ impl AuthzSettings {
             default_rate_limit: config.default_rate_limit,
             routes: config.routes.clone(),
             trusted_proxy_hops: config.trusted_proxy_hops,
+            imported_prefixes: config.hygiene.imported_prefixes.clone(),
         }
     }
 }
@@ -188,11 +196,7 @@ impl Authorizer {
             usage.record(CheckEvent {
                 key_id: key.key.id,
                 at: now,
-                ip: client_ip(
-                    input.forwarded_for,
-                    input.source_address,
-                    self.settings.trusted_proxy_hops,
-                ),
+                ip: self.client_ip(input),
                 method: method_label(input.method),
                 path: EventPath::new(recorded_path(input.path)),
                 decision: code,
@@ -241,6 +245,10 @@ impl Authorizer {
         };
         let parsed = match self.settings.format.parse(raw) {
             Ok(parsed) => parsed,
+            // keygate's own keys never get here: they parse above.
+            Err(_) if self.is_imported(raw) => {
+                return self.evaluate_imported(input, raw, source, route, now).await
+            }
             Err(KeyParseError::NotOurPrefix) => {
                 let allow = source == CredentialSource::Authorization
                     && self.settings.foreign_bearer == ForeignBearer::Allow;
@@ -261,10 +269,73 @@ impl Authorizer {
         };
         // The hash covers only the token, so the environment written in the
         // key must be checked against the key's own.
-        if cached.key.environment != parsed.environment {
+        if cached.key.environment != parsed.environment || cached.key.imported {
             return Ok(denied(DenyReason::InvalidKey, Some(source)));
         }
-        let mut decision = match decide(&cached.key, route, now) {
+        self.judge(input, cached, source, route, now).await
+    }
+
+    /// The client IP usage records and allow-lists judge.
+    fn client_ip(&self, input: &CheckInput<'_>) -> Option<IpAddr> {
+        client_ip(
+            input.forwarded_for,
+            input.source_address,
+            self.settings.trusted_proxy_hops,
+        )
+    }
+
+    /// Whether `raw` carries the prefix of keys imported from another system.
+    fn is_imported(&self, raw: &str) -> bool {
+        raw.len() <= MAX_IMPORTED_KEY_LEN
+            && self
+                .settings
+                .imported_prefixes
+                .iter()
+                .any(|prefix| raw.starts_with(prefix.as_str()))
+    }
+
+    /// An imported key: no checksum to reject garbage early, so it is found
+    /// by the hash of the whole string; the issued-key set still answers
+    /// unknown ones without the store. Every other rule is the same.
+    async fn evaluate_imported(
+        &self,
+        input: &CheckInput<'_>,
+        raw: &str,
+        source: CredentialSource,
+        route: &RouteRequirements<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Evaluation, LookupError> {
+        let found = self.cache.lookup(&KeyHash::of_imported(raw)).await?;
+        match found {
+            Some(cached) if cached.key.imported => {
+                self.judge(input, cached, source, route, now).await
+            }
+            _ => Ok(Evaluation {
+                decision: Err(DenyReason::InvalidKey),
+                key: None,
+                credential: Some(source),
+            }),
+        }
+    }
+
+    /// The decision about a key found in the cache: its state, allow-list
+    /// and the route's requirements, then its rate limit and credits.
+    async fn judge(
+        &self,
+        input: &CheckInput<'_>,
+        cached: Arc<CachedKey>,
+        source: CredentialSource,
+        route: &RouteRequirements<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Evaluation, LookupError> {
+        // Only a key with an allow-list needs the address now; usage reads
+        // it again later, so a key without one pays nothing more here.
+        let client = if cached.key.allow_list.is_open() {
+            None
+        } else {
+            self.client_ip(input)
+        };
+        let mut decision = match decide(&cached.key, route, client, now) {
             Ok(()) => self.rate_limit(&cached).await,
             Err(reason) => Err(reason),
         };

@@ -490,6 +490,11 @@ impl<S: KeySource> KeyCache<S> {
         self.hash_by_id.invalidate_all();
     }
 
+    /// Forgets that `hash` was unknown, e.g. once a key with it is imported.
+    pub fn forget_unknown(&self, hash: &KeyHash) {
+        self.unknown.invalidate(hash);
+    }
+
     /// The set of issued key hashes that answers unknown keys.
     pub fn issued(&self) -> &IssuedKeys {
         &self.issued

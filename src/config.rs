@@ -254,6 +254,26 @@ pub struct Settings {
     #[arg(long, env = "KEYGATE_EXPIRY_WARNINGS")]
     pub expiry_warnings: Option<String>,
 
+    /// Revoke keys unused this long (a key never used counts from its
+    /// creation) in the prune job, e.g. `90d`; `off` or empty: never.
+    /// [default: off]
+    #[arg(long, env = "KEYGATE_DORMANT_AFTER")]
+    pub dormant_after: Option<String>,
+    /// Comma-separated prefixes of keys imported from another system (e.g.
+    /// `lk_`): Check looks such a credential up by the SHA-256 of the whole
+    /// string, without a checksum. [default: none]
+    #[arg(long, env = "KEYGATE_IMPORTED_PREFIXES")]
+    pub imported_prefixes: Option<String>,
+    /// File of GitHub's secret-scanning public keys (its JSON format); turns
+    /// on `POST /v1/secret-scanning/github` on the REST listener.
+    /// [default: none, the route answers 404]
+    #[arg(long, env = "KEYGATE_GITHUB_SCANNING_KEYS")]
+    pub github_scanning_keys: Option<PathBuf>,
+    /// What a leak report does to a key keygate knows: `revoke` (at once)
+    /// or `notify` (audit and webhook only). [default: revoke]
+    #[arg(long, env = "KEYGATE_LEAK_ACTION")]
+    pub leak_action: Option<String>,
+
     /// Route rules (TOML only): `[[routes]]` with `method`, `path` (exact, or
     /// a prefix ending in `*`), `abilities`, `environment`, `mode`. Used when
     /// Envoy sends no `keygate.*` context extensions, e.g. under Istio.
@@ -414,6 +434,29 @@ pub struct Config {
     pub service_tokens_may_grant_superkey: bool,
     pub webhooks_enabled: bool,
     pub webhooks: crate::webhooks::DispatchSettings,
+    pub hygiene: HygieneConfig,
+}
+
+/// Key hygiene settings (docs/behaviour.md, "Key hygiene").
+#[derive(Debug, Clone, Default)]
+pub struct HygieneConfig {
+    /// Unused this long, a key is revoked by the prune job.
+    pub dormant_after: Option<Duration>,
+    /// Prefixes of imported keys, looked up by the hash of the whole string.
+    pub imported_prefixes: Vec<String>,
+    /// The keys leak reports must be signed with; `None` turns reports off.
+    pub scanning_keys: Option<crate::leaks::ScanningKeys>,
+    pub leak_action: LeakAction,
+}
+
+/// What a leak report does to a key keygate knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LeakAction {
+    /// Revoke it at once (reason `leaked: <url>`).
+    #[default]
+    Revoke,
+    /// Record the audit event and send the webhook; the key keeps working.
+    Notify,
 }
 
 impl Settings {
@@ -733,6 +776,12 @@ impl Settings {
                 self.webhook_retry_for,
                 self.expiry_warnings,
             )?,
+            hygiene: hygiene(
+                self.dormant_after,
+                self.imported_prefixes,
+                self.github_scanning_keys,
+                self.leak_action,
+            )?,
         };
         if config.admin_tokens.is_empty() && !config.admin_addr.ip().is_loopback() {
             return Err(invalid(
@@ -877,6 +926,59 @@ fn metadata_headers(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(names)
+}
+
+fn hygiene(
+    dormant_after: Option<String>,
+    imported_prefixes: Option<String>,
+    scanning_keys: Option<PathBuf>,
+    leak_action: Option<String>,
+) -> Result<HygieneConfig, ConfigError> {
+    let dormant_after = match dormant_after.as_deref().map(str::trim) {
+        None | Some("" | "off") => None,
+        Some(raw) => Some(nonzero_duration(
+            Some(raw.to_owned()),
+            "",
+            "dormant_after",
+            "KEYGATE_DORMANT_AFTER",
+        )?),
+    };
+    let imported_prefixes = split_list(imported_prefixes.as_deref().unwrap_or(""));
+    if let Some(bad) = imported_prefixes
+        .iter()
+        .find(|p| p.len() > 32 || !p.bytes().all(|b| b.is_ascii_graphic()) || p.contains(','))
+    {
+        return Err(invalid(
+            "imported_prefixes",
+            "KEYGATE_IMPORTED_PREFIXES",
+            format!("{bad:?} must be 1 to 32 printable ASCII characters without spaces"),
+        ));
+    }
+    let scanning_keys = scanning_keys
+        .map(|path| {
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|text| crate::leaks::ScanningKeys::from_json(&text))
+        })
+        .transpose()
+        .map_err(|e| invalid("github_scanning_keys", "KEYGATE_GITHUB_SCANNING_KEYS", e))?;
+    let leak_action = match leak_action.as_deref().map(str::trim) {
+        None | Some("revoke") => LeakAction::Revoke,
+        Some("notify") => LeakAction::Notify,
+        Some(other) => {
+            return Err(invalid(
+                "leak_action",
+                "KEYGATE_LEAK_ACTION",
+                format!("{other:?} is neither revoke nor notify"),
+            ))
+        }
+    };
+    Ok(HygieneConfig {
+        dormant_after,
+        imported_prefixes,
+        scanning_keys,
+        leak_action,
+    })
 }
 
 fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
@@ -1061,6 +1163,53 @@ fn route_rule(rule: RouteRuleSettings, format: &KeyFormat) -> Result<RouteRule, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hygiene_settings_are_off_by_default_and_bad_values_name_their_setting() {
+        let hygiene = Settings::default().validate().unwrap().hygiene;
+        assert_eq!(hygiene.dormant_after, None);
+        assert!(hygiene.imported_prefixes.is_empty() && hygiene.scanning_keys.is_none());
+        assert_eq!(hygiene.leak_action, LeakAction::Revoke);
+        let with = |change: fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            settings.validate()
+        };
+        let set = with(|s| {
+            s.dormant_after = Some("90d".into());
+            s.imported_prefixes = Some("lk_, old_".into());
+            s.leak_action = Some("notify".into());
+        })
+        .unwrap()
+        .hygiene;
+        assert_eq!(set.dormant_after, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(set.imported_prefixes, ["lk_", "old_"]);
+        assert_eq!(set.leak_action, LeakAction::Notify);
+        for (error, env) in [
+            (
+                with(|s| s.leak_action = Some("delete".into())),
+                "KEYGATE_LEAK_ACTION",
+            ),
+            (
+                with(|s| s.dormant_after = Some("soon".into())),
+                "KEYGATE_DORMANT_AFTER",
+            ),
+            (
+                with(|s| s.dormant_after = Some("0s".into())),
+                "KEYGATE_DORMANT_AFTER",
+            ),
+            (
+                with(|s| s.imported_prefixes = Some("l k".into())),
+                "KEYGATE_IMPORTED_PREFIXES",
+            ),
+            (
+                with(|s| s.github_scanning_keys = Some("/nonexistent/keys.json".into())),
+                "KEYGATE_GITHUB_SCANNING_KEYS",
+            ),
+        ] {
+            assert_eq!(error.unwrap_err().env, env);
+        }
+    }
 
     #[test]
     fn defaults_validate() {

@@ -290,6 +290,13 @@ async fn serve(
 /// neither hears notifications nor checks its heartbeat, and a store that
 /// does not answer is as likely dead as the listener's own connection.
 async fn issued(payload: &str, store: &Store, cache: &KeyCache) -> Result<(), StoreError> {
+    if payload == crate::store::ISSUED_ALL {
+        let prefixes = tokio::time::timeout(HEARTBEAT_DEADLINE, store.issued_hash_prefixes())
+            .await
+            .map_err(|_| StoreError::Timeout(HEARTBEAT_DEADLINE))??;
+        cache.issued().fill(prefixes);
+        return Ok(());
+    }
     let Ok(id) = Uuid::try_parse(payload) else {
         tracing::warn!(payload, "unknown issued-key notification; ignored");
         return Ok(());

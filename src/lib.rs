@@ -32,6 +32,7 @@ pub mod forward_auth;
 pub mod grpc;
 pub mod invalidation;
 pub mod issued_keys;
+pub mod leaks;
 pub mod ratelimit;
 pub mod replica_state;
 pub mod rest;

@@ -4,8 +4,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+mod import_file;
+
 use keygate::{
-    admin::KeyAdmin,
+    admin::{hygiene::HygienePolicy, Caller, KeyAdmin},
     admin_token,
     cache::{CacheSettings, KeyCache},
     config::{AdminRole, Config, Settings},
@@ -35,8 +37,19 @@ enum Command {
     Serve(ServerArgs),
     /// Apply database migrations and exit.
     Migrate(ServerArgs),
-    /// Soft-delete expired keys and delete usage past the retention, once.
+    /// Soft-delete expired keys, revoke dormant ones (KEYGATE_DORMANT_AFTER)
+    /// and delete usage past the retention, once.
     Prune(ServerArgs),
+    /// Import keys from another system (JSON Lines, one key a line: owner_id,
+    /// name, environment, abilities, superkey, expires_at, metadata,
+    /// allowed_cidrs, and key or key_sha256). Prints one line per row; rows
+    /// already present are left alone, so an import can be run again.
+    Import {
+        /// The JSON Lines file; `-` reads standard input.
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Print a fresh admin token and the KEYGATE_ADMIN_TOKENS entry for it.
     AdminToken {
         /// Token name: the actor recorded in audit events.
@@ -116,41 +129,34 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let config = args.load()?;
             telemetry::init_logging(config.log_format);
             let store = open_store(&config).await?;
-            let cache = std::sync::Arc::new(KeyCache::new(
-                store.clone(),
-                CacheSettings {
-                    capacity: 1,
-                    ttl: config.cache_ttl,
-                    negative_capacity: 1,
-                    negative_ttl: config.negative_cache_ttl,
-                    stale_if_error: config.cache_stale_if_error,
-                    max_concurrent_misses: config.max_concurrent_misses,
-                },
-            ));
-            let admin = KeyAdmin::new(
-                store.clone(),
-                config.key_format.clone(),
-                config.ability_catalog.clone(),
-                config.max_keys_per_owner,
-                config.usage_log_retention_days,
-                ReplicaKeyState::new(
-                    cache,
-                    std::sync::Arc::new(RateLimiters::new(1)),
-                    std::sync::Arc::new(CreditLedger::new(
-                        store.clone(),
-                        config.credit_lease,
-                        config.check_timeout,
-                    )),
-                ),
-            );
+            let admin = offline_admin(&config, &store);
             let summary = admin.prune("keygate-prune-cli").await?;
             store.close().await;
             match summary {
                 Some(s) => print(&format!(
-                    "pruned: {} expired keys soft-deleted, {} usage log rows and {} daily counts deleted, {} finished webhook deliveries deleted",
-                    s.keys_expired, s.usage_logs_deleted, s.daily_counts_deleted, s.webhook_deliveries_deleted
+                    "pruned: {} expired keys soft-deleted, {} usage log rows and {} daily counts deleted, {} finished webhook deliveries deleted, {} dormant keys revoked",
+                    s.keys_expired, s.usage_logs_deleted, s.daily_counts_deleted, s.webhook_deliveries_deleted, s.keys_dormant
                 )),
                 None => print("another keygate is pruning right now; nothing done"),
+            }
+            Ok(())
+        }
+        Command::Import { file, server } => {
+            let config = server.load()?;
+            telemetry::init_logging(config.log_format);
+            let rows = import_file::read(&file)?;
+            let store = open_store(&config).await?;
+            let admin = offline_admin(&config, &store);
+            let caller = Caller {
+                actor: "keygate-import-cli".to_owned(),
+                role: AdminRole::Admin,
+            };
+            let outcomes = admin.import_keys(&caller, rows).await;
+            store.close().await;
+            let report = import_file::Report::of(&outcomes?);
+            print(&report.text);
+            if report.invalid > 0 {
+                anyhow::bail!("{} rows were invalid and not imported", report.invalid);
             }
             Ok(())
         }
@@ -181,6 +187,39 @@ fn survive_file_size_limit() -> anyhow::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn survive_file_size_limit() -> anyhow::Result<()> {
     Ok(())
+}
+
+/// KeyAdmin for a one-shot command: no cache worth the name, the settings
+/// of the configuration.
+fn offline_admin(config: &Config, store: &Store) -> KeyAdmin {
+    let cache = std::sync::Arc::new(KeyCache::new(
+        store.clone(),
+        CacheSettings {
+            capacity: 1,
+            ttl: config.cache_ttl,
+            negative_capacity: 1,
+            negative_ttl: config.negative_cache_ttl,
+            stale_if_error: config.cache_stale_if_error,
+            max_concurrent_misses: config.max_concurrent_misses,
+        },
+    ));
+    KeyAdmin::new(
+        store.clone(),
+        config.key_format.clone(),
+        config.ability_catalog.clone(),
+        config.max_keys_per_owner,
+        config.usage_log_retention_days,
+        ReplicaKeyState::new(
+            cache,
+            std::sync::Arc::new(RateLimiters::new(1)),
+            std::sync::Arc::new(CreditLedger::new(
+                store.clone(),
+                config.credit_lease,
+                config.check_timeout,
+            )),
+        ),
+    )
+    .with_hygiene(HygienePolicy::from_config(config))
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {

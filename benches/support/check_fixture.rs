@@ -73,5 +73,7 @@ pub fn check_key(id: Uuid, key_prefix: String, revoked: bool) -> CheckKey {
         owner_suspended: false,
         deleted: false,
         metadata: Default::default(),
+        allow_list: Default::default(),
+        imported: false,
     }
 }

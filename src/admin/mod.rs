@@ -6,6 +6,7 @@
 //! Check on this replica never sees the old state after the call returns.
 
 pub mod ceiling;
+pub mod hygiene;
 pub mod page_token;
 pub mod pages;
 pub mod validate;
@@ -90,6 +91,8 @@ pub enum AdminError {
     InvalidCredits,
     #[error("metadata allows 50 entries, keys of 1 to 40 characters and values of up to 500")]
     InvalidMetadata,
+    #[error(transparent)]
+    InvalidCidr(#[from] crate::domain::CidrError),
     #[error("reason must be at most 500 printable characters")]
     InvalidReason,
     #[error("id must be a UUID")]
@@ -142,6 +145,8 @@ pub enum AdminError {
     DeliveryNotFound,
     #[error("owner already holds the maximum of {limit} webhooks")]
     OwnerWebhookLimit { limit: u32 },
+    #[error("imports are off: list the prefixes of the keys to import in KEYGATE_IMPORTED_PREFIXES first, or Check would never find them")]
+    ImportsDisabled,
     #[error("the server's random source failed")]
     RandomSourceFailed,
     #[error("the key store failed")]
@@ -180,6 +185,7 @@ pub struct CreateKey {
     pub credits: Option<Credits>,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: BTreeMap<String, String>,
+    pub allowed_cidrs: Vec<String>,
 }
 
 /// An update as requested: the mask's paths and the values they refer to.
@@ -192,6 +198,7 @@ pub struct UpdateKey {
     pub rate_limit: Option<RateLimit>,
     pub credits: Option<Credits>,
     pub metadata: BTreeMap<String, String>,
+    pub allowed_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -233,6 +240,8 @@ pub struct KeyAdmin {
     webhook_targets: crate::webhooks::TargetPolicy,
     /// Seals webhook signing secrets; read from the database on first use.
     seal_key: OnceCell<crate::webhooks::SealKey>,
+    /// Dormancy, imports and leak reports.
+    hygiene: hygiene::HygienePolicy,
 }
 
 pub fn parse_id(raw: &str) -> AdminResult<Uuid> {
@@ -272,6 +281,7 @@ impl KeyAdmin {
             page_key: OnceCell::new(),
             webhook_targets: crate::webhooks::TargetPolicy::default(),
             seal_key: OnceCell::new(),
+            hygiene: hygiene::HygienePolicy::default(),
         }
     }
 
@@ -379,6 +389,8 @@ impl KeyAdmin {
             credits: template.credits,
             expires_at: template.expires_at,
             metadata: template.metadata,
+            allowed_cidrs: template.allowed_cidrs,
+            imported: false,
             rotated_from_id: template.rotated_from_id,
             created_by: Some(template.created_by),
             created_at: now,
@@ -412,6 +424,7 @@ impl KeyAdmin {
             credits: validate::credits(request.credits)?,
             expires_at: validate::expiry(request.expires_at, now)?,
             metadata: validate::metadata(request.metadata)?,
+            allowed_cidrs: crate::domain::allow_list::validate(&request.allowed_cidrs)?,
             rotated_from_id: None,
             created_by: caller.actor.clone(),
         };
@@ -512,10 +525,16 @@ impl KeyAdmin {
                 "rate_limit" => changes.rate_limit = Some(validate::rate_limit(update.rate_limit)?),
                 "credits" => changes.credits = Some(validate::credits(update.credits)?),
                 "metadata" => changes.metadata = Some(validate::metadata(update.metadata.clone())?),
+                "allowed_cidrs" => {
+                    changes.allowed_cidrs =
+                        Some(crate::domain::allow_list::validate(&update.allowed_cidrs)?)
+                }
                 "environment" | "id" | "owner_id" | "key_prefix" | "masked_key" | "expires_at"
                 | "revoked_at" | "created_at" | "updated_at" | "rotated_from_id"
                 | "rotated_to_id" | "request_count" | "last_used_at" | "last_used_ip" | "state"
-                | "revocation_reason" => return Err(AdminError::ImmutableField(Echo::of(path))),
+                | "revocation_reason" | "imported" => {
+                    return Err(AdminError::ImmutableField(Echo::of(path)))
+                }
                 other => return Err(AdminError::UnknownField(Echo::of(other))),
             }
         }
@@ -577,6 +596,7 @@ impl KeyAdmin {
             credits: old.credits,
             expires_at: old.expires_at,
             metadata: old.metadata.clone(),
+            allowed_cidrs: old.allowed_cidrs.clone(),
             rotated_from_id: Some(old.id),
             created_by: caller.actor.clone(),
         };
@@ -706,18 +726,33 @@ impl KeyAdmin {
     /// Soft-deletes expired keys and deletes usage past the retention.
     /// `None` when another replica is pruning.
     pub async fn prune(&self, actor: &str) -> AdminResult<Option<PruneSummary>> {
-        let now = store::now();
+        self.prune_at(actor, store::now()).await
+    }
+
+    /// [`Self::prune`] as if the clock read `now`: what a test of dormancy
+    /// or expiry uses instead of waiting.
+    pub async fn prune_at(
+        &self,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> AdminResult<Option<PruneSummary>> {
         let cutoff = now - Duration::days(i64::from(self.retention_days));
-        let summary = self.store.prune(now, cutoff, actor).await?;
+        let dormant_before = self
+            .hygiene
+            .dormant_after
+            .and_then(|after| Duration::from_std(after).ok())
+            .and_then(|after| now.checked_sub_signed(after));
+        let summary = self.store.prune(now, cutoff, dormant_before, actor).await?;
         if let Some(summary) = &summary {
-            if summary.keys_expired > 0 {
+            if summary.keys_expired > 0 || summary.keys_dormant > 0 {
                 // Which keys is not returned; expired keys already fail Check
-                // by time, so a full clear only costs refills.
+                // by time, and a full clear only costs refills.
                 self.replica.cache().clear();
             }
             tracing::info!(
                 target: "keygate::prune",
                 keys_expired = summary.keys_expired,
+                keys_dormant = summary.keys_dormant,
                 usage_logs_deleted = summary.usage_logs_deleted,
                 daily_counts_deleted = summary.daily_counts_deleted,
                 webhook_deliveries_deleted = summary.webhook_deliveries_deleted,
@@ -756,6 +791,7 @@ struct NewKeyTemplate {
     credits: Option<Credits>,
     expires_at: Option<DateTime<Utc>>,
     metadata: BTreeMap<String, String>,
+    allowed_cidrs: Vec<String>,
     rotated_from_id: Option<Uuid>,
     /// The acting token's name or key's id.
     created_by: String,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-use super::key::masked;
+use super::{allow_list::AllowList, key::masked};
 
 /// `max_attempts` per `decay_seconds`, enforced per replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,11 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_used_ip: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Networks the key may be used from; empty allows every address.
+    pub allowed_cidrs: Vec<String>,
+    /// Brought from another system (`ImportKeys`): stored as the SHA-256 of
+    /// the whole key string, checked without a checksum.
+    pub imported: bool,
     /// Who issued it: the admin token's name, or `key:<prefix>` for a key
     /// acting through the REST API (`None` for keys issued before keygate
     /// recorded it).
@@ -110,6 +115,10 @@ pub struct CheckKey {
     /// The key's metadata, handed to the proxy (`KEYGATE_METADATA_HEADERS`
     /// and Check's `dynamic_metadata`).
     pub metadata: BTreeMap<String, String>,
+    /// Parsed once, when the key is cached.
+    pub allow_list: AllowList,
+    /// Found by the hash of the whole key string (see [`ApiKey::imported`]).
+    pub imported: bool,
 }
 
 impl CheckKey {
@@ -130,6 +139,8 @@ impl CheckKey {
             owner_suspended: false,
             deleted: false,
             metadata: BTreeMap::new(),
+            allow_list: AllowList::default(),
+            imported: false,
         }
     }
 
@@ -148,6 +159,8 @@ impl CheckKey {
             owner_suspended,
             deleted: key.deleted_at.is_some(),
             metadata: key.metadata.clone(),
+            allow_list: AllowList::from_stored(&key.allowed_cidrs),
+            imported: key.imported,
         }
     }
 }

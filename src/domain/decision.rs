@@ -1,6 +1,8 @@
 //! The pure Check decision: given a cached key, what the route requires and
 //! the current instant, allow or name the reason for denial.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 
 use super::ability::grants;
@@ -30,6 +32,9 @@ pub enum DenyReason {
     InvalidPath,
     /// The key's credits are spent (docs/behaviour.md, "Credits").
     CreditsExhausted,
+    /// The client's address is outside the key's allow-list
+    /// (docs/behaviour.md, "Key hygiene").
+    IpNotAllowed,
 }
 
 /// The `google.rpc.Code` of an ext_authz denial's status. Envoy answers the
@@ -77,7 +82,7 @@ const fn row(code: &'static str, http_status: u16, message: &'static str) -> Rea
 }
 
 /// How many reasons there are.
-pub const REASON_COUNT: usize = 11;
+pub const REASON_COUNT: usize = 12;
 
 /// One row per reason, in [`DenyReason::index`] order.
 pub static REASONS: [ReasonRow; REASON_COUNT] = REASON_TABLE;
@@ -105,6 +110,11 @@ const REASON_TABLE: [ReasonRow; REASON_COUNT] = [
         rest_code: "credits_exhausted",
         ..row("credits_exhausted", 429, "This API key has no credits left.")
     },
+    row(
+        "ip_not_allowed",
+        403,
+        "This API key may not be used from this client's IP address.",
+    ),
 ];
 
 /// One reason of each kind, in [`DenyReason::index`] order; the
@@ -123,6 +133,7 @@ pub const ALL: [DenyReason; REASON_COUNT] = [
     },
     DenyReason::InvalidPath,
     DenyReason::CreditsExhausted,
+    DenyReason::IpNotAllowed,
 ];
 
 impl DenyReason {
@@ -140,6 +151,7 @@ impl DenyReason {
             Self::RateLimited { .. } => 8,
             Self::InvalidPath => 9,
             Self::CreditsExhausted => 10,
+            Self::IpNotAllowed => 11,
         }
     }
 
@@ -201,11 +213,14 @@ impl<'a> RouteRequirements<'a> {
     }
 }
 
-/// Decides everything about a known key except its rate limit. Time
-/// conditions use `now`, never the instant the key was cached.
+/// Decides everything about a known key except its rate limit and credits.
+/// Time conditions use `now`, never the instant the key was cached. The
+/// allow-list comes before the route's requirements, so that a client
+/// outside it learns nothing about what the key may do.
 pub fn decide(
     key: &CheckKey,
     route: &RouteRequirements<'_>,
+    client: Option<IpAddr>,
     now: DateTime<Utc>,
 ) -> Result<(), DenyReason> {
     if key.revoked_at.is_some_and(|at| at <= now) {
@@ -216,6 +231,9 @@ pub fn decide(
     }
     if key.owner_suspended {
         return Err(DenyReason::OwnerSuspended);
+    }
+    if !key.allow_list.permits(client) {
+        return Err(DenyReason::IpNotAllowed);
     }
     if route.environment.is_some_and(|env| env != key.environment) {
         return Err(DenyReason::EnvironmentNotAllowed);
@@ -282,16 +300,16 @@ mod tests {
         let now = Utc::now();
         let mut k = key(&[]);
         k.revoked_at = Some(now + Duration::minutes(5));
-        assert_eq!(decide(&k, &route(""), now), Ok(()));
+        assert_eq!(decide(&k, &route(""), None, now), Ok(()));
         assert_eq!(
-            decide(&k, &route(""), now + Duration::minutes(5)),
+            decide(&k, &route(""), None, now + Duration::minutes(5)),
             Err(DenyReason::KeyRevoked)
         );
         let mut k = key(&[]);
         k.expires_at = Some(now + Duration::seconds(1));
-        assert_eq!(decide(&k, &route(""), now), Ok(()));
+        assert_eq!(decide(&k, &route(""), None, now), Ok(()));
         assert_eq!(
-            decide(&k, &route(""), now + Duration::seconds(2)),
+            decide(&k, &route(""), None, now + Duration::seconds(2)),
             Err(DenyReason::KeyExpired)
         );
     }
@@ -300,19 +318,25 @@ mod tests {
     fn every_required_ability_must_be_granted() {
         let now = Utc::now();
         let k = key(&["read:orders", "users:*"]);
-        assert_eq!(decide(&k, &route("read:orders, users:list"), now), Ok(()));
         assert_eq!(
-            decide(&k, &route("read:orders,write:orders"), now),
+            decide(&k, &route("read:orders, users:list"), None, now),
+            Ok(())
+        );
+        assert_eq!(
+            decide(&k, &route("read:orders,write:orders"), None, now),
             Err(DenyReason::InsufficientAbility)
         );
-        assert_eq!(decide(&key(&[]), &route(""), now), Ok(()));
+        assert_eq!(decide(&key(&[]), &route(""), None, now), Ok(()));
         assert_eq!(
-            decide(&key(&[]), &route("read:orders"), now),
+            decide(&key(&[]), &route("read:orders"), None, now),
             Err(DenyReason::InsufficientAbility)
         );
         let mut superkey = key(&[]);
         superkey.superkey = true;
-        assert_eq!(decide(&superkey, &route("anything:goes"), now), Ok(()));
+        assert_eq!(
+            decide(&superkey, &route("anything:goes"), None, now),
+            Ok(())
+        );
     }
 
     #[test]
@@ -324,11 +348,33 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            decide(&k, &live_only, now),
+            decide(&k, &live_only, None, now),
             Err(DenyReason::EnvironmentNotAllowed)
         );
         k.owner_suspended = true;
-        assert_eq!(decide(&k, &route(""), now), Err(DenyReason::OwnerSuspended));
+        assert_eq!(
+            decide(&k, &route(""), None, now),
+            Err(DenyReason::OwnerSuspended)
+        );
         assert_eq!(DenyReason::OwnerSuspended.http_status(), 403);
+    }
+
+    #[test]
+    fn a_client_outside_the_allow_list_is_denied_before_abilities_are_judged() {
+        let now = Utc::now();
+        let mut k = key(&[]);
+        k.allow_list = crate::domain::AllowList::from_stored(&["198.51.100.0/24".into()]);
+        let inside = "198.51.100.4".parse().ok();
+        let outside = "192.0.2.1".parse().ok();
+        assert_eq!(decide(&k, &route(""), inside, now), Ok(()));
+        assert_eq!(
+            decide(&k, &route("read:orders"), outside, now),
+            Err(DenyReason::IpNotAllowed)
+        );
+        assert_eq!(
+            decide(&k, &route(""), None, now),
+            Err(DenyReason::IpNotAllowed)
+        );
+        assert_eq!(DenyReason::IpNotAllowed.http_status(), 403);
     }
 }

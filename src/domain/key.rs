@@ -61,6 +61,11 @@ impl KeyHash {
     pub fn of_token(token: &str) -> Self {
         Self(Sha256::digest(token.as_bytes()).into())
     }
+    /// The hash an imported key is stored under: the SHA-256 of the whole
+    /// key string, as the system it came from kept it.
+    pub fn of_imported(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(Self)
     }

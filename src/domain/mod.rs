@@ -3,6 +3,7 @@
 //! source.
 
 pub mod ability;
+pub mod allow_list;
 pub mod api_key;
 pub mod decision;
 pub mod echo;
@@ -11,6 +12,7 @@ pub mod path;
 pub mod webhook;
 
 pub use ability::{Ability, AbilityError};
+pub use allow_list::{AllowList, CidrError};
 pub use api_key::{ApiKey, CheckKey, Credits, KeyState, Owner, RateLimit, Refill};
 pub use decision::{decide, DenyReason, RouteRequirements};
 pub use echo::Echo;

@@ -106,6 +106,8 @@ pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> proto::ApiKey {
         last_used_ip: key.last_used_ip.unwrap_or_default(),
         metadata: key.metadata.into_iter().collect(),
         created_by: key.created_by.unwrap_or_default(),
+        allowed_cidrs: key.allowed_cidrs,
+        imported: key.imported,
         created_at: Some(timestamp(key.created_at)),
         updated_at: Some(timestamp(key.updated_at)),
         credits: key.credits.map(credits_message),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{auth::Authentication, convert, webhooks};
+use super::{auth::Authentication, convert, hygiene, webhooks};
 use crate::{
     admin::{self, Caller, KeyAdmin},
     proto::{self, key_admin_server},
@@ -104,6 +104,7 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     credits: convert::credits(r.credits),
                     expires_at: convert::instant(r.expires_at, "expires_at")?,
                     metadata: convert::metadata(r.metadata),
+                    allowed_cidrs: r.allowed_cidrs,
                 };
                 let issued = self
                     .run_to_completion(move |admin| async move {
@@ -178,6 +179,7 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     rate_limit: convert::rate_limit(r.rate_limit),
                     credits: convert::credits(r.credits),
                     metadata: convert::metadata(r.metadata),
+                    allowed_cidrs: r.allowed_cidrs,
                 };
                 let key = self
                     .run_to_completion(move |admin| async move {
@@ -480,9 +482,28 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
             webhooks::send_test(&self.admin, request).await,
         )
     }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ImportKeys"))]
+    async fn import_keys(
+        &self,
+        request: Request<proto::ImportKeysRequest>,
+    ) -> Result<Response<proto::ImportKeysResponse>, Status> {
+        observe("ImportKeys", hygiene::import(&self.admin, request).await)
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ReportLeakedKey"))]
+    async fn report_leaked_key(
+        &self,
+        request: Request<proto::ReportLeakedKeyRequest>,
+    ) -> Result<Response<proto::ReportLeakedKeyResponse>, Status> {
+        observe(
+            "ReportLeakedKey",
+            hygiene::report_leaked(&self.admin, request).await,
+        )
+    }
 }
 
-/// Counts a call by method and gRPC code. Labels are bounded: twenty
+/// Counts a call by method and gRPC code. Labels are bounded: twenty-two
 /// methods, seventeen codes, never an owner or a key.
 fn observe<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
     let code = match &result {

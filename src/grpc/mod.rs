@@ -7,6 +7,7 @@ pub mod auth;
 pub mod codec;
 mod convert;
 pub mod ext_authz;
+mod hygiene;
 pub mod key_admin;
 pub mod reflection;
 pub mod status;

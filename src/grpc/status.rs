@@ -28,6 +28,7 @@ fn from_admin(error: AdminError) -> Status {
         | AdminError::InvalidRateLimit
         | AdminError::InvalidCredits
         | AdminError::InvalidMetadata
+        | AdminError::InvalidCidr(_)
         | AdminError::InvalidReason
         | AdminError::InvalidId
         | AdminError::InvalidPageSize
@@ -52,7 +53,8 @@ fn from_admin(error: AdminError) -> Status {
         | AdminError::RotationOverlapLimit { .. }
         | AdminError::AlreadyRevoked
         | AdminError::AlreadyExpired
-        | AdminError::OwnerWebhookLimit { .. } => Code::FailedPrecondition,
+        | AdminError::OwnerWebhookLimit { .. }
+        | AdminError::ImportsDisabled => Code::FailedPrecondition,
         AdminError::Interrupted | AdminError::RandomSourceFailed => Code::Unavailable,
         AdminError::Store(store) if store.is_storage() => {
             tracing::error!(error = %chain(&error), "key store cannot write");

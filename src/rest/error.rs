@@ -139,6 +139,7 @@ impl From<AdminError> for ApiError {
             AdminError::InvalidRateLimit => "rate_limit",
             AdminError::InvalidCredits => "credits",
             AdminError::InvalidMetadata => "metadata",
+            AdminError::InvalidCidr(_) => "allowed_cidrs",
             AdminError::InvalidReason => "reason",
             AdminError::InvalidId => "id",
             AdminError::InvalidPageSize => "per_page",
@@ -163,7 +164,9 @@ impl From<AdminError> for ApiError {
             | AdminError::AdminRoleRequired
             | AdminError::AboveCallerAbilities(_)
             | AdminError::SuperkeyRequiresAdmin => return ApiError::forbidden(error.to_string()),
-            AdminError::AlreadyRevoked | AdminError::AlreadyExpired => {
+            AdminError::AlreadyRevoked
+            | AdminError::AlreadyExpired
+            | AdminError::ImportsDisabled => {
                 return ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
             AdminError::Interrupted | AdminError::RandomSourceFailed => {

@@ -73,6 +73,7 @@ pub async fn create(
         credits: body.credits.map(Into::into),
         expires_at: expiry(body.expires_at)?,
         metadata: body.metadata,
+        allowed_cidrs: body.allowed_cidrs,
     };
     let issued = state
         .admin
@@ -145,6 +146,10 @@ pub async fn update(
     if let Some(metadata) = body.metadata {
         update.paths.push("metadata".to_owned());
         update.metadata = metadata;
+    }
+    if let Some(allowed_cidrs) = body.allowed_cidrs {
+        update.paths.push("allowed_cidrs".to_owned());
+        update.allowed_cidrs = allowed_cidrs;
     }
     let key = state
         .admin

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod model;
 pub mod openapi;
 pub mod principal;
+pub mod secret_scanning;
 pub mod webhooks;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
@@ -37,6 +38,9 @@ use principal::Authenticator;
 pub struct RestState {
     pub admin: Arc<KeyAdmin>,
     pub auth: Authenticator,
+    /// The keys secret-scanning reports must be signed with; `None` turns
+    /// `/v1/secret-scanning/github` off.
+    pub leaks: Option<crate::leaks::ScanningKeys>,
 }
 
 /// Every route, the body limit and the access log.
@@ -78,6 +82,7 @@ pub fn router(state: Arc<RestState>) -> Router {
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/{id}/redeliver", post(webhooks::redeliver))
         .route("/v1/webhooks/{id}/test", post(webhooks::send_test))
+        .route("/v1/secret-scanning/github", post(secret_scanning::github))
         .route("/openapi.json", get(move || async move { Json(document) }))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

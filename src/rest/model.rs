@@ -121,6 +121,11 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_used_ip: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Networks (CIDRs, IPv4 or IPv6) the key may be used from; empty
+    /// allows every address.
+    pub allowed_cidrs: Vec<String>,
+    /// Brought from another system (`keygate import`, `ImportKeys`).
+    pub imported: bool,
     /// Who issued the key: the admin token's name, or `key:<prefix>` for a
     /// key acting through the REST API.
     pub created_by: Option<String>,
@@ -157,6 +162,8 @@ impl ApiKey {
             last_used_at: key.last_used_at,
             last_used_ip: key.last_used_ip,
             metadata: key.metadata,
+            allowed_cidrs: key.allowed_cidrs,
+            imported: key.imported,
             created_by: key.created_by,
             created_at: key.created_at,
             updated_at: key.updated_at,
@@ -183,6 +190,12 @@ pub struct CreateKeyBody {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Networks the key may be used from (`203.0.113.0/24`,
+    /// `2001:db8::/32`, or a bare address); empty or absent allows every
+    /// address. Check denies any other client with 403 `ip_not_allowed`.
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub allowed_cidrs: Vec<String>,
 }
 
 /// `PATCH /v1/api-keys/{id}`: the fields present are changed. `rate_limit:
@@ -204,6 +217,9 @@ pub struct UpdateKeyBody {
     #[schema(value_type = Option<Credits>)]
     pub credits: Option<Option<Credits>>,
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Replaces the allow-list; `[]` allows every address again.
+    #[schema(max_items = 100)]
+    pub allowed_cidrs: Option<Vec<String>>,
     /// Immutable: sending it is refused with 422.
     #[schema(value_type = Option<String>)]
     pub environment: Option<serde_json::Value>,

@@ -49,7 +49,7 @@ struct CommonResponses;
 const ERRORS: [(&str, &str, bool); 10] = [
     ("400", "Malformed JSON (including invalid UTF-8)", true),
     ("401", "No credential, or one that is not valid: unknown token, revoked / expired key", false),
-    ("403", "Another owner's key, an admin route with a non-admin caller, a suspended owner, or abilities above the calling key's", false),
+    ("403", "Another owner's key, an admin route with a non-admin caller, a suspended owner, abilities above the calling key's, or a calling key used from outside its allowed_cidrs", false),
     ("404", "No such key, webhook, delivery or route", false),
     ("409", "The key is already revoked or expired", false),
     ("413", "The body exceeds 64 KiB", true),

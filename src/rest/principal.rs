@@ -96,6 +96,14 @@ impl Authenticator {
             .map(|ConnectInfo(addr)| addr.ip().to_string());
         let input = CheckInput {
             authorization: header.map(Ok),
+            // The client as Check finds it (trusted hops, else the peer),
+            // for the key's allow-list and its usage.
+            forwarded_for: parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
+                .and_then(|value| value.to_str().ok()),
             source_address: peer.as_deref(),
             method: parts.method.as_str(),
             path: parts.uri.path(),

@@ -3,7 +3,7 @@
 
 use sqlx::{Database, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
-use super::{INVALIDATION_CHANNEL, ISSUED_CHANNEL};
+use super::{INVALIDATION_CHANNEL, ISSUED_ALL, ISSUED_CHANNEL};
 
 pub(crate) trait Backend {
     type Db: Database;
@@ -34,6 +34,13 @@ pub(crate) trait Backend {
         &self,
         tx: &mut Transaction<'static, Self::Db>,
         id: uuid::Uuid,
+    ) -> Result<(), sqlx::Error>;
+
+    /// Tells every replica, at commit, to read its set of issued keys
+    /// again (after an import of many keys).
+    async fn notify_issued_all(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
     ) -> Result<(), sqlx::Error>;
 
     /// Takes the cluster-wide prune lock for this transaction, if free.
@@ -91,6 +98,18 @@ impl Backend for PgPool {
         Ok(())
     }
 
+    async fn notify_issued_all(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ISSUED_CHANNEL)
+            .bind(ISSUED_ALL)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     async fn try_prune_lock(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -134,6 +153,14 @@ impl Backend for SqlitePool {
         &self,
         _tx: &mut Transaction<'static, Sqlite>,
         _id: uuid::Uuid,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// The one process adds imported keys to its set itself.
+    async fn notify_issued_all(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
     ) -> Result<(), sqlx::Error> {
         Ok(())
     }

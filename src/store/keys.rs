@@ -29,6 +29,9 @@ pub struct NewKey {
     pub credits: Option<Credits>,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: BTreeMap<String, String>,
+    pub allowed_cidrs: Vec<String>,
+    /// `key_hash` is the SHA-256 of the whole key string (`ImportKeys`).
+    pub imported: bool,
     pub rotated_from_id: Option<Uuid>,
     /// The acting admin token's name or calling key's id.
     pub created_by: Option<String>,
@@ -59,6 +62,8 @@ impl NewKey {
             credits: None,
             expires_at: None,
             metadata: BTreeMap::new(),
+            allowed_cidrs: vec![],
+            imported: false,
             rotated_from_id: None,
             created_by: None,
             created_at,
@@ -77,6 +82,7 @@ pub struct KeyChanges {
     /// `Some(None)` removes the key's credits: it is no longer counted.
     pub credits: Option<Option<Credits>>,
     pub metadata: Option<BTreeMap<String, String>>,
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 impl KeyChanges {
@@ -89,6 +95,7 @@ impl KeyChanges {
             ("rate_limit", self.rate_limit.is_some()),
             ("credits", self.credits.is_some()),
             ("metadata", self.metadata.is_some()),
+            ("allowed_cidrs", self.allowed_cidrs.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -133,8 +140,9 @@ const INSERT_KEY: &str =
     "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
      abilities, superkey, rate_limit_max, rate_limit_decay, expires_at, rotated_from_id, metadata, \
      created_at, updated_at, credits_remaining, credits_refill_amount, credits_refill_interval, \
-     credits_refilled_at, created_by) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16, $17, $18, $19)";
+     credits_refilled_at, created_by, allowed_cidrs, imported) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16, $17, $18, $19, \
+     $20, $21)";
 
 const UPDATE_KEY: &str = "UPDATE api_keys SET name = COALESCE($2, name), \
      abilities = COALESCE($3, abilities), superkey = COALESCE($4, superkey), \
@@ -145,7 +153,8 @@ const UPDATE_KEY: &str = "UPDATE api_keys SET name = COALESCE($2, name), \
      credits_refill_amount = CASE WHEN $10 THEN $12 ELSE credits_refill_amount END, \
      credits_refill_interval = CASE WHEN $10 THEN $13 ELSE credits_refill_interval END, \
      credits_refilled_at = CASE WHEN $10 THEN $14 ELSE credits_refilled_at END, \
-     credits_generation = CASE WHEN $10 THEN credits_generation + 1 ELSE credits_generation END \
+     credits_generation = CASE WHEN $10 THEN credits_generation + 1 ELSE credits_generation END, \
+     allowed_cidrs = COALESCE($15, allowed_cidrs) \
      WHERE id = $1 AND deleted_at IS NULL";
 
 const MARK_ROTATED: &str = "UPDATE api_keys SET revoked_at = $2, revocation_reason = 'rotated', \
@@ -244,6 +253,8 @@ macro_rules! insert_key {
             .bind(refill_interval)
             .bind(refilled_at)
             .bind(new.created_by.as_deref())
+            .bind(Json(&new.allowed_cidrs))
+            .bind(new.imported)
             .execute(&mut *$tx)
             .await?;
     }};
@@ -355,6 +366,7 @@ impl Store {
                 .bind(refill_amount)
                 .bind(refill_interval)
                 .bind(refilled_at)
+                .bind(changes.allowed_cidrs.as_ref().map(Json))
                 .execute(&mut *tx)
                 .await?;
             if updated.rows_affected() == 0 {

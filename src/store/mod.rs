@@ -8,6 +8,7 @@
 
 mod backend;
 mod credits;
+mod hygiene;
 mod issued;
 mod key_pages;
 mod keys;
@@ -29,6 +30,7 @@ use sqlx::{
 
 pub use backend::PRUNE_LOCK_ID;
 pub use credits::Lease;
+pub use hygiene::ImportedRow;
 pub use issued::heartbeat;
 pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
 pub use owners_audit::{AuditEvent, AuditFilter, AuditRecord};
@@ -46,8 +48,12 @@ const MIGRATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const INVALIDATION_CHANNEL: &str = "keygate_invalidate";
 
 /// The Postgres channel on which every replica hears of newly issued keys
-/// (created or rotated in), by id.
+/// (created or rotated in), by id, or [`ISSUED_ALL`] after an import.
 pub const ISSUED_CHANNEL: &str = "keygate_issued";
+
+/// The issued-key payload that asks replicas to read every issued key
+/// again: an import issues too many keys to name each one.
+pub const ISSUED_ALL: &str = "*";
 
 /// Runs `$body` with `$pool` bound to the concrete pool of either backend.
 /// The body is type-checked once per backend, so one text serves both.

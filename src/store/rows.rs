@@ -17,7 +17,8 @@ macro_rules! key_columns {
          k.rate_limit_max, k.rate_limit_decay, k.expires_at, k.revoked_at, k.revocation_reason, \
          k.rotated_from_id, k.rotated_to_id, k.request_count, k.last_used_at, k.last_used_ip, \
          k.metadata, k.created_by, k.created_at, k.updated_at, k.deleted_at, \
-         k.credits_remaining, k.credits_refill_amount, k.credits_refill_interval"
+         k.credits_remaining, k.credits_refill_amount, k.credits_refill_interval, \
+         k.allowed_cidrs, k.imported"
     };
 }
 pub(crate) use key_columns;
@@ -49,6 +50,8 @@ pub(crate) struct KeyRow {
     credits_remaining: Option<i64>,
     credits_refill_amount: Option<i64>,
     credits_refill_interval: Option<i64>,
+    allowed_cidrs: Json<Vec<String>>,
+    imported: bool,
 }
 
 impl TryFrom<KeyRow> for ApiKey {
@@ -107,6 +110,8 @@ impl TryFrom<KeyRow> for ApiKey {
             last_used_at: row.last_used_at,
             last_used_ip: row.last_used_ip,
             metadata: row.metadata.0,
+            allowed_cidrs: row.allowed_cidrs.0,
+            imported: row.imported,
             created_by: row.created_by,
             created_at: row.created_at,
             updated_at: row.updated_at,

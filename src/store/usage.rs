@@ -52,6 +52,8 @@ pub struct KeyUsage {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneSummary {
     pub keys_expired: u64,
+    /// Keys revoked as dormant (`KEYGATE_DORMANT_AFTER`).
+    pub keys_dormant: u64,
     pub usage_logs_deleted: u64,
     pub daily_counts_deleted: u64,
     pub webhook_deliveries_deleted: u64,
@@ -339,10 +341,15 @@ impl Store {
     /// event each) and deletes usage and finished webhook deliveries older
     /// than `cutoff`. Returns `None` when
     /// another replica holds the prune lock.
+    ///
+    /// With `dormant_before`, keys not revoked whose last use (or creation,
+    /// when never used) is at or before it are revoked with the reason
+    /// `dormant` (one `api_key.dormant` event each).
     pub async fn prune(
         &self,
         now: DateTime<Utc>,
         cutoff: DateTime<Utc>,
+        dormant_before: Option<DateTime<Utc>>,
         actor: &str,
     ) -> StoreResult<Option<PruneSummary>> {
         with_pool!(&self.main, pool => {
@@ -364,6 +371,29 @@ impl Store {
                 insert_audit!(tx, &audit, Some(*id), owner_id, Some(key_prefix), now);
                 pool.notify(&mut tx, &format!("key:{id}")).await?;
             }
+            let mut dormant: Vec<(Uuid, String, String, DateTime<Utc>)> = Vec::new();
+            if let Some(before) = dormant_before {
+                dormant = sqlx::query_as(
+                    "SELECT id, owner_id, key_prefix, COALESCE(last_used_at, created_at) FROM api_keys \
+                     WHERE deleted_at IS NULL AND revoked_at IS NULL \
+                     AND COALESCE(last_used_at, created_at) <= $1",
+                )
+                .bind(before)
+                .fetch_all(&mut *tx).await?;
+            }
+            for (id, owner_id, key_prefix, last_active) in &dormant {
+                sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $2, revocation_reason = 'dormant', updated_at = $2 \
+                     WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id).bind(now)
+                .execute(&mut *tx).await?;
+                let audit = AuditRecord::new("api_key.dormant", actor)
+                    .with("reason", "dormant")
+                    .with("last_active_at", last_active.to_rfc3339());
+                insert_audit!(tx, &audit, Some(*id), owner_id, Some(key_prefix), now);
+                pool.notify(&mut tx, &format!("key:{id}")).await?;
+            }
             let logs = sqlx::query("DELETE FROM usage_log WHERE at < $1").bind(cutoff).execute(&mut *tx).await?;
             let daily = sqlx::query("DELETE FROM usage_daily WHERE day < $1").bind(cutoff.date_naive()).execute(&mut *tx).await?;
             // Finished webhook deliveries (and their attempts, by cascade)
@@ -377,6 +407,7 @@ impl Store {
             tx.commit().await?;
             Ok(Some(PruneSummary {
                 keys_expired: expired.len() as u64,
+                keys_dormant: dormant.len() as u64,
                 usage_logs_deleted: logs.rows_affected(),
                 daily_counts_deleted: daily.rows_affected(),
                 webhook_deliveries_deleted: deliveries.rows_affected(),

@@ -325,6 +325,8 @@ def test_config_map_carries_every_setting_with_the_documented_default(default_do
         "KEYGATE_EXPIRY_WARNINGS": "7d,1d",
         "KEYGATE_WEBHOOK_ALLOW_PRIVATE": "false",
         "KEYGATE_WEBHOOK_ALLOW_HTTP": "false",
+        "KEYGATE_DORMANT_AFTER": "off",
+        "KEYGATE_LEAK_ACTION": "revoke",
         # keygate's own default is 0.0.0.0:8081; off, it stays on the pod's loopback.
         "KEYGATE_FORWARD_AUTH_ADDR": "127.0.0.1:8081",
     }
@@ -339,6 +341,17 @@ def test_webhook_settings_reach_the_config_map_and_a_disabled_dispatcher_stays_o
     assert data["KEYGATE_WEBHOOKS_ENABLED"] == "false"
     assert data["KEYGATE_EXPIRY_WARNINGS"] == "3d"
     assert data["KEYGATE_WEBHOOK_ALLOW_HTTP"] == "true"
+
+
+def test_key_hygiene_settings_reach_the_config_map() -> None:
+    values = merged(
+        REQUIRED,
+        {"config": {"dormantAfter": "90d", "importedPrefixes": ["lk_", "old_"], "leakAction": "notify"}},
+    )
+    data = the(manifests(values), "ConfigMap")["data"]
+    assert data["KEYGATE_DORMANT_AFTER"] == "90d"
+    assert data["KEYGATE_IMPORTED_PREFIXES"] == "lk_,old_"
+    assert data["KEYGATE_LEAK_ACTION"] == "notify"
 
 
 def test_ability_catalog_and_extra_settings_reach_the_config_map() -> None:

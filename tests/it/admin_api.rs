@@ -580,8 +580,9 @@ on_both_backends! {
             rate_limit: Some(RateLimit { max_attempts: 500, decay_seconds: 1 }),
             metadata: metadata(&[("team", "payments"), ("cost_center", "42")]),
             credits: Some(Credits { remaining: 77, refill_amount: 77, refill_interval_seconds: 60 }),
+            allowed_cidrs: strings(&["192.0.2.0/24"]),
         };
-        for path in ["name", "abilities", "superkey", "rate_limit", "metadata", "credits"] {
+        for path in ["name", "abilities", "superkey", "rate_limit", "metadata", "credits", "allowed_cidrs"] {
             let updated = server.update(everything(&current.id, &[path])).await.unwrap_or_else(|s| panic!("{path}: {s:?}"));
             let mut expected = current.clone();
             match path {
@@ -593,6 +594,7 @@ on_both_backends! {
                 "credits" => {
                     expected.credits = Some(Credits { remaining: 77, refill_amount: 77, refill_interval_seconds: 60 })
                 }
+                "allowed_cidrs" => expected.allowed_cidrs = strings(&["192.0.2.0/24"]),
                 _ => unreachable!(),
             }
             assert!(instant(&updated.updated_at) > instant(&current.updated_at), "{path}: updated_at moves");

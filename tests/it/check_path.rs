@@ -444,9 +444,9 @@ async fn prune_does_nothing_while_another_replica_holds_the_prune_lock() {
         .await
         .unwrap();
     let now = keygate::store::now();
-    assert_eq!(store.prune(now, now, "test").await.unwrap(), None);
+    assert_eq!(store.prune(now, now, None, "test").await.unwrap(), None);
     held.rollback().await.unwrap();
-    assert!(store.prune(now, now, "test").await.unwrap().is_some());
+    assert!(store.prune(now, now, None, "test").await.unwrap().is_some());
     store.close().await;
 }
 

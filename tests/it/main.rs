@@ -14,6 +14,7 @@ mod admin_api;
 mod admin_auth;
 mod admin_lifecycle_edges;
 mod check_path;
+mod hygiene;
 mod limits;
 mod metrics;
 mod outage;

@@ -30,7 +30,8 @@ IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-owner-id", "x-keygate-environ
 WWW_AUTHENTICATE = 'Bearer realm="keygate"'
 DENIAL_CODES = {"missing_credentials", "malformed_key", "invalid_key", "key_revoked",
                 "key_expired", "owner_suspended", "environment_not_allowed",
-                "insufficient_ability", "rate_limited", "invalid_path", "credits_exhausted"}
+                "insufficient_ability", "rate_limited", "invalid_path", "credits_exhausted",
+                "ip_not_allowed"}
 IMF_FIXDATE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
     r" \d{4} \d{2}:\d{2}:\d{2} GMT$")

@@ -209,9 +209,14 @@ the same configuration.
   "KEYGATE_EXPIRY_WARNINGS" (join "," $c.expiryWarnings)
   "KEYGATE_WEBHOOK_ALLOW_PRIVATE" (toString $c.webhookAllowPrivate)
   "KEYGATE_WEBHOOK_ALLOW_HTTP" (toString $c.webhookAllowHttp)
+  "KEYGATE_DORMANT_AFTER" $c.dormantAfter
+  "KEYGATE_LEAK_ACTION" $c.leakAction
 -}}
 {{- with $c.abilities -}}
 {{- $_ := set $env "KEYGATE_ABILITIES" (join "," .) -}}
+{{- end -}}
+{{- with $c.importedPrefixes -}}
+{{- $_ := set $env "KEYGATE_IMPORTED_PREFIXES" (join "," .) -}}
 {{- end -}}
 {{- if .Values.rest.enabled -}}
 {{- $_ := set $env "KEYGATE_HTTP_ADDR" (printf "0.0.0.0:%d" (int .Values.rest.containerPort)) -}}

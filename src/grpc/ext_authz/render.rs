@@ -339,7 +339,7 @@ mod tests {
         authz::{CredentialSource, RateHeaders},
     };
 
-    fn every_reason() -> [DenyReason; 11] {
+    fn every_reason() -> [DenyReason; DenyReason::ALL_CODES.len()] {
         DenyReason::one_of_each(7)
     }
 
