@@ -12,7 +12,10 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-use crate::filter::{FilterConfig, HeadersAction, Stream};
+use crate::{
+    filter::{FilterConfig, HeadersAction, PendingResponseHeaders, Stream},
+    settings::RouteSettings,
+};
 
 /// The ABI version the bindings were written against. Envoy 1.40 speaks
 /// v0.2.0 and loads v0.1 modules (the header promises compatibility with the
@@ -104,6 +107,12 @@ unsafe extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+
+    /// The per-route config this module made for the stream's route
+    /// (`envoy_dynamic_module_on_http_filter_per_route_config_new`), or null.
+    fn envoy_dynamic_module_callback_get_most_specific_route_config(
+        filter_envoy_ptr: *mut c_void,
+    ) -> *const c_void;
 
     fn envoy_dynamic_module_callback_http_send_response(
         filter_envoy_ptr: *mut c_void,
@@ -218,14 +227,38 @@ fn log_error(message: &str) {
     unsafe { envoy_dynamic_module_callback_log(LOG_ERROR, ModuleBuffer::of(message.as_bytes())) }
 }
 
-/// Turns the config pointer Envoy holds back into the config.
+/// The module's state for one HTTP stream (`..._http_filter_module_ptr`).
+struct StreamFilter {
+    /// The config that created the stream's filter. Envoy keeps a config
+    /// alive while any of its filters is, and destroys it only after.
+    config: *const FilterConfig,
+    pending: PendingResponseHeaders,
+}
+
+/// Turns a stream filter pointer back into the stream's state.
 ///
 /// # Safety
-/// `ptr` must come from [`envoy_dynamic_module_on_http_filter_config_new`]
-/// and not yet have been passed to the destroy hook.
-unsafe fn config<'a>(ptr: *const c_void) -> &'a FilterConfig {
-    // SAFETY: per the contract above, `ptr` is a live `Box<FilterConfig>`.
-    unsafe { &*ptr.cast::<FilterConfig>() }
+/// `ptr` must come from [`envoy_dynamic_module_on_http_filter_new`] and not
+/// yet have been passed to the destroy hook; Envoy calls a stream's hooks
+/// on one worker thread, one at a time, so the borrow is exclusive.
+unsafe fn stream_filter<'a>(
+    ptr: *const c_void,
+) -> (&'a FilterConfig, &'a mut PendingResponseHeaders) {
+    // SAFETY: per the contract above, `ptr` is a live, unaliased `Box<StreamFilter>`.
+    let filter = unsafe { &mut *ptr.cast_mut().cast::<StreamFilter>() };
+    // SAFETY: the config outlives its filters (see `StreamFilter::config`).
+    let config = unsafe { &*filter.config };
+    (config, &mut filter.pending)
+}
+
+/// The stream's route requirements, if its route has a per-route config.
+fn route_settings<'a>(filter_envoy_ptr: *mut c_void) -> Option<&'a RouteSettings> {
+    // SAFETY: `filter_envoy_ptr` is the pointer of the running hook.
+    let ptr =
+        unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(filter_envoy_ptr) };
+    // SAFETY: a non-null pointer is one this module returned from
+    // `_per_route_config_new`, kept alive by the route the stream holds.
+    (!ptr.is_null()).then(|| unsafe { &*ptr.cast::<RouteSettings>() })
 }
 
 // ------------------------------- event hooks -------------------------------
@@ -260,13 +293,40 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config_ptr: *co
     drop(unsafe { Box::from_raw(config_ptr.cast_mut().cast::<FilterConfig>()) });
 }
 
-/// No per-stream state yet: the stream's filter pointer is its config.
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: Envoy passes the config bytes, valid for this call.
+    let config = unsafe { config.as_bytes() };
+    match serde_json::from_slice::<RouteSettings>(config) {
+        Ok(settings) => Box::into_raw(Box::new(settings)).cast_const().cast(),
+        Err(e) => {
+            log_error(&format!("keygate-envoy: per-route config rejected: {e}"));
+            std::ptr::null()
+        }
+    }
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    config_ptr: *const c_void,
+) {
+    // SAFETY: Envoy destroys each per-route config it created once.
+    drop(unsafe { Box::from_raw(config_ptr.cast_mut().cast::<RouteSettings>()) });
+}
+
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config_ptr: *const c_void,
     _filter_envoy_ptr: *mut c_void,
 ) -> *const c_void {
-    config_ptr
+    let filter = StreamFilter {
+        config: config_ptr.cast(),
+        pending: PendingResponseHeaders::default(),
+    };
+    Box::into_raw(Box::new(filter)).cast_const().cast()
 }
 
 #[no_mangle]
@@ -275,13 +335,13 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_module_ptr: *const c_void,
     _end_of_stream: bool,
 ) -> c_int {
-    // SAFETY: the filter pointer is the config pointer (see `_filter_new`),
-    // alive while any of its filters is.
-    let config = unsafe { config(filter_module_ptr) };
+    // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
+    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
+    let route = route_settings(filter_envoy_ptr);
     let mut stream = EnvoyStream {
         ptr: filter_envoy_ptr,
     };
-    match config.on_request_headers(&mut stream) {
+    match config.on_request_headers(&mut stream, route, chrono::Utc::now(), pending) {
         HeadersAction::Continue => HEADERS_CONTINUE,
         HeadersAction::Stop => HEADERS_STOP_ITERATION,
     }
@@ -306,10 +366,16 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
     _end_of_stream: bool,
 ) -> c_int {
+    // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
+    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
+    let mut stream = EnvoyStream {
+        ptr: filter_envoy_ptr,
+    };
+    config.on_response_headers(&mut stream, pending);
     CONTINUE
 }
 
@@ -338,7 +404,10 @@ extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 }
 
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter_module_ptr: *const c_void) {}
+extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr: *const c_void) {
+    // SAFETY: Envoy destroys each stream filter `_filter_new` made once.
+    drop(unsafe { Box::from_raw(filter_module_ptr.cast_mut().cast::<StreamFilter>()) });
+}
 
 // The filter starts no callouts, streams or scheduled events, so Envoy never
 // calls these; they exist because Envoy requires the symbols.

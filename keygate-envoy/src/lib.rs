@@ -10,3 +10,5 @@
 #[allow(unsafe_code)]
 mod abi;
 pub mod filter;
+pub mod settings;
+pub mod table;
