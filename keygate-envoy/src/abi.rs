@@ -13,7 +13,9 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 use crate::{
-    filter::{FilterConfig, HeadersAction, PendingResponseHeaders, Stream},
+    filter::{
+        CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
+    },
     settings::RouteSettings,
 };
 
@@ -89,8 +91,27 @@ const CONTINUE: c_int = 0;
 /// `envoy_dynamic_module_type_log_level_Error`.
 const LOG_ERROR: c_int = 4;
 
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: c_int = 0;
+
 unsafe extern "C" {
     fn envoy_dynamic_module_callback_log(level: c_int, message: ModuleBuffer);
+
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        filter_config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> c_int;
+
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> c_int;
 
     fn envoy_dynamic_module_callback_http_get_header(
         filter_envoy_ptr: *mut c_void,
@@ -190,6 +211,20 @@ impl Stream for EnvoyStream {
         self.set(RESPONSE_HEADER, name, Some(value.as_bytes()));
     }
 
+    fn increment_counter(&mut self, id: CounterId) {
+        // SAFETY: `self.ptr` is valid for the running hook; the counter was
+        // defined without labels on this stream's filter config.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.ptr,
+                id.0,
+                std::ptr::null_mut(),
+                0,
+                1,
+            );
+        }
+    }
+
     fn send_local_reply(
         &mut self,
         status: u16,
@@ -268,15 +303,40 @@ extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     ABI_VERSION.as_ptr()
 }
 
+/// Defines a counter without labels on a filter config being created.
+fn define_counter(filter_config_envoy_ptr: *mut c_void, name: &str) -> Option<CounterId> {
+    let mut id = 0usize;
+    // SAFETY: Envoy passed `filter_config_envoy_ptr` to the running
+    // `_config_new` hook, where stats may still be defined; `name` is
+    // readable for the call and `id` is a valid out slot.
+    let result = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_define_counter(
+            filter_config_envoy_ptr,
+            ModuleBuffer::of(name.as_bytes()),
+            std::ptr::null_mut(),
+            0,
+            &mut id,
+        )
+    };
+    (result == METRICS_SUCCESS).then_some(CounterId(id))
+}
+
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _filter_config_envoy_ptr: *mut c_void,
+    filter_config_envoy_ptr: *mut c_void,
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
     // SAFETY: Envoy passes the filter name and config bytes, valid for this call.
     let (name, config) = unsafe { (name.as_bytes(), config.as_bytes()) };
-    match FilterConfig::new(name, config) {
+    let config = FilterConfig::new(name, config).and_then(|config| {
+        DecisionCounters::define(|name| define_counter(filter_config_envoy_ptr, name))
+            .map(|counters| config.with_counters(counters))
+            .ok_or(crate::filter::ConfigError::Setting(
+                "Envoy refused to define the decision counters".to_owned(),
+            ))
+    });
+    match config {
         Ok(config) => Box::into_raw(Box::new(config)).cast_const().cast(),
         // Null makes Envoy reject the configuration. Envoy's own message
         // says only that initialisation failed, so log why first.

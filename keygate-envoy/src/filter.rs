@@ -49,6 +49,48 @@ pub trait Stream {
         body: &str,
         details: &str,
     );
+    /// Adds one to a counter [`DecisionCounters::define`] made.
+    fn increment_counter(&mut self, id: CounterId);
+}
+
+/// A counter in Envoy's stats, as the filter config defined it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CounterId(pub usize);
+
+/// One counter per decision code, named like Check's metrics
+/// (`keygate_check_decisions_total{code}`, `keygate_check_shadow_total`):
+/// `decisions.<code>`, `shadow` and `credits_unavailable`, under the
+/// filter's `metrics_namespace` in Envoy's stats.
+#[derive(Debug, Clone)]
+pub struct DecisionCounters {
+    allowed: CounterId,
+    /// Indexed by [`DenyReason::index`].
+    denied: [CounterId; DenyReason::ALL_CODES.len()],
+    shadow: CounterId,
+    credits_unavailable: CounterId,
+}
+
+impl DecisionCounters {
+    /// Defines every counter with `define(name)`, or none if one fails.
+    pub fn define(mut define: impl FnMut(&str) -> Option<CounterId>) -> Option<Self> {
+        let mut denied = [CounterId(0); DenyReason::ALL_CODES.len()];
+        for (slot, code) in denied.iter_mut().zip(DenyReason::ALL_CODES) {
+            *slot = define(&format!("decisions.{code}"))?;
+        }
+        Some(Self {
+            allowed: define("decisions.allowed")?,
+            denied,
+            shadow: define("shadow")?,
+            credits_unavailable: define("credits_unavailable")?,
+        })
+    }
+
+    fn decision(&self, denial: Option<&DenyReason>) -> CounterId {
+        match denial {
+            Some(reason) => self.denied[reason.index()],
+            None => self.allowed,
+        }
+    }
 }
 
 /// Whether Envoy goes on with the request after the headers hook.
@@ -128,6 +170,7 @@ pub struct FilterConfig {
     limiters: RateLimiters,
     /// Indexed by [`DenyReason::index`].
     denials: Vec<Denial>,
+    counters: Option<DecisionCounters>,
 }
 
 impl fmt::Debug for FilterConfig {
@@ -189,7 +232,20 @@ impl FilterConfig {
             table,
             limiters: RateLimiters::new(LIMITER_CAPACITY),
             denials: DenyReason::one_of_each(0).map(Denial::of).into(),
+            counters: None,
         })
+    }
+
+    /// Counts every decision in Envoy's stats.
+    pub fn with_counters(mut self, counters: DecisionCounters) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    fn count(&self, stream: &mut impl Stream, counter: impl Fn(&DecisionCounters) -> CounterId) {
+        if let Some(counters) = &self.counters {
+            stream.increment_counter(counter(counters));
+        }
     }
 
     /// Decides a request from its headers, as Check would; answers a denial
@@ -204,6 +260,7 @@ impl FilterConfig {
         let requirements = route.map(RouteSettings::requirements).unwrap_or_default();
         let evaluation = self.evaluate(&*stream, &requirements, now);
         if evaluation.credits {
+            self.count(stream, |c| c.credits_unavailable);
             stream.send_local_reply(
                 503,
                 &[("content-type", "application/json")],
@@ -216,6 +273,7 @@ impl FilterConfig {
             Ok(_) => "allowed",
             Err(reason) => reason.code(),
         };
+        self.count(stream, |c| c.decision(evaluation.decision.as_ref().err()));
         match evaluation.decision {
             Ok(rate) => {
                 let sunset = evaluation
@@ -237,6 +295,7 @@ impl FilterConfig {
                 HeadersAction::Continue
             }
             Err(_) if requirements.shadow => {
+                self.count(stream, |c| c.shadow);
                 self.allow(stream, None, evaluation.credential, Some(code));
                 HeadersAction::Continue
             }

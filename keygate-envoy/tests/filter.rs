@@ -8,7 +8,10 @@ use std::{collections::BTreeMap, io::Write};
 use chrono::{DateTime, Duration, Utc};
 use keygate::domain::{IssuedKey, KeyFormat};
 use keygate_envoy::{
-    filter::{FilterConfig, HeadersAction, PendingResponseHeaders, Stream, FILTER_NAME},
+    filter::{
+        CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
+        FILTER_NAME,
+    },
     settings::RouteSettings,
 };
 use serde_json::{json, Value};
@@ -19,6 +22,7 @@ struct RecordingStream {
     request: BTreeMap<String, Vec<u8>>,
     response_headers: BTreeMap<String, String>,
     reply: Option<LocalReply>,
+    counted: Vec<CounterId>,
 }
 
 #[derive(Debug)]
@@ -64,6 +68,10 @@ impl Stream for RecordingStream {
     fn set_response_header(&mut self, name: &str, value: &str) {
         self.response_headers
             .insert(name.to_owned(), value.to_owned());
+    }
+
+    fn increment_counter(&mut self, id: CounterId) {
+        self.counted.push(id);
     }
 
     fn send_local_reply(
@@ -473,4 +481,35 @@ fn bad_configs_are_refused_with_the_reason_and_never_a_hash() {
     let err = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes()).unwrap_err();
     assert!(err.to_string().contains("already"), "{err}");
     assert!(!err.to_string().contains(&hash), "{err}");
+}
+
+#[test]
+fn each_decision_is_counted_once_under_its_code() {
+    let mut names = Vec::new();
+    let counters = DecisionCounters::define(|name| {
+        names.push(name.to_owned());
+        Some(CounterId(names.len() - 1))
+    })
+    .unwrap();
+    let key = format().generate("live");
+    let (filter, _snapshot) = filter(vec![entry(&key, "live", json!({}))], json!({}));
+    let filter = filter.with_counters(counters);
+    let counted = |headers: &[(&str, &str)], route: Option<&RouteSettings>| -> Vec<String> {
+        run(&filter, headers, route, Utc::now())
+            .stream
+            .counted
+            .iter()
+            .map(|id| names[id.0].clone())
+            .collect()
+    };
+    assert_eq!(
+        counted(&[("authorization", &bearer(&key))], None),
+        ["decisions.allowed"]
+    );
+    assert_eq!(counted(&[], None), ["decisions.missing_credentials"]);
+    let shadow = route(json!({"mode": "shadow", "abilities": "x:y"}));
+    assert_eq!(
+        counted(&[("authorization", &bearer(&key))], Some(&shadow)),
+        ["decisions.insufficient_ability", "shadow"]
+    );
 }

@@ -201,6 +201,21 @@ def test_a_key_with_credits_is_refused_rather_than_allowed_unspent(envoy_module,
     assert r.json()["error"]["code"] == "unavailable", r
 
 
+def test_decisions_are_counted_in_envoys_stats(envoy_module, keys):
+    before = envoy_module.stats("keygate.")
+    get(envoy_module, "/x", bearer(keys.plain["admin"]))
+    get(envoy_module, "/x", bearer(keyformat.make_key("live")))
+    get(envoy_module, "/shadow", {})
+    after = envoy_module.stats("keygate.")
+
+    def delta(name):
+        return after.get(name, 0) - before.get(name, 0)
+    assert delta("keygate.decisions.allowed") == 1, after
+    assert delta("keygate.decisions.invalid_key") == 1, after
+    assert delta("keygate.decisions.missing_credentials") == 1, after
+    assert delta("keygate.shadow") == 1, after
+
+
 def _validate(envoy_binary, tmp_path, search_path, snapshot_text):
     snapshot = tmp_path / "keys.json"
     snapshot.write_text(snapshot_text)
