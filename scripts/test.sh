@@ -53,9 +53,13 @@ cargo test --locked --lib --bins --tests
 
 echo "== Python suites: Envoy stubs and a real Envoy"
 # cargo test above built target/debug/keygate (a separate `cargo build` would
-# rebuild half the dependency tree: dev-dependencies change tokio's features).
+# rebuild half the dependency tree: dev-dependencies change tokio's features),
+# and the keygate-envoy module, which its integration tests leave in deps/.
 test -x "$TARGET/debug/keygate" || { echo "test.sh: $TARGET/debug/keygate was not built" >&2; exit 1; }
-KEYGATE_BIN="$TARGET/debug/keygate" scripts/test-py.sh
+test -f "$TARGET/debug/deps/libkeygate_envoy.so" \
+  || { echo "test.sh: $TARGET/debug/deps/libkeygate_envoy.so was not built" >&2; exit 1; }
+KEYGATE_BIN="$TARGET/debug/keygate" KEYGATE_ENVOY_MODULE_DIR="$TARGET/debug/deps" \
+  scripts/test-py.sh
 
 echo "== OCI image (FROM scratch, via buildah) and the keygate in it"
 KEYGATE_BIN="$TARGET/debug/keygate" scripts/test-image.sh

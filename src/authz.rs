@@ -426,8 +426,9 @@ impl Authorizer {
 
 /// The credential, first match wins: `Authorization: Bearer <key>` (scheme
 /// case-insensitive), then the API-key header. Another scheme (Basic) in
-/// `Authorization` is not a credential of ours.
-fn credential<'a>(input: &CheckInput<'a>) -> Option<(HeaderText<'a>, CredentialSource)> {
+/// `Authorization` is not a credential of ours. Public for the keygate-envoy
+/// filter, which reads credentials the same way.
+pub fn credential<'a>(input: &CheckInput<'a>) -> Option<(HeaderText<'a>, CredentialSource)> {
     let bearer = input.authorization.and_then(|value| match value {
         Ok(text) => {
             let text = text.trim();

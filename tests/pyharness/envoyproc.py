@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a script
 
 from .paths import (ENVOY_EXAMPLE, ENVOY_HTTP_EXAMPLE, ENVOY_HTTP_TEMPLATE,  # noqa: E402
                     ENVOY_TEMPLATE, envoy_bin)
-from .procs import ManagedProcess, free_ports, wait_until  # noqa: E402
+from .procs import ManagedProcess, env_with, free_ports, wait_until  # noqa: E402
 
 EXAMPLE_VALUES = dict(
     LISTEN_ADDRESS="0.0.0.0", LISTEN_PORT=8080,
@@ -74,7 +74,11 @@ class EnvoyServer:
 
     def __init__(self, workdir: Path, *, keygate_port: int, upstream_port: int,
                  binary: Path | None = None, name: str = "envoy",
-                 startup_timeout: float = 30.0, template: Path = ENVOY_TEMPLATE):
+                 startup_timeout: float = 30.0, template: Path = ENVOY_TEMPLATE,
+                 extra_env: dict[str, str] | None = None,
+                 extra_values: dict[str, object] | None = None):
+        """extra_env: added to Envoy's environment; extra_values: more
+        template placeholders (templates other than the default one)."""
         self.binary = binary or envoy_bin()
         workdir.mkdir(parents=True, exist_ok=True)
         self.listen_port, self.admin_port = free_ports(2)
@@ -84,15 +88,17 @@ class EnvoyServer:
             LISTEN_ADDRESS="127.0.0.1", LISTEN_PORT=self.listen_port,
             ADMIN_ADDRESS="127.0.0.1", ADMIN_PORT=self.admin_port,
             KEYGATE_HOST="127.0.0.1", KEYGATE_PORT=keygate_port,
-            UPSTREAM_HOST="127.0.0.1", UPSTREAM_PORT=upstream_port))
+            UPSTREAM_HOST="127.0.0.1", UPSTREAM_PORT=upstream_port,
+            **(extra_values or {})))
         # A random --base-id keeps concurrent Envoys (other test runs, a
         # developer's own) from colliding on hot-restart shared memory.
         self.base_id = random.randint(1, 2 ** 28)
         argv = [str(self.binary), "-c", str(self.config_path),
                 "--base-id", str(self.base_id),
                 "-l", "warning", "--concurrency", "1"]
-        self.process = ManagedProcess(name, argv, env=None, log_path=workdir / "envoy.log",
-                                      cwd=workdir)
+        self.process = ManagedProcess(name, argv,
+                                      env=env_with(extra_env) if extra_env else None,
+                                      log_path=workdir / "envoy.log", cwd=workdir)
         try:
             wait_until(self._ready, timeout=startup_timeout, proc=self.process,
                        what=f"{name} /ready on admin port {self.admin_port}")

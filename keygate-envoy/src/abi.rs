@@ -1,0 +1,557 @@
+//! Hand-written bindings to the dynamic-module C ABI of Envoy 1.40
+//! (`source/extensions/dynamic_modules/abi/abi.h`), and the event hooks this
+//! module exports. This is the only module of the crate allowed `unsafe`:
+//! everything else sees [`EnvoyStream`] through the safe [`Stream`] trait.
+//!
+//! Only what the filter uses is declared. Envoy resolves every HTTP filter
+//! hook by name when it loads the filter config and refuses the config if one
+//! is missing, so the hooks the filter does not need are exported as no-ops.
+//!
+//! Envoy owns the pointers it passes; a buffer it hands out is valid until the
+//! hook returns or the same header map is modified, whichever comes first.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use crate::{
+    filter::{
+        CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
+    },
+    settings::RouteSettings,
+};
+
+/// The ABI version the bindings were written against. Envoy 1.40 speaks
+/// v0.2.0 and loads v0.1 modules (the header promises compatibility with the
+/// next minor version), logging a warning that names this string.
+const ABI_VERSION: &CStr = c"v0.1.0";
+
+/// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl EnvoyBuffer {
+    const EMPTY: Self = Self {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    /// # Safety
+    /// `ptr` must be null or point to `length` readable bytes that outlive `'a`.
+    unsafe fn as_bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            &[]
+        } else {
+            // SAFETY: the caller guarantees `ptr..ptr+length` is readable for 'a.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
+        }
+    }
+}
+
+/// `envoy_dynamic_module_type_module_buffer`: bytes owned by this module,
+/// read by Envoy during the call they are passed to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl ModuleBuffer {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+}
+
+/// `envoy_dynamic_module_type_module_http_header`.
+#[repr(C)]
+struct ModuleHttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
+const REQUEST_HEADER: c_int = 0;
+/// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
+const RESPONSE_HEADER: c_int = 2;
+
+/// `..._on_http_filter_request_headers_status_Continue` / `_StopIteration`.
+const HEADERS_CONTINUE: c_int = 0;
+const HEADERS_STOP_ITERATION: c_int = 1;
+/// `Continue` of the body and trailers statuses, request and response.
+const CONTINUE: c_int = 0;
+
+/// `envoy_dynamic_module_type_log_level_Error`.
+const LOG_ERROR: c_int = 4;
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: c_int = 0;
+
+unsafe extern "C" {
+    fn envoy_dynamic_module_callback_log(level: c_int, message: ModuleBuffer);
+
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        filter_config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> c_int;
+
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> c_int;
+
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: c_int,
+        key: ModuleBuffer,
+        result_buffer: *mut EnvoyBuffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
+
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: c_int,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
+    /// The per-route config this module made for the stream's route
+    /// (`envoy_dynamic_module_on_http_filter_per_route_config_new`), or null.
+    fn envoy_dynamic_module_callback_get_most_specific_route_config(
+        filter_envoy_ptr: *mut c_void,
+    ) -> *const c_void;
+
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter_envoy_ptr: *mut c_void,
+        status_code: u32,
+        headers_vector: *mut ModuleHttpHeader,
+        headers_vector_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+}
+
+/// One HTTP stream as Envoy shows it to the filter during a hook.
+pub(crate) struct EnvoyStream {
+    /// `envoy_dynamic_module_type_http_filter_envoy_ptr`, valid for the hook.
+    ptr: *mut c_void,
+}
+
+impl EnvoyStream {
+    fn header(&self, header_type: c_int, name: &str) -> Option<&[u8]> {
+        let mut value = EnvoyBuffer::EMPTY;
+        // SAFETY: `self.ptr` is the filter pointer Envoy passed to the running
+        // hook; `name` is readable for the call; `value` is a valid out slot
+        // and the size out-pointer may be null.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.ptr,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut value,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: Envoy keeps the value alive until the hook returns or the
+        // header map changes; the `&self` borrow ends before either, because
+        // every setter takes `&mut self`.
+        (found && !value.ptr.is_null()).then(|| unsafe { value.as_bytes() })
+    }
+
+    fn set(&mut self, header_type: c_int, name: &str, value: Option<&[u8]>) {
+        let value = match value {
+            Some(v) => ModuleBuffer::of(v),
+            // A null value removes the header.
+            None => ModuleBuffer {
+                ptr: std::ptr::null(),
+                length: 0,
+            },
+        };
+        // SAFETY: as in `header`; Envoy copies name and value before returning.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            );
+        }
+    }
+}
+
+impl Stream for EnvoyStream {
+    fn request_header(&self, name: &str) -> Option<&[u8]> {
+        self.header(REQUEST_HEADER, name)
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.set(REQUEST_HEADER, name, Some(value.as_bytes()));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.set(REQUEST_HEADER, name, None);
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.set(RESPONSE_HEADER, name, Some(value.as_bytes()));
+    }
+
+    fn increment_counter(&mut self, id: CounterId) {
+        // SAFETY: `self.ptr` is valid for the running hook; the counter was
+        // defined without labels on this stream's filter config.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.ptr,
+                id.0,
+                std::ptr::null_mut(),
+                0,
+                1,
+            );
+        }
+    }
+
+    fn send_local_reply(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &str,
+        details: &str,
+    ) {
+        let mut headers: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(name, value)| ModuleHttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect();
+        // SAFETY: `self.ptr` is valid for the running hook; the header array,
+        // body and details outlive the call, and Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.ptr,
+                u32::from(status),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body.as_bytes()),
+                ModuleBuffer::of(details.as_bytes()),
+            );
+        }
+    }
+}
+
+/// Logs through Envoy's logger, under its `dynamic_modules` component.
+fn log_error(message: &str) {
+    // SAFETY: `message` is readable for the call and Envoy copies it.
+    unsafe { envoy_dynamic_module_callback_log(LOG_ERROR, ModuleBuffer::of(message.as_bytes())) }
+}
+
+/// The module's state for one HTTP stream (`..._http_filter_module_ptr`).
+struct StreamFilter {
+    /// The config that created the stream's filter. Envoy keeps a config
+    /// alive while any of its filters is, and destroys it only after.
+    config: *const FilterConfig,
+    pending: PendingResponseHeaders,
+}
+
+/// Turns a stream filter pointer back into the stream's state.
+///
+/// # Safety
+/// `ptr` must come from [`envoy_dynamic_module_on_http_filter_new`] and not
+/// yet have been passed to the destroy hook; Envoy calls a stream's hooks
+/// on one worker thread, one at a time, so the borrow is exclusive.
+unsafe fn stream_filter<'a>(
+    ptr: *const c_void,
+) -> (&'a FilterConfig, &'a mut PendingResponseHeaders) {
+    // SAFETY: per the contract above, `ptr` is a live, unaliased `Box<StreamFilter>`.
+    let filter = unsafe { &mut *ptr.cast_mut().cast::<StreamFilter>() };
+    // SAFETY: the config outlives its filters (see `StreamFilter::config`).
+    let config = unsafe { &*filter.config };
+    (config, &mut filter.pending)
+}
+
+/// The stream's route requirements, if its route has a per-route config.
+fn route_settings<'a>(filter_envoy_ptr: *mut c_void) -> Option<&'a RouteSettings> {
+    // SAFETY: `filter_envoy_ptr` is the pointer of the running hook.
+    let ptr =
+        unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(filter_envoy_ptr) };
+    // SAFETY: a non-null pointer is one this module returned from
+    // `_per_route_config_new`, kept alive by the route the stream holds.
+    (!ptr.is_null()).then(|| unsafe { &*ptr.cast::<RouteSettings>() })
+}
+
+// ------------------------------- event hooks -------------------------------
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    ABI_VERSION.as_ptr()
+}
+
+/// Defines a counter without labels on a filter config being created.
+fn define_counter(filter_config_envoy_ptr: *mut c_void, name: &str) -> Option<CounterId> {
+    let mut id = 0usize;
+    // SAFETY: Envoy passed `filter_config_envoy_ptr` to the running
+    // `_config_new` hook, where stats may still be defined; `name` is
+    // readable for the call and `id` is a valid out slot.
+    let result = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_define_counter(
+            filter_config_envoy_ptr,
+            ModuleBuffer::of(name.as_bytes()),
+            std::ptr::null_mut(),
+            0,
+            &mut id,
+        )
+    };
+    (result == METRICS_SUCCESS).then_some(CounterId(id))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    filter_config_envoy_ptr: *mut c_void,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: Envoy passes the filter name and config bytes, valid for this call.
+    let (name, config) = unsafe { (name.as_bytes(), config.as_bytes()) };
+    let config = FilterConfig::new(name, config).and_then(|config| {
+        DecisionCounters::define(|name| define_counter(filter_config_envoy_ptr, name))
+            .map(|counters| config.with_counters(counters))
+            .ok_or(crate::filter::ConfigError::Setting(
+                "Envoy refused to define the decision counters".to_owned(),
+            ))
+    });
+    match config {
+        Ok(config) => Box::into_raw(Box::new(config)).cast_const().cast(),
+        // Null makes Envoy reject the configuration. Envoy's own message
+        // says only that initialisation failed, so log why first.
+        Err(e) => {
+            log_error(&format!("keygate-envoy: filter config rejected: {e}"));
+            std::ptr::null()
+        }
+    }
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config_ptr: *const c_void) {
+    // SAFETY: Envoy destroys each config it created once, after its last filter.
+    drop(unsafe { Box::from_raw(config_ptr.cast_mut().cast::<FilterConfig>()) });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: Envoy passes the config bytes, valid for this call.
+    let config = unsafe { config.as_bytes() };
+    match serde_json::from_slice::<RouteSettings>(config) {
+        Ok(settings) => Box::into_raw(Box::new(settings)).cast_const().cast(),
+        Err(e) => {
+            log_error(&format!("keygate-envoy: per-route config rejected: {e}"));
+            std::ptr::null()
+        }
+    }
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    config_ptr: *const c_void,
+) {
+    // SAFETY: Envoy destroys each per-route config it created once.
+    drop(unsafe { Box::from_raw(config_ptr.cast_mut().cast::<RouteSettings>()) });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config_ptr: *const c_void,
+    _filter_envoy_ptr: *mut c_void,
+) -> *const c_void {
+    let filter = StreamFilter {
+        config: config_ptr.cast(),
+        pending: PendingResponseHeaders::default(),
+    };
+    Box::into_raw(Box::new(filter)).cast_const().cast()
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> c_int {
+    // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
+    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
+    let route = route_settings(filter_envoy_ptr);
+    let mut stream = EnvoyStream {
+        ptr: filter_envoy_ptr,
+    };
+    match config.on_request_headers(&mut stream, route, chrono::Utc::now(), pending) {
+        HeadersAction::Continue => HEADERS_CONTINUE,
+        HeadersAction::Stop => HEADERS_STOP_ITERATION,
+    }
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> c_int {
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) -> c_int {
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> c_int {
+    // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
+    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
+    let mut stream = EnvoyStream {
+        ptr: filter_envoy_ptr,
+    };
+    config.on_response_headers(&mut stream, pending);
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> c_int {
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) -> c_int {
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr: *const c_void) {
+    // SAFETY: Envoy destroys each stream filter `_filter_new` made once.
+    drop(unsafe { Box::from_raw(filter_module_ptr.cast_mut().cast::<StreamFilter>()) });
+}
+
+// The filter starts no callouts, streams or scheduled events, so Envoy never
+// calls these; they exist because Envoy requires the symbols.
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _callout_id: u64,
+    _result: c_int,
+    _headers: *const c_void,
+    _headers_size: usize,
+    _body_chunks: *const c_void,
+    _body_chunks_size: usize,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _headers: *const c_void,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _data: *const c_void,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _trailers: *const c_void,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _reason: c_int,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _event_id: u64,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}

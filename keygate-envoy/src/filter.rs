@@ -1,0 +1,470 @@
+//! The filter's behaviour, independent of how Envoy calls it: Check's
+//! decision (`keygate::domain::decide`, keygate's key format, credential
+//! rules and per-key rate limiter) against the in-process [`KeyTable`], and
+//! Check's answers (`keygate::answer`): the same statuses, JSON bodies,
+//! identity headers, credential removal and rate-limit headers.
+
+use std::{fmt, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use keygate::{
+    answer::{
+        denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
+        MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_HEADERS,
+    },
+    authz::{credential, CheckInput, CredentialSource, NotUtf8, RateHeaders},
+    config::ForeignBearer,
+    domain::{
+        decide, CheckKey, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements,
+    },
+    ratelimit::{RateLimiters, RateOutcome},
+};
+
+use crate::{
+    settings::{FilterSettings, RouteSettings},
+    table::{KeyTable, TableError},
+};
+
+/// The `filter_name` in Envoy's `DynamicModuleFilter` config that selects
+/// this filter.
+pub const FILTER_NAME: &str = "keygate";
+
+/// Keys whose rate-limit state is kept, as Check's default
+/// (`KEYGATE_RATE_LIMITER_CAPACITY`).
+const LIMITER_CAPACITY: u64 = 100_000;
+
+/// What the filter sees of one HTTP stream: the request headers, and the
+/// means to answer in Envoy's place.
+pub trait Stream {
+    fn request_header(&self, name: &str) -> Option<&[u8]>;
+    fn set_request_header(&mut self, name: &str, value: &str);
+    fn remove_request_header(&mut self, name: &str);
+    fn set_response_header(&mut self, name: &str, value: &str);
+    /// Answers the request without forwarding it; `details` names the reason
+    /// in Envoy's access log (`%RESPONSE_CODE_DETAILS%`).
+    fn send_local_reply(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &str,
+        details: &str,
+    );
+    /// Adds one to a counter [`DecisionCounters::define`] made.
+    fn increment_counter(&mut self, id: CounterId);
+}
+
+/// A counter in Envoy's stats, as the filter config defined it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CounterId(pub usize);
+
+/// One counter per decision code, named like Check's metrics
+/// (`keygate_check_decisions_total{code}`, `keygate_check_shadow_total`):
+/// `decisions.<code>`, `shadow` and `credits_unavailable`, under the
+/// filter's `metrics_namespace` in Envoy's stats.
+#[derive(Debug, Clone)]
+pub struct DecisionCounters {
+    allowed: CounterId,
+    /// Indexed by [`DenyReason::index`].
+    denied: [CounterId; DenyReason::ALL_CODES.len()],
+    shadow: CounterId,
+    credits_unavailable: CounterId,
+}
+
+impl DecisionCounters {
+    /// Defines every counter with `define(name)`, or none if one fails.
+    pub fn define(mut define: impl FnMut(&str) -> Option<CounterId>) -> Option<Self> {
+        let mut denied = [CounterId(0); DenyReason::ALL_CODES.len()];
+        for (slot, code) in denied.iter_mut().zip(DenyReason::ALL_CODES) {
+            *slot = define(&format!("decisions.{code}"))?;
+        }
+        Some(Self {
+            allowed: define("decisions.allowed")?,
+            denied,
+            shadow: define("shadow")?,
+            credits_unavailable: define("credits_unavailable")?,
+        })
+    }
+
+    fn decision(&self, denial: Option<&DenyReason>) -> CounterId {
+        match denial {
+            Some(reason) => self.denied[reason.index()],
+            None => self.allowed,
+        }
+    }
+}
+
+/// Whether Envoy goes on with the request after the headers hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadersAction {
+    Continue,
+    /// The filter answered with a local reply.
+    Stop,
+}
+
+/// Why Envoy's filter config was refused.
+#[derive(Debug)]
+pub enum ConfigError {
+    UnknownFilter(String),
+    Json(String),
+    Setting(String),
+    Table(TableError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownFilter(name) => write!(
+                f,
+                "unknown filter_name {name:?}: this module provides {FILTER_NAME:?}"
+            ),
+            Self::Json(e) => write!(f, "filter_config is not valid: {e}"),
+            Self::Setting(e) => f.write_str(e),
+            Self::Table(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Response headers an allowed request gets once the upstream answers
+/// (rate-limit state, `Deprecation`/`Sunset`): per stream, empty and
+/// unallocated for most requests.
+#[derive(Debug, Default)]
+pub struct PendingResponseHeaders(Vec<(&'static str, String)>);
+
+/// A denial's status, headers, body and Envoy response details, rendered
+/// once at config time (the rate-limited one carries a per-request delay).
+struct Denial {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    details: String,
+}
+
+impl Denial {
+    fn of(reason: DenyReason) -> Self {
+        Self {
+            status: reason.http_status(),
+            headers: denial_headers(reason),
+            body: denial_body(reason),
+            details: format!("keygate_{}", reason.code()),
+        }
+    }
+}
+
+/// What this filter cannot decide in the proxy: spending a key's credits
+/// needs keygate's database.
+const CREDITS_UNAVAILABLE_BODY: &str = r#"{"error":{"code":"unavailable","message":"This API key has credits, which this proxy cannot spend; retry through keygate's own Check."}}"#;
+
+/// One Envoy filter config: shared by every stream it filters, on every
+/// worker thread.
+pub struct FilterConfig {
+    format: KeyFormat,
+    foreign_bearer: ForeignBearer,
+    authorization_header: String,
+    api_key_header: String,
+    strip_credential: bool,
+    metadata: MetadataHeaders,
+    default_rate_limit: Option<RateLimit>,
+    table: KeyTable,
+    limiters: RateLimiters,
+    /// Indexed by [`DenyReason::index`].
+    denials: Vec<Denial>,
+    counters: Option<DecisionCounters>,
+}
+
+impl fmt::Debug for FilterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterConfig")
+            .field("format", &self.format)
+            .field("keys", &self.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of evaluating a credential, before shadow mode is applied
+/// (as in Check).
+struct Evaluation {
+    decision: Result<Option<RateHeaders>, DenyReason>,
+    key: Option<Arc<CheckKey>>,
+    credential: Option<CredentialSource>,
+    credits: bool,
+}
+
+impl FilterConfig {
+    pub fn new(name: &[u8], config: &[u8]) -> Result<Self, ConfigError> {
+        if name != FILTER_NAME.as_bytes() {
+            return Err(ConfigError::UnknownFilter(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
+        }
+        let settings: FilterSettings =
+            serde_json::from_slice(config).map_err(|e| ConfigError::Json(e.to_string()))?;
+        Self::from_settings(settings)
+    }
+
+    pub fn from_settings(settings: FilterSettings) -> Result<Self, ConfigError> {
+        let format = settings
+            .key_format()
+            .map_err(|e| ConfigError::Setting(e.to_string()))?;
+        for name in &settings.metadata_headers {
+            let usable = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !usable {
+                return Err(ConfigError::Setting(format!(
+                    "metadata_headers: {name:?} cannot be part of a header name \
+                     (letters, digits, - and _ only)"
+                )));
+            }
+        }
+        let table = KeyTable::load(&settings.snapshot_path).map_err(ConfigError::Table)?;
+        Ok(Self {
+            format,
+            foreign_bearer: settings.foreign_bearer.into(),
+            authorization_header: settings.authorization_header.to_ascii_lowercase(),
+            api_key_header: settings.api_key_header.to_ascii_lowercase(),
+            strip_credential: settings.strip_credential,
+            metadata: MetadataHeaders::new(&settings.metadata_headers),
+            default_rate_limit: settings.default_rate_limit.map(RateLimit::from),
+            table,
+            limiters: RateLimiters::new(LIMITER_CAPACITY),
+            denials: DenyReason::one_of_each(0).map(Denial::of).into(),
+            counters: None,
+        })
+    }
+
+    /// Counts every decision in Envoy's stats.
+    pub fn with_counters(mut self, counters: DecisionCounters) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    fn count(&self, stream: &mut impl Stream, counter: impl Fn(&DecisionCounters) -> CounterId) {
+        if let Some(counters) = &self.counters {
+            stream.increment_counter(counter(counters));
+        }
+    }
+
+    /// Decides a request from its headers, as Check would; answers a denial
+    /// itself and prepares an allowed request for upstream.
+    pub fn on_request_headers(
+        &self,
+        stream: &mut impl Stream,
+        route: Option<&RouteSettings>,
+        now: DateTime<Utc>,
+        pending: &mut PendingResponseHeaders,
+    ) -> HeadersAction {
+        let requirements = route.map(RouteSettings::requirements).unwrap_or_default();
+        let evaluation = self.evaluate(&*stream, &requirements, now);
+        if evaluation.credits {
+            self.count(stream, |c| c.credits_unavailable);
+            stream.send_local_reply(
+                503,
+                &[("content-type", "application/json")],
+                CREDITS_UNAVAILABLE_BODY,
+                "keygate_credits_not_in_proxy",
+            );
+            return HeadersAction::Stop;
+        }
+        let code = match &evaluation.decision {
+            Ok(_) => "allowed",
+            Err(reason) => reason.code(),
+        };
+        self.count(stream, |c| c.decision(evaluation.decision.as_ref().err()));
+        match evaluation.decision {
+            Ok(rate) => {
+                let sunset = evaluation
+                    .key
+                    .as_ref()
+                    .and_then(|key| key.revoked_at.filter(|at| *at > now));
+                self.allow(
+                    stream,
+                    evaluation.key.as_deref(),
+                    evaluation.credential,
+                    requirements.shadow.then_some(code),
+                );
+                if let Some(rate) = rate {
+                    pending.0.extend(rate_headers(rate));
+                }
+                if let Some(sunset) = sunset {
+                    pending.0.extend(sunset_headers(sunset));
+                }
+                HeadersAction::Continue
+            }
+            Err(_) if requirements.shadow => {
+                self.count(stream, |c| c.shadow);
+                self.allow(stream, None, evaluation.credential, Some(code));
+                HeadersAction::Continue
+            }
+            Err(reason) => {
+                self.deny(stream, reason);
+                HeadersAction::Stop
+            }
+        }
+    }
+
+    /// Adds what [`Self::on_request_headers`] left for the response.
+    pub fn on_response_headers(&self, stream: &mut impl Stream, pending: &PendingResponseHeaders) {
+        for (name, value) in &pending.0 {
+            stream.set_response_header(name, value);
+        }
+    }
+
+    /// Check's evaluation order: credential, key format (a foreign bearer is
+    /// not ours), table lookup, the key's environment against the one
+    /// written in it, `decide`, then the rate limit.
+    fn evaluate(
+        &self,
+        stream: &impl Stream,
+        route: &RouteRequirements<'_>,
+        now: DateTime<Utc>,
+    ) -> Evaluation {
+        let denied = |reason, credential| Evaluation {
+            decision: Err(reason),
+            key: None,
+            credential,
+            credits: false,
+        };
+        let text = |name: &str| {
+            stream
+                .request_header(name)
+                .map(|value| std::str::from_utf8(value).map_err(|_| NotUtf8))
+        };
+        let input = CheckInput {
+            authorization: text(&self.authorization_header),
+            api_key: text(&self.api_key_header),
+            ..CheckInput::default()
+        };
+        let Some((raw, source)) = credential(&input) else {
+            return denied(DenyReason::MissingCredentials, None);
+        };
+        let Ok(raw) = raw else {
+            return denied(DenyReason::MalformedKey, Some(source));
+        };
+        let parsed = match self.format.parse(raw) {
+            Ok(parsed) => parsed,
+            Err(KeyParseError::NotOurPrefix) => {
+                let allow = source == CredentialSource::Authorization
+                    && self.foreign_bearer == ForeignBearer::Allow;
+                let decision = if allow {
+                    Ok(None)
+                } else {
+                    Err(DenyReason::MissingCredentials)
+                };
+                return Evaluation {
+                    decision,
+                    key: None,
+                    credential: None,
+                    credits: false,
+                };
+            }
+            Err(_) => return denied(DenyReason::MalformedKey, Some(source)),
+        };
+        let Some(key) = self.table.get(&parsed.hash()) else {
+            return denied(DenyReason::InvalidKey, Some(source));
+        };
+        // The hash covers only the token, so the environment written in the
+        // key must be checked against the key's own.
+        if key.environment != parsed.environment {
+            return denied(DenyReason::InvalidKey, Some(source));
+        }
+        // No client address: a key with an allow-list is denied (table.rs).
+        let decision = decide(key, route, None, now).and_then(|()| self.rate_limit(key));
+        Evaluation {
+            credits: decision.is_ok() && key.has_credits,
+            decision,
+            key: Some(Arc::clone(key)),
+            credential: Some(source),
+        }
+    }
+
+    fn rate_limit(&self, key: &CheckKey) -> Result<Option<RateHeaders>, DenyReason> {
+        let Some(limit) = key.rate_limit.or(self.default_rate_limit) else {
+            return Ok(None);
+        };
+        match self.limiters.check_local(key.id, limit) {
+            RateOutcome::Allowed {
+                limit,
+                remaining,
+                reset_secs,
+            } => Ok(Some(RateHeaders {
+                limit,
+                remaining,
+                reset_secs,
+            })),
+            RateOutcome::Limited {
+                retry_after_secs, ..
+            } => Err(DenyReason::RateLimited { retry_after_secs }),
+        }
+    }
+
+    /// The upstream request Check's OK response describes: identity headers
+    /// set or removed (a client never forges one), the shadow decision, and
+    /// the credential headers removed.
+    fn allow(
+        &self,
+        stream: &mut impl Stream,
+        key: Option<&CheckKey>,
+        credential: Option<CredentialSource>,
+        shadow_decision: Option<&str>,
+    ) {
+        match key {
+            Some(key) => {
+                let mut id_text = uuid::Uuid::encode_buffer();
+                for (name, value) in IDENTITY_HEADERS
+                    .iter()
+                    .zip(identity_values(key, &mut id_text))
+                {
+                    stream.set_request_header(name, &value);
+                }
+                for (name, value) in self.metadata.values(key) {
+                    match value {
+                        Some(value) => stream.set_request_header(name, value),
+                        None => stream.remove_request_header(name),
+                    }
+                }
+            }
+            None => {
+                for name in IDENTITY_HEADERS
+                    .iter()
+                    .copied()
+                    .chain(self.metadata.header_names())
+                {
+                    stream.remove_request_header(name);
+                }
+            }
+        }
+        match shadow_decision {
+            Some(code) => stream.set_request_header(HEADER_SHADOW_DECISION, code),
+            None => stream.remove_request_header(HEADER_SHADOW_DECISION),
+        }
+        if self.strip_credential {
+            // A foreign bearer let through is the upstream's own credential;
+            // only the API-key header is surely ours.
+            if credential.is_some() {
+                stream.remove_request_header(&self.authorization_header);
+            }
+            stream.remove_request_header(&self.api_key_header);
+        }
+    }
+
+    fn deny(&self, stream: &mut impl Stream, reason: DenyReason) {
+        let rate_limited;
+        let denial = match reason {
+            DenyReason::RateLimited { .. } => {
+                rate_limited = Denial::of(reason);
+                &rate_limited
+            }
+            _ => &self.denials[reason.index()],
+        };
+        let headers: Vec<(&str, &str)> = denial
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        stream.send_local_reply(denial.status, &headers, &denial.body, &denial.details);
+    }
+}

@@ -1,0 +1,14 @@
+//! keygate inside Envoy: an HTTP filter loaded by Envoy 1.40's
+//! `envoy.filters.http.dynamic_modules` extension from `libkeygate_envoy.so`
+//! (docs/envoy-module.md).
+//!
+//! - [`filter`]: what the filter does with a request, in safe Rust, against
+//!   the [`filter::Stream`] trait.
+//! - `abi`: the hand-written C ABI bindings and exported event hooks; the
+//!   only module allowed `unsafe`.
+
+#[allow(unsafe_code)]
+mod abi;
+pub mod filter;
+pub mod settings;
+pub mod table;

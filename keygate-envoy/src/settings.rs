@@ -1,0 +1,140 @@
+//! The filter's configuration, as JSON in Envoy's `DynamicModuleFilter`
+//! (`filter_config`, a `google.protobuf.StringValue`) and per route in
+//! `DynamicModuleFilterPerRoute`. The names follow keygate's own settings
+//! (README, "Configuration") so that one keygate deployment and its Envoy
+//! filters can be configured alike.
+
+use std::path::PathBuf;
+
+use keygate::{
+    config::ForeignBearer,
+    domain::{KeyFormat, KeyFormatError, RateLimit, RouteRequirements},
+};
+use serde::Deserialize;
+
+/// `filter_config` of the filter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSettings {
+    /// The key format's product prefix (`KEYGATE_KEY_PREFIX`), default `sk`.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    /// The configured environments (`KEYGATE_ENVIRONMENTS`), default
+    /// `live` and `test`.
+    #[serde(default = "default_environments")]
+    pub environments: Vec<String>,
+    /// `deny` (default) or `allow` a bearer token without our prefix.
+    #[serde(default)]
+    pub foreign_bearer: ForeignBearerSetting,
+    #[serde(default = "default_authorization_header")]
+    pub authorization_header: String,
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    /// Remove the credential headers before the request goes upstream.
+    #[serde(default = "yes")]
+    pub strip_credential: bool,
+    /// Metadata names sent upstream as `x-keygate-meta-<name>`.
+    #[serde(default)]
+    pub metadata_headers: Vec<String>,
+    /// The limit of keys that have none of their own.
+    #[serde(default)]
+    pub default_rate_limit: Option<RateLimitSetting>,
+    /// The key table to decide from (`crate::table`).
+    pub snapshot_path: PathBuf,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeignBearerSetting {
+    #[default]
+    Deny,
+    Allow,
+}
+
+impl From<ForeignBearerSetting> for ForeignBearer {
+    fn from(value: ForeignBearerSetting) -> Self {
+        match value {
+            ForeignBearerSetting::Deny => ForeignBearer::Deny,
+            ForeignBearerSetting::Allow => ForeignBearer::Allow,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSetting {
+    pub max_attempts: u32,
+    pub decay_seconds: u32,
+}
+
+impl From<RateLimitSetting> for RateLimit {
+    fn from(value: RateLimitSetting) -> Self {
+        Self {
+            max_attempts: value.max_attempts,
+            decay_seconds: value.decay_seconds,
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "sk".to_owned()
+}
+
+fn default_environments() -> Vec<String> {
+    vec!["live".to_owned(), "test".to_owned()]
+}
+
+fn default_authorization_header() -> String {
+    "authorization".to_owned()
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The token length only matters when generating keys, which the filter
+/// never does; parsing accepts every length keygate may have issued.
+const ANY_TOKEN_LENGTH: usize = 32;
+
+impl FilterSettings {
+    pub fn key_format(&self) -> Result<KeyFormat, KeyFormatError> {
+        KeyFormat::new(&self.key_prefix, &self.environments, ANY_TOKEN_LENGTH)
+    }
+}
+
+/// `filter_config` of `DynamicModuleFilterPerRoute`: what a route requires,
+/// named as in Check's context extensions (`keygate.abilities`,
+/// `keygate.environment`, `keygate.mode`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Comma-separated abilities, all required.
+    #[serde(default)]
+    pub abilities: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// `shadow`: always allow, and report the decision upstream.
+    #[serde(default)]
+    pub mode: Option<RouteMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMode {
+    Enforce,
+    Shadow,
+}
+
+impl RouteSettings {
+    pub fn requirements(&self) -> RouteRequirements<'_> {
+        RouteRequirements {
+            abilities: self.abilities.as_deref(),
+            environment: self.environment.as_deref().filter(|e| !e.is_empty()),
+            shadow: self.mode == Some(RouteMode::Shadow),
+        }
+    }
+}

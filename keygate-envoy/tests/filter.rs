@@ -1,0 +1,515 @@
+//! The filter's decisions through its safe [`Stream`] interface, with a
+//! recording stream in Envoy's place and real keys from keygate's key
+//! format. The real Envoy runs the same filter in
+//! tests/e2e/test_envoy_module.py.
+
+use std::{collections::BTreeMap, io::Write};
+
+use chrono::{DateTime, Duration, Utc};
+use keygate::domain::{IssuedKey, KeyFormat};
+use keygate_envoy::{
+    filter::{
+        CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
+        FILTER_NAME,
+    },
+    settings::RouteSettings,
+};
+use serde_json::{json, Value};
+
+/// A request as Envoy would show it, and what the filter did to it.
+#[derive(Default)]
+struct RecordingStream {
+    request: BTreeMap<String, Vec<u8>>,
+    response_headers: BTreeMap<String, String>,
+    reply: Option<LocalReply>,
+    counted: Vec<CounterId>,
+}
+
+#[derive(Debug)]
+struct LocalReply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Value,
+    details: String,
+}
+
+impl RecordingStream {
+    fn with(headers: &[(&str, &str)]) -> Self {
+        Self {
+            request: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.request
+            .get(name)
+            .map(|v| std::str::from_utf8(v).unwrap())
+    }
+}
+
+impl Stream for RecordingStream {
+    fn request_header(&self, name: &str) -> Option<&[u8]> {
+        self.request.get(name).map(Vec::as_slice)
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.request
+            .insert(name.to_owned(), value.as_bytes().to_vec());
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.request.remove(name);
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.response_headers
+            .insert(name.to_owned(), value.to_owned());
+    }
+
+    fn increment_counter(&mut self, id: CounterId) {
+        self.counted.push(id);
+    }
+
+    fn send_local_reply(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &str,
+        details: &str,
+    ) {
+        assert!(self.reply.is_none(), "two local replies for one request");
+        self.reply = Some(LocalReply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: serde_json::from_str(body).expect("a JSON body"),
+            details: details.to_owned(),
+        });
+    }
+}
+
+fn format() -> KeyFormat {
+    KeyFormat::new("sk", &["live".into(), "test".into()], 32).unwrap()
+}
+
+/// A snapshot entry for an issued key, with Check's defaults.
+fn entry(issued: &IssuedKey, environment: &str, extra: Value) -> Value {
+    let mut entry = json!({
+        "hash": hex::encode(issued.hash.as_bytes()),
+        "id": uuid::Uuid::new_v4(),
+        "owner_id": "acme",
+        "environment": environment,
+        "key_prefix": issued.key_prefix,
+    });
+    entry
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    entry
+}
+
+/// A filter whose table holds `entries`, with `settings` over the defaults.
+fn filter(entries: Vec<Value>, settings: Value) -> (FilterConfig, tempfile::NamedTempFile) {
+    let mut snapshot = tempfile::NamedTempFile::new().unwrap();
+    let body = json!({"complete": true, "keys": entries});
+    snapshot.write_all(body.to_string().as_bytes()).unwrap();
+    let mut config = json!({"snapshot_path": snapshot.path(), "metadata_headers": ["tier"]});
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(settings.as_object().unwrap().clone());
+    let filter =
+        FilterConfig::new(FILTER_NAME.as_bytes(), config.to_string().as_bytes()).expect("config");
+    (filter, snapshot)
+}
+
+fn route(json: Value) -> RouteSettings {
+    serde_json::from_value(json).unwrap()
+}
+
+struct Outcome {
+    action: HeadersAction,
+    stream: RecordingStream,
+    pending: PendingResponseHeaders,
+}
+
+fn run(
+    filter: &FilterConfig,
+    headers: &[(&str, &str)],
+    route: Option<&RouteSettings>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let mut stream = RecordingStream::with(headers);
+    let mut pending = PendingResponseHeaders::default();
+    let action = filter.on_request_headers(&mut stream, route, now, &mut pending);
+    Outcome {
+        action,
+        stream,
+        pending,
+    }
+}
+
+/// The denial's code, after checking its shape against Check's.
+fn denied(outcome: &Outcome) -> (u16, String) {
+    assert_eq!(outcome.action, HeadersAction::Stop);
+    let reply = outcome.stream.reply.as_ref().expect("a local reply");
+    assert_eq!(reply.headers["content-type"], "application/json");
+    let code = reply.body["error"]["code"].as_str().unwrap().to_owned();
+    assert!(reply.body["error"]["message"].is_string());
+    assert_eq!(reply.details, format!("keygate_{code}"));
+    if reply.status == 401 {
+        assert_eq!(
+            reply.headers["www-authenticate"],
+            r#"Bearer realm="keygate""#
+        );
+    }
+    (reply.status, code)
+}
+
+fn bearer(issued: &IssuedKey) -> String {
+    format!("Bearer {}", issued.plaintext.expose())
+}
+
+/// Request headers, route requirements, and the expected status and code.
+type Case<'a> = (
+    Vec<(&'a str, String)>,
+    Option<&'a RouteSettings>,
+    u16,
+    &'a str,
+);
+
+#[test]
+fn every_decision_code_of_check_is_answered_in_the_proxy() {
+    let f = format();
+    let now = Utc::now();
+    let active = f.generate("live");
+    let revoked = f.generate("live");
+    let expired = f.generate("live");
+    let suspended = f.generate("live");
+    let limited = f.generate("live");
+    let test_env = f.generate("test");
+    let (filter, _snapshot) = filter(
+        vec![
+            entry(&active, "live", json!({"abilities": ["read:orders"]})),
+            entry(
+                &revoked,
+                "live",
+                json!({"revoked_at": now - Duration::seconds(1)}),
+            ),
+            entry(
+                &expired,
+                "live",
+                json!({"expires_at": now - Duration::seconds(1)}),
+            ),
+            entry(&suspended, "live", json!({"owner_suspended": true})),
+            entry(
+                &limited,
+                "live",
+                json!({"rate_limit": {"max_attempts": 1, "decay_seconds": 60}}),
+            ),
+            entry(&test_env, "test", json!({})),
+        ],
+        json!({}),
+    );
+    let unknown = f.generate("live");
+    let mut tampered = active.plaintext.expose().to_owned();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == '1' { '2' } else { '1' });
+    // The token of a live key presented as a test key: its hash is in the
+    // table, but under another environment.
+    let swapped = active.plaintext.expose().replacen("_live_", "_test_", 1);
+    let orders = route(json!({"abilities": "read:orders"}));
+    let admin = route(json!({"abilities": "admin:write"}));
+    let live_only = route(json!({"environment": "live"}));
+
+    let cases: Vec<Case> = vec![
+        (vec![], None, 401, "missing_credentials"),
+        (
+            vec![("authorization", "Bearer eyJhbGciOi.jwt".into())],
+            None,
+            401,
+            "missing_credentials",
+        ),
+        (
+            vec![("authorization", format!("Bearer {tampered}"))],
+            None,
+            401,
+            "malformed_key",
+        ),
+        (
+            vec![("x-api-key", "sk_live_short".into())],
+            None,
+            401,
+            "malformed_key",
+        ),
+        (
+            vec![("authorization", bearer(&unknown))],
+            None,
+            401,
+            "invalid_key",
+        ),
+        (
+            vec![("authorization", format!("Bearer {swapped}"))],
+            None,
+            401,
+            "invalid_key",
+        ),
+        (
+            vec![("authorization", bearer(&revoked))],
+            None,
+            401,
+            "key_revoked",
+        ),
+        (
+            vec![("authorization", bearer(&expired))],
+            None,
+            401,
+            "key_expired",
+        ),
+        (
+            vec![("authorization", bearer(&suspended))],
+            None,
+            403,
+            "owner_suspended",
+        ),
+        (
+            vec![("authorization", bearer(&test_env))],
+            Some(&live_only),
+            403,
+            "environment_not_allowed",
+        ),
+        (
+            vec![("authorization", bearer(&active))],
+            Some(&admin),
+            403,
+            "insufficient_ability",
+        ),
+    ];
+    for (headers, route, status, code) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let outcome = run(&filter, &headers, route, now);
+        assert_eq!(denied(&outcome), (status, code.to_owned()), "{headers:?}");
+    }
+
+    let first = run(
+        &filter,
+        &[("x-api-key", limited.plaintext.expose())],
+        None,
+        now,
+    );
+    assert_eq!(first.action, HeadersAction::Continue);
+    let second = run(
+        &filter,
+        &[("x-api-key", limited.plaintext.expose())],
+        None,
+        now,
+    );
+    assert_eq!(denied(&second), (429, "rate_limited".to_owned()));
+    let retry_after: u64 = second.stream.reply.as_ref().unwrap().headers["retry-after"]
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+
+    let allowed = run(
+        &filter,
+        &[("authorization", &bearer(&active))],
+        Some(&orders),
+        now,
+    );
+    assert_eq!(allowed.action, HeadersAction::Continue);
+    assert!(allowed.stream.reply.is_none());
+}
+
+#[test]
+fn an_allowed_request_carries_checks_identity_headers_and_loses_its_credentials() {
+    let f = format();
+    let key = f.generate("live");
+    let id = uuid::Uuid::new_v4();
+    let mut e = entry(
+        &key,
+        "live",
+        json!({"abilities": ["read:orders", "users:*"], "metadata": {"tier": "gold", "plan": "x"}}),
+    );
+    e["id"] = json!(id);
+    let (filter, _snapshot) = filter(vec![e], json!({}));
+    let outcome = run(
+        &filter,
+        &[
+            ("authorization", &bearer(&key)),
+            ("x-api-key", "another"),
+            ("x-keygate-owner-id", "forged"),
+            ("x-keygate-shadow-decision", "forged"),
+        ],
+        None,
+        Utc::now(),
+    );
+    assert_eq!(outcome.action, HeadersAction::Continue);
+    let s = &outcome.stream;
+    assert_eq!(s.header("x-keygate-key-id"), Some(id.to_string().as_str()));
+    assert_eq!(s.header("x-keygate-owner-id"), Some("acme"));
+    assert_eq!(s.header("x-keygate-environment"), Some("live"));
+    assert_eq!(
+        s.header("x-keygate-key-prefix"),
+        Some(key.key_prefix.as_str())
+    );
+    assert_eq!(s.header("x-keygate-abilities"), Some("read:orders,users:*"));
+    assert_eq!(s.header("x-keygate-meta-tier"), Some("gold"));
+    assert_eq!(s.header("x-keygate-meta-plan"), None, "not exported");
+    assert_eq!(s.header("x-keygate-shadow-decision"), None);
+    assert_eq!(s.header("authorization"), None);
+    assert_eq!(s.header("x-api-key"), None);
+    assert!(outcome.response_headers(&filter).is_empty());
+}
+
+impl Outcome {
+    /// What the filter adds to the upstream's response.
+    fn response_headers(&self, filter: &FilterConfig) -> BTreeMap<String, String> {
+        let mut stream = RecordingStream::default();
+        filter.on_response_headers(&mut stream, &self.pending);
+        stream.response_headers
+    }
+}
+
+#[test]
+fn rate_limit_and_sunset_headers_go_on_the_response() {
+    let f = format();
+    let key = f.generate("live");
+    let now = Utc::now();
+    let sunset = DateTime::parse_from_rfc3339("2040-01-02T03:04:05Z").unwrap();
+    let (filter, _snapshot) = filter(
+        vec![entry(
+            &key,
+            "live",
+            json!({"rate_limit": {"max_attempts": 10, "decay_seconds": 60}, "revoked_at": sunset}),
+        )],
+        json!({}),
+    );
+    let outcome = run(&filter, &[("authorization", &bearer(&key))], None, now);
+    assert_eq!(outcome.action, HeadersAction::Continue);
+    let headers = outcome.response_headers(&filter);
+    assert_eq!(headers["x-ratelimit-limit"], "10");
+    assert_eq!(headers["x-ratelimit-remaining"], "9");
+    assert_eq!(headers["deprecation"], "true");
+    assert_eq!(headers["sunset"], "Mon, 02 Jan 2040 03:04:05 GMT");
+}
+
+#[test]
+fn a_shadow_route_allows_and_reports_the_decision_it_would_have_taken() {
+    let (filter, _snapshot) = filter(vec![], json!({}));
+    let shadow = route(json!({"mode": "shadow"}));
+    let outcome = run(
+        &filter,
+        &[
+            ("x-api-key", format().generate("live").plaintext.expose()),
+            ("x-keygate-key-id", "forged"),
+        ],
+        Some(&shadow),
+        Utc::now(),
+    );
+    assert_eq!(outcome.action, HeadersAction::Continue);
+    assert_eq!(
+        outcome.stream.header("x-keygate-shadow-decision"),
+        Some("invalid_key")
+    );
+    assert_eq!(outcome.stream.header("x-keygate-key-id"), None);
+    assert_eq!(outcome.stream.header("x-api-key"), None);
+}
+
+#[test]
+fn a_foreign_bearer_passes_without_identity_when_allowed() {
+    let (filter, _snapshot) = filter(vec![], json!({"foreign_bearer": "allow"}));
+    let outcome = run(
+        &filter,
+        &[("authorization", "Bearer eyJ.jwt")],
+        None,
+        Utc::now(),
+    );
+    assert_eq!(outcome.action, HeadersAction::Continue);
+    assert_eq!(
+        outcome.stream.header("authorization"),
+        Some("Bearer eyJ.jwt")
+    );
+    assert_eq!(outcome.stream.header("x-keygate-key-id"), None);
+}
+
+#[test]
+fn a_key_with_credits_is_not_decided_in_the_proxy() {
+    let key = format().generate("live");
+    let (filter, _snapshot) = filter(
+        vec![entry(&key, "live", json!({"has_credits": true}))],
+        json!({}),
+    );
+    let outcome = run(
+        &filter,
+        &[("authorization", &bearer(&key))],
+        None,
+        Utc::now(),
+    );
+    assert_eq!(outcome.action, HeadersAction::Stop);
+    let reply = outcome.stream.reply.unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body["error"]["code"], "unavailable");
+}
+
+#[test]
+fn bad_configs_are_refused_with_the_reason_and_never_a_hash() {
+    let err = FilterConfig::new(b"not-keygate", b"{}").unwrap_err();
+    assert!(err.to_string().contains("not-keygate"), "{err}");
+    let err = FilterConfig::new(FILTER_NAME.as_bytes(), b"{\"snapshot_path\": 1}").unwrap_err();
+    assert!(err.to_string().contains("filter_config"), "{err}");
+
+    let mut partial = tempfile::NamedTempFile::new().unwrap();
+    partial
+        .write_all(br#"{"complete": false, "keys": []}"#)
+        .unwrap();
+    let config = json!({"snapshot_path": partial.path()}).to_string();
+    let err = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("partial"), "{err}");
+
+    let key = format().generate("live");
+    let hash = hex::encode(key.hash.as_bytes());
+    let mut duplicate = tempfile::NamedTempFile::new().unwrap();
+    let body = json!({"complete": true, "keys": [entry(&key, "live", json!({})), entry(&key, "live", json!({}))]});
+    duplicate.write_all(body.to_string().as_bytes()).unwrap();
+    let config = json!({"snapshot_path": duplicate.path()}).to_string();
+    let err = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("already"), "{err}");
+    assert!(!err.to_string().contains(&hash), "{err}");
+}
+
+#[test]
+fn each_decision_is_counted_once_under_its_code() {
+    let mut names = Vec::new();
+    let counters = DecisionCounters::define(|name| {
+        names.push(name.to_owned());
+        Some(CounterId(names.len() - 1))
+    })
+    .unwrap();
+    let key = format().generate("live");
+    let (filter, _snapshot) = filter(vec![entry(&key, "live", json!({}))], json!({}));
+    let filter = filter.with_counters(counters);
+    let counted = |headers: &[(&str, &str)], route: Option<&RouteSettings>| -> Vec<String> {
+        run(&filter, headers, route, Utc::now())
+            .stream
+            .counted
+            .iter()
+            .map(|id| names[id.0].clone())
+            .collect()
+    };
+    assert_eq!(
+        counted(&[("authorization", &bearer(&key))], None),
+        ["decisions.allowed"]
+    );
+    assert_eq!(counted(&[], None), ["decisions.missing_credentials"]);
+    let shadow = route(json!({"mode": "shadow", "abilities": "x:y"}));
+    assert_eq!(
+        counted(&[("authorization", &bearer(&key))], Some(&shadow)),
+        ["decisions.insufficient_ability", "shadow"]
+    );
+}
