@@ -56,6 +56,25 @@ pub struct CheckInput<'a> {
     pub requirements: Option<RouteRequirements<'a>>,
 }
 
+/// A limiter's answer as part of the decision: the headers of an
+/// allowance, or the denial. Shared with the keygate-envoy filter.
+pub fn rate_decision(outcome: RateOutcome) -> Result<Option<RateHeaders>, DenyReason> {
+    match outcome {
+        RateOutcome::Allowed {
+            limit,
+            remaining,
+            reset_secs,
+        } => Ok(Some(RateHeaders {
+            limit,
+            remaining,
+            reset_secs,
+        })),
+        RateOutcome::Limited {
+            retry_after_secs, ..
+        } => Err(DenyReason::RateLimited { retry_after_secs }),
+    }
+}
+
 /// Rate-limit state reported in response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateHeaders {
@@ -358,20 +377,7 @@ impl Authorizer {
         let Some(limit) = cached.key.rate_limit.or(self.settings.default_rate_limit) else {
             return Ok(None);
         };
-        match self.limiters.check(cached.key.id, limit).await {
-            RateOutcome::Allowed {
-                limit,
-                remaining,
-                reset_secs,
-            } => Ok(Some(RateHeaders {
-                limit,
-                remaining,
-                reset_secs,
-            })),
-            RateOutcome::Limited {
-                retry_after_secs, ..
-            } => Err(DenyReason::RateLimited { retry_after_secs }),
-        }
+        rate_decision(self.limiters.check(cached.key.id, limit).await)
     }
 
     /// Requirements the transport read (forward-auth's `Keygate-Require-*`

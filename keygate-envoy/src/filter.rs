@@ -12,12 +12,12 @@ use keygate::{
         denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
         MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_HEADERS,
     },
-    authz::{credential, CheckInput, CredentialSource, NotUtf8, RateHeaders},
+    authz::{credential, rate_decision, CheckInput, CredentialSource, NotUtf8, RateHeaders},
     config::ForeignBearer,
     domain::{
         decide, CheckKey, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements,
     },
-    ratelimit::{RateLimiters, RateOutcome},
+    ratelimit::RateLimiters,
 };
 
 use crate::{
@@ -385,20 +385,7 @@ impl FilterConfig {
         let Some(limit) = key.rate_limit.or(self.default_rate_limit) else {
             return Ok(None);
         };
-        match self.limiters.check_local(key.id, limit) {
-            RateOutcome::Allowed {
-                limit,
-                remaining,
-                reset_secs,
-            } => Ok(Some(RateHeaders {
-                limit,
-                remaining,
-                reset_secs,
-            })),
-            RateOutcome::Limited {
-                retry_after_secs, ..
-            } => Err(DenyReason::RateLimited { retry_after_secs }),
-        }
+        rate_decision(self.limiters.check_local(key.id, limit))
     }
 
     /// The upstream request Check's OK response describes: identity headers
