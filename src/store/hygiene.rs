@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{
     backend::Backend,
-    keys::NewKey,
+    keys::{insert_key, NewKey},
     owners_audit::{insert_audit, AuditRecord},
     rows::{key_columns, KeyRow},
     with_pool, Store, StoreResult,
@@ -38,12 +37,6 @@ const SELECT_KEY_BY_HASH: &str = concat!(
 const COUNT_LIVE_KEYS_OF_OWNER: &str = "SELECT COUNT(*) FROM api_keys \
      WHERE owner_id = $1 AND deleted_at IS NULL AND (revoked_at IS NULL OR revoked_at > $2) \
      AND (expires_at IS NULL OR expires_at > $2)";
-
-const INSERT_IMPORTED: &str =
-    "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
-     abilities, superkey, expires_at, metadata, created_at, updated_at, created_by, \
-     allowed_cidrs, imported) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)";
 
 impl Store {
     /// Stores a batch of imported keys in one transaction, each with its
@@ -88,23 +81,7 @@ impl Store {
                     outcomes.push(ImportedRow::OwnerLimit(owner_limit));
                     continue;
                 }
-                sqlx::query(INSERT_IMPORTED)
-                    .bind(new.id)
-                    .bind(&new.owner_id)
-                    .bind(&new.name)
-                    .bind(&new.environment)
-                    .bind(&new.key_hash.as_bytes()[..])
-                    .bind(&new.key_prefix)
-                    .bind(Json(&new.abilities))
-                    .bind(new.superkey)
-                    .bind(new.expires_at)
-                    .bind(Json(&new.metadata))
-                    .bind(at)
-                    .bind(new.created_by.as_deref())
-                    .bind(Json(&new.allowed_cidrs))
-                    .bind(true)
-                    .execute(&mut *tx)
-                    .await?;
+                insert_key!(tx, new);
                 let audit = AuditRecord::new("api_key.imported", actor)
                     .with("environment", new.environment.clone())
                     .with("name", new.name.clone());

@@ -136,7 +136,7 @@ const COUNT_LIVE_KEYS_OF_OWNER: &str = "SELECT COUNT(*) FROM api_keys \
      WHERE owner_id = $1 AND deleted_at IS NULL AND (revoked_at IS NULL OR revoked_at > $2) \
      AND (expires_at IS NULL OR expires_at > $2)";
 
-const INSERT_KEY: &str =
+pub(super) const INSERT_KEY: &str =
     "INSERT INTO api_keys (id, owner_id, name, environment, key_hash, key_prefix, \
      abilities, superkey, rate_limit_max, rate_limit_decay, expires_at, rotated_from_id, metadata, \
      created_at, updated_at, credits_remaining, credits_refill_amount, credits_refill_interval, \
@@ -182,7 +182,7 @@ const REVOKE: &str =
 
 /// `credits_remaining`, `_refill_amount`, `_refill_interval`,
 /// `_refilled_at`: the refill period starts at `at`.
-fn credit_columns(
+pub(super) fn credit_columns(
     credits: Option<Credits>,
     at: DateTime<Utc>,
 ) -> (Option<i64>, Option<i64>, Option<i64>, Option<i64>) {
@@ -196,7 +196,7 @@ fn credit_columns(
     )
 }
 
-fn limit_columns(limit: Option<RateLimit>) -> (Option<i64>, Option<i64>) {
+pub(super) fn limit_columns(limit: Option<RateLimit>) -> (Option<i64>, Option<i64>) {
     (
         limit.map(|l| i64::from(l.max_attempts)),
         limit.map(|l| i64::from(l.decay_seconds)),
@@ -229,36 +229,39 @@ where
 
 macro_rules! insert_key {
     ($tx:expr, $new:expr) => {{
-        let new: &NewKey = $new;
-        let (max, decay) = limit_columns(new.rate_limit);
+        let new: &$crate::store::keys::NewKey = $new;
+        let (max, decay) = $crate::store::keys::limit_columns(new.rate_limit);
         let (credits, refill_amount, refill_interval, refilled_at) =
-            credit_columns(new.credits, new.created_at);
-        sqlx::query(INSERT_KEY)
+            $crate::store::keys::credit_columns(new.credits, new.created_at);
+        sqlx::query($crate::store::keys::INSERT_KEY)
             .bind(new.id)
             .bind(&new.owner_id)
             .bind(&new.name)
             .bind(&new.environment)
             .bind(&new.key_hash.as_bytes()[..])
             .bind(&new.key_prefix)
-            .bind(Json(&new.abilities))
+            .bind(sqlx::types::Json(&new.abilities))
             .bind(new.superkey)
             .bind(max)
             .bind(decay)
             .bind(new.expires_at)
             .bind(new.rotated_from_id)
-            .bind(Json(&new.metadata))
+            .bind(sqlx::types::Json(&new.metadata))
             .bind(new.created_at)
             .bind(credits)
             .bind(refill_amount)
             .bind(refill_interval)
             .bind(refilled_at)
             .bind(new.created_by.as_deref())
-            .bind(Json(&new.allowed_cidrs))
+            .bind(sqlx::types::Json(&new.allowed_cidrs))
             .bind(new.imported)
             .execute(&mut *$tx)
             .await?;
     }};
 }
+
+/// Also for imported keys (`store::hygiene`): one column list for every new key.
+pub(crate) use insert_key;
 
 macro_rules! fetch_key {
     ($executor:expr, $id:expr) => {
