@@ -611,6 +611,15 @@ mod tests {
         KeyHash::of_token("sk_live_scripted")
     }
 
+    /// The next store read, with a message naming the read that did not
+    /// come. Time is paused in these tests: the bound costs no wall time.
+    async fn next_read(reads: &mut mpsc::UnboundedReceiver<Read>, what: &str) -> Read {
+        match tokio::time::timeout(Duration::from_secs(5), reads.recv()).await {
+            Ok(Some(read)) => read,
+            _ => panic!("{what}"),
+        }
+    }
+
     /// Starts a lookup on its own task and waits until it is reading.
     async fn lookup_reading(
         cache: &Arc<KeyCache<ScriptedSource>>,
@@ -623,7 +632,7 @@ mod tests {
             let cache = cache.clone();
             async move { cache.lookup(&hash()).await }
         });
-        let read = reads.recv().await.expect("the lookup did not read");
+        let read = next_read(reads, "the lookup did not read").await;
         (looking, read)
     }
 
@@ -637,7 +646,7 @@ mod tests {
 
     type DateTime = chrono::DateTime<Utc>;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_hit_needs_no_read() {
         let (cache, mut reads) = scripted_cache();
         let (looking, read) = lookup_reading(&cache, &mut reads).await;
@@ -648,7 +657,7 @@ mod tests {
         assert_eq!(cache.store_reads(), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_revoke_during_a_fill_makes_the_lookup_read_again() {
         let (cache, mut reads) = scripted_cache();
         let (looking, read) = lookup_reading(&cache, &mut reads).await;
@@ -671,7 +680,7 @@ mod tests {
         assert!(reads.try_recv().is_err());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_owner_suspension_during_a_fill_condemns_it() {
         let (cache, mut reads) = scripted_cache();
         let (looking, read) = lookup_reading(&cache, &mut reads).await;
@@ -692,23 +701,21 @@ mod tests {
         assert!(found.key.owner_suspended);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_clear_during_a_fill_condemns_it() {
         let (cache, mut reads) = scripted_cache();
         let (looking, read) = lookup_reading(&cache, &mut reads).await;
         cache.clear();
         read.answer.send(Some(active())).unwrap();
-        reads
-            .recv()
+        next_read(&mut reads, "the cleared fill was not read again")
             .await
-            .unwrap()
             .answer
             .send(Some(revoked()))
             .unwrap();
         assert!(revoked_at(&looking.await.unwrap().unwrap()).is_some());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_invalidation_of_another_key_leaves_the_fill_alone() {
         let (cache, mut reads) = scripted_cache();
         let (looking, read) = lookup_reading(&cache, &mut reads).await;
@@ -723,7 +730,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_revoke_after_the_fill_evicts_the_entry() {
         let (cache, mut reads) = scripted_cache();
         let (looking, read) = lookup_reading(&cache, &mut reads).await;
@@ -768,7 +775,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_unknown_hash_is_remembered() {
         let (cache, mut reads) = scripted_cache();
         let (looking, read) = lookup_reading(&cache, &mut reads).await;
