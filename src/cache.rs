@@ -665,11 +665,11 @@ mod tests {
         // eviction comes before the fill is stored.
         cache.invalidate_key(active().id).await;
         read.answer.send(Some(active())).unwrap();
-        let reread = reads
-            .recv()
+        next_read(&mut reads, "the stale fill was not read again")
             .await
-            .expect("the stale fill was not read again");
-        reread.answer.send(Some(revoked())).unwrap();
+            .answer
+            .send(Some(revoked()))
+            .unwrap();
         let found = looking.await.unwrap().unwrap();
         assert!(
             revoked_at(&found).is_some(),
@@ -690,10 +690,8 @@ mod tests {
             owner_suspended: true,
             ..active()
         };
-        reads
-            .recv()
+        next_read(&mut reads, "the suspended owner's fill was not read again")
             .await
-            .unwrap()
             .answer
             .send(Some(suspended))
             .unwrap();
