@@ -134,8 +134,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             store.close().await;
             match summary {
                 Some(s) => print(&format!(
-                    "pruned: {} expired keys soft-deleted, {} usage log rows and {} daily counts deleted, {} finished webhook deliveries deleted, {} dormant keys revoked",
-                    s.keys_expired, s.usage_logs_deleted, s.daily_counts_deleted, s.webhook_deliveries_deleted, s.keys_dormant
+                    "pruned: {} expired keys soft-deleted, {} usage log rows and {} daily counts deleted, {} finished webhook deliveries deleted, {} dormant keys revoked, {} leak reports forgotten",
+                    s.keys_expired, s.usage_logs_deleted, s.daily_counts_deleted, s.webhook_deliveries_deleted, s.keys_dormant, s.leak_reports_deleted
                 )),
                 None => print("another keygate is pruning right now; nothing done"),
             }

@@ -1,23 +1,44 @@
 //! Self-service: an owner's own key managing that owner's keys. Such a caller
 //! may never hand out more than it holds, so a restricted key cannot mint (or
-//! rotate its way to the plaintext of) a key stronger than itself. The checks
+//! rotate its way to the plaintext of) a key stronger than itself, nor one
+//! usable from networks it may not be used from itself. The checks
 //! live here, beside the use-cases they guard, so every transport applies them.
 
 use super::{AdminError, AdminResult, Caller, CreateKey, Issued, KeyAdmin, UpdateKey};
-use crate::domain::{ability::grants, ApiKey};
+use crate::domain::{ability::grants, AllowList, ApiKey};
 
-/// The abilities a self-service caller holds: the most it may grant.
+/// The abilities and networks of a self-service caller: the most it may
+/// grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ceiling {
     superkey: bool,
     abilities: Vec<String>,
+    networks: AllowList,
 }
 
 impl Ceiling {
+    /// A caller usable from every address; see [`Ceiling::within_networks`].
     pub fn new(superkey: bool, abilities: Vec<String>) -> Self {
         Self {
             superkey,
             abilities,
+            networks: AllowList::default(),
+        }
+    }
+
+    /// Limits what the caller grants to the networks of its own
+    /// allow-list (open: every address).
+    pub fn within_networks(self, networks: AllowList) -> Self {
+        Self { networks, ..self }
+    }
+
+    /// Whether a key usable from `allowed_cidrs` stays within the caller's
+    /// own networks. A superkey caller is held to them too: abilities and
+    /// networks are separate limits.
+    pub fn permits_networks(&self, allowed_cidrs: &[String]) -> AdminResult<()> {
+        match self.networks.first_not_within(allowed_cidrs) {
+            Some(outside) => Err(AdminError::AboveCallerNetworks(outside)),
+            None => Ok(()),
         }
     }
 
@@ -48,6 +69,7 @@ impl KeyAdmin {
     ) -> AdminResult<Issued> {
         if let Some(ceiling) = ceiling {
             ceiling.permits(request.superkey, &request.abilities)?;
+            ceiling.permits_networks(&request.allowed_cidrs)?;
         }
         self.create_key(caller, request).await
     }
@@ -70,6 +92,9 @@ impl KeyAdmin {
                 &[]
             };
             ceiling.permits(changes("superkey") && update.superkey, abilities)?;
+            if changes("allowed_cidrs") {
+                ceiling.permits_networks(&update.allowed_cidrs)?;
+            }
         }
         self.update_key(caller, owner_id, id, update).await
     }
@@ -88,6 +113,7 @@ impl KeyAdmin {
         if let Some(ceiling) = ceiling {
             let old = self.get_key(owner_id, id).await?;
             ceiling.permits(old.superkey, &old.abilities)?;
+            ceiling.permits_networks(&old.allowed_cidrs)?;
         }
         self.rotate_key(caller, owner_id, id, overlap_minutes).await
     }

@@ -117,6 +117,8 @@ pub enum AdminError {
     AdminRoleRequired,
     #[error("the calling key does not hold {0:?}, so it cannot grant it")]
     AboveCallerAbilities(String),
+    #[error("the calling key may be used only from its allowed_cidrs, so it cannot grant {0}")]
+    AboveCallerNetworks(String),
     #[error("only an admin token may grant superkey")]
     SuperkeyRequiresAdmin,
     #[error("owner already holds the maximum of {limit} keys")]
@@ -756,6 +758,7 @@ impl KeyAdmin {
                 usage_logs_deleted = summary.usage_logs_deleted,
                 daily_counts_deleted = summary.daily_counts_deleted,
                 webhook_deliveries_deleted = summary.webhook_deliveries_deleted,
+                leak_reports_deleted = summary.leak_reports_deleted,
                 "prune finished"
             );
         }

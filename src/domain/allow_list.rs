@@ -109,6 +109,26 @@ impl AllowList {
         let ip = ip.to_canonical();
         networks.iter().any(|network| network.contains(&ip))
     }
+
+    /// The first entry of `requested` (a list as a key would hold it) that
+    /// reaches beyond this list, e.g. when a key restricted to some networks
+    /// creates another: `None` when every entry lies inside one of ours. An
+    /// empty `requested` list means every address, so only an open list
+    /// holds it; an entry that does not parse is never within.
+    pub fn first_not_within(&self, requested: &[String]) -> Option<String> {
+        let networks = self.networks.as_ref()?;
+        if requested.is_empty() {
+            return Some("every address (an empty allowed_cidrs)".to_owned());
+        }
+        requested
+            .iter()
+            .find(|entry| {
+                parse_entry(entry.trim()).is_none_or(|wanted| {
+                    !networks.iter().any(|held| held.contains(&wanted.trunc()))
+                })
+            })
+            .cloned()
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +191,31 @@ mod tests {
         assert!(!only.permits(ip("2001:db9::1")));
         assert!(only.permits(ip("::ffff:203.0.113.5")));
         assert!(!only.permits(None));
+    }
+
+    #[test]
+    fn a_list_holds_only_networks_inside_its_own() {
+        let only = AllowList::from_stored(&list(&["10.0.0.0/8", "2001:db8::/32"]));
+        assert_eq!(
+            only.first_not_within(&list(&["10.1.0.0/16", "2001:db8:5::/48", "10.2.3.4/32"])),
+            None
+        );
+        assert_eq!(
+            only.first_not_within(&list(&["10.1.0.0/16", "0.0.0.0/0"])),
+            Some("0.0.0.0/0".to_owned())
+        );
+        assert_eq!(
+            only.first_not_within(&list(&["2001:db8::/16"])),
+            Some("2001:db8::/16".to_owned())
+        );
+        assert!(
+            only.first_not_within(&[]).is_some(),
+            "an empty list is every address"
+        );
+        assert!(only.first_not_within(&list(&["garbage"])).is_some());
+        let open = AllowList::from_stored(&[]);
+        assert_eq!(open.first_not_within(&[]), None);
+        assert_eq!(open.first_not_within(&list(&["0.0.0.0/0"])), None);
     }
 
     #[test]

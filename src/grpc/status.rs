@@ -48,6 +48,7 @@ fn from_admin(error: AdminError) -> Status {
         | AdminError::OtherOwnersKey
         | AdminError::AdminRoleRequired
         | AdminError::AboveCallerAbilities(_)
+        | AdminError::AboveCallerNetworks(_)
         | AdminError::SuperkeyRequiresAdmin => Code::PermissionDenied,
         AdminError::OwnerKeyLimit { .. }
         | AdminError::RotationOverlapLimit { .. }

@@ -163,6 +163,7 @@ impl From<AdminError> for ApiError {
             | AdminError::OtherOwnersKey
             | AdminError::AdminRoleRequired
             | AdminError::AboveCallerAbilities(_)
+            | AdminError::AboveCallerNetworks(_)
             | AdminError::SuperkeyRequiresAdmin => return ApiError::forbidden(error.to_string()),
             AdminError::AlreadyRevoked
             | AdminError::AlreadyExpired

@@ -132,7 +132,8 @@ impl Authenticator {
                 role: AdminRole::Service,
             },
             owner_id: key.owner_id.clone(),
-            ceiling: Ceiling::new(key.superkey, key.abilities.clone()),
+            ceiling: Ceiling::new(key.superkey, key.abilities.clone())
+                .within_networks(key.allow_list.clone()),
         })
     }
 }

@@ -57,6 +57,9 @@ pub struct PruneSummary {
     pub usage_logs_deleted: u64,
     pub daily_counts_deleted: u64,
     pub webhook_deliveries_deleted: u64,
+    /// Leak reports older than the retention (kept until then to refuse
+    /// replays).
+    pub leak_reports_deleted: u64,
 }
 
 /// Per-key counter deltas: allowed requests, latest use and its IP.
@@ -404,6 +407,12 @@ impl Store {
             .bind(cutoff)
             .execute(&mut *tx)
             .await?;
+            // Leak reports are remembered to refuse replays; one older than
+            // the retention, replayed, would find its key revoked already.
+            let leak_reports = sqlx::query("DELETE FROM leak_reports WHERE received_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(Some(PruneSummary {
                 keys_expired: expired.len() as u64,
@@ -411,6 +420,7 @@ impl Store {
                 usage_logs_deleted: logs.rows_affected(),
                 daily_counts_deleted: daily.rows_affected(),
                 webhook_deliveries_deleted: deliveries.rows_affected(),
+                leak_reports_deleted: leak_reports.rows_affected(),
             }))
         })
     }

@@ -626,6 +626,31 @@ def test_no_check_client_ca_is_mounted_by_default(ha_docs: list[dict[str, Any]])
     assert all(v["name"] != "authz-client-ca" for v in pod["volumes"])
 
 
+GITHUB_SCANNING = {"rest": {"enabled": True},
+                   "config": {"githubScanningKeysConfigMap": "github-keys", "githubScanningKeysKey": "meta.json"}}
+
+
+def test_githubs_scanning_keys_are_mounted_from_a_config_map() -> None:
+    pod = the(manifests(merged(REQUIRED, GITHUB_SCANNING)), "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert env_of(c)["KEYGATE_GITHUB_SCANNING_KEYS"] == "/etc/keygate/github-scanning/keys.json"
+    volume = next(v for v in pod["volumes"] if v["name"] == "github-scanning")
+    assert volume["configMap"] == {"name": "github-keys", "items": [{"key": "meta.json", "path": "keys.json"}]}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "github-scanning")
+    assert mount == {"name": "github-scanning", "mountPath": "/etc/keygate/github-scanning", "readOnly": True}
+
+
+def test_no_scanning_keys_are_mounted_by_default(default_docs: list[dict[str, Any]]) -> None:
+    pod = the(default_docs, "Deployment")["spec"]["template"]["spec"]
+    assert "KEYGATE_GITHUB_SCANNING_KEYS" not in env_of(pod["containers"][0])
+    assert all(v["name"] != "github-scanning" for v in pod["volumes"])
+
+
+def test_scanning_keys_without_the_rest_listener_fail_to_render() -> None:
+    values = merged(REQUIRED, {"config": {"githubScanningKeysConfigMap": "github-keys"}})
+    assert "config.githubScanningKeysConfigMap needs rest.enabled" in render_error(values)
+
+
 @pytest.mark.parametrize("key", ["clientCaSecretName", "authzClientCaSecretName"])
 def test_a_client_ca_without_tls_is_refused_by_the_schema_for_lint_and_template(key: str) -> None:
     values = merged(REQUIRED, {"tls": {key: "some-ca"}})

@@ -206,6 +206,63 @@ mod allow_lists {
             assert_eq!(refused.status(), 403);
         }
 
+        async fn a_key_with_an_allow_list_grants_only_networks_within_it(backend) {
+            let server = TestServer::start_with(backend, |s| s.trusted_proxy_hops = Some(1)).await;
+            let own = server
+                .create(CreateKeyRequest {
+                    owner_id: OWNER.into(),
+                    name: "self service".into(),
+                    abilities: vec!["keygate:keys".into(), "read:orders".into()],
+                    allowed_cidrs: vec!["192.0.2.0/24".into()],
+                    ..Default::default()
+                })
+                .await;
+            let base = format!("http://{}/v1/api-keys", server.running().http_addr);
+            let create = |allowed_cidrs: serde_json::Value| {
+                reqwest::Client::new()
+                    .post(&base)
+                    .bearer_auth(&own.key)
+                    .header("x-forwarded-for", "192.0.2.9")
+                    .json(&serde_json::json!({
+                        "owner_id": OWNER,
+                        "name": "minted",
+                        "abilities": ["read:orders"],
+                        "allowed_cidrs": allowed_cidrs
+                    }))
+                    .send()
+            };
+            for wider in [serde_json::json!([]), serde_json::json!(["192.0.0.0/16"])] {
+                let refused = create(wider.clone()).await.unwrap();
+                assert_eq!(refused.status(), 403, "{wider}");
+                let error: serde_json::Value = refused.json().await.unwrap();
+                let message = error["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("allowed_cidrs"), "{error}");
+            }
+            let narrower = create(serde_json::json!(["192.0.2.128/25"])).await.unwrap();
+            assert_eq!(narrower.status(), 201);
+            let minted: serde_json::Value = narrower.json().await.unwrap();
+            let id = minted["data"]["api_key"]["id"].as_str().unwrap().to_owned();
+            // Widening that key afterwards is refused as well, and changes nothing.
+            let widened = reqwest::Client::new()
+                .patch(format!("{base}/{id}"))
+                .bearer_auth(&own.key)
+                .header("x-forwarded-for", "192.0.2.9")
+                .json(&serde_json::json!({ "owner_id": OWNER, "allowed_cidrs": [] }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(widened.status(), 403);
+            assert_eq!(get_key(&server, &id).await.allowed_cidrs, ["192.0.2.128/25"]);
+            let listed = server
+                .admin
+                .clone()
+                .list_keys(ListKeysRequest { owner_id: OWNER.into(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(listed.total_size, 2, "a refused key was stored");
+        }
+
         async fn a_malformed_cidr_is_refused_naming_the_entry_and_nothing_is_stored(backend) {
             let server = TestServer::start(backend).await;
             let refused = server
@@ -688,6 +745,19 @@ mod leaks {
             let replayed = post_report(&server, &body, Some((&github.identifier, github.sign(&body)))).await;
             assert_eq!(replayed.status(), 401);
             assert_eq!(audit_events(&server, "api_key.leaked").await.len(), 1);
+
+            // Reports are kept as long as usage (30 days by default), then
+            // pruned: a report that old, replayed, finds its key revoked.
+            let admin = server.running().admin.clone();
+            let soon = Utc::now() + chrono::Duration::days(29);
+            let kept = admin.prune_at("test-clock", soon).await.unwrap().unwrap();
+            assert_eq!(kept.leak_reports_deleted, 0);
+            let later = Utc::now() + chrono::Duration::days(31);
+            let pruned = admin.prune_at("test-clock", later).await.unwrap().unwrap();
+            assert_eq!(pruned.leak_reports_deleted, 1);
+            let late_replay = post_report(&server, &body, Some((&github.identifier, github.sign(&body)))).await;
+            assert_eq!(late_replay.status(), 200);
+            assert_eq!(server.check_key(&leaked.key, None).await.code, "key_revoked");
         }
 
         async fn admins_report_leaks_and_notify_mode_keeps_the_key_working(backend) {

@@ -97,6 +97,9 @@ Checks that must stop rendering. Included by every workload template so that
 {{- fail "keygate: rateLimits.redis.enabled needs rateLimits.redis.url (redis://…) or rateLimits.redis.existingSecret" -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.config.githubScanningKeysConfigMap (not .Values.rest.enabled) -}}
+{{- fail "keygate: config.githubScanningKeysConfigMap needs rest.enabled (leak reports arrive on the REST listener)" -}}
+{{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
 {{- fail "keygate: tls.enabled needs tls.secretName (a kubernetes.io/tls Secret)" -}}
 {{- end -}}
