@@ -11,15 +11,26 @@
 #                every POST).
 #   check        Check throughput (h2load, gRPC, -c 4 -m 25, cache hits) on
 #                a keygate whose dispatcher is off, against the same keygate
-#                with the dispatcher on and an outbox that is not emptied
-#                during the run: Checks while webhooks are delivered as fast
-#                as the dispatcher can, rounds interleaved.
+#                delivering BENCH_WEBHOOK_RATE events/s (default 1000) during
+#                the run, rounds interleaved. The rate comes from the outbox
+#                itself: before each delivering round the events of the
+#                first section are made pending again, each due 1/RATE s
+#                after the one before (keygate stopped, sqlite3), so that
+#                the dispatcher finds them due at that rate.
+#   instructions instructions keygate's process spends per delivery and per
+#                Check (callgrind, counters zeroed once keygate is up):
+#                BENCH_CALLGRIND_EVENTS (default 2000) events made due at
+#                once, delivered with no Check load; then as many cache-hit
+#                Checks with the dispatcher off. Immune to load: their
+#                ratio predicts what delivering costs Check.
 #
 # keygate (SQLite) runs on BENCH_SERVER_CPU; h2load and the receiver on
 # BENCH_CLIENT_CPU.
 #
 # Usage: scripts/bench-webhooks.sh
-# Env:   BENCH_WEBHOOK_EVENTS (default 20000), BENCH_H2LOAD_DURATION (seconds
+# Env:   BENCH_WEBHOOK_EVENTS (default 20000), BENCH_WEBHOOK_RATE (events/s
+#        delivered during a Check round, default 1000), BENCH_CALLGRIND=0 (skip
+#        the instructions), BENCH_CALLGRIND_EVENTS, BENCH_H2LOAD_DURATION (seconds
 #        per Check round, default 5), BENCH_H2LOAD_ROUNDS (default 3),
 #        BENCH_NO_BUILD, BENCH_BIN, BENCH_SERVER_CPU / BENCH_CLIENT_CPU.
 set -euo pipefail
@@ -27,6 +38,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 cd "$BENCH_ROOT"
 
 EVENTS="${BENCH_WEBHOOK_EVENTS:-20000}"
+RATE="${BENCH_WEBHOOK_RATE:-1000}"
 DURATION="${BENCH_H2LOAD_DURATION:-5}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
 BENCH_WORK="$(mktemp -d)"
@@ -45,14 +57,15 @@ taskset -c "$CLIENT_CPU" "$BIN/keygate-bench" noop-http-server --listen "127.0.0
 BENCH_PIDS+=("$!")
 wait_port "$RECEIVER"
 
-# serve ENABLED: keygate on the one database, the dispatcher on or off.
+# serve ENABLED: keygate on the one database, the dispatcher on or off
+# (BENCH_WRAP, e.g. valgrind, before the binary).
 serve() {
   start_keygate "webhooks-$1" "$AUTHZ" "$ADMIN" "$METRICS" \
     KEYGATE_DATABASE_URL="$DB" KEYGATE_HTTP_ADDR="127.0.0.1:$HTTP" \
     KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS" KEYGATE_MAX_KEYS_PER_OWNER=10000000 \
     KEYGATE_WEBHOOKS_ENABLED="$1" KEYGATE_WEBHOOK_ALLOW_PRIVATE=true \
     KEYGATE_WEBHOOK_ALLOW_HTTP=true KEYGATE_WEBHOOK_POLL_INTERVAL=100ms
-  wait_port "$HTTP"
+  wait_port "$HTTP" 2400
 }
 
 delivered() { metric "$METRICS" 'keygate_webhook_deliveries_total{outcome="delivered"}'; }
@@ -98,21 +111,85 @@ check_round() {
   echo "$1 $(h2load_rps "$out")"
 }
 
+# reschedule [RATE COUNT AFTER]: the first COUNT events (default RATE x
+# (DURATION + 3)) pending again, due one after the other at RATE per second
+# from AFTER seconds from now (default 1: the Check round's warm-up);
+# keygate must be stopped.
+reschedule() {
+  local rate="${1:-$RATE}" count="${2:-$(( RATE * (DURATION + 3) ))}" after="${3:-1}"
+  python3 - "$BENCH_WORK/webhooks.db" "$rate" "$count" "$after" <<'PY'
+import sqlite3, sys
+from datetime import datetime, timedelta, timezone
+db, rate, count, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+conn = sqlite3.connect(db)
+rows = [r[0] for r in conn.execute("SELECT rowid FROM webhook_deliveries ORDER BY rowid LIMIT ?", (count,))]
+if len(rows) < count:
+    sys.exit(f"the outbox holds {len(rows)} events, {count} needed: raise BENCH_WEBHOOK_EVENTS")
+start = datetime.now(timezone.utc) + timedelta(seconds=after)
+# keygate's own encoding of a time (RFC 3339, +00:00), so that the
+# dispatcher's text comparison of due times holds.
+due = lambda i: (start + timedelta(seconds=i / rate)).isoformat(timespec="microseconds")
+conn.executemany(
+    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, delivered_at = NULL, "
+    "claim_id = NULL, claimed_until = NULL WHERE rowid = ?",
+    [(due(i), rowid) for i, rowid in enumerate(rows)])
+conn.commit()
+PY
+}
+
+if [[ "${BENCH_CALLGRIND:-1}" != 0 ]]; then
+  command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null
+  CG_EVENTS="${BENCH_CALLGRIND_EVENTS:-2000}"
+  cg_out="$BENCH_WORK/webhooks.callgrind"
+  # Due in 60 s: after keygate has started under valgrind and been zeroed.
+  reschedule 1000000 "$CG_EVENTS" 60
+  log "instructions: $CG_EVENTS deliveries under callgrind"
+  BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cg_out" serve true
+  callgrind_control -z "$KG_PID" >/dev/null 2>&1
+  before="$(delivered)"
+  while (( $(delivered) < before + CG_EVENTS )); do sleep 0.5; done
+  sleep 1
+  callgrind_control -d "$KG_PID" >/dev/null 2>&1
+  sleep 0.5
+  ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$cg_out".* | head -1)")"
+  echo "instructions per delivery: $((ir / CG_EVENTS)) ($CG_EVENTS deliveries, idle polling included)"
+  # Where they go, kept for reading (callgrind_annotate).
+  profile_dir="$BENCH_ROOT/target/bench-results/webhooks-$(date +%Y%m%d-%H%M%S)"
+  mkdir -p "$profile_dir"
+  callgrind_annotate --inclusive=yes "$(ls -t "$cg_out".* | head -1)" 2>/dev/null \
+    | head -120 >"$profile_dir/delivery-inclusive.txt" || true
+  log "delivery profile: $profile_dir/delivery-inclusive.txt"
+  stop_pid "$KG_PID"
+  rm -f "$cg_out" "$cg_out".*
+  BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cg_out" serve false
+  taskset -c "$CLIENT_CPU" h2load -n 500 -c 2 -m 10 -H 'content-type: application/grpc' -H 'te: trailers' \
+    -d "$BENCH_WORK/check.body" "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" >/dev/null 2>&1
+  sleep 1
+  callgrind_control -z "$KG_PID" >/dev/null 2>&1
+  taskset -c "$CLIENT_CPU" h2load -n "$CG_EVENTS" -c 2 -m 10 -H 'content-type: application/grpc' -H 'te: trailers' \
+    -d "$BENCH_WORK/check.body" "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" \
+    >"$BENCH_WORK/cg-check.txt" 2>&1
+  sleep 1
+  callgrind_control -d "$KG_PID" >/dev/null 2>&1
+  sleep 0.5
+  ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$cg_out".* | head -1)")"
+  echo "instructions per cache-hit Check (usage on): $((ir / CG_EVENTS)) ($(h2load_2xx "$BENCH_WORK/cg-check.txt") of $CG_EVENTS answered 2xx)"
+  stop_pid "$KG_PID"
+fi
+
 RESULTS="$BENCH_WORK/results.txt"
 : >"$RESULTS"
-log "check: ${DURATION}s rounds, dispatcher off vs delivering"
+log "check: ${DURATION}s rounds, dispatcher off vs delivering $RATE events/s"
 for round in $(seq 1 "$ROUNDS"); do
   serve false
   check_round no-delivery | tee -a "$RESULTS"
-  # Enough events that the dispatcher is still delivering when the run ends.
-  fill "$EVENTS"
   stop_pid "$KG_PID"
+  reschedule
   serve true
   before="$(delivered)"
   check_round delivering | tee -a "$RESULTS"
   after="$(delivered)"
-  echo "  delivered during the run: $((after - before)) (the outbox held $EVENTS)"
-  (( after - before < EVENTS )) || log "WARNING: the outbox emptied during the run; raise BENCH_WEBHOOK_EVENTS"
+  echo "  delivered during the run: $((after - before)) ($RATE/s offered over ${DURATION}s + 1s warm-up)"
   stop_pid "$KG_PID"
 done
 python3 - "$RESULTS" <<'PY'

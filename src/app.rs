@@ -32,7 +32,7 @@ use crate::{
         key_admin::KeyAdminService,
         reflection::{self, Listener},
     },
-    invalidation,
+    invalidation, low_priority,
     proto::key_admin_server::KeyAdminServer,
     ratelimit::{RateLimitStore, RateLimiters, SharedLimiter},
     replica_state::ReplicaKeyState,
@@ -337,7 +337,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background.push(tokio::spawn(prune_daily(admin, stopped(&stop))));
     }
     if config.webhooks_enabled {
-        background.push(tokio::spawn(dispatcher.run(stopped(&stop))));
+        // Off the Check runtime, at a lower priority (src/low_priority.rs).
+        let stop = stopped(&stop);
+        background.push(low_priority::spawn("keygate-hooks", move || {
+            dispatcher.run(stop)
+        })?);
     }
     let usage_tally = usage_sender.tally().clone();
     background.push(tokio::spawn(report_gauges(

@@ -33,6 +33,7 @@ pub mod grpc;
 pub mod invalidation;
 pub mod issued_keys;
 pub mod leaks;
+mod low_priority;
 pub mod ratelimit;
 pub mod replica_state;
 pub mod rest;

@@ -467,20 +467,25 @@ impl Store {
         })
     }
 
-    /// Records an attempt, always, and its outcome on the delivery while
-    /// `claim_id` still holds it (a lapsed claim may have passed to another
-    /// replica, whose outcome then stands).
-    pub async fn record_attempt(
+    /// Records a round's attempts, always, and each outcome on its delivery
+    /// while `claim_id` still holds it (a lapsed claim may have passed to
+    /// another replica, whose outcome then stands). One transaction for the
+    /// round: a write per delivery would cost the replica's Check path a
+    /// commit per event (docs/behaviour.md §9).
+    pub async fn record_attempts(
         &self,
-        claimed: &ClaimedDelivery,
         claim_id: Uuid,
-        outcome: &AttemptOutcome,
+        attempts: &[(ClaimedDelivery, AttemptOutcome)],
     ) -> StoreResult<()> {
-        let status_code = outcome.status_code.map(i32::from);
-        let latency = i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX);
-        let delivered_at = (outcome.status == DeliveryStatus::Delivered).then_some(outcome.at);
+        if attempts.is_empty() {
+            return Ok(());
+        }
         with_pool!(&self.main, pool => {
             let mut tx = pool.begin_write().await?;
+            for (claimed, outcome) in attempts {
+            let status_code = outcome.status_code.map(i32::from);
+            let latency = i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX);
+            let delivered_at = (outcome.status == DeliveryStatus::Delivered).then_some(outcome.at);
             sqlx::query(RECORD_ATTEMPT)
                 .bind(claimed.event_id)
                 .bind(claimed.endpoint_id)
@@ -502,6 +507,7 @@ impl Store {
                 .bind(claim_id)
                 .execute(&mut *tx)
                 .await?;
+            }
             tx.commit().await?;
         });
         Ok(())

@@ -15,7 +15,6 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use futures::StreamExt;
 use rand::Rng;
 use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
@@ -166,17 +165,17 @@ impl Dispatcher {
             .seal_key
             .get_or_try_init(|| SealKey::load(&self.store))
             .await?;
-        futures::stream::iter(claimed)
-            .for_each_concurrent(None, |delivery| async move {
-                let outcome = self.attempt(seal_key, &delivery).await;
-                metrics::counter!("keygate_webhook_deliveries_total", "outcome" => outcome_label(&outcome))
-                    .increment(1);
-                if let Err(error) = self.store.record_attempt(&delivery, claim_id, &outcome).await {
-                    // The claim lapses and the delivery is attempted again.
-                    tracing::warn!(error = %chain(&error), event_id = %delivery.event_id, "cannot record a webhook attempt");
-                }
-            })
-            .await;
+        let attempts = futures::future::join_all(claimed.into_iter().map(|delivery| async move {
+            let outcome = self.attempt(seal_key, &delivery).await;
+            metrics::counter!("keygate_webhook_deliveries_total", "outcome" => outcome_label(&outcome))
+                .increment(1);
+            (delivery, outcome)
+        }))
+        .await;
+        if let Err(error) = self.store.record_attempts(claim_id, &attempts).await {
+            // The claims lapse and these deliveries are attempted again.
+            tracing::warn!(error = %chain(&error), deliveries = count, "cannot record a round of webhook attempts");
+        }
         Ok(count)
     }
 

@@ -1,0 +1,102 @@
+//! A thread of its own, at a lower CPU priority, for background work that
+//! must not take the core away from Check: the webhook dispatcher.
+//!
+//! Delivering a webhook costs CPU on the replica that delivers it (the
+//! outbound HTTP exchange, the signature, the claim and the record). On the
+//! runtime that answers Check, at the default priority, that work takes its
+//! share of the core from Checks whenever both want it. Here it runs on a
+//! single-threaded runtime whose thread has [`LOW_NICE`]: it gets every idle
+//! cycle and a tenth of a default thread's weight when Check wants the core
+//! (the same trade as the SQLite writer's, `store::writer_priority`). If
+//! delivery falls behind, the outbox holds the events (docs/behaviour.md §9):
+//! nothing is lost, it is delivered later.
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+/// The nice value of a low-priority thread: a tenth of a default thread's
+/// CPU weight when both want the core.
+const LOW_NICE: i32 = 10;
+
+/// Runs the future `task` builds on a new thread named `name` (at most 15
+/// bytes show in `top`), on a current-thread runtime, at [`LOW_NICE`]. The
+/// handle resolves when the future has finished and the thread's runtime
+/// has stopped; dropping it does not stop the work.
+pub fn spawn<F, Fut>(name: &str, task: F) -> anyhow::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (finished, ended) = tokio::sync::oneshot::channel::<()>();
+    let thread_name = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            lower_this_thread(&thread_name);
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(task()),
+                Err(error) => {
+                    tracing::error!(%error, thread = %thread_name, "cannot start a background runtime");
+                }
+            }
+            let _ = finished.send(());
+        })
+        .with_context(|| format!("cannot start the {name} thread"))?;
+    Ok(tokio::spawn(async move {
+        let _ = ended.await;
+    }))
+}
+
+/// Failure costs Check some throughput, not correctness: logged and
+/// otherwise ignored.
+#[cfg(target_os = "linux")]
+fn lower_this_thread(name: &str) {
+    use rustix::process::{getpriority_process, setpriority_process};
+    // On Linux a nice value belongs to a thread, and `None` (0) names the
+    // calling thread only, not the whole process. Never raised: a keygate
+    // started with a higher nice keeps it.
+    if getpriority_process(None).is_ok_and(|current| current >= LOW_NICE) {
+        return;
+    }
+    if let Err(error) = setpriority_process(None, LOW_NICE) {
+        tracing::warn!(%error, thread = name, "could not lower a background thread's priority; it competes with Check at full weight");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_thread(_name: &str) {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_work_runs_on_its_own_lowered_thread_and_the_handle_waits_for_it() {
+        let (seen, saw) = std::sync::mpsc::channel();
+        let here = rustix::process::getpriority_process(None).unwrap();
+        let handle = spawn("kg-test-low", move || async move {
+            let nice = rustix::process::getpriority_process(None).unwrap();
+            let name = std::thread::current().name().map(str::to_owned);
+            tokio::task::yield_now().await;
+            seen.send((nice, name)).unwrap();
+        })
+        .unwrap();
+        handle.await.unwrap();
+        let (nice, name) = saw
+            .try_recv()
+            .expect("the handle resolved before the work ran");
+        assert_eq!(name.as_deref(), Some("kg-test-low"));
+        // Under `nice -n 19` the thread cannot go lower than it already is.
+        assert_eq!(nice, LOW_NICE.max(here));
+        assert_eq!(
+            rustix::process::getpriority_process(None).unwrap(),
+            here,
+            "the caller's thread was lowered"
+        );
+    }
+}
