@@ -184,19 +184,7 @@ for round in $(seq 1 "$ROUNDS"); do
   run_round envoy+module "$MODULE" | tee -a "$RESULTS"
   run_round envoy+apikey "$APIKEY" | tee -a "$RESULTS"
 done
-python3 - "$RESULTS" <<'PY'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-by = {}
-for name, rps in rows:
-    by.setdefault(name, []).append(float(rps))
-base = by["envoy-alone"]
-for name in ("envoy+module", "envoy+apikey"):
-    ratios = [x / y for x, y in zip(by[name], base)]
-    print(f"{name}/envoy-alone: median {statistics.median(ratios):.3f} "
-          f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)}; {name} median "
-          f"{statistics.median(by[name]):.0f} req/s, envoy-alone {statistics.median(base):.0f} req/s)")
-PY
+round_ratios "$RESULTS" envoy-alone envoy+module envoy+apikey
 stop_pid "$ENVOY_PID"
 
 # The same Envoy with an empty table: the difference is the key table.

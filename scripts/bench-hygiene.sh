@@ -146,18 +146,7 @@ section_check() {
   done
   every_check_allowed
   stop_pid "$KG_PID"
-  python3 - "$results" <<'PY'
-import sys, statistics
-by = {}
-for name, rps in (l.split() for l in open(sys.argv[1])):
-    by.setdefault(name, []).append(float(rps))
-plain = by["plain"]
-for name in ("allow-list", "imported"):
-    ratios = [a / b for a, b in zip(by[name], plain)]
-    print(f"{name}/plain: median {statistics.median(ratios):.3f} "
-          f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)}; "
-          f"{name} median {statistics.median(by[name]):.0f} req/s, plain {statistics.median(plain):.0f} req/s)")
-PY
+  round_ratios "$results" plain allow-list imported
 }
 
 # --- instructions ----------------------------------------------------------

@@ -141,3 +141,21 @@ ensure_h2load() {
 # Requests per second and 2xx answers from an h2load report.
 h2load_rps() { sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$1"; }
 h2load_2xx() { sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' "$1"; }
+
+# round_ratios FILE BASE NAME...: FILE holds "scenario req/s" lines, the
+# scenarios interleaved round by round; prints each NAME's median ratio to
+# BASE, with the ratio of every round (the i-th NAME run to the i-th BASE).
+round_ratios() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+path, base, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+by = {}
+for name, rps in (line.split() for line in open(path) if line.strip()):
+    by.setdefault(name, []).append(float(rps))
+for name in names:
+    ratios = [x / y for x, y in zip(by[name], by[base])]
+    print(f"{name}/{base}: median {statistics.median(ratios):.3f} "
+          f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)}; {name} median "
+          f"{statistics.median(by[name]):.0f} req/s, {base} median {statistics.median(by[base]):.0f} req/s)")
+PY
+}

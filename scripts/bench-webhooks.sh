@@ -192,13 +192,4 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "  delivered during the run: $((after - before)) ($RATE/s offered over ${DURATION}s + 1s warm-up)"
   stop_pid "$KG_PID"
 done
-python3 - "$RESULTS" <<'PY'
-import sys, statistics
-rows = [l.split() for l in open(sys.argv[1])]
-on = [float(r[1]) for r in rows if r[0] == "delivering"]
-off = [float(r[1]) for r in rows if r[0] == "no-delivery"]
-ratios = [a / b for a, b in zip(on, off)]
-print(f"delivering/no-delivery: median {statistics.median(ratios):.3f} "
-      f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)}; "
-      f"delivering median {statistics.median(on):.0f} req/s, no-delivery {statistics.median(off):.0f} req/s)")
-PY
+round_ratios "$RESULTS" no-delivery delivering
