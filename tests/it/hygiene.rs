@@ -51,6 +51,45 @@ fn outcome(server_code: &Decision) -> (u16, &str) {
     (server_code.status, server_code.code.as_str())
 }
 
+/// A webhook of `OWNER` for `event` at an address nothing listens on; the
+/// server under test runs with its dispatcher off, so what is sent to it
+/// stays in the outbox to be read. Returns its id.
+async fn webhook_for(server: &TestServer, event: &str) -> String {
+    server
+        .admin
+        .clone()
+        .create_webhook(CreateWebhookRequest {
+            owner_id: OWNER.into(),
+            url: "http://127.0.0.1:9/hooks".into(),
+            events: vec![event.into()],
+            enabled: None,
+        })
+        .await
+        .expect("CreateWebhook")
+        .into_inner()
+        .webhook
+        .expect("the created webhook")
+        .id
+}
+
+async fn deliveries_to(
+    server: &TestServer,
+    webhook_id: String,
+) -> Vec<keygate::proto::WebhookDelivery> {
+    server
+        .admin
+        .clone()
+        .list_webhook_deliveries(ListWebhookDeliveriesRequest {
+            owner_id: OWNER.into(),
+            webhook_id,
+            ..Default::default()
+        })
+        .await
+        .expect("ListWebhookDeliveries")
+        .into_inner()
+        .deliveries
+}
+
 /// How many keys `OWNER` has, as ListKeys counts them.
 async fn keys_of_owner(server: &TestServer) -> i64 {
     server
@@ -359,20 +398,7 @@ mod dormancy {
                 s.webhooks_enabled = Some(false);
             })
             .await;
-            let webhook = server
-                .admin
-                .clone()
-                .create_webhook(CreateWebhookRequest {
-                    owner_id: OWNER.into(),
-                    url: "http://127.0.0.1:9/hooks".into(),
-                    events: vec!["api_key.dormant".into()],
-                    enabled: None,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .webhook
-                .unwrap();
+            let webhook = webhook_for(&server, "api_key.dormant").await;
             let idle = server.create_key(OWNER, &[]).await;
             let busy = server.create_key(OWNER, &[]).await;
             let (idle_id, busy_id) = (idle.api_key.unwrap().id, busy.api_key.unwrap().id);
@@ -407,18 +433,7 @@ mod dormancy {
             let events = audit_events(&server, "api_key.dormant").await;
             assert_eq!(events.len(), 1);
             assert_eq!(events[0].key_id, idle_id);
-            let deliveries = server
-                .admin
-                .clone()
-                .list_webhook_deliveries(ListWebhookDeliveriesRequest {
-                    owner_id: OWNER.into(),
-                    webhook_id: webhook.id,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .deliveries;
+            let deliveries = deliveries_to(&server, webhook).await;
             assert_eq!(deliveries.len(), 1);
             assert_eq!(deliveries[0].event_type, "api_key.dormant");
             assert!(deliveries[0].payload.contains(&idle_id));
@@ -713,8 +728,12 @@ mod leaks {
             let keys_file = github.keys_file(dir.path());
             let server = TestServer::start_with(backend, |s| {
                 s.github_scanning_keys = Some(keys_file.clone());
+                s.webhook_allow_private = Some(true);
+                s.webhook_allow_http = Some(true);
+                s.webhooks_enabled = Some(false);
             })
             .await;
+            let webhook = webhook_for(&server, "api_key.leaked").await;
             let leaked = server.create_key(OWNER, &[]).await;
             let leaked_id = leaked.api_key.unwrap().id;
             let body = report(&[&leaked.key, &one_off(&leaked.key), "sk_live_notakeyatall"]);
@@ -742,6 +761,11 @@ mod leaks {
             let events = audit_events(&server, "api_key.leaked").await;
             assert_eq!(events.len(), 1);
             assert_eq!(events[0].metadata["action"], "revoked");
+            let sent = deliveries_to(&server, webhook.clone()).await;
+            assert_eq!(sent.len(), 1, "the leak was not sent to the owner's webhook");
+            assert_eq!(sent[0].event_type, "api_key.leaked");
+            assert!(sent[0].payload.contains(&leaked_id));
+            assert!(!sent[0].payload.contains(&leaked.key), "the payload holds the key");
 
             let replayed = post_report(&server, &body, Some((&github.identifier, github.sign(&body)))).await;
             assert_eq!(replayed.status(), 401);
