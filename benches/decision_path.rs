@@ -38,11 +38,11 @@ use std::{
 use criterion::{criterion_group, criterion_main, Criterion};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use keygate::{
-    authz::{Authorizer, AuthzSettings},
+    authz::Authorizer,
     cache::{CacheSettings, KeyCache},
     config::Settings,
     domain::{CheckKey, KeyHash},
-    grpc::ext_authz::{CredentialHeaders, ExtAuthzService},
+    grpc::ext_authz::ExtAuthzService,
     ratelimit::RateLimiters,
     store::{Store, StoreOptions},
 };
@@ -140,12 +140,12 @@ fn fixture() -> Fixture {
             );
 
             let authorizer = Arc::new(Authorizer::new(
-                AuthzSettings::from_config(&config),
+                config.authz_settings(),
                 cache.clone(),
                 Arc::new(RateLimiters::new(1_000_000)),
                 None,
             ));
-            let service = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
+            let service = ExtAuthzService::new(authorizer, config.credential_headers());
             (
                 service,
                 cache,

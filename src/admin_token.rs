@@ -6,7 +6,7 @@
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::{config::AdminRole, grpc::auth::new_admin_token};
+use crate::{admin::AdminRole, grpc::auth::new_admin_token};
 
 /// How `keygate admin-token` prints the token and its entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -75,7 +75,7 @@ fn shell_quote(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_admin_tokens;
+    use crate::admin::parse_admin_tokens;
 
     #[test]
     fn json_output_carries_a_token_whose_entry_configures_it() {

@@ -20,15 +20,16 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use crate::{
     admin::{AdminPolicy, KeyAdmin},
     admin_runtime::AdminRuntime,
-    authz::{Authorizer, AuthzSettings},
+    authz::Authorizer,
     cache::{CacheSettings, KeyCache},
+    clock::Clock,
     config::{Config, TlsConfig},
     credits::CreditLedger,
     forward_auth::{self, ForwardAuth},
     grpc::{
         accept::incoming,
         auth::AdminAuth,
-        ext_authz::{AuthorizationServer, CredentialHeaders, ExtAuthzService},
+        ext_authz::{AuthorizationServer, ExtAuthzService},
         key_admin::KeyAdminService,
         reflection::{self, Listener},
     },
@@ -63,8 +64,9 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub store: Store,
     pub cache: Arc<KeyCache>,
-    /// The key lifecycle use-cases, for tests that drive them with a clock
-    /// of their own (`KeyAdmin::prune_at`).
+    /// The key lifecycle use-cases, for tests that call them directly
+    /// (`KeyAdmin::prune` after moving the clock given to
+    /// [`start_with_clock`]).
     pub admin: Arc<KeyAdmin>,
     stop: CancellationToken,
     lifecycle: JoinHandle<Stopped>,
@@ -125,6 +127,13 @@ fn rate_limiters(store: &RateLimitStore) -> anyhow::Result<RateLimiters> {
 /// Opens the store, migrates if configured, binds both listeners and starts
 /// every task. Returns once the listeners accept connections.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// [`start`] with the use-cases, Check and the webhook dispatcher reading
+/// the time from `clock`: what a test of expiry, overlaps or dormancy
+/// moves instead of waiting.
+pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let store = Store::connect(&StoreOptions {
         url: config.database_url.clone(),
         max_connections: config.database_max_connections,
@@ -171,12 +180,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let replica = ReplicaKeyState::new(cache.clone(), limiters.clone(), credits.clone());
     let authorizer = Arc::new(
         Authorizer::new(
-            AuthzSettings::from_config(&config),
+            config.authz_settings(),
             cache.clone(),
             limiters.clone(),
             config.usage_enabled.then(|| usage_sender.clone()),
         )
-        .with_credits(credits.clone()),
+        .with_credits(credits.clone())
+        .with_clock(clock.clone()),
     );
     let admin = Arc::new(
         KeyAdmin::new(
@@ -192,11 +202,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             services_may_grant_superkey: config.service_tokens_may_grant_superkey,
         })
         .with_webhook_targets(config.webhooks.policy)
-        .with_hygiene(crate::admin::hygiene::HygienePolicy::from_config(&config)),
+        .with_hygiene(config.hygiene_policy())
+        .with_clock(clock.clone()),
     );
     let dispatcher = Arc::new(
         webhooks::Dispatcher::new(store.clone(), config.webhooks.clone())
-            .context("cannot build the webhook HTTP client")?,
+            .context("cannot build the webhook HTTP client")?
+            .with_clock(clock),
     );
     if config.admin_tokens.is_empty() {
         tracing::warn!(
@@ -249,7 +261,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Listeners stop on their own signal, sent after health turns NOT_SERVING.
     let drain = CancellationToken::new();
 
-    let forward_auth = Arc::new(ForwardAuth::from_config(authorizer.clone(), &config));
+    let (forward_input, forward_render) = config.forward_auth_settings();
+    let forward_auth = Arc::new(ForwardAuth::new(
+        authorizer.clone(),
+        forward_input,
+        forward_render,
+    ));
     let admin_handle = admin.clone();
     let rest_router = rest::router(Arc::new(RestState {
         leaks: config.hygiene.scanning_keys.clone(),
@@ -260,7 +277,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             authorizer.clone(),
         ),
     }));
-    let ext_authz = ExtAuthzService::new(authorizer, CredentialHeaders::from_config(&config));
+    let ext_authz = ExtAuthzService::new(authorizer, config.credential_headers());
     let authz_server = server_builder(config.tls.as_ref(), false)?
         .add_service(health_service.clone())
         .add_service(authz_reflection_v1)

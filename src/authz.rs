@@ -9,10 +9,11 @@ use metrics::Counter;
 
 use crate::{
     cache::{CachedKey, KeyCache, LookupError},
-    config::{Config, ForeignBearer, RouteRule},
+    clock::Clock,
     credits::{CreditLedger, Spend},
     domain::{
         decide, path, DenyReason, KeyFormat, KeyHash, KeyParseError, RateLimit, RouteRequirements,
+        RouteRule,
     },
     ratelimit::{RateLimiters, RateOutcome},
     usage::{
@@ -103,6 +104,18 @@ pub enum Outcome {
     Deny(DenyReason),
 }
 
+/// What Check does with a bearer token that does not carry our prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignBearer {
+    /// Refused as `malformed_key` (the default).
+    Deny,
+    /// Allowed without an identity: another system's token, for upstream
+    /// to judge.
+    Allow,
+}
+
+/// What Check needs besides the cache and the limiters; built from the
+/// configuration in `config`.
 pub struct AuthzSettings {
     pub format: KeyFormat,
     pub foreign_bearer: ForeignBearer,
@@ -113,19 +126,6 @@ pub struct AuthzSettings {
     pub imported_prefixes: Vec<String>,
 }
 
-impl AuthzSettings {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            format: config.key_format.clone(),
-            foreign_bearer: config.foreign_bearer,
-            default_rate_limit: config.default_rate_limit,
-            routes: config.routes.clone(),
-            trusted_proxy_hops: config.trusted_proxy_hops,
-            imported_prefixes: config.hygiene.imported_prefixes.clone(),
-        }
-    }
-}
-
 pub struct Authorizer {
     settings: AuthzSettings,
     cache: Arc<KeyCache>,
@@ -133,6 +133,8 @@ pub struct Authorizer {
     credits: Option<Arc<CreditLedger>>,
     usage: Option<UsageSender>,
     decisions: DecisionCounters,
+    /// Read once per Check: expiry, overlaps and usage events use it.
+    clock: Clock,
 }
 
 /// One pre-registered counter per decision code: no label formatting on the
@@ -182,7 +184,14 @@ impl Authorizer {
             credits: None,
             usage,
             decisions: DecisionCounters::new(),
+            clock: Clock::system(),
         }
+    }
+
+    /// Reads the current instant from `clock` (the system clock otherwise).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Spends a credit for every allowed Check of a key that has credits.
@@ -193,11 +202,8 @@ impl Authorizer {
 
     /// Decides one request. `Err` only when the store was needed and failed:
     /// the caller returns a gRPC error so Envoy's own failure settings apply.
-    pub async fn check(
-        &self,
-        input: &CheckInput<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Outcome, LookupError> {
+    pub async fn check(&self, input: &CheckInput<'_>) -> Result<Outcome, LookupError> {
+        let now = self.clock.now();
         let route = match self.requirements(input) {
             Ok(route) => route,
             Err(reason) => {

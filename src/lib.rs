@@ -15,6 +15,7 @@
 //! - [`forward_auth`]: the same decision over HTTP for NGINX, Traefik, Caddy
 //!   and Envoy's HTTP ext_authz.
 //! - [`rest`]: the REST/JSON API over the same use-cases, and its OpenAPI.
+//! - [`clock`]: the one source of the current instant, set by tests.
 //! - [`app`]: the composition root: listeners, tasks and the ordered drain.
 //! - [`admin_token`]: what `keygate admin-token` prints.
 
@@ -25,6 +26,7 @@ pub mod answer;
 pub mod app;
 pub mod authz;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod credits;
 pub mod domain;

@@ -7,10 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod import_file;
 
 use keygate::{
-    admin::{hygiene::HygienePolicy, Caller, KeyAdmin},
+    admin::AdminRole,
+    admin::{Caller, KeyAdmin},
     admin_token,
     cache::{CacheSettings, KeyCache},
-    config::{AdminRole, Config, Settings},
+    config::{Config, Settings},
     credits::CreditLedger,
     ratelimit::RateLimiters,
     replica_state::ReplicaKeyState,
@@ -219,7 +220,7 @@ fn offline_admin(config: &Config, store: &Store) -> KeyAdmin {
             )),
         ),
     )
-    .with_hygiene(HygienePolicy::from_config(config))
+    .with_hygiene(config.hygiene_policy())
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {

@@ -12,8 +12,10 @@ use keygate::{
         denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
         MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_HEADERS,
     },
-    authz::{credential, rate_decision, CheckInput, CredentialSource, NotUtf8, RateHeaders},
-    config::ForeignBearer,
+    authz::{
+        credential, rate_decision, CheckInput, CredentialSource, ForeignBearer, NotUtf8,
+        RateHeaders,
+    },
     domain::{
         decide, CheckKey, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements,
     },

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use keygate::{
-    config::ForeignBearer,
+    authz::ForeignBearer,
     domain::{KeyFormat, KeyFormatError, RateLimit, RouteRequirements},
 };
 use serde::Deserialize;

@@ -1,6 +1,6 @@
 //! Key hygiene use-cases (docs/behaviour.md, "Key hygiene"): keys imported
 //! from another system and leaked keys reported. Dormancy is part of
-//! [`KeyAdmin::prune_at`].
+//! [`KeyAdmin::prune`].
 
 use std::{collections::BTreeMap, collections::HashMap, fmt, time::Duration as StdDuration};
 
@@ -10,10 +10,9 @@ use uuid::Uuid;
 
 use super::{audit_log, validate, AdminError, AdminResult, Caller, KeyAdmin};
 use crate::{
-    config::LeakAction,
     domain::{allow_list, ApiKey, KeyHash},
     leaks,
-    store::{self, AuditRecord, ImportedRow, NewKey},
+    store::{AuditRecord, ImportedRow, NewKey},
 };
 
 /// Keys stored per import transaction: large enough for a fast import,
@@ -30,6 +29,16 @@ pub struct HygienePolicy {
     pub dormant_after: Option<StdDuration>,
     pub imported_prefixes: Vec<String>,
     pub leak_action: LeakAction,
+}
+
+/// What a leak report does to a key keygate knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LeakAction {
+    /// Revoke it at once (reason `leaked: <url>`).
+    #[default]
+    Revoke,
+    /// Record the audit event and send the webhook; the key keeps working.
+    Notify,
 }
 
 /// An imported key's plaintext; `Debug` never shows it.
@@ -96,16 +105,6 @@ pub enum RowOutcome {
     },
 }
 
-impl HygienePolicy {
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self {
-            dormant_after: config.hygiene.dormant_after,
-            imported_prefixes: config.hygiene.imported_prefixes.clone(),
-            leak_action: config.hygiene.leak_action,
-        }
-    }
-}
-
 impl KeyAdmin {
     pub fn with_hygiene(mut self, hygiene: HygienePolicy) -> Self {
         self.hygiene = hygiene;
@@ -126,7 +125,7 @@ impl KeyAdmin {
         if self.hygiene.imported_prefixes.is_empty() {
             return Err(AdminError::ImportsDisabled);
         }
-        let now = store::now();
+        let now = self.now();
         let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
         let mut first_row_of: HashMap<KeyHash, usize> = HashMap::with_capacity(rows.len());
         let mut valid: Vec<(usize, NewKey)> = Vec::with_capacity(rows.len());
@@ -328,7 +327,7 @@ impl KeyAdmin {
         let Some(key) = self.key_named_by(credential).await? else {
             return Ok(None);
         };
-        let now = store::now();
+        let now = self.now();
         let reason = leaks::revocation_reason(url);
         let revoke = self.hygiene.leak_action == LeakAction::Revoke
             && key.revoked_at.is_none_or(|at| at > now);
@@ -368,7 +367,7 @@ impl KeyAdmin {
     ) -> AdminResult<ReportOutcome> {
         use sha2::{Digest, Sha256};
         let digest: [u8; 32] = Sha256::digest(body).into();
-        if !self.store.claim_leak_report(&digest, store::now()).await? {
+        if !self.store.claim_leak_report(&digest, self.now()).await? {
             return Ok(ReportOutcome::Replayed);
         }
         let mut known = Vec::with_capacity(tokens.len());

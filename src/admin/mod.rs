@@ -5,6 +5,7 @@
 //! evicts the affected keys from this replica's cache before returning, so a
 //! Check on this replica never sees the old state after the call returns.
 
+pub mod caller;
 pub mod ceiling;
 pub mod hygiene;
 pub mod page_token;
@@ -19,39 +20,25 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::{
-    config::AdminRole,
+    clock::Clock,
     domain::{
-        ability, Ability, AbilityError, ApiKey, Credits, Echo, KeyFormat, Owner, PlaintextKey,
-        RateLimit,
+        ability, Ability, AbilityError, ApiKey, AuditEvent, Credits, Echo, KeyFormat, KeyUsage,
+        Owner, PlaintextKey, RateLimit,
     },
     replica_state::ReplicaKeyState,
     store::{
-        self, AuditEvent, AuditFilter, AuditRecord, Cursor, KeyChanges, KeyFilter, KeyUsage,
-        NewKey, PruneSummary, Store, StoreError,
+        AuditFilter, AuditRecord, Cursor, KeyChanges, KeyFilter, NewKey, PruneSummary, Store,
+        StoreError,
     },
 };
+
+pub use caller::{parse_admin_tokens, AdminRole, AdminToken, Caller};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
 pub const DEFAULT_RECENT_LOGS: u32 = 20;
 pub const MAX_RECENT_LOGS: u32 = 100;
 const TOP_ENDPOINTS: u32 = 10;
-
-/// Who is calling: the admin token's name (the audit actor) and its role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub actor: String,
-    pub role: AdminRole,
-}
-
-impl Caller {
-    pub fn require_admin(&self) -> Result<(), AdminError> {
-        match self.role {
-            AdminRole::Admin => Ok(()),
-            AdminRole::Service => Err(AdminError::AdminRoleRequired),
-        }
-    }
-}
 
 /// What callers may ask for, beyond the shape of their input.
 #[derive(Debug, Clone)]
@@ -244,6 +231,8 @@ pub struct KeyAdmin {
     seal_key: OnceCell<crate::webhooks::SealKey>,
     /// Dormancy, imports and leak reports.
     hygiene: hygiene::HygienePolicy,
+    /// Every instant a use-case records or compares.
+    clock: Clock,
 }
 
 pub fn parse_id(raw: &str) -> AdminResult<Uuid> {
@@ -284,7 +273,20 @@ impl KeyAdmin {
             webhook_targets: crate::webhooks::TargetPolicy::default(),
             seal_key: OnceCell::new(),
             hygiene: hygiene::HygienePolicy::default(),
+            clock: Clock::system(),
         }
+    }
+
+    /// Reads the current instant from `clock` (the system clock otherwise).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The instant the use-cases work at; transports show a key's state as
+    /// of it.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     pub fn with_webhook_targets(mut self, targets: crate::webhooks::TargetPolicy) -> Self {
@@ -340,7 +342,7 @@ impl KeyAdmin {
                     .expect("the OS random source is available");
                 let secret = self
                     .store
-                    .shared_secret(page_token::SECRET_NAME, &fresh, store::now())
+                    .shared_secret(page_token::SECRET_NAME, &fresh, self.now())
                     .await?;
                 Ok(page_token::PageKey::new(&secret))
             })
@@ -407,7 +409,7 @@ impl KeyAdmin {
     }
 
     pub async fn create_key(&self, caller: &Caller, request: CreateKey) -> AdminResult<Issued> {
-        let now = store::now();
+        let now = self.now();
         let owner_id = validate::owner_id(&request.owner_id)?.to_owned();
         let name = validate::name(&request.name)?;
         let environment = match request.environment.trim() {
@@ -492,7 +494,7 @@ impl KeyAdmin {
                 .map(str::to_owned),
             environment: self.environment_filter(environment)?,
             include_revoked,
-            now: store::now(),
+            now: self.now(),
         })
     }
 
@@ -545,7 +547,7 @@ impl KeyAdmin {
             .with("fields", changes.field_names().join(","));
         let updated = self
             .store
-            .update_key(key.id, &changes, store::now(), &audit)
+            .update_key(key.id, &changes, self.now(), &audit)
             .await?;
         self.after_key_change(&audit, &updated).await;
         Ok(updated)
@@ -574,7 +576,7 @@ impl KeyAdmin {
         if old.is_revoked() {
             return Err(AdminError::AlreadyRevoked);
         }
-        let now = store::now();
+        let now = self.now();
         if old.expires_at.is_some_and(|expiry| expiry <= now) {
             // The successor would inherit the expiry and be born dead.
             return Err(AdminError::AlreadyExpired);
@@ -648,7 +650,7 @@ impl KeyAdmin {
         let audit = AuditRecord::new(event, &caller.actor).with("reason", reason.clone());
         let revoked = self
             .store
-            .revoke_key(key.id, &reason, store::now(), &audit)
+            .revoke_key(key.id, &reason, self.now(), &audit)
             .await?;
         self.after_key_change(&audit, &revoked).await;
         Ok(revoked)
@@ -662,7 +664,7 @@ impl KeyAdmin {
     ) -> AdminResult<(ApiKey, KeyUsage)> {
         let recent = validate::page_size(recent_limit, DEFAULT_RECENT_LOGS, MAX_RECENT_LOGS)?;
         let key = self.owned_key(owner_id, id).await?;
-        let since = (store::now() - Duration::days(i64::from(self.retention_days))).date_naive();
+        let since = (self.now() - Duration::days(i64::from(self.retention_days))).date_naive();
         let usage = self
             .store
             .key_usage(key.id, since, TOP_ENDPOINTS, recent)
@@ -686,7 +688,7 @@ impl KeyAdmin {
         };
         let owner = self
             .store
-            .set_owner_suspension(owner_id, reason.as_deref(), store::now(), &audit)
+            .set_owner_suspension(owner_id, reason.as_deref(), self.now(), &audit)
             .await?;
         self.replica.forget_owner(owner_id);
         audit_log(&audit, None, owner_id);
@@ -726,18 +728,10 @@ impl KeyAdmin {
     }
 
     /// Soft-deletes expired keys and deletes usage past the retention.
-    /// `None` when another replica is pruning.
+    /// `None` when another replica is pruning. A test of dormancy or
+    /// expiry moves the clock (`Clock::manual`) instead of waiting.
     pub async fn prune(&self, actor: &str) -> AdminResult<Option<PruneSummary>> {
-        self.prune_at(actor, store::now()).await
-    }
-
-    /// [`Self::prune`] as if the clock read `now`: what a test of dormancy
-    /// or expiry uses instead of waiting.
-    pub async fn prune_at(
-        &self,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> AdminResult<Option<PruneSummary>> {
+        let now = self.now();
         let cutoff = now - Duration::days(i64::from(self.retention_days));
         let dormant_before = self
             .hygiene

@@ -59,7 +59,7 @@ impl KeyAdmin {
     async fn seal_key(&self) -> AdminResult<&SealKey> {
         Ok(self
             .seal_key
-            .get_or_try_init(|| SealKey::load(&self.store))
+            .get_or_try_init(|| SealKey::load(&self.store, self.now()))
             .await?)
     }
 
@@ -110,7 +110,7 @@ impl KeyAdmin {
         let url = self.webhook_url(&request.url).await?;
         let events = Self::event_filter(&request.events)?;
         let secret = SigningSecret::generate().map_err(|_| AdminError::RandomSourceFailed)?;
-        let now = store::now();
+        let now = self.now();
         let id = Uuid::now_v7();
         let sealed_secret = self
             .seal_key()
@@ -168,7 +168,7 @@ impl KeyAdmin {
         }
         let hook = self.owned_webhook(owner_id, id).await?;
         self.store
-            .update_webhook(hook.id, &changes, store::now())
+            .update_webhook(hook.id, &changes, self.now())
             .await
             .map_err(not_found_as(AdminError::WebhookNotFound))
     }
@@ -215,7 +215,7 @@ impl KeyAdmin {
         let hook = self.owned_webhook(owner_id, webhook_id).await?;
         let event_id = parse_id(event_id)?;
         self.store
-            .redeliver(event_id, hook.id, store::now())
+            .redeliver(event_id, hook.id, self.now())
             .await
             .map_err(not_found_as(AdminError::DeliveryNotFound))
     }
@@ -228,7 +228,7 @@ impl KeyAdmin {
         webhook_id: &str,
     ) -> AdminResult<Delivery> {
         let hook = self.owned_webhook(owner_id, webhook_id).await?;
-        let now = store::now();
+        let now = self.now();
         let event_id = Uuid::now_v7();
         let metadata: std::collections::BTreeMap<String, String> =
             [("webhook_id".to_owned(), hook.id.to_string())].into();

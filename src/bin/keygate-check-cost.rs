@@ -35,10 +35,10 @@ use std::{
 use anyhow::{bail, Context};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use keygate::{
-    authz::{Authorizer, AuthzSettings},
+    authz::Authorizer,
     cache::{CacheSettings, KeyCache},
     config::{Config, Settings},
-    grpc::ext_authz::{CredentialHeaders, EncodedCheckResponse, ExtAuthzService},
+    grpc::ext_authz::{EncodedCheckResponse, ExtAuthzService},
     ratelimit::RateLimiters,
     store::{Store, StoreOptions},
     usage::{self, BufferBounds, FlushSettings},
@@ -251,12 +251,12 @@ impl Fixture {
 
 fn service(config: &Config, cache: Arc<KeyCache>, usage: usage::UsageSender) -> ExtAuthzService {
     let authorizer = Arc::new(Authorizer::new(
-        AuthzSettings::from_config(config),
+        config.authz_settings(),
         cache,
         Arc::new(RateLimiters::new(1_000_000)),
         Some(usage),
     ));
-    ExtAuthzService::new(authorizer, CredentialHeaders::from_config(config))
+    ExtAuthzService::new(authorizer, config.credential_headers())
 }
 
 /// Heap allocations counted over the measured calls.

@@ -6,7 +6,7 @@
 //! unreserved characters decoded (the other escapes kept, with upper-case
 //! hex), dot-segments removed, runs of slashes merged; query and fragment
 //! dropped. Case is left as it is: rule matching ignores ASCII case instead
-//! (see `config::RouteRule`).
+//! (see [`super::RouteRule`]).
 //!
 //! A path that upstream servers resolve in different ways is refused rather
 //! than guessed at ([`PathError`]): an encoded `/` or `\`, a raw `\` (a

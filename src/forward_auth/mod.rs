@@ -24,11 +24,8 @@ use http::{Request, Response};
 use metrics::Histogram;
 
 use crate::{
-    answer::MetadataHeaders,
     authz::{Authorizer, Outcome},
-    config::Config,
     grpc::status::report_check_failure,
-    store,
 };
 
 /// The forward-auth use of the [`Authorizer`].
@@ -49,27 +46,12 @@ impl ForwardAuth {
         }
     }
 
-    pub fn from_config(authorizer: Arc<Authorizer>, config: &Config) -> Self {
-        let input = InputSettings {
-            authorization_header: config.authorization_header.clone(),
-            api_key_header: config.api_key_header.clone(),
-            path_prefix: config.forward_auth_path_prefix.clone(),
-        };
-        let render = RenderSettings {
-            authorization_header: config.authorization_header.clone(),
-            api_key_header: config.api_key_header.clone(),
-            strip_credential: config.strip_credential,
-            metadata: MetadataHeaders::new(&config.metadata_headers),
-        };
-        Self::new(authorizer, input, render)
-    }
-
     /// Answers one request; `peer` is the connection's remote IP address.
     pub async fn answer<B>(&self, request: &Request<B>, peer: &str) -> Response<Body> {
         let started = Instant::now();
         let response = match input::read(request, &self.input, peer) {
             Err(problem) => render::bad_request(&problem),
-            Ok(input) => match self.authorizer.check(&input, store::now()).await {
+            Ok(input) => match self.authorizer.check(&input).await {
                 Ok(Outcome::Allow(allowance)) => self.render.allowed(&allowance),
                 Ok(Outcome::Deny(reason)) => self.render.denied(reason),
                 Err(error) => {

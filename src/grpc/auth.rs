@@ -12,10 +12,7 @@ use subtle::ConstantTimeEq;
 use tonic::{service::Interceptor, Request, Status};
 
 use super::status;
-use crate::{
-    admin::Caller,
-    config::{AdminRole, AdminToken},
-};
+use crate::admin::{AdminRole, AdminToken, Caller};
 
 /// Audit actor of calls on an unauthenticated development listener.
 pub const LOCAL_ACTOR: &str = "local-dev";
@@ -116,7 +113,7 @@ pub fn new_admin_token(name: &str, role: AdminRole) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_admin_tokens;
+    use crate::admin::parse_admin_tokens;
 
     #[test]
     fn a_generated_token_authenticates_with_its_config_line() {

@@ -9,9 +9,8 @@ use tonic::Status;
 use super::status::bad_timestamp;
 use crate::{
     admin::validate::{MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS},
-    domain::{ApiKey, Credits, KeyState, RateLimit, Refill},
+    domain::{ApiKey, AuditEvent, Credits, KeyState, KeyUsage, RateLimit, Refill, UsageLogEntry},
     proto,
-    store::{AuditEvent, KeyUsage, UsageLogEntry},
 };
 
 pub fn timestamp(at: DateTime<Utc>) -> Timestamp {

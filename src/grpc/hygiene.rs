@@ -4,31 +4,24 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
-use super::{convert, key_admin::caller};
+use super::convert;
 use crate::{
     admin::{
         hygiene::{ImportRow, ImportedSecret, RowOutcome},
-        KeyAdmin,
+        Caller, KeyAdmin,
     },
     proto::{self, import_key_result::Outcome, import_key_row::Secret},
-    store,
 };
 
 /// The audit actor is the admin token's name, as for every other change.
 pub async fn import(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::ImportKeysRequest>,
-) -> Result<Response<proto::ImportKeysResponse>, Status> {
-    let caller = caller(&request)?;
-    caller.require_admin()?;
-    let rows: Vec<Result<ImportRow, String>> = request
-        .into_inner()
-        .rows
-        .into_iter()
-        .map(import_row)
-        .collect();
+    admin: Arc<KeyAdmin>,
+    caller: Caller,
+    r: proto::ImportKeysRequest,
+) -> Result<proto::ImportKeysResponse, Status> {
+    let rows: Vec<Result<ImportRow, String>> = r.rows.into_iter().map(import_row).collect();
     let outcomes = admin
         .run_to_completion(move |admin| async move { admin.import_keys(&caller, rows).await })
         .await?;
@@ -51,7 +44,7 @@ pub async fn import(
         };
         response.results.push(result);
     }
-    Ok(Response::new(response))
+    Ok(response)
 }
 
 fn result(row: u32, outcome: Outcome, id: String, reason: String) -> proto::ImportKeyResult {
@@ -86,19 +79,17 @@ fn import_row(row: proto::ImportKeyRow) -> Result<ImportRow, String> {
 }
 
 pub async fn report_leaked(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::ReportLeakedKeyRequest>,
-) -> Result<Response<proto::ReportLeakedKeyResponse>, Status> {
-    let caller = caller(&request)?;
-    caller.require_admin()?;
-    let r = request.into_inner();
+    admin: Arc<KeyAdmin>,
+    caller: Caller,
+    r: proto::ReportLeakedKeyRequest,
+) -> Result<proto::ReportLeakedKeyResponse, Status> {
     let found = admin
         .run_to_completion(move |admin| async move {
             admin.report_leak(&caller.actor, &r.key, &r.url).await
         })
         .await?;
-    Ok(Response::new(proto::ReportLeakedKeyResponse {
+    Ok(proto::ReportLeakedKeyResponse {
         known: found.is_some(),
-        api_key: found.map(|key| convert::api_key(key, store::now())),
-    }))
+        api_key: found.map(|key| convert::api_key(key, admin.now())),
+    })
 }

@@ -1,7 +1,9 @@
-//! The KeyAdmin gRPC service. Handlers translate: proto → domain request,
-//! one call into [`crate::admin::KeyAdmin`], domain result → proto.
+//! The KeyAdmin gRPC service. Every handler reads as: proto → use-case
+//! request, one call into [`crate::admin::KeyAdmin`], result → proto;
+//! [`KeyAdminService::serve`] does the rest (who calls, whether they may,
+//! errors as `Status`, the call counted).
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use tonic::{Request, Response, Status};
 
@@ -9,11 +11,20 @@ use super::{auth::Authentication, convert, hygiene, webhooks};
 use crate::{
     admin::{self, Caller, KeyAdmin},
     proto::{self, key_admin_server},
-    store,
 };
 
 pub struct KeyAdminService {
     admin: Arc<KeyAdmin>,
+}
+
+/// Who may call an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Any authenticated caller; the use-case confines a `service` token to
+    /// what it may see.
+    Caller,
+    /// Only `admin` tokens.
+    Admin,
 }
 
 impl KeyAdminService {
@@ -21,20 +32,35 @@ impl KeyAdminService {
         Self { admin }
     }
 
-    /// See [`KeyAdmin::run_to_completion`].
-    async fn run_to_completion<T, F, Fut>(&self, mutation: F) -> Result<T, Status>
+    /// One RPC: the caller [`super::auth::AdminAuth`] found (refused when
+    /// there is none, or when `access` asks for an admin it is not), then
+    /// `handle` with the use-cases, the caller and the message; the call is
+    /// counted by method and gRPC code whatever the outcome.
+    async fn serve<Req, Res, Fut>(
+        &self,
+        method: &'static str,
+        access: Access,
+        request: Request<Req>,
+        handle: impl FnOnce(Arc<KeyAdmin>, Caller, Req) -> Fut,
+    ) -> Result<Response<Res>, Status>
     where
-        T: Send + 'static,
-        F: FnOnce(Arc<KeyAdmin>) -> Fut,
-        Fut: std::future::Future<Output = admin::AdminResult<T>> + Send + 'static,
+        Fut: Future<Output = Result<Res, Status>>,
     {
-        Ok(self.admin.run_to_completion(mutation).await?)
+        let outcome = async {
+            let caller = caller(&request)?;
+            if access == Access::Admin {
+                caller.require_admin()?;
+            }
+            handle(self.admin.clone(), caller, request.into_inner()).await
+        }
+        .await;
+        observe(method, outcome).map(Response::new)
     }
 }
 
 /// The authenticated caller, or why there is none, as
 /// [`super::auth::AdminAuth`] found it.
-pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     match request.extensions().get::<Authentication>() {
         Some(Authentication(found)) => found.clone(),
         None => Err(Status::internal(
@@ -43,43 +69,35 @@ pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     }
 }
 
-fn admin_caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    let caller = caller(request)?;
-    caller.require_admin()?;
-    Ok(caller)
-}
-
 const KEY_SHOWN_ONCE: &str = "Store this key now: it is shown only once and cannot be recovered.";
 
-impl KeyAdminService {
-    /// One page of keys; `owner_id = None` spans owners (admin callers only).
-    async fn list(
-        &self,
-        owner_id: Option<String>,
-        environment: String,
-        include_revoked: bool,
-        page_size: i32,
-        page_token: String,
-    ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        let request = admin::ListKeys {
-            owner_id,
-            environment,
-            include_revoked,
-            page_size,
-            page_token,
-        };
-        let page = self.admin.list_keys(request).await?;
-        let now = store::now();
-        Ok(Response::new(proto::ListKeysResponse {
-            keys: page
-                .items
-                .into_iter()
-                .map(|k| convert::api_key(k, now))
-                .collect(),
-            next_page_token: page.next_page_token,
-            total_size: page.total_size.unwrap_or_default(),
-        }))
-    }
+/// One page of keys; `owner_id = None` spans owners (admin callers only).
+async fn list(
+    admin: &KeyAdmin,
+    owner_id: Option<String>,
+    environment: String,
+    include_revoked: bool,
+    page_size: i32,
+    page_token: String,
+) -> Result<proto::ListKeysResponse, Status> {
+    let request = admin::ListKeys {
+        owner_id,
+        environment,
+        include_revoked,
+        page_size,
+        page_token,
+    };
+    let page = admin.list_keys(request).await?;
+    let now = admin.now();
+    Ok(proto::ListKeysResponse {
+        keys: page
+            .items
+            .into_iter()
+            .map(|k| convert::api_key(k, now))
+            .collect(),
+        next_page_token: page.next_page_token,
+        total_size: page.total_size.unwrap_or_default(),
+    })
 }
 
 #[tonic::async_trait]
@@ -89,11 +107,11 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        observe(
+        self.serve(
             "CreateKey",
-            async move {
-                let caller = caller(&request)?;
-                let r = request.into_inner();
+            Access::Caller,
+            request,
+            |admin, caller, r| async move {
                 let create = admin::CreateKey {
                     owner_id: r.owner_id,
                     name: r.name,
@@ -106,19 +124,19 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     metadata: convert::metadata(r.metadata),
                     allowed_cidrs: r.allowed_cidrs,
                 };
-                let issued = self
+                let issued = admin
                     .run_to_completion(move |admin| async move {
                         admin.create_key(&caller, create).await
                     })
                     .await?;
-                Ok(Response::new(proto::CreateKeyResponse {
+                Ok(proto::CreateKeyResponse {
                     key: issued.plaintext.into_exposed(),
-                    api_key: Some(convert::api_key(issued.key, store::now())),
+                    api_key: Some(convert::api_key(issued.key, admin.now())),
                     message: KEY_SHOWN_ONCE.to_owned(),
-                }))
-            }
-            .await,
+                })
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetKey"))]
@@ -126,16 +144,16 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::GetKeyRequest>,
     ) -> Result<Response<proto::ApiKey>, Status> {
-        observe(
+        self.serve(
             "GetKey",
-            async move {
-                caller(&request)?;
-                let r = request.into_inner();
-                let key = self.admin.get_key(&r.owner_id, &r.id).await?;
-                Ok(Response::new(convert::api_key(key, store::now())))
-            }
-            .await,
+            Access::Caller,
+            request,
+            |admin, _, r| async move {
+                let key = admin.get_key(&r.owner_id, &r.id).await?;
+                Ok(convert::api_key(key, admin.now()))
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListKeys"))]
@@ -143,22 +161,24 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        observe(
+        self.serve(
             "ListKeys",
-            async move {
-                caller(&request)?;
-                let r = request.into_inner();
-                self.list(
-                    Some(r.owner_id),
+            Access::Caller,
+            request,
+            |admin, _, r| async move {
+                let owner = Some(r.owner_id);
+                list(
+                    &admin,
+                    owner,
                     r.environment,
                     r.include_revoked,
                     r.page_size,
                     r.page_token,
                 )
                 .await
-            }
-            .await,
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "UpdateKey"))]
@@ -166,11 +186,11 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::UpdateKeyRequest>,
     ) -> Result<Response<proto::ApiKey>, Status> {
-        observe(
+        self.serve(
             "UpdateKey",
-            async move {
-                let caller = caller(&request)?;
-                let r = request.into_inner();
+            Access::Caller,
+            request,
+            |admin, caller, r| async move {
                 let update = admin::UpdateKey {
                     paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
                     name: r.name,
@@ -181,15 +201,15 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     metadata: convert::metadata(r.metadata),
                     allowed_cidrs: r.allowed_cidrs,
                 };
-                let key = self
+                let key = admin
                     .run_to_completion(move |admin| async move {
                         admin.update_key(&caller, &r.owner_id, &r.id, update).await
                     })
                     .await?;
-                Ok(Response::new(convert::api_key(key, store::now())))
-            }
-            .await,
+                Ok(convert::api_key(key, admin.now()))
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RotateKey"))]
@@ -197,28 +217,28 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::RotateKeyRequest>,
     ) -> Result<Response<proto::RotateKeyResponse>, Status> {
-        observe(
+        self.serve(
             "RotateKey",
-            async move {
-                let caller = caller(&request)?;
-                let r = request.into_inner();
-                let (issued, previous) = self
+            Access::Caller,
+            request,
+            |admin, caller, r| async move {
+                let (issued, previous) = admin
                     .run_to_completion(move |admin| async move {
                         admin
                             .rotate_key(&caller, &r.owner_id, &r.id, r.overlap_minutes)
                             .await
                     })
                     .await?;
-                let now = store::now();
-                Ok(Response::new(proto::RotateKeyResponse {
+                let now = admin.now();
+                Ok(proto::RotateKeyResponse {
                     key: issued.plaintext.into_exposed(),
                     api_key: Some(convert::api_key(issued.key, now)),
                     previous: Some(convert::api_key(previous, now)),
                     message: KEY_SHOWN_ONCE.to_owned(),
-                }))
-            }
-            .await,
+                })
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RevokeKey"))]
@@ -226,22 +246,22 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::RevokeKeyRequest>,
     ) -> Result<Response<proto::ApiKey>, Status> {
-        observe(
+        self.serve(
             "RevokeKey",
-            async move {
-                let caller = caller(&request)?;
-                let r = request.into_inner();
-                let key = self
+            Access::Caller,
+            request,
+            |admin, caller, r| async move {
+                let key = admin
                     .run_to_completion(move |admin| async move {
                         admin
                             .revoke_key(&caller, Some(&r.owner_id), &r.id, &r.reason)
                             .await
                     })
                     .await?;
-                Ok(Response::new(convert::api_key(key, store::now())))
-            }
-            .await,
+                Ok(convert::api_key(key, admin.now()))
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetKeyUsage"))]
@@ -249,19 +269,16 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::GetKeyUsageRequest>,
     ) -> Result<Response<proto::KeyUsage>, Status> {
-        observe(
+        self.serve(
             "GetKeyUsage",
-            async move {
-                caller(&request)?;
-                let r = request.into_inner();
-                let (key, usage) = self
-                    .admin
-                    .key_usage(&r.owner_id, &r.id, r.recent_limit)
-                    .await?;
-                Ok(Response::new(convert::key_usage(&key, usage)))
-            }
-            .await,
+            Access::Caller,
+            request,
+            |admin, _, r| async move {
+                let (key, usage) = admin.key_usage(&r.owner_id, &r.id, r.recent_limit).await?;
+                Ok(convert::key_usage(&key, usage))
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListAbilities"))]
@@ -269,21 +286,18 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ListAbilitiesRequest>,
     ) -> Result<Response<proto::ListAbilitiesResponse>, Status> {
-        observe(
+        self.serve(
             "ListAbilities",
-            async move {
-                caller(&request)?;
-                Ok(Response::new(proto::ListAbilitiesResponse {
-                    abilities: self
-                        .admin
-                        .abilities()
-                        .iter()
-                        .map(|a| a.as_str().to_owned())
-                        .collect(),
-                }))
-            }
-            .await,
+            Access::Caller,
+            request,
+            |admin, _, _| async move {
+                let abilities = admin.abilities().iter();
+                Ok(proto::ListAbilitiesResponse {
+                    abilities: abilities.map(|a| a.as_str().to_owned()).collect(),
+                })
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "AdminListKeys"))]
@@ -291,13 +305,14 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::AdminListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        observe(
+        self.serve(
             "AdminListKeys",
-            async move {
-                admin_caller(&request)?;
-                let r = request.into_inner();
+            Access::Admin,
+            request,
+            |admin, _, r| async move {
                 let owner = Some(r.owner_id).filter(|o| !o.is_empty());
-                self.list(
+                list(
+                    &admin,
                     owner,
                     r.environment,
                     r.include_revoked,
@@ -305,9 +320,9 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                     r.page_token,
                 )
                 .await
-            }
-            .await,
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "AdminRevokeKey"))]
@@ -315,20 +330,20 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::AdminRevokeKeyRequest>,
     ) -> Result<Response<proto::ApiKey>, Status> {
-        observe(
+        self.serve(
             "AdminRevokeKey",
-            async move {
-                let caller = admin_caller(&request)?;
-                let r = request.into_inner();
-                let key = self
+            Access::Admin,
+            request,
+            |admin, caller, r| async move {
+                let key = admin
                     .run_to_completion(move |admin| async move {
                         admin.revoke_key(&caller, None, &r.id, &r.reason).await
                     })
                     .await?;
-                Ok(Response::new(convert::api_key(key, store::now())))
-            }
-            .await,
+                Ok(convert::api_key(key, admin.now()))
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "SuspendOwner"))]
@@ -336,12 +351,12 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::SuspendOwnerRequest>,
     ) -> Result<Response<proto::Owner>, Status> {
-        observe(
+        self.serve(
             "SuspendOwner",
-            async move {
-                let caller = admin_caller(&request)?;
-                let r = request.into_inner();
-                let owner = self
+            Access::Admin,
+            request,
+            |admin, caller, r| async move {
+                let owner = admin
                     .run_to_completion(move |admin| async move {
                         let reason = if r.reason.trim().is_empty() {
                             "suspended"
@@ -353,10 +368,10 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                             .await
                     })
                     .await?;
-                Ok(Response::new(owner_message(owner)))
-            }
-            .await,
+                Ok(owner_message(owner))
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ResumeOwner"))]
@@ -364,20 +379,20 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ResumeOwnerRequest>,
     ) -> Result<Response<proto::Owner>, Status> {
-        observe(
+        self.serve(
             "ResumeOwner",
-            async move {
-                let caller = admin_caller(&request)?;
-                let r = request.into_inner();
-                let owner = self
+            Access::Admin,
+            request,
+            |admin, caller, r| async move {
+                let owner = admin
                     .run_to_completion(move |admin| async move {
                         admin.set_owner_suspension(&caller, &r.owner_id, None).await
                     })
                     .await?;
-                Ok(Response::new(owner_message(owner)))
-            }
-            .await,
+                Ok(owner_message(owner))
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListAuditEvents"))]
@@ -385,13 +400,12 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
-        observe(
+        self.serve(
             "ListAuditEvents",
-            async move {
-                admin_caller(&request)?;
-                let r = request.into_inner();
-                let page = self
-                    .admin
+            Access::Admin,
+            request,
+            |admin, _, r| async move {
+                let page = admin
                     .list_audit(admin::ListAudit {
                         key_id: r.key_id,
                         owner_id: r.owner_id,
@@ -400,13 +414,13 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
                         page_token: r.page_token,
                     })
                     .await?;
-                Ok(Response::new(proto::ListAuditEventsResponse {
+                Ok(proto::ListAuditEventsResponse {
                     events: page.items.into_iter().map(convert::audit_event).collect(),
                     next_page_token: page.next_page_token,
-                }))
-            }
-            .await,
+                })
+            },
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "CreateWebhook"))]
@@ -414,10 +428,8 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::CreateWebhookRequest>,
     ) -> Result<Response<proto::CreateWebhookResponse>, Status> {
-        observe(
-            "CreateWebhook",
-            webhooks::create(&self.admin, request).await,
-        )
+        self.serve("CreateWebhook", Access::Caller, request, webhooks::create)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListWebhooks"))]
@@ -425,7 +437,8 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ListWebhooksRequest>,
     ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
-        observe("ListWebhooks", webhooks::list(&self.admin, request).await)
+        self.serve("ListWebhooks", Access::Caller, request, webhooks::list)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "UpdateWebhook"))]
@@ -433,10 +446,8 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::UpdateWebhookRequest>,
     ) -> Result<Response<proto::Webhook>, Status> {
-        observe(
-            "UpdateWebhook",
-            webhooks::update(&self.admin, request).await,
-        )
+        self.serve("UpdateWebhook", Access::Caller, request, webhooks::update)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "DeleteWebhook"))]
@@ -444,10 +455,8 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::DeleteWebhookRequest>,
     ) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
-        observe(
-            "DeleteWebhook",
-            webhooks::delete(&self.admin, request).await,
-        )
+        self.serve("DeleteWebhook", Access::Caller, request, webhooks::delete)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListWebhookDeliveries"))]
@@ -455,10 +464,9 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ListWebhookDeliveriesRequest>,
     ) -> Result<Response<proto::ListWebhookDeliveriesResponse>, Status> {
-        observe(
-            "ListWebhookDeliveries",
-            webhooks::deliveries(&self.admin, request).await,
-        )
+        let deliveries = webhooks::deliveries;
+        self.serve("ListWebhookDeliveries", Access::Caller, request, deliveries)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RedeliverWebhook"))]
@@ -466,10 +474,13 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::RedeliverWebhookRequest>,
     ) -> Result<Response<proto::WebhookDelivery>, Status> {
-        observe(
+        self.serve(
             "RedeliverWebhook",
-            webhooks::redeliver(&self.admin, request).await,
+            Access::Caller,
+            request,
+            webhooks::redeliver,
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "SendTestWebhook"))]
@@ -477,10 +488,13 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::SendTestWebhookRequest>,
     ) -> Result<Response<proto::WebhookDelivery>, Status> {
-        observe(
+        self.serve(
             "SendTestWebhook",
-            webhooks::send_test(&self.admin, request).await,
+            Access::Caller,
+            request,
+            webhooks::send_test,
         )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ImportKeys"))]
@@ -488,7 +502,8 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ImportKeysRequest>,
     ) -> Result<Response<proto::ImportKeysResponse>, Status> {
-        observe("ImportKeys", hygiene::import(&self.admin, request).await)
+        self.serve("ImportKeys", Access::Admin, request, hygiene::import)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ReportLeakedKey"))]
@@ -496,10 +511,13 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         request: Request<proto::ReportLeakedKeyRequest>,
     ) -> Result<Response<proto::ReportLeakedKeyResponse>, Status> {
-        observe(
+        self.serve(
             "ReportLeakedKey",
-            hygiene::report_leaked(&self.admin, request).await,
+            Access::Admin,
+            request,
+            hygiene::report_leaked,
         )
+        .await
     }
 }
 

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
-use super::{convert, key_admin::caller};
+use super::convert;
 use crate::{
     admin::{
         webhooks::{CreateWebhook, ListDeliveries, UpdateWebhook},
-        AdminResult, KeyAdmin,
+        Caller, KeyAdmin,
     },
     domain::webhook::{Attempt, Delivery, DeliveryStatus, Webhook},
     proto,
@@ -18,88 +18,75 @@ use crate::{
 const SECRET_SHOWN_ONCE: &str =
     "Store this signing secret now: it is shown only once and cannot be recovered.";
 
-/// See [`KeyAdmin::run_to_completion`].
-async fn to_completion<T, F, Fut>(admin: &Arc<KeyAdmin>, mutation: F) -> Result<T, Status>
-where
-    T: Send + 'static,
-    F: FnOnce(Arc<KeyAdmin>) -> Fut,
-    Fut: std::future::Future<Output = AdminResult<T>> + Send + 'static,
-{
-    Ok(admin.run_to_completion(mutation).await?)
-}
-
 pub async fn create(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::CreateWebhookRequest>,
-) -> Result<Response<proto::CreateWebhookResponse>, Status> {
-    let caller = caller(&request)?;
-    let r = request.into_inner();
+    admin: Arc<KeyAdmin>,
+    caller: Caller,
+    r: proto::CreateWebhookRequest,
+) -> Result<proto::CreateWebhookResponse, Status> {
     let create = CreateWebhook {
         owner_id: r.owner_id,
         url: r.url,
         events: r.events,
         enabled: r.enabled,
     };
-    let registered = to_completion(admin, move |admin| async move {
-        admin.create_webhook(&caller, create).await
-    })
-    .await?;
-    Ok(Response::new(proto::CreateWebhookResponse {
+    let registered = admin
+        .run_to_completion(move |admin| async move { admin.create_webhook(&caller, create).await })
+        .await?;
+    Ok(proto::CreateWebhookResponse {
         webhook: Some(webhook(registered.webhook)),
         secret: registered.secret.expose(),
         message: SECRET_SHOWN_ONCE.to_owned(),
-    }))
+    })
 }
 
 pub async fn list(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::ListWebhooksRequest>,
-) -> Result<Response<proto::ListWebhooksResponse>, Status> {
-    caller(&request)?;
-    let hooks = admin.list_webhooks(&request.into_inner().owner_id).await?;
-    Ok(Response::new(proto::ListWebhooksResponse {
+    admin: Arc<KeyAdmin>,
+    _caller: Caller,
+    r: proto::ListWebhooksRequest,
+) -> Result<proto::ListWebhooksResponse, Status> {
+    let hooks = admin.list_webhooks(&r.owner_id).await?;
+    Ok(proto::ListWebhooksResponse {
         webhooks: hooks.into_iter().map(webhook).collect(),
-    }))
+    })
 }
 
 pub async fn update(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::UpdateWebhookRequest>,
-) -> Result<Response<proto::Webhook>, Status> {
-    caller(&request)?;
-    let r = request.into_inner();
+    admin: Arc<KeyAdmin>,
+    _caller: Caller,
+    r: proto::UpdateWebhookRequest,
+) -> Result<proto::Webhook, Status> {
     let update = UpdateWebhook {
         paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
         url: r.url,
         events: r.events,
         enabled: r.enabled,
     };
-    let hook = to_completion(admin, move |admin| async move {
-        admin.update_webhook(&r.owner_id, &r.id, update).await
-    })
-    .await?;
-    Ok(Response::new(webhook(hook)))
+    let hook = admin
+        .run_to_completion(move |admin| async move {
+            admin.update_webhook(&r.owner_id, &r.id, update).await
+        })
+        .await?;
+    Ok(webhook(hook))
 }
 
 pub async fn delete(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::DeleteWebhookRequest>,
-) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
-    caller(&request)?;
-    let r = request.into_inner();
-    to_completion(admin, move |admin| async move {
-        admin.delete_webhook(&r.owner_id, &r.id).await
-    })
-    .await?;
-    Ok(Response::new(proto::DeleteWebhookResponse {}))
+    admin: Arc<KeyAdmin>,
+    _caller: Caller,
+    r: proto::DeleteWebhookRequest,
+) -> Result<proto::DeleteWebhookResponse, Status> {
+    admin
+        .run_to_completion(
+            move |admin| async move { admin.delete_webhook(&r.owner_id, &r.id).await },
+        )
+        .await?;
+    Ok(proto::DeleteWebhookResponse {})
 }
 
 pub async fn deliveries(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::ListWebhookDeliveriesRequest>,
-) -> Result<Response<proto::ListWebhookDeliveriesResponse>, Status> {
-    caller(&request)?;
-    let r = request.into_inner();
+    admin: Arc<KeyAdmin>,
+    _caller: Caller,
+    r: proto::ListWebhookDeliveriesRequest,
+) -> Result<proto::ListWebhookDeliveriesResponse, Status> {
     let page = admin
         .list_webhook_deliveries(ListDeliveries {
             owner_id: r.owner_id,
@@ -108,40 +95,40 @@ pub async fn deliveries(
             page_token: r.page_token,
         })
         .await?;
-    Ok(Response::new(proto::ListWebhookDeliveriesResponse {
+    Ok(proto::ListWebhookDeliveriesResponse {
         deliveries: page.items.into_iter().map(delivery).collect(),
         next_page_token: page.next_page_token,
-    }))
+    })
 }
 
 pub async fn redeliver(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::RedeliverWebhookRequest>,
-) -> Result<Response<proto::WebhookDelivery>, Status> {
-    caller(&request)?;
-    let r = request.into_inner();
-    let queued = to_completion(admin, move |admin| async move {
-        admin
-            .redeliver_webhook(&r.owner_id, &r.webhook_id, &r.event_id)
-            .await
-    })
-    .await?;
-    Ok(Response::new(delivery(queued)))
+    admin: Arc<KeyAdmin>,
+    _caller: Caller,
+    r: proto::RedeliverWebhookRequest,
+) -> Result<proto::WebhookDelivery, Status> {
+    let queued = admin
+        .run_to_completion(move |admin| async move {
+            admin
+                .redeliver_webhook(&r.owner_id, &r.webhook_id, &r.event_id)
+                .await
+        })
+        .await?;
+    Ok(delivery(queued))
 }
 
 pub async fn send_test(
-    admin: &Arc<KeyAdmin>,
-    request: Request<proto::SendTestWebhookRequest>,
-) -> Result<Response<proto::WebhookDelivery>, Status> {
-    let caller = caller(&request)?;
-    let r = request.into_inner();
-    let queued = to_completion(admin, move |admin| async move {
-        admin
-            .send_test_webhook(&caller, &r.owner_id, &r.webhook_id)
-            .await
-    })
-    .await?;
-    Ok(Response::new(delivery(queued)))
+    admin: Arc<KeyAdmin>,
+    caller: Caller,
+    r: proto::SendTestWebhookRequest,
+) -> Result<proto::WebhookDelivery, Status> {
+    let queued = admin
+        .run_to_completion(move |admin| async move {
+            admin
+                .send_test_webhook(&caller, &r.owner_id, &r.webhook_id)
+                .await
+        })
+        .await?;
+    Ok(delivery(queued))
 }
 
 fn webhook(hook: Webhook) -> proto::Webhook {

@@ -14,10 +14,7 @@ use super::{
     principal::Principal,
     RestState,
 };
-use crate::{
-    admin::{validate, ListAudit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
-    store,
-};
+use crate::admin::{validate, ListAudit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 type Shared = State<Arc<RestState>>;
 
@@ -32,7 +29,7 @@ pub async fn list_keys(
     principal.require_admin()?;
     let owner_id = query.owner_id.clone();
     let page = state.admin.list_key_page(query.for_owner(owner_id)).await?;
-    Ok(Json(KeyList::of(page)))
+    Ok(Json(KeyList::of(page, state.admin.now())))
 }
 
 #[utoipa::path(post, path = "/v1/admin/api-keys/{id}/revoke", tag = "admin",
@@ -53,7 +50,7 @@ pub async fn revoke_key(
         })
         .await?;
     Ok(Json(KeyData {
-        data: super::model::ApiKey::of(key, store::now()),
+        data: super::model::ApiKey::of(key, state.admin.now()),
     }))
 }
 

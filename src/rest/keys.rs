@@ -18,10 +18,7 @@ use super::{
     principal::Principal,
     RestState,
 };
-use crate::{
-    admin::{self, validate::MAX_TIMESTAMP_SECONDS},
-    store,
-};
+use crate::admin::{self, validate::MAX_TIMESTAMP_SECONDS};
 
 type Shared = State<Arc<RestState>>;
 
@@ -38,7 +35,7 @@ pub async fn list(
         .admin
         .list_key_page(query.for_owner(Some(owner_id)))
         .await?;
-    Ok(Json(KeyList::of(page)))
+    Ok(Json(KeyList::of(page, state.admin.now())))
 }
 
 /// An expiry inside the range every store can order (years 1 to 9999).
@@ -82,7 +79,7 @@ pub async fn create(
     let data = IssuedKey {
         key: issued.plaintext.into_exposed(),
         message: KEY_SHOWN_ONCE,
-        api_key: ApiKey::of(issued.key, store::now()),
+        api_key: ApiKey::of(issued.key, state.admin.now()),
     };
     Ok((StatusCode::CREATED, Json(IssuedKeyData { data })))
 }
@@ -98,12 +95,12 @@ pub async fn get(
 ) -> Result<Json<KeyData>, ApiError> {
     let owner_id = principal.owner(query.owner_id, None)?;
     let key = state.admin.get_key(&owner_id, &id).await?;
-    Ok(key_data(key))
+    Ok(key_data(key, state.admin.now()))
 }
 
-fn key_data(key: crate::domain::ApiKey) -> Json<KeyData> {
+fn key_data(key: crate::domain::ApiKey, now: chrono::DateTime<chrono::Utc>) -> Json<KeyData> {
     Json(KeyData {
-        data: ApiKey::of(key, store::now()),
+        data: ApiKey::of(key, now),
     })
 }
 
@@ -160,7 +157,7 @@ pub async fn update(
                 .await
         })
         .await?;
-    Ok(key_data(key))
+    Ok(key_data(key, state.admin.now()))
 }
 
 #[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys",
@@ -190,7 +187,7 @@ pub async fn rotate(
                 .await
         })
         .await?;
-    let now = store::now();
+    let now = state.admin.now();
     let data = RotatedKey {
         key: issued.plaintext.into_exposed(),
         message: KEY_SHOWN_ONCE,
@@ -220,7 +217,7 @@ pub async fn revoke(
                 .await
         })
         .await?;
-    Ok(key_data(key))
+    Ok(key_data(key, state.admin.now()))
 }
 
 #[utoipa::path(get, path = "/v1/api-keys/{id}/usage", tag = "api-keys",

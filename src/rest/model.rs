@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     admin::pages::{ListKeyPage, NumberedPage},
-    domain::{self, KeyState},
-    store::{self, AuditEvent, KeyUsage},
+    domain::{self, AuditEvent, KeyState, KeyUsage},
 };
 
 /// What the create and rotate responses say about the plaintext key.
@@ -350,8 +349,7 @@ pub struct KeyList {
 }
 
 impl KeyList {
-    pub fn of(page: NumberedPage<domain::ApiKey>) -> Self {
-        let now = store::now();
+    pub fn of(page: NumberedPage<domain::ApiKey>, now: DateTime<Utc>) -> Self {
         Self {
             data: page.items.into_iter().map(|k| ApiKey::of(k, now)).collect(),
             meta: PageMeta {

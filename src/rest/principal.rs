@@ -16,12 +16,10 @@ use axum::{
 
 use super::{error::ApiError, RestState};
 use crate::{
-    admin::{ceiling::Ceiling, Caller},
+    admin::{ceiling::Ceiling, AdminRole, Caller},
     authz::{Authorizer, CheckInput, Outcome, EXT_ABILITIES},
-    config::AdminRole,
     domain::{KeyFormat, KeyParseError},
     grpc::auth::{AdminAuth, TokenError},
-    store,
 };
 
 /// The ability that lets a key manage its owner's keys.
@@ -110,14 +108,10 @@ impl Authenticator {
             context_extensions: Some(&self.requirement),
             ..Default::default()
         };
-        let outcome = self
-            .authorizer
-            .check(&input, store::now())
-            .await
-            .map_err(|error| {
-                tracing::warn!(error = %crate::grpc::status::chain(&error), "REST: key lookup failed");
-                ApiError::unavailable("the key store is unavailable; retry later")
-            })?;
+        let outcome = self.authorizer.check(&input).await.map_err(|error| {
+            tracing::warn!(error = %crate::grpc::status::chain(&error), "REST: key lookup failed");
+            ApiError::unavailable("the key store is unavailable; retry later")
+        })?;
         let allowance = match outcome {
             Outcome::Allow(allowance) => allowance,
             Outcome::Deny(reason) => return Err(ApiError::denied(reason)),

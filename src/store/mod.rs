@@ -33,8 +33,8 @@ pub use credits::Lease;
 pub use hygiene::ImportedRow;
 pub use issued::heartbeat;
 pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
-pub use owners_audit::{AuditEvent, AuditFilter, AuditRecord};
-pub use usage::{KeyUsage, PruneSummary, UsageEvent, UsageLogEntry};
+pub use owners_audit::{AuditFilter, AuditRecord};
+pub use usage::{PruneSummary, UsageEvent};
 pub use webhooks::{AttemptOutcome, ClaimedDelivery, NewWebhook, OutboxStats, WebhookChanges};
 
 pub(crate) static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
@@ -318,11 +318,4 @@ impl Store {
             with_pool!(pools, pool => pool.close().await);
         }
     }
-}
-
-/// The current instant at the precision both backends store (microseconds),
-/// so that values read back compare equal to values written.
-pub fn now() -> chrono::DateTime<chrono::Utc> {
-    use chrono::SubsecRound;
-    chrono::Utc::now().trunc_subsecs(6)
 }

@@ -10,7 +10,7 @@ use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 use super::{backend::Backend, with_pool, Store, StoreResult};
-use crate::domain::Owner;
+use crate::domain::{AuditEvent, Owner};
 
 /// The audit part of a change: what happened, who did it, and details.
 #[derive(Debug, Clone)]
@@ -35,17 +35,33 @@ impl AuditRecord {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct AuditEvent {
-    pub id: Uuid,
-    pub event: String,
-    pub key_id: Option<Uuid>,
-    pub owner_id: Option<String>,
-    pub key_prefix: Option<String>,
-    pub actor: String,
+/// An `audit_events` row as read; the domain's [`AuditEvent`] once mapped.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: Uuid,
+    event: String,
+    key_id: Option<Uuid>,
+    owner_id: Option<String>,
+    key_prefix: Option<String>,
+    actor: String,
     #[sqlx(json)]
-    pub metadata: BTreeMap<String, String>,
-    pub at: DateTime<Utc>,
+    metadata: BTreeMap<String, String>,
+    at: DateTime<Utc>,
+}
+
+impl From<AuditRow> for AuditEvent {
+    fn from(row: AuditRow) -> Self {
+        AuditEvent {
+            id: row.id,
+            event: row.event,
+            key_id: row.key_id,
+            owner_id: row.owner_id,
+            key_prefix: row.key_prefix,
+            actor: row.actor,
+            metadata: row.metadata,
+            at: row.at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -159,7 +175,8 @@ impl Store {
                     .push(" AND id < ").push_bind(id).push("))");
             }
             query.push(" ORDER BY at DESC, id DESC LIMIT ").push_bind(i64::from(limit));
-            Ok(query.build_query_as::<AuditEvent>().fetch_all(pool).await?)
+            let rows = query.build_query_as::<AuditRow>().fetch_all(pool).await?;
+            Ok(rows.into_iter().map(AuditEvent::from).collect())
         })
     }
 }

@@ -61,7 +61,7 @@ mod tests {
 
         let mut tx = pool.begin_write().await.expect("the next writer begins");
         sqlx::query("INSERT INTO owners (owner_id, created_at, updated_at) VALUES ('o', $1, $1)")
-            .bind(crate::store::now())
+            .bind(crate::clock::Clock::system().now())
             .execute(&mut *tx)
             .await
             .unwrap();

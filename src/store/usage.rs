@@ -15,6 +15,7 @@ use super::{
     backend::Backend, owners_audit::insert_audit, with_pool, AuditRecord, DbPool, Store,
     StoreResult,
 };
+use crate::domain::{KeyUsage, UsageLogEntry};
 
 /// One Check decision about a known key. Cheap to build: the IP becomes
 /// text only per written row, and the events of one raw path share their
@@ -30,23 +31,28 @@ pub struct UsageEvent {
     pub allowed: bool,
 }
 
-/// One usage-log row: `count` requests of one key in one second with the
-/// same method, endpoint, client IP and decision; `at` is the latest of them.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct UsageLogEntry {
-    pub at: DateTime<Utc>,
-    pub method: String,
-    pub endpoint: String,
-    pub ip: Option<String>,
-    pub decision: String,
-    pub count: i64,
+/// A `usage_log` row as read; the domain's [`UsageLogEntry`] once mapped.
+#[derive(sqlx::FromRow)]
+struct UsageLogRow {
+    at: DateTime<Utc>,
+    method: String,
+    endpoint: String,
+    ip: Option<String>,
+    decision: String,
+    count: i64,
 }
 
-/// What GetKeyUsage reports beyond the key's own counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyUsage {
-    pub top_endpoints: Vec<(String, u64)>,
-    pub recent_logs: Vec<UsageLogEntry>,
+impl From<UsageLogRow> for UsageLogEntry {
+    fn from(row: UsageLogRow) -> Self {
+        UsageLogEntry {
+            at: row.at,
+            method: row.method,
+            endpoint: row.endpoint,
+            ip: row.ip,
+            decision: row.decision,
+            count: row.count,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -327,7 +333,7 @@ impl Store {
             )
             .bind(key_id).bind(since).bind(i64::from(top))
             .fetch_all(pool).await?;
-            let recent_logs: Vec<UsageLogEntry> = sqlx::query_as(
+            let recent_logs: Vec<UsageLogRow> = sqlx::query_as(
                 "SELECT at, method, endpoint, ip, decision, count FROM usage_log \
                  WHERE key_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
             )
@@ -335,7 +341,7 @@ impl Store {
             .fetch_all(pool).await?;
             Ok(KeyUsage {
                 top_endpoints: top_endpoints.into_iter().map(|(e, n)| (e, n.max(0) as u64)).collect(),
-                recent_logs,
+                recent_logs: recent_logs.into_iter().map(UsageLogEntry::from).collect(),
             })
         })
     }

@@ -25,9 +25,10 @@ use super::{
     target::{GuardedResolver, TargetPolicy},
 };
 use crate::{
+    clock::Clock,
     domain::webhook::DeliveryStatus,
     grpc::status::chain,
-    store::{self, AttemptOutcome, ClaimedDelivery, Store, StoreResult},
+    store::{AttemptOutcome, ClaimedDelivery, Store, StoreResult},
 };
 
 /// How the dispatcher delivers.
@@ -85,6 +86,7 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     client: reqwest::Client,
     seal_key: tokio::sync::OnceCell<SealKey>,
+    clock: Clock,
 }
 
 impl Dispatcher {
@@ -105,7 +107,14 @@ impl Dispatcher {
             settings,
             client,
             seal_key: tokio::sync::OnceCell::new(),
+            clock: Clock::system(),
         })
+    }
+
+    /// Claims, schedules and warns by `clock` (the system clock otherwise).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Runs until `stop` resolves. A round cut short by `stop` leaves its
@@ -151,7 +160,7 @@ impl Dispatcher {
     /// deliveries it claimed.
     pub async fn deliver_round(&self) -> StoreResult<usize> {
         let claim_id = Uuid::now_v7();
-        let now = store::now();
+        let now = self.clock.now();
         let lease = chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
         let claimed = self
             .store
@@ -163,7 +172,7 @@ impl Dispatcher {
         let count = claimed.len();
         let seal_key = self
             .seal_key
-            .get_or_try_init(|| SealKey::load(&self.store))
+            .get_or_try_init(|| SealKey::load(&self.store, self.clock.now()))
             .await?;
         let attempts = futures::future::join_all(claimed.into_iter().map(|delivery| async move {
             let outcome = self.attempt(seal_key, &delivery).await;
@@ -183,7 +192,7 @@ impl Dispatcher {
         let started = Instant::now();
         let sent = self.send(seal_key, delivery).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let at = store::now();
+        let at = self.clock.now();
         let (status_code, error) = match sent {
             Ok(status) if status.is_success() => {
                 return AttemptOutcome {
@@ -239,6 +248,8 @@ impl Dispatcher {
             .open(delivery.endpoint_id, &delivery.sealed_secret)
             .map_err(|e| e.to_string())?;
         let id = delivery.event_id.to_string();
+        // The receiver compares this with its own clock to refuse replays:
+        // it is the wall clock's, whatever a test set `self.clock` to.
         let timestamp = Utc::now().timestamp();
         let signature = signature::sign(&secret, &id, timestamp, &delivery.payload);
         let response = self
@@ -262,7 +273,7 @@ impl Dispatcher {
                 metrics::gauge!("keygate_webhook_outbox_depth").set(stats.pending as f64);
                 let age = stats
                     .oldest_pending
-                    .map(|at| (store::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+                    .map(|at| (self.clock.now() - at).num_milliseconds().max(0) as f64 / 1000.0)
                     .unwrap_or(0.0);
                 metrics::gauge!("keygate_webhook_oldest_pending_seconds").set(age);
             }
@@ -286,7 +297,7 @@ impl Dispatcher {
             let wider = &thresholds[i + 1..];
             match self
                 .store
-                .warn_expiring(store::now(), *before, wider, ACTOR, WARNINGS_PER_ROUND)
+                .warn_expiring(self.clock.now(), *before, wider, ACTOR, WARNINGS_PER_ROUND)
                 .await
             {
                 Ok(0) => {}

@@ -85,12 +85,13 @@ impl SealKey {
     }
 
     /// The key every replica shares, made by the first that needs it.
-    pub async fn load(store: &crate::store::Store) -> crate::store::StoreResult<SealKey> {
+    pub async fn load(
+        store: &crate::store::Store,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::store::StoreResult<SealKey> {
         let corrupt = |e: SecretError| crate::store::StoreError::Corrupt(e.to_string());
         let fresh = SealKey::fresh_material().map_err(corrupt)?;
-        let material = store
-            .shared_secret(SEAL_KEY_NAME, &fresh, crate::store::now())
-            .await?;
+        let material = store.shared_secret(SEAL_KEY_NAME, &fresh, now).await?;
         SealKey::new(&material).map_err(corrupt)
     }
 

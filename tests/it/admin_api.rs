@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use common::{with_token, TestServer};
 use keygate::{
-    config::AdminRole,
+    admin::AdminRole,
     grpc::auth::new_admin_token,
     proto::{
         api_key::State, AdminListKeysRequest, AdminRevokeKeyRequest, ApiKey, AuditEvent,

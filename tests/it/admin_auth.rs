@@ -6,7 +6,7 @@ use crate::common;
 
 use common::{channel, test_settings, with_token, TestDb, TestServer};
 use keygate::{
-    config::AdminRole,
+    admin::AdminRole,
     grpc::auth::new_admin_token,
     proto::{
         CreateKeyRequest, ListAbilitiesRequest, ListKeysRequest, RotateKeyRequest, UpdateKeyRequest,

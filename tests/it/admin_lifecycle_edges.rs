@@ -3,14 +3,17 @@
 //! overlapping rotations cannot grow an owner past that limit plus one key
 //! in overlap, and overlaps are capped; a storm of mutations cancelled
 //! part-way, or a disk that fills and frees, leaves every later change
-//! working.
+//! working. Expiry and overlaps are reached by moving the server's clock
+//! ([`keygate::clock::Clock::manual`]), not by waiting or editing rows.
 
 use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{execute, process::KeygateProcess, Backend, TestServer};
+use chrono::{DateTime, Utc};
+use common::{process::KeygateProcess, Backend, TestServer};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use keygate::clock::Clock;
 use keygate::proto::{
     key_admin_client::KeyAdminClient, AdminRevokeKeyRequest, CreateKeyRequest, GetKeyRequest,
     ListKeysRequest, ResumeOwnerRequest, RevokeKeyRequest, RotateKeyRequest, SuspendOwnerRequest,
@@ -40,19 +43,29 @@ fn rotate(id: &str, overlap_minutes: u32) -> RotateKeyRequest {
     }
 }
 
-/// Puts a key's expiry in the past (the API refuses to).
-async fn expire(server: &TestServer, id: &str) {
-    let id = uuid::Uuid::parse_str(id).unwrap();
-    let sql = match server.db.backend {
-        Backend::Sqlite => format!(
-            "UPDATE api_keys SET expires_at = '2020-01-01T00:00:00+00:00' WHERE id = X'{}'",
-            id.simple()
-        ),
-        Backend::Postgres => {
-            format!("UPDATE api_keys SET expires_at = '2020-01-01T00:00:00Z' WHERE id = '{id}'")
-        }
-    };
-    execute(&server.db, &sql).await;
+/// The instant every clocked test starts at: the server reads it until
+/// the test moves the clock.
+fn start_of_test() -> DateTime<Utc> {
+    "2030-01-01T00:00:00Z".parse().unwrap()
+}
+
+/// A key for `owner` that expires an hour after [`start_of_test`].
+async fn key_expiring_in_an_hour(server: &TestServer, owner: &str, name: &str) -> String {
+    let expires = start_of_test() + chrono::Duration::hours(1);
+    server
+        .create(CreateKeyRequest {
+            owner_id: owner.into(),
+            name: name.into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: expires.timestamp(),
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .api_key
+        .unwrap()
+        .id
 }
 
 /// A request whose `grpc-timeout` expires after `deadline`: the server drops
@@ -158,9 +171,10 @@ async fn cancelled_mutation(
 
 on_both_backends! {
     async fn rotating_an_expired_key_fails_precondition(backend) {
-        let server = TestServer::start(backend).await;
-        let id = server.create_key("acme", &[]).await.api_key.unwrap().id;
-        expire(&server, &id).await;
+        let clock = Clock::manual(start_of_test());
+        let server = TestServer::start_with_clock(backend, clock.clone(), |_| {}).await;
+        let id = key_expiring_in_an_hour(&server, "acme", "short-lived").await;
+        clock.advance(chrono::Duration::hours(2));
         let error = server.admin.clone()
             .rotate_key(RotateKeyRequest { owner_id: "acme".into(), id, overlap_minutes: 0 })
             .await
@@ -170,14 +184,51 @@ on_both_backends! {
     }
 
     async fn expired_keys_do_not_count_toward_the_owner_limit(backend) {
-        let server = TestServer::start_with(backend, |s| s.max_keys_per_owner = Some(2)).await;
-        let first = server.create_key("acme", &[]).await.api_key.unwrap().id;
+        let clock = Clock::manual(start_of_test());
+        let server =
+            TestServer::start_with_clock(backend, clock.clone(), |s| s.max_keys_per_owner = Some(2)).await;
+        key_expiring_in_an_hour(&server, "acme", "first").await;
         server.create_key("acme", &[]).await;
         let request = CreateKeyRequest { owner_id: "acme".into(), name: "third".into(), ..Default::default() };
         let full = server.admin.clone().create_key(request.clone()).await.unwrap_err();
         assert_eq!(full.code(), tonic::Code::FailedPrecondition);
-        expire(&server, &first).await;
+        clock.advance(chrono::Duration::minutes(59));
+        let still_full = server.admin.clone().create_key(request.clone()).await.unwrap_err();
+        assert_eq!(still_full.code(), tonic::Code::FailedPrecondition, "the first key has a minute left");
+        clock.advance(chrono::Duration::minutes(2));
         server.admin.clone().create_key(request).await.expect("an expired key frees its place");
+    }
+
+    async fn the_old_key_stops_working_when_its_rotation_overlap_ends(backend) {
+        let clock = Clock::manual(start_of_test());
+        let server = TestServer::start_with_clock(backend, clock.clone(), |_| {}).await;
+        let created = server.create_key("acme", &[]).await;
+        let id = created.api_key.unwrap().id;
+        let rotated = server.admin.clone().rotate_key(rotate(&id, 10)).await.expect("RotateKey").into_inner();
+        assert_eq!(server.check_key(&created.key, None).await.code, "allowed");
+        clock.advance(chrono::Duration::minutes(9));
+        assert_eq!(server.check_key(&created.key, None).await.code, "allowed", "a minute of overlap is left");
+        clock.advance(chrono::Duration::minutes(1));
+        let denied = server.check_key(&created.key, None).await;
+        assert_eq!((denied.status, denied.code.as_str()), (401, "key_revoked"), "the overlap has ended");
+        assert_eq!(server.check_key(&rotated.key, None).await.code, "allowed");
+    }
+
+    async fn an_expiring_key_works_until_its_expiry_and_not_after(backend) {
+        let clock = Clock::manual(start_of_test());
+        let server = TestServer::start_with_clock(backend, clock.clone(), |_| {}).await;
+        let id = key_expiring_in_an_hour(&server, "acme", "short-lived").await;
+        let key = server.admin.clone()
+            .rotate_key(rotate(&id, 0))
+            .await
+            .expect("RotateKey")
+            .into_inner()
+            .key;
+        clock.advance(chrono::Duration::minutes(59));
+        assert_eq!(server.check_key(&key, None).await.code, "allowed");
+        clock.advance(chrono::Duration::minutes(1));
+        let denied = server.check_key(&key, None).await;
+        assert_eq!((denied.status, denied.code.as_str()), (401, "key_expired"));
     }
 
     async fn chained_overlapping_rotations_never_exceed_the_limit_plus_one_live_key(backend) {

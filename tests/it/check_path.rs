@@ -443,7 +443,7 @@ async fn prune_does_nothing_while_another_replica_holds_the_prune_lock() {
         .execute(&mut *held)
         .await
         .unwrap();
-    let now = keygate::store::now();
+    let now = keygate::clock::Clock::system().now();
     assert_eq!(store.prune(now, now, None, "test").await.unwrap(), None);
     held.rollback().await.unwrap();
     assert!(store.prune(now, now, None, "test").await.unwrap().is_some());

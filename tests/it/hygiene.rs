@@ -1,6 +1,7 @@
 //! Key hygiene (docs/behaviour.md, "Key hygiene") against a real server and
 //! database: IP allow-lists on Check, forward-auth and the admin APIs;
-//! dormant keys retired by the prune job on the test's clock; keys imported
+//! dormant keys retired by the prune job on the test's clock (a
+//! `Clock::manual` the server reads); keys imported
 //! from another system (gRPC and `keygate import`); leak reports signed with
 //! a key pair made here, refused when forged or replayed.
 
@@ -11,6 +12,7 @@ use std::{collections::HashMap, time::Duration};
 use base64::{engine::general_purpose::STANDARD, Engine};
 use chrono::{DateTime, Utc};
 use common::{check_request, eventually, replica::Replica, Backend, Decision, TestDb, TestServer};
+use keygate::clock::Clock;
 use keygate::proto::{
     import_key_result::Outcome, import_key_row::Secret, CreateKeyRequest, CreateWebhookRequest,
     GetKeyRequest, ImportKeyRow, ImportKeysRequest, ListAuditEventsRequest, ListKeysRequest,
@@ -391,7 +393,8 @@ mod dormancy {
 
     crate::on_both_backends! {
         async fn the_prune_job_revokes_keys_unused_for_the_dormancy_period(backend) {
-            let server = TestServer::start_with(backend, |s| {
+            let clock = Clock::manual("2030-01-01T00:00:00Z".parse().unwrap());
+            let server = TestServer::start_with_clock(backend, clock.clone(), |s| {
                 s.dormant_after = Some("90d".into());
                 s.webhook_allow_private = Some(true);
                 s.webhook_allow_http = Some(true);
@@ -400,6 +403,7 @@ mod dormancy {
             .await;
             let webhook = webhook_for(&server, "api_key.dormant").await;
             let idle = server.create_key(OWNER, &[]).await;
+            clock.advance(chrono::Duration::minutes(1));
             let busy = server.create_key(OWNER, &[]).await;
             let (idle_id, busy_id) = (idle.api_key.unwrap().id, busy.api_key.unwrap().id);
             assert_eq!(server.check_key(&busy.key, None).await.code, "allowed");
@@ -410,26 +414,27 @@ mod dormancy {
             assert!(used, "the usage flush never recorded the busy key's use");
             let last_used = instant(get_key(&server, &busy_id).await.last_used_at.unwrap());
 
-            // The clock of the test: a moment before the busy key's last use
-            // is 90 days old. The idle key, never used, counts from its
-            // creation, which came earlier.
+            assert_eq!(last_used, clock.now(), "the use is recorded at the server's clock");
+
+            // A moment before the busy key's last use is 90 days old. The
+            // idle key, never used, counts from its creation a minute
+            // earlier.
             let now = last_used + chrono::Duration::days(90) - chrono::Duration::microseconds(1);
             let admin = server.running().admin.clone();
-            let before = admin
-                .prune_at("test-clock", now - chrono::Duration::days(1))
-                .await
-                .unwrap()
-                .unwrap();
+            clock.set(now - chrono::Duration::days(1));
+            let before = admin.prune("test-clock").await.unwrap().unwrap();
             assert_eq!(before.keys_dormant, 0);
-            let summary = admin.prune_at("test-clock", now).await.unwrap().unwrap();
+            clock.set(now);
+            let summary = admin.prune("test-clock").await.unwrap().unwrap();
             assert_eq!(summary.keys_dormant, 1);
 
-            // Revoked at the instant the job ran: the test's clock, which
-            // Check (on the real clock) has not reached.
+            // Revoked at the instant the job ran, and Check agrees.
             let retired = get_key(&server, &idle_id).await;
             assert_eq!(retired.revocation_reason, "dormant");
             assert_eq!(instant(retired.revoked_at.unwrap()), now);
             assert!(get_key(&server, &busy_id).await.revoked_at.is_none());
+            assert_eq!(server.check_key(&idle.key, None).await.code, "key_revoked");
+            assert_eq!(server.check_key(&busy.key, None).await.code, "allowed");
             let events = audit_events(&server, "api_key.dormant").await;
             assert_eq!(events.len(), 1);
             assert_eq!(events[0].key_id, idle_id);
@@ -440,16 +445,11 @@ mod dormancy {
         }
 
         async fn without_a_dormancy_period_nothing_is_retired(backend) {
-            let server = TestServer::start(backend).await;
+            let clock = Clock::manual(Utc::now());
+            let server = TestServer::start_with_clock(backend, clock.clone(), |_| {}).await;
             let idle = server.create_key(OWNER, &[]).await;
-            let far_future = Utc::now() + chrono::Duration::days(3650);
-            let summary = server
-                .running()
-                .admin
-                .prune_at("test-clock", far_future)
-                .await
-                .unwrap()
-                .unwrap();
+            clock.advance(chrono::Duration::days(3650));
+            let summary = server.running().admin.prune("test-clock").await.unwrap().unwrap();
             assert_eq!(summary.keys_dormant, 0);
             let key = get_key(&server, &idle.api_key.unwrap().id).await;
             assert!(key.revoked_at.is_none());
@@ -726,7 +726,8 @@ mod leaks {
             let dir = tempfile::tempdir().unwrap();
             let github = Signer::new("github-test-key");
             let keys_file = github.keys_file(dir.path());
-            let server = TestServer::start_with(backend, |s| {
+            let clock = Clock::manual(Utc::now());
+            let server = TestServer::start_with_clock(backend, clock.clone(), |s| {
                 s.github_scanning_keys = Some(keys_file.clone());
                 s.webhook_allow_private = Some(true);
                 s.webhook_allow_http = Some(true);
@@ -774,11 +775,11 @@ mod leaks {
             // Reports are kept as long as usage (30 days by default), then
             // pruned: a report that old, replayed, finds its key revoked.
             let admin = server.running().admin.clone();
-            let soon = Utc::now() + chrono::Duration::days(29);
-            let kept = admin.prune_at("test-clock", soon).await.unwrap().unwrap();
+            clock.advance(chrono::Duration::days(29));
+            let kept = admin.prune("test-clock").await.unwrap().unwrap();
             assert_eq!(kept.leak_reports_deleted, 0);
-            let later = Utc::now() + chrono::Duration::days(31);
-            let pruned = admin.prune_at("test-clock", later).await.unwrap().unwrap();
+            clock.advance(chrono::Duration::days(2));
+            let pruned = admin.prune("test-clock").await.unwrap().unwrap();
             assert_eq!(pruned.leak_reports_deleted, 1);
             let late_replay = post_report(&server, &body, Some((&github.identifier, github.sign(&body)))).await;
             assert_eq!(late_replay.status(), 200);

@@ -109,7 +109,7 @@ async fn metrics_count_checks_cache_and_admin_calls_without_owner_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_refused_for_their_token_are_counted() {
     let (_token, line) =
-        keygate::grpc::auth::new_admin_token("ops", keygate::config::AdminRole::Admin);
+        keygate::grpc::auth::new_admin_token("ops", keygate::admin::AdminRole::Admin);
     let db = TestDb::new(Backend::Sqlite).await;
     let process = KeygateProcess::spawn(&db.url, &[("KEYGATE_ADMIN_TOKENS", &line)]).await;
     let mut admin = KeyAdminClient::new(common::channel(process.admin_addr).await);

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{Backend, TestServer};
-use keygate::{config::AdminRole, grpc::auth::new_admin_token};
+use keygate::{admin::AdminRole, grpc::auth::new_admin_token};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

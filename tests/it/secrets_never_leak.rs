@@ -18,7 +18,7 @@ use base64::{
 use common::{channel, eventually, Backend, Decision, TestDb, TestServer};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keygate::{
-    config::AdminRole,
+    admin::AdminRole,
     grpc::auth::new_admin_token,
     proto::{
         key_admin_client::KeyAdminClient, AdminListKeysRequest, AdminRevokeKeyRequest,

@@ -87,7 +87,7 @@ async fn insert_keys(store: &Store, count: usize) -> Vec<Uuid> {
             "live",
             owner,
             "bulk".into(),
-            keygate::store::now(),
+            keygate::clock::Clock::system().now(),
         );
         ids.push(store.insert_key(&new, None, &audit).await.unwrap().id);
     }
@@ -97,7 +97,7 @@ async fn insert_keys(store: &Store, count: usize) -> Vec<Uuid> {
 /// Two allowed events per key, on two endpoints (`/v1/e0`, `/v1/e1`), so
 /// that 1,201 keys need more than one multi-row statement for every table.
 fn two_events_per_key(ids: &[Uuid]) -> Vec<UsageEvent> {
-    let now = keygate::store::now();
+    let now = keygate::clock::Clock::system().now();
     ids.iter()
         .flat_map(|id| {
             (0..2).map(move |n| UsageEvent {
@@ -323,7 +323,7 @@ on_both_backends! {
         let store = Store::connect(&StoreOptions::new(server.db.url.clone())).await.unwrap();
         let event = |days_ago: i64| UsageEvent {
             key_id: Uuid::parse_str(&kept).unwrap(),
-            at: keygate::store::now() - chrono::Duration::days(days_ago),
+            at: keygate::clock::Clock::system().now() - chrono::Duration::days(days_ago),
             ip: None,
             method: "GET",
             endpoint: "/v1/x".into(),

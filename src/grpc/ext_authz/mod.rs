@@ -27,8 +27,6 @@ use super::status::check_unavailable;
 use crate::{
     answer::MetadataHeaders,
     authz::{Authorizer, CheckInput, HeaderText, NotUtf8, Outcome},
-    config::Config,
-    store,
 };
 
 /// Header names the Check service reads, sets and strips.
@@ -39,17 +37,6 @@ pub struct CredentialHeaders {
     pub strip: bool,
     /// Key metadata exported as `x-keygate-meta-<name>` upstream headers.
     pub metadata: MetadataHeaders,
-}
-
-impl CredentialHeaders {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            authorization: config.authorization_header.clone(),
-            api_key: config.api_key_header.clone(),
-            strip: config.strip_credential,
-            metadata: MetadataHeaders::new(&config.metadata_headers),
-        }
-    }
 }
 
 pub struct ExtAuthzService {
@@ -74,7 +61,7 @@ impl ExtAuthzService {
         let input = self.input(request);
         let outcome = self
             .authorizer
-            .check(&input, store::now())
+            .check(&input)
             .await
             .map_err(|e| check_unavailable(&e))?;
         Ok(match outcome {

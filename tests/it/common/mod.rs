@@ -20,6 +20,7 @@ use envoy_types::{
 };
 use keygate::{
     app::{self, Running},
+    clock::Clock,
     config::Settings,
     proto::{key_admin_client::KeyAdminClient, CreateKeyRequest, CreateKeyResponse},
 };
@@ -149,10 +150,31 @@ impl TestServer {
 
     /// Starts a server on an existing database (e.g. a second replica).
     pub async fn start_on(db: TestDb, configure: impl FnOnce(&mut Settings)) -> TestServer {
+        Self::start_on_with_clock(db, Clock::system(), configure).await
+    }
+
+    /// Starts a server whose use-cases and Check read the time from `clock`
+    /// (a [`Clock::manual`] the test moves instead of waiting).
+    pub async fn start_with_clock(
+        backend: Backend,
+        clock: Clock,
+        configure: impl FnOnce(&mut Settings),
+    ) -> TestServer {
+        let db = TestDb::new(backend).await;
+        Self::start_on_with_clock(db, clock, configure).await
+    }
+
+    async fn start_on_with_clock(
+        db: TestDb,
+        clock: Clock,
+        configure: impl FnOnce(&mut Settings),
+    ) -> TestServer {
         let mut settings = test_settings(&db);
         configure(&mut settings);
         let config = settings.validate().expect("valid test settings");
-        let running = app::start(config).await.expect("server starts");
+        let running = app::start_with_clock(config, clock)
+            .await
+            .expect("server starts");
         let admin = KeyAdminClient::new(channel(running.admin_addr).await);
         let authz = AuthorizationClient::new(channel(running.authz_addr).await);
         TestServer {
