@@ -188,7 +188,7 @@ section_admin() {
 section_criterion() {
   note_load "criterion" "$BENCH_OUT/load.txt"
   log "criterion: decision path with 1,000,000 cached keys"
-  taskset -c "$SERVER_CPU" cargo bench --bench decision_path -- --noplot \
+  taskset -c "$SERVER_CPU" cargo bench -p keygate-bench --bench decision_path -- --noplot \
     2>&1 | tee "$BENCH_OUT/criterion.txt"
   local d
   for d in allowed_cache_hit denied_revoked_cache_hit denied_malformed; do

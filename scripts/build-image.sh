@@ -8,7 +8,7 @@
 #
 # Usage: scripts/build-image.sh [--binary PATH] [--tag REPO:TAG] [--oci-dir DIR] [--storage DIR]
 #   --binary PATH   package this binary instead of building
-#                   `cargo build --release --locked --no-default-features --bin keygate`
+#                   `cargo build --release --locked -p keygate --bin keygate`
 #   --tag REPO:TAG  default ghcr.io/keygate/keygate:<version in Cargo.toml>, the
 #                   Helm chart's default image
 #   --oci-dir DIR   also write the image to DIR as an OCI image layout
@@ -37,7 +37,7 @@ done
 command -v buildah >/dev/null || die "buildah is not installed (Debian: apt-get install buildah)"
 
 if [[ -z "$binary" ]]; then
-  cargo build --release --locked --no-default-features --bin keygate
+  cargo build --release --locked -p keygate --bin keygate
   binary="${CARGO_TARGET_DIR:-$ROOT/target}/release/keygate"
 fi
 [[ -x "$binary" ]] || die "$binary is not an executable"

@@ -49,7 +49,9 @@ if ! redis_ready; then
 fi
 
 echo "== cargo test (SQLite and PostgreSQL)"
-cargo test --locked --lib --bins --tests
+# --tests: unit tests of every library and binary that has any (test = true
+# in its manifest), and the integration tests.
+cargo test --locked --tests
 
 echo "== Python suites: Envoy stubs and a real Envoy"
 # cargo test above built target/debug/keygate (a separate `cargo build` would
