@@ -30,20 +30,20 @@ pub mod clock;
 pub mod config;
 pub mod credits;
 pub mod domain;
-pub mod forward_auth;
+pub(crate) mod forward_auth;
 pub mod grpc;
-pub mod invalidation;
-pub mod issued_keys;
-pub mod leaks;
+pub(crate) mod invalidation;
+pub(crate) mod issued_keys;
+pub(crate) mod leaks;
 mod low_priority;
 pub mod ratelimit;
 pub mod replica_state;
-pub mod rest;
+pub(crate) mod rest;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
-pub mod webhooks;
+pub(crate) mod webhooks;
 
 /// Generated KeyAdmin API (`proto/keygate/admin/v1/key_admin.proto`).
 pub mod proto {

@@ -14,8 +14,8 @@ mod input;
 mod render;
 mod server;
 
-pub use input::{InputSettings, MODE, REQUIRE_ABILITIES, REQUIRE_ENVIRONMENT};
-pub use render::{Body, RenderSettings, HEADERS_TO_REMOVE};
+pub use input::InputSettings;
+pub use render::{Body, RenderSettings};
 pub use server::serve;
 
 use std::{sync::Arc, time::Instant};

@@ -52,10 +52,6 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
     }
