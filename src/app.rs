@@ -176,6 +176,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         store.clone(),
         config.credit_lease,
         config.check_timeout,
+        clock.clone(),
     ));
     let replica = ReplicaKeyState::new(cache.clone(), limiters.clone(), credits.clone());
     let authorizer = Arc::new(

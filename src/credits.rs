@@ -19,7 +19,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use futures::{
     future::{BoxFuture, Shared},
     FutureExt,
@@ -28,7 +27,10 @@ use metrics::Counter;
 use moka::sync::Cache;
 use uuid::Uuid;
 
-use crate::store::{Lease, Store, StoreError};
+use crate::{
+    clock::Clock,
+    store::{Lease, Store, StoreError},
+};
 
 /// How long a replica that found a key's credits spent waits before asking
 /// the database again (a refill or a top-up may have come).
@@ -77,6 +79,8 @@ struct Account {
 
 pub struct CreditLedger {
     store: Store,
+    /// Lease periods and refills are judged on it (tests move it).
+    clock: Clock,
     lease_size: u64,
     timeout: Duration,
     accounts: Cache<Uuid, Arc<Account>>,
@@ -87,9 +91,10 @@ pub struct CreditLedger {
 impl CreditLedger {
     /// `lease_size` credits per lease; `timeout` bounds each lease on the
     /// Check path.
-    pub fn new(store: Store, lease_size: u64, timeout: Duration) -> Self {
+    pub fn new(store: Store, lease_size: u64, timeout: Duration, clock: Clock) -> Self {
         Self {
             store,
+            clock,
             lease_size: lease_size.max(1),
             timeout,
             // Unbounded would be a leak; an evicted account's credits are
@@ -108,7 +113,7 @@ impl CreditLedger {
         // others; a few rounds settle it, the last answer stands.
         for _ in 0..4 {
             let account = self.accounts.get_with(id, Arc::default);
-            let now_ms = Utc::now().timestamp_millis();
+            let now_ms = self.clock.now().timestamp_millis();
             {
                 let mut state = account.state.lock().expect("credit account poisoned");
                 if state.closed {
@@ -142,8 +147,9 @@ impl CreditLedger {
         }
         let (store, account_ref) = (self.store.clone(), account.clone());
         let (want, timeout, leases) = (self.lease_size, self.timeout, self.leases.clone());
+        let clock = self.clock.clone();
         let flight = async move {
-            let now_ms = Utc::now().timestamp_millis();
+            let now_ms = clock.now().timestamp_millis();
             let leased = tokio::time::timeout(timeout, store.lease_credits(id, want, now_ms / 1000))
                 .await
                 .unwrap_or(Err(StoreError::Timeout(timeout)));
@@ -188,7 +194,7 @@ impl CreditLedger {
             };
             account_ref.flight.lock().expect("credit flight poisoned").take();
             if let Some(lease) = orphaned.filter(|lease| lease.granted > 0) {
-                let now = Utc::now().timestamp();
+                let now = clock.now().timestamp();
                 if let Err(error) = store.return_credits(id, &lease, lease.granted, now).await {
                     tracing::warn!(key_id = %id, %error, "could not return a lease granted after its key changed; it is lost");
                 }
@@ -230,7 +236,7 @@ impl CreditLedger {
         };
         match self
             .store
-            .return_credits(id, &lease, unspent, Utc::now().timestamp())
+            .return_credits(id, &lease, unspent, self.clock.now().timestamp())
             .await
         {
             Ok(true) => self.returned.increment(unspent),

@@ -217,6 +217,7 @@ fn offline_admin(config: &Config, store: &Store) -> KeyAdmin {
                 store.clone(),
                 config.credit_lease,
                 config.check_timeout,
+                keygate::clock::Clock::system(),
             )),
         ),
     )
