@@ -483,30 +483,30 @@ impl Store {
         with_pool!(&self.main, pool => {
             let mut tx = pool.begin_write().await?;
             for (claimed, outcome) in attempts {
-            let status_code = outcome.status_code.map(i32::from);
-            let latency = i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX);
-            let delivered_at = (outcome.status == DeliveryStatus::Delivered).then_some(outcome.at);
-            sqlx::query(RECORD_ATTEMPT)
-                .bind(claimed.event_id)
-                .bind(claimed.endpoint_id)
-                .bind(claimed.attempts)
-                .bind(outcome.at)
-                .bind(status_code)
-                .bind(latency)
-                .bind(outcome.error.as_deref())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(RECORD_OUTCOME)
-                .bind(claimed.event_id)
-                .bind(claimed.endpoint_id)
-                .bind(outcome.status.as_str())
-                .bind(outcome.next_attempt_at)
-                .bind(delivered_at)
-                .bind(status_code)
-                .bind(outcome.error.as_deref())
-                .bind(claim_id)
-                .execute(&mut *tx)
-                .await?;
+                let status_code = outcome.status_code.map(i32::from);
+                let latency = i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX);
+                let delivered_at = (outcome.status == DeliveryStatus::Delivered).then_some(outcome.at);
+                sqlx::query(RECORD_ATTEMPT)
+                    .bind(claimed.event_id)
+                    .bind(claimed.endpoint_id)
+                    .bind(claimed.attempts)
+                    .bind(outcome.at)
+                    .bind(status_code)
+                    .bind(latency)
+                    .bind(outcome.error.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(RECORD_OUTCOME)
+                    .bind(claimed.event_id)
+                    .bind(claimed.endpoint_id)
+                    .bind(outcome.status.as_str())
+                    .bind(outcome.next_attempt_at)
+                    .bind(delivered_at)
+                    .bind(status_code)
+                    .bind(outcome.error.as_deref())
+                    .bind(claim_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
