@@ -13,14 +13,24 @@
 #                 nginx.conf, one worker) to the no-op HTTP upstream
 #                   nginx+keygate  the shipped file: auth_request to keygate
 #                   nginx          the same file with `auth_request off`
+#                   nginx+noop-auth  the shipped file with the no-op HTTP
+#                                  server in keygate's place: the subrequest's
+#                                  own cost to NGINX
+#   instructions  instructions per request under callgrind (the figure of
+#                 record: the machine's speed does not move it), forward-auth
+#                 (usage on, as in `direct`) against the no-op HTTP server,
+#                 each warmed up, zeroed, then counted over BENCH_REQUESTS
+#                 (default 20000) requests, h2c (-c 4 -m 25) then HTTP/1.1
+#                 (-c 32); callgrind's dumps count from the last zeroing
 #
 # Prints one line per round and scenario, then the median ratios; writes
 # nothing else. NGINX and keygate share the server core in `nginx`, as the
 # no-op upstream does in both NGINX scenarios.
 #
-# Usage: scripts/bench-forward-auth-h2load.sh [direct] [nginx]
+# Usage: scripts/bench-forward-auth-h2load.sh [direct] [nginx] [instructions]
 # Env:   BENCH_H2LOAD_DURATION (seconds per round, default 10),
-#        BENCH_H2LOAD_ROUNDS (default 3), BENCH_NO_BUILD, BENCH_BIN,
+#        BENCH_H2LOAD_ROUNDS (default 3), BENCH_REQUESTS, BENCH_NO_BUILD, BENCH_BIN,
+#        BENCH_KEEP_WORK=1 (keep the work directory: logs, callgrind dumps),
 #        BENCH_SERVER_CPU / BENCH_CLIENT_CPU as for bench.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
@@ -32,7 +42,7 @@ PARTS=("$@")
 [[ ${#PARTS[@]} -gt 0 ]] || PARTS=(direct nginx)
 BENCH_WORK="$(mktemp -d)"
 export BENCH_WORK
-trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
+trap 'bench_cleanup; [[ -n "${BENCH_KEEP_WORK:-}" ]] && log "kept $BENCH_WORK" || rm -rf "$BENCH_WORK"' EXIT
 
 ensure_h2load
 [[ "${BENCH_NO_BUILD:-}" == 1 ]] || cargo build --release --bins >&2
@@ -88,6 +98,28 @@ print(f"{target}/{baseline}: median {statistics.median(ratios):.3f} "
 PY
 }
 
+# callgrind_per_request NAME PID URL OUT H2LOAD_FLAGS...: instructions PID
+# spends per request to URL, steady state; appends "NAME N" to OUT.
+callgrind_per_request() {
+  local name="$1" pid="$2" url="$3" out="$4" requests="${BENCH_REQUESTS:-20000}" dump ir
+  shift 4
+  local file="$BENCH_WORK/${name%%/*}.callgrind"
+  taskset -c "$CLIENT_CPU" h2load -n 2000 "$@" -H "authorization: Bearer $KEY" "$url" \
+    >"$BENCH_WORK/warmup.txt" 2>&1
+  sleep 1
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  taskset -c "$CLIENT_CPU" h2load -n "$requests" "$@" -H "authorization: Bearer $KEY" "$url" \
+    >"$BENCH_WORK/counted.txt" 2>&1
+  grep -q "status codes: $requests 2xx" "$BENCH_WORK/counted.txt" \
+    || { cat "$BENCH_WORK/counted.txt" >&2; log "$name: not every request got a 2xx"; exit 1; }
+  sleep 1
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 0.5
+  dump="$(ls -t "$file".* | head -1)"
+  ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")"
+  echo "$name $((ir / requests))" | tee -a "$out"
+}
+
 RESULTS="$BENCH_WORK/results.txt"
 : >"$RESULTS"
 
@@ -104,12 +136,18 @@ for part in "${PARTS[@]}"; do
     nginx)
       NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
       [[ -x "$NGINX_BIN" ]] || { log "nginx is missing: run scripts/setup-test-env.sh"; exit 1; }
-      for variant in with without; do
+      # with: the shipped file; without: `auth_request off`; noop-auth: the
+      # shipped file asking the no-op server instead of keygate (what the
+      # subrequest alone costs NGINX).
+      for variant in with without noop-auth; do
         dir="$BENCH_WORK/nginx-$variant"
         mkdir -p "$dir/tmp"
-        port=$NGINX
-        [[ "$variant" == with ]] || port=$((NGINX + 1))
-        sed -e "s/127.0.0.1:8081/127.0.0.1:$KG_FA/" -e "s/127.0.0.1:8000/127.0.0.1:$NOOP/" \
+        case "$variant" in
+          with) port=$NGINX auth=$KG_FA ;;
+          without) port=$((NGINX + 1)) auth=$KG_FA ;;
+          noop-auth) port=$((NGINX + 2)) auth=$NOOP ;;
+        esac
+        sed -e "s/127.0.0.1:8081/127.0.0.1:$auth/" -e "s/127.0.0.1:8000/127.0.0.1:$NOOP/" \
             -e "s/listen 127.0.0.1:8080/listen 127.0.0.1:$port/" \
             examples/nginx/nginx.conf >"$dir/nginx.conf"
         if [[ "$variant" == without ]]; then
@@ -128,9 +166,41 @@ for part in "${PARTS[@]}"; do
       for round in $(seq 1 "$ROUNDS"); do
         run_round nginx+keygate "http://127.0.0.1:$NGINX/v1/orders/42" --h1 -c 32 | tee -a "$RESULTS"
         run_round nginx "http://127.0.0.1:$((NGINX + 1))/v1/orders/42" --h1 -c 32 | tee -a "$RESULTS"
+        run_round nginx+noop-auth "http://127.0.0.1:$((NGINX + 2))/v1/orders/42" --h1 -c 32 | tee -a "$RESULTS"
       done
       ratio_summary nginx+keygate nginx "$RESULTS"
+      ratio_summary nginx+noop-auth nginx "$RESULTS"
+      ratio_summary nginx+keygate nginx+noop-auth "$RESULTS"
       ;;
-    *) echo "unknown part $part (direct, nginx)" >&2; exit 2 ;;
+    instructions)
+      command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null
+      counts="$BENCH_WORK/instructions.txt"
+      BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=$BENCH_WORK/forward-auth.callgrind" \
+        start_keygate forward-auth-callgrind $((KG_AUTHZ + 100)) $((KG_ADMIN + 100)) $((KG_METRICS + 100)) \
+        KEYGATE_FORWARD_AUTH_ADDR="127.0.0.1:$((KG_FA + 100))" KEYGATE_HTTP_ADDR="127.0.0.1:$((KG_HTTP + 100))" \
+        KEYGATE_DATABASE_URL="sqlite://$BENCH_WORK/forward-auth-h2load.db" \
+        KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS" ${BENCH_KEYGATE_ENV:-}
+      wait_port $((KG_FA + 100)) 2400
+      fa_url="http://127.0.0.1:$((KG_FA + 100))/v1/orders/42"
+      callgrind_per_request forward-auth/h2c "$KG_PID" "$fa_url" "$counts" -c 4 -m 25
+      callgrind_per_request forward-auth/http1 "$KG_PID" "$fa_url" "$counts" --h1 -c 32
+      taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$BENCH_WORK/noop-http.callgrind" \
+        "$BIN/keygate-bench" noop-http-server --listen "127.0.0.1:$((NOOP + 100))" \
+        >"$BENCH_WORK/noop-http-callgrind.log" 2>&1 &
+      BENCH_PIDS+=("$!")
+      wait_port $((NOOP + 100)) 2400
+      noop_url="http://127.0.0.1:$((NOOP + 100))/v1/orders/42"
+      callgrind_per_request noop-http/h2c "$!" "$noop_url" "$counts" -c 4 -m 25
+      callgrind_per_request noop-http/http1 "$!" "$noop_url" "$counts" --h1 -c 32
+      python3 - "$counts" <<'PY'
+import sys
+per = dict((name, int(n)) for name, n in (l.split() for l in open(sys.argv[1])))
+for proto in ("h2c", "http1"):
+    fa, noop = per[f"forward-auth/{proto}"], per[f"noop-http/{proto}"]
+    print(f"instructions per request ({proto}): forward-auth {fa:,}, no-op {noop:,}: "
+          f"no-op/forward-auth {noop / fa:.3f} (the throughput ratio a saturated core allows)")
+PY
+      ;;
+    *) echo "unknown part $part (direct, nginx, instructions)" >&2; exit 2 ;;
   esac
 done

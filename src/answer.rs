@@ -99,12 +99,25 @@ pub fn denial_headers(reason: DenyReason) -> Vec<(&'static str, String)> {
     headers
 }
 
+/// The `x-ratelimit-*` response headers, in [`rate_values`] order.
+pub const RATE_HEADERS: [&str; 3] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+];
+
+/// The limit, what is left of it, and the seconds until it resets.
+pub fn rate_values(rate: RateHeaders) -> [u64; 3] {
+    [rate.limit.into(), rate.remaining.into(), rate.reset_secs]
+}
+
 /// `x-ratelimit-*` response headers for a key with a limit.
 pub fn rate_headers(rate: RateHeaders) -> [(&'static str, String); 3] {
+    let [limit, remaining, reset] = rate_values(rate);
     [
-        ("x-ratelimit-limit", rate.limit.to_string()),
-        ("x-ratelimit-remaining", rate.remaining.to_string()),
-        ("x-ratelimit-reset", rate.reset_secs.to_string()),
+        (RATE_HEADERS[0], limit.to_string()),
+        (RATE_HEADERS[1], remaining.to_string()),
+        (RATE_HEADERS[2], reset.to_string()),
     ]
 }
 

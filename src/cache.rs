@@ -82,6 +82,8 @@ pub struct CachedKey {
     /// allowance and reused by every later one while the entry lives. It
     /// must derive from `key` alone: a changed key is a new entry.
     pub encoded: OnceLock<EncodedIdentity>,
+    /// The same for forward-auth's HTTP answers, under the same rule.
+    pub http_identity: OnceLock<HttpIdentity>,
     filled_at_generation: u64,
     /// The newest generation at which no tombstone applied to this entry.
     vetted_at_generation: AtomicU64,
@@ -117,6 +119,17 @@ impl EncodedIdentity {
     }
 }
 
+/// Identity parts of an allowed forward-auth answer (built by
+/// `forward_auth::render`): names and values whose bytes each answer shares
+/// instead of copying.
+#[derive(Debug, Clone)]
+pub struct HttpIdentity {
+    pub headers: Box<[(http::HeaderName, http::HeaderValue)]>,
+    /// The headers to remove upstream when the answer carries no shadow
+    /// decision, one value per credential source (see the renderer).
+    pub removed: [http::HeaderValue; 3],
+}
+
 impl CachedKey {
     /// An entry that belongs to no cache, for tests of what is built from it.
     #[cfg(test)]
@@ -128,6 +141,7 @@ impl CachedKey {
         Self {
             key,
             encoded: OnceLock::new(),
+            http_identity: OnceLock::new(),
             filled_at_generation: generation,
             vetted_at_generation: AtomicU64::new(generation),
             filled_at: Instant::now(),
@@ -214,7 +228,9 @@ impl LookupError {
 
 pub struct KeyCache<S = Store> {
     store: S,
-    known: Cache<KeyHash, Arc<CachedKey>>,
+    /// Hashed with a seeded foldhash: every Check hashes its key here, and
+    /// SipHash was a sixth of a hit's lookup (callgrind).
+    known: Cache<KeyHash, Arc<CachedKey>, foldhash::fast::RandomState>,
     unknown: moka::sync::Cache<KeyHash, ()>,
     /// Key id → hash, so a change to a key (named by id in admin calls and
     /// notifications) can evict it without the hash leaving the process.
@@ -251,7 +267,7 @@ impl<S: KeySource> KeyCache<S> {
                 .max_capacity(settings.capacity)
                 .time_to_live(lifetime)
                 .support_invalidation_closures()
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             unknown: moka::sync::Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)

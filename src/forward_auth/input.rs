@@ -8,25 +8,30 @@
 //! header without its URI header (falling back to the auth request's own
 //! path would check the wrong route).
 
-use http::{header::HeaderValue, HeaderMap, Method, Request};
+use http::{
+    header::{HeaderName, HeaderValue},
+    HeaderMap, Method, Request,
+};
 
 use crate::{
     authz::{CheckInput, HeaderText, NotUtf8},
     domain::RouteRequirements,
 };
 
+// Header names are parsed once, here: a lookup by `&str` parses the name
+// again on every request.
 /// Traefik and Caddy.
-const FORWARDED_METHOD: &str = "x-forwarded-method";
-const FORWARDED_URI: &str = "x-forwarded-uri";
+static FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+static FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 /// NGINX (`proxy_set_header X-Original-URI $request_uri`).
-const ORIGINAL_METHOD: &str = "x-original-method";
-const ORIGINAL_URI: &str = "x-original-uri";
-const FORWARDED_FOR: &str = "x-forwarded-for";
-const REAL_IP: &str = "x-real-ip";
+static ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+static ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Route requirements set by the proxy's configuration per location.
-pub const REQUIRE_ABILITIES: &str = "keygate-require-abilities";
-pub const REQUIRE_ENVIRONMENT: &str = "keygate-require-environment";
-pub const MODE: &str = "keygate-mode";
+static REQUIRE_ABILITIES: HeaderName = HeaderName::from_static("keygate-require-abilities");
+static REQUIRE_ENVIRONMENT: HeaderName = HeaderName::from_static("keygate-require-environment");
+static MODE: HeaderName = HeaderName::from_static("keygate-mode");
 
 /// Why a forward-auth request cannot be decided.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,27 +67,51 @@ pub struct InputSettings {
     pub path_prefix: String,
 }
 
+/// [`InputSettings`] with the credential header names parsed once.
+pub struct Reader {
+    authorization: HeaderName,
+    api_key: HeaderName,
+    path_prefix: String,
+}
+
+impl Reader {
+    /// The header names were validated with the rest of the configuration.
+    pub fn new(settings: &InputSettings) -> Self {
+        let name = |name: &str| {
+            HeaderName::from_bytes(name.as_bytes())
+                .expect("the configuration validates header names")
+        };
+        Self {
+            authorization: name(&settings.authorization_header),
+            api_key: name(&settings.api_key_header),
+            path_prefix: settings.path_prefix.clone(),
+        }
+    }
+}
+
 /// Reads `request` into a [`CheckInput`] borrowed from it. `peer` is the
 /// connection's remote address.
 pub fn read<'a, B>(
     request: &'a Request<B>,
-    settings: &InputSettings,
+    reader: &Reader,
     peer: &'a str,
 ) -> Result<CheckInput<'a>, BadRequest> {
     let headers = request.headers();
-    let (method, path) = original_request(request, settings)?;
+    let (method, path) = original_request(request, &reader.path_prefix)?;
     Ok(CheckInput {
-        authorization: credential(headers, &settings.authorization_header)?,
-        api_key: credential(headers, &settings.api_key_header)?,
+        authorization: credential(headers, &reader.authorization)?,
+        api_key: credential(headers, &reader.api_key)?,
         // Proxies append to one header; should a client add another, the
         // trusted hops are still the right-most entries, in the last one.
         forwarded_for: headers
-            .get_all(FORWARDED_FOR)
+            .get_all(&FORWARDED_FOR)
             .iter()
             .next_back()
             .and_then(|value| value.to_str().ok()),
-        source_address: Some(match single(headers, REAL_IP)? {
-            Some(value) => value.to_str().map_err(|_| BadRequest::NotText(REAL_IP))?,
+        source_address: Some(match single(headers, &REAL_IP)? {
+            Some(value) => value
+                .to_str()
+                .map_err(|_| BadRequest::NotText(REAL_IP.as_str()))?,
             None => peer,
         }),
         method,
@@ -97,18 +126,20 @@ pub fn read<'a, B>(
 /// the path prefix removed.
 fn original_request<'a, B>(
     request: &'a Request<B>,
-    settings: &InputSettings,
+    path_prefix: &str,
 ) -> Result<(&'a str, &'a str), BadRequest> {
     let headers = request.headers();
     for (method_header, uri_header) in [
-        (FORWARDED_METHOD, FORWARDED_URI),
-        (ORIGINAL_METHOD, ORIGINAL_URI),
+        (&FORWARDED_METHOD, &FORWARDED_URI),
+        (&ORIGINAL_METHOD, &ORIGINAL_URI),
     ] {
         let method = single(headers, method_header)?;
         let uri = single(headers, uri_header)?;
         match (method, uri) {
             (_, Some(uri)) => {
-                let uri = uri.to_str().map_err(|_| BadRequest::NotText(uri_header))?;
+                let uri = uri
+                    .to_str()
+                    .map_err(|_| BadRequest::NotText(uri_header.as_str()))?;
                 let method = match method {
                     Some(value) => http_method(value)?,
                     None => request.method().as_str(),
@@ -117,8 +148,8 @@ fn original_request<'a, B>(
             }
             (Some(_), None) => {
                 return Err(BadRequest::MethodWithoutUri {
-                    method: method_header,
-                    uri: uri_header,
+                    method: method_header.as_str(),
+                    uri: uri_header.as_str(),
                 })
             }
             (None, None) => {}
@@ -128,7 +159,7 @@ fn original_request<'a, B>(
         .uri()
         .path_and_query()
         .map_or("/", |path| path.as_str());
-    let path = match settings.path_prefix.as_str() {
+    let path = match path_prefix {
         "" => own,
         prefix => own
             .strip_prefix(prefix)
@@ -151,6 +182,10 @@ fn checked_path(uri: &str) -> Result<&str, BadRequest> {
         return Err(BadRequest::NotAPath);
     }
     let path = uri.split(['?', '#']).next().unwrap_or(uri);
+    // Most paths have neither a dot nor an escape: one scan clears them.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(uri);
+    }
     let dot = |segment: &str| {
         let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         decoded == "." || decoded == ".."
@@ -168,37 +203,47 @@ fn checked_path(uri: &str) -> Result<&str, BadRequest> {
 /// malformed key), a repeated one is ambiguous.
 fn credential<'a>(
     headers: &'a HeaderMap,
-    name: &str,
+    name: &HeaderName,
 ) -> Result<Option<HeaderText<'a>>, BadRequest> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
-        return Err(BadRequest::Repeated(name.to_owned()));
+        return Err(BadRequest::Repeated(name.as_str().to_owned()));
     }
     Ok(first.map(|value| std::str::from_utf8(value.as_bytes()).map_err(|_| NotUtf8)))
 }
 
-fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a HeaderValue>, BadRequest> {
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, BadRequest> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
     match values.next() {
-        Some(_) => Err(BadRequest::Repeated(name.to_owned())),
+        Some(_) => Err(BadRequest::Repeated(name.as_str().to_owned())),
         None => Ok(first),
     }
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, BadRequest> {
+fn text<'a>(
+    headers: &'a HeaderMap,
+    name: &'static HeaderName,
+) -> Result<Option<&'a str>, BadRequest> {
     single(headers, name)?
-        .map(|value| value.to_str().map_err(|_| BadRequest::NotText(name)))
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| BadRequest::NotText(name.as_str()))
+        })
         .transpose()
 }
 
 /// The `Keygate-*` requirements when the proxy sends any, else `None` (the
 /// configured route rules apply).
 fn requirements(headers: &HeaderMap) -> Result<Option<RouteRequirements<'_>>, BadRequest> {
-    let abilities = text(headers, REQUIRE_ABILITIES)?;
-    let environment = text(headers, REQUIRE_ENVIRONMENT)?.filter(|e| !e.is_empty());
-    let shadow = match text(headers, MODE)? {
+    let abilities = text(headers, &REQUIRE_ABILITIES)?;
+    let environment = text(headers, &REQUIRE_ENVIRONMENT)?.filter(|e| !e.is_empty());
+    let shadow = match text(headers, &MODE)? {
         None => None,
         Some(mode) if mode.eq_ignore_ascii_case("shadow") => Some(true),
         Some(mode) if mode.eq_ignore_ascii_case("enforce") => Some(false),
@@ -218,12 +263,12 @@ fn requirements(headers: &HeaderMap) -> Result<Option<RouteRequirements<'_>>, Ba
 mod tests {
     use super::*;
 
-    fn settings(prefix: &str) -> InputSettings {
-        InputSettings {
+    fn settings(prefix: &str) -> Reader {
+        Reader::new(&InputSettings {
             authorization_header: "authorization".into(),
             api_key_header: "x-api-key".into(),
             path_prefix: prefix.into(),
-        }
+        })
     }
 
     fn request(uri: &str, headers: &[(&str, &[u8])]) -> Request<()> {
@@ -234,7 +279,7 @@ mod tests {
         builder.body(()).unwrap()
     }
 
-    fn read_ok<'a>(request: &'a Request<()>, settings: &InputSettings) -> CheckInput<'a> {
+    fn read_ok<'a>(request: &'a Request<()>, settings: &Reader) -> CheckInput<'a> {
         read(request, settings, "10.0.0.9").expect("readable")
     }
 
@@ -243,17 +288,20 @@ mod tests {
         let both = request(
             "/auth",
             &[
-                (FORWARDED_METHOD, b"DELETE"),
-                (FORWARDED_URI, b"/v1/orders/1?x=y"),
-                (ORIGINAL_METHOD, b"GET"),
-                (ORIGINAL_URI, b"/other"),
+                (FORWARDED_METHOD.as_str(), b"DELETE"),
+                (FORWARDED_URI.as_str(), b"/v1/orders/1?x=y"),
+                (ORIGINAL_METHOD.as_str(), b"GET"),
+                (ORIGINAL_URI.as_str(), b"/other"),
             ],
         );
         let input = read_ok(&both, &settings(""));
         assert_eq!((input.method, input.path), ("DELETE", "/v1/orders/1?x=y"));
         let nginx = request(
             "/auth",
-            &[(ORIGINAL_METHOD, b"PUT"), (ORIGINAL_URI, b"/v1/x")],
+            &[
+                (ORIGINAL_METHOD.as_str(), b"PUT"),
+                (ORIGINAL_URI.as_str(), b"/v1/x"),
+            ],
         );
         let input = read_ok(&nginx, &settings(""));
         assert_eq!((input.method, input.path), ("PUT", "/v1/x"));
@@ -280,27 +328,39 @@ mod tests {
     fn ambiguous_or_garbage_originals_are_bad_requests() {
         let cases: [(RawHeaders, BadRequest); 8] = [
             (
-                &[(ORIGINAL_METHOD, b"GET")],
+                &[(ORIGINAL_METHOD.as_str(), b"GET")],
                 BadRequest::MethodWithoutUri {
-                    method: ORIGINAL_METHOD,
-                    uri: ORIGINAL_URI,
+                    method: ORIGINAL_METHOD.as_str(),
+                    uri: ORIGINAL_URI.as_str(),
                 },
             ),
-            (&[(ORIGINAL_URI, b"http://evil/x")], BadRequest::NotAPath),
-            (&[(ORIGINAL_URI, b"//evil/x")], BadRequest::NotAPath),
-            (&[(ORIGINAL_URI, b"")], BadRequest::NotAPath),
-            (&[(ORIGINAL_URI, b"/a/../admin")], BadRequest::DotSegment),
             (
-                &[(ORIGINAL_URI, b"/a/%2E%2e/admin")],
+                &[(ORIGINAL_URI.as_str(), b"http://evil/x")],
+                BadRequest::NotAPath,
+            ),
+            (
+                &[(ORIGINAL_URI.as_str(), b"//evil/x")],
+                BadRequest::NotAPath,
+            ),
+            (&[(ORIGINAL_URI.as_str(), b"")], BadRequest::NotAPath),
+            (
+                &[(ORIGINAL_URI.as_str(), b"/a/../admin")],
                 BadRequest::DotSegment,
             ),
             (
-                &[(ORIGINAL_URI, b"/caf\xc3\xa9")],
-                BadRequest::NotText(ORIGINAL_URI),
+                &[(ORIGINAL_URI.as_str(), b"/a/%2E%2e/admin")],
+                BadRequest::DotSegment,
             ),
             (
-                &[(ORIGINAL_URI, b"/a"), (ORIGINAL_URI, b"/b")],
-                BadRequest::Repeated(ORIGINAL_URI.into()),
+                &[(ORIGINAL_URI.as_str(), b"/caf\xc3\xa9")],
+                BadRequest::NotText(ORIGINAL_URI.as_str()),
+            ),
+            (
+                &[
+                    (ORIGINAL_URI.as_str(), b"/a"),
+                    (ORIGINAL_URI.as_str(), b"/b"),
+                ],
+                BadRequest::Repeated(ORIGINAL_URI.as_str().into()),
             ),
         ];
         for (headers, want) in cases {
@@ -309,7 +369,10 @@ mod tests {
         }
         let r = request(
             "/auth",
-            &[(ORIGINAL_METHOD, b"G E T"), (ORIGINAL_URI, b"/a")],
+            &[
+                (ORIGINAL_METHOD.as_str(), b"G E T"),
+                (ORIGINAL_URI.as_str(), b"/a"),
+            ],
         );
         assert_eq!(
             read(&r, &settings(""), "p").unwrap_err(),
@@ -336,7 +399,13 @@ mod tests {
 
     #[test]
     fn the_client_address_comes_from_the_proxy_headers_then_the_peer() {
-        let r = request("/", &[(FORWARDED_FOR, b"1.1.1.1"), (REAL_IP, b"2.2.2.2")]);
+        let r = request(
+            "/",
+            &[
+                (FORWARDED_FOR.as_str(), b"1.1.1.1"),
+                (REAL_IP.as_str(), b"2.2.2.2"),
+            ],
+        );
         let input = read_ok(&r, &settings(""));
         assert_eq!(input.forwarded_for, Some("1.1.1.1"));
         assert_eq!(input.source_address, Some("2.2.2.2"));
@@ -349,9 +418,9 @@ mod tests {
         let r = request(
             "/",
             &[
-                (REQUIRE_ABILITIES, b"read:orders"),
-                (REQUIRE_ENVIRONMENT, b"live"),
-                (MODE, b"shadow"),
+                (REQUIRE_ABILITIES.as_str(), b"read:orders"),
+                (REQUIRE_ENVIRONMENT.as_str(), b"live"),
+                (MODE.as_str(), b"shadow"),
             ],
         );
         assert_eq!(
@@ -366,7 +435,7 @@ mod tests {
             read_ok(&request("/", &[]), &settings("")).requirements,
             None
         );
-        let r = request("/", &[(MODE, b"sometimes")]);
+        let r = request("/", &[(MODE.as_str(), b"sometimes")]);
         assert_eq!(
             read(&r, &settings(""), "p").unwrap_err(),
             BadRequest::UnknownMode

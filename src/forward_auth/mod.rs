@@ -31,7 +31,7 @@ use crate::{
 /// The forward-auth use of the [`Authorizer`].
 pub struct ForwardAuth {
     authorizer: Arc<Authorizer>,
-    input: InputSettings,
+    input: input::Reader,
     render: render::Renderer,
     latency: Histogram,
 }
@@ -40,7 +40,7 @@ impl ForwardAuth {
     pub fn new(authorizer: Arc<Authorizer>, input: InputSettings, render: RenderSettings) -> Self {
         Self {
             authorizer,
-            input,
+            input: input::Reader::new(&input),
             render: render::Renderer::new(&render),
             latency: metrics::histogram!("keygate_forward_auth_duration_seconds"),
         }

@@ -16,11 +16,13 @@ use http_body_util::Full;
 use super::input::BadRequest;
 use crate::{
     answer::{
-        denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
-        MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_HEADERS,
+        denial_body, denial_headers, identity_values, rate_values, sunset_headers, MetadataHeaders,
+        HEADER_ABILITIES, HEADER_ENVIRONMENT, HEADER_KEY_ID, HEADER_KEY_PREFIX, HEADER_OWNER_ID,
+        HEADER_SHADOW_DECISION, IDENTITY_HEADERS, RATE_HEADERS,
     },
     authz::{Allowance, CredentialSource},
-    domain::DenyReason,
+    cache::HttpIdentity,
+    domain::{CheckKey, DenyReason},
 };
 
 pub type Body = Full<Bytes>;
@@ -28,12 +30,32 @@ pub type Body = Full<Bytes>;
 /// Envoy HTTP ext_authz: comma-separated headers to remove upstream.
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
-/// Builds responses; what never changes is prepared at start.
+// The names of every allowed answer, parsed once (`from_static` shares
+// their bytes; a name parsed per answer would be copied per answer).
+static IDENTITY_NAMES: [HeaderName; 5] = [
+    HeaderName::from_static(HEADER_KEY_ID),
+    HeaderName::from_static(HEADER_OWNER_ID),
+    HeaderName::from_static(HEADER_ENVIRONMENT),
+    HeaderName::from_static(HEADER_KEY_PREFIX),
+    HeaderName::from_static(HEADER_ABILITIES),
+];
+static RATE_NAMES: [HeaderName; 3] = [
+    HeaderName::from_static(RATE_HEADERS[0]),
+    HeaderName::from_static(RATE_HEADERS[1]),
+    HeaderName::from_static(RATE_HEADERS[2]),
+];
+static SHADOW_DECISION: HeaderName = HeaderName::from_static(HEADER_SHADOW_DECISION);
+static REMOVE: HeaderName = HeaderName::from_static(HEADERS_TO_REMOVE);
+
+/// Builds responses; what never changes is prepared at start, and what
+/// depends on the key alone once per cached key ([`HttpIdentity`]).
 pub struct Renderer {
     metadata: MetadataHeaders,
-    /// The credential header names to strip upstream, when stripping.
-    strip_authorization: Option<String>,
-    strip_api_key: Option<String>,
+    /// [`MetadataHeaders::header_names`], parsed.
+    metadata_names: Vec<HeaderName>,
+    /// The credential header to strip upstream, when stripping, by
+    /// [`credential_index`].
+    strip: [Option<String>; 3],
     /// Indexed by [`DenyReason::index`]; the rate-limited one is built per
     /// request for its `Retry-After`.
     denials: Vec<(StatusCode, HeaderMap, Bytes)>,
@@ -48,55 +70,69 @@ pub struct RenderSettings {
     pub metadata: MetadataHeaders,
 }
 
+/// Where the allowed credential came from, as an index into
+/// [`HttpIdentity::removed`] and `Renderer::strip`.
+fn credential_index(credential: Option<CredentialSource>) -> usize {
+    match credential {
+        None => 0,
+        Some(CredentialSource::Authorization) => 1,
+        Some(CredentialSource::ApiKey) => 2,
+    }
+}
+
 impl Renderer {
     pub fn new(settings: &RenderSettings) -> Self {
         let strip = |name: &String| settings.strip_credential.then(|| name.clone());
         Self {
             metadata: settings.metadata.clone(),
-            strip_authorization: strip(&settings.authorization_header),
-            strip_api_key: strip(&settings.api_key_header),
+            metadata_names: settings
+                .metadata
+                .header_names()
+                .map(|name| {
+                    HeaderName::from_bytes(name.as_bytes())
+                        .expect("the configuration validates metadata header names")
+                })
+                .collect(),
+            strip: [
+                None,
+                strip(&settings.authorization_header),
+                strip(&settings.api_key_header),
+            ],
             denials: DenyReason::one_of_each(0).map(denial_parts).to_vec(),
         }
     }
 
     pub fn allowed(&self, allowance: &Allowance) -> Response<Body> {
         let mut headers = HeaderMap::with_capacity(16);
-        let mut removed: Vec<&str> = Vec::new();
-        match &allowance.identity {
-            Some(cached) => {
-                let key = &cached.key;
-                let mut id_text = uuid::Uuid::encode_buffer();
-                for (name, value) in IDENTITY_HEADERS
-                    .iter()
-                    .zip(identity_values(key, &mut id_text))
-                {
-                    insert(&mut headers, name, &value);
+        let credential = credential_index(allowance.credential);
+        match (&allowance.identity, allowance.shadow_decision) {
+            // Nearly every answer: clones of what the entry keeps.
+            (Some(cached), None) => {
+                let identity = cached
+                    .http_identity
+                    .get_or_init(|| self.identity(&cached.key));
+                for (name, value) in identity.headers.iter() {
+                    headers.insert(name.clone(), value.clone());
                 }
-                for (name, value) in self.metadata.values(key) {
-                    match value {
-                        Some(value) => insert(&mut headers, name, value),
-                        None => removed.push(name),
-                    }
+                headers.insert(REMOVE.clone(), identity.removed[credential].clone());
+            }
+            (cached, shadow) => {
+                let key = cached.as_ref().map(|cached| &cached.key);
+                if let Some(key) = key {
+                    headers.extend(self.identity_headers(key));
+                }
+                if let Some(code) = shadow {
+                    headers.insert(SHADOW_DECISION.clone(), HeaderValue::from_static(code));
+                }
+                let removed = self.removed(key, shadow.is_some(), credential);
+                if !removed.is_empty() {
+                    insert(&mut headers, HEADERS_TO_REMOVE, &removed);
                 }
             }
-            None => {
-                removed.extend(IDENTITY_HEADERS);
-                removed.extend(self.metadata.header_names());
-            }
         }
-        match allowance.shadow_decision {
-            Some(code) => insert(&mut headers, HEADER_SHADOW_DECISION, code),
-            None => removed.push(HEADER_SHADOW_DECISION),
-        }
-        let strip = match allowance.credential {
-            Some(CredentialSource::Authorization) => self.strip_authorization.as_deref(),
-            Some(CredentialSource::ApiKey) => self.strip_api_key.as_deref(),
-            None => None,
-        };
-        removed.extend(strip);
         if let Some(rate) = allowance.rate {
-            for (name, value) in rate_headers(rate) {
-                insert(&mut headers, name, &value);
+            for (name, value) in RATE_NAMES.iter().zip(rate_values(rate)) {
+                headers.insert(name.clone(), HeaderValue::from(value));
             }
         }
         if let Some(sunset) = allowance.sunset {
@@ -104,10 +140,60 @@ impl Renderer {
                 insert(&mut headers, name, &value);
             }
         }
-        if !removed.is_empty() {
-            insert(&mut headers, HEADERS_TO_REMOVE, &removed.join(","));
-        }
         response(StatusCode::OK, headers, Bytes::new())
+    }
+
+    /// What an allowance of `key` without a shadow decision always says.
+    fn identity(&self, key: &CheckKey) -> HttpIdentity {
+        HttpIdentity {
+            headers: self.identity_headers(key).collect(),
+            // Never empty: it names at least the shadow-decision header.
+            removed: [0, 1, 2].map(|credential| {
+                HeaderValue::from_str(&self.removed(Some(key), false, credential))
+                    .expect("header names joined by commas are a header value")
+            }),
+        }
+    }
+
+    /// The identity and metadata headers `key` sets.
+    fn identity_headers<'k>(
+        &'k self,
+        key: &'k CheckKey,
+    ) -> impl Iterator<Item = (HeaderName, HeaderValue)> + 'k {
+        let mut id_text = uuid::Uuid::encode_buffer();
+        let identity: Vec<_> = IDENTITY_NAMES
+            .iter()
+            .zip(identity_values(key, &mut id_text))
+            .filter_map(|(name, value)| Some((name.clone(), header_value(name, &value)?)))
+            .collect();
+        let metadata = self
+            .metadata_names
+            .iter()
+            .zip(self.metadata.values(key))
+            .filter_map(|(name, (_, value))| Some((name.clone(), header_value(name, value?)?)));
+        identity.into_iter().chain(metadata)
+    }
+
+    /// The keygate headers this answer does not set, and the credential when
+    /// it is stripped, comma-separated, for Envoy to remove upstream.
+    fn removed(&self, key: Option<&CheckKey>, shadow: bool, credential: usize) -> String {
+        let mut removed: Vec<&str> = Vec::new();
+        match key {
+            Some(key) => removed.extend(
+                self.metadata
+                    .values(key)
+                    .filter_map(|(name, value)| value.is_none().then_some(name)),
+            ),
+            None => {
+                removed.extend(IDENTITY_HEADERS);
+                removed.extend(self.metadata.header_names());
+            }
+        }
+        if !shadow {
+            removed.push(HEADER_SHADOW_DECISION);
+        }
+        removed.extend(self.strip[credential].as_deref());
+        removed.join(",")
     }
 
     pub fn denied(&self, reason: DenyReason) -> Response<Body> {
@@ -117,6 +203,14 @@ impl Renderer {
         };
         response(status, headers, body)
     }
+}
+
+/// A header value keygate wrote (key fields, filtered metadata): one that
+/// cannot be sent is a bug, logged and skipped rather than a panic.
+fn header_value(name: &HeaderName, value: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(value)
+        .inspect_err(|_| tracing::error!(header = %name, "forward-auth: unusable header skipped"))
+        .ok()
 }
 
 /// 400 for a request that cannot be decided; the message names the problem.

@@ -65,7 +65,10 @@ pub async fn serve(
         let handler = service_fn(move |request: Request<Incoming>| {
             let service = service.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(service.answer(&request, &peer).await) }
+            // Boxed: hyper spawns a task per HTTP/2 stream holding this
+            // future, and the decision's future is kilobytes that would be
+            // copied into every task; a box is one small allocation instead.
+            Box::pin(async move { Ok::<_, Infallible>(service.answer(&request, &peer).await) })
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), handler)
