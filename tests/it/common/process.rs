@@ -43,7 +43,28 @@ impl KeygateProcess {
         Self::start(database_url, env, true).await
     }
 
+    /// Another test can take a port between `free_addr` and the child's
+    /// bind; such a start is retried with new ports, any other early exit
+    /// fails the test.
     async fn start(database_url: &str, env: &[(&str, &str)], piped: bool) -> KeygateProcess {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1.. {
+            match Self::try_start(database_url, env, piped).await {
+                Ok(process) => return process,
+                Err(logs) if attempt < ATTEMPTS && logs.contains("Address already in use") => {}
+                Err(logs) => panic!("keygate exited early:\n{logs}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Starts the child and waits until it serves; `Err` holds its logs
+    /// when it exited first.
+    async fn try_start(
+        database_url: &str,
+        env: &[(&str, &str)],
+        piped: bool,
+    ) -> Result<KeygateProcess, String> {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("keygate.log");
         let (authz_addr, admin_addr, metrics_addr) = (free_addr(), free_addr(), free_addr());
@@ -102,16 +123,19 @@ impl KeygateProcess {
             copiers,
             _dir: dir,
         };
-        process.wait_until_serving().await;
-        process
+        process.wait_until_serving().await?;
+        Ok(process)
     }
 
-    async fn wait_until_serving(&mut self) {
+    async fn wait_until_serving(&mut self) -> Result<(), String> {
         use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("keygate exited early with {status}:\n{}", self.logs());
+                for copier in self.copiers.drain(..) {
+                    let _ = copier.join();
+                }
+                return Err(format!("exit {status}:\n{}", self.logs()));
             }
             let url = format!("http://{}", self.admin_addr);
             if let Ok(channel) = tonic::transport::Channel::from_shared(url)
@@ -125,7 +149,7 @@ impl KeygateProcess {
                     })
                     .await;
                 if reply.is_ok_and(|r| r.into_inner().status == 1) {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(
