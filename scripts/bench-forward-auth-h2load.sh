@@ -101,7 +101,7 @@ PY
 # callgrind_per_request NAME PID URL OUT H2LOAD_FLAGS...: instructions PID
 # spends per request to URL, steady state; appends "NAME N" to OUT.
 callgrind_per_request() {
-  local name="$1" pid="$2" url="$3" out="$4" requests="${BENCH_REQUESTS:-20000}" dump ir
+  local name="$1" pid="$2" url="$3" out="$4" requests="${BENCH_REQUESTS:-20000}" ir
   shift 4
   local file="$BENCH_WORK/${name%%/*}.callgrind"
   taskset -c "$CLIENT_CPU" h2load -n 2000 "$@" -H "authorization: Bearer $KEY" "$url" \
@@ -112,11 +112,7 @@ callgrind_per_request() {
     >"$BENCH_WORK/counted.txt" 2>&1
   grep -q "status codes: $requests 2xx" "$BENCH_WORK/counted.txt" \
     || { cat "$BENCH_WORK/counted.txt" >&2; log "$name: not every request got a 2xx"; exit 1; }
-  sleep 1
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  sleep 0.5
-  dump="$(ls -t "$file".* | head -1)"
-  ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")"
+  ir="$(callgrind_ir "$pid" "$file")"
   echo "$name $((ir / requests))" | tee -a "$out"
 }
 

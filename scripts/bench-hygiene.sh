@@ -154,7 +154,7 @@ section_check() {
 section_instructions() {
   command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null
   keys_ready
-  local out="$BENCH_WORK/hygiene.callgrind" name ir dump
+  local out="$BENCH_WORK/hygiene.callgrind" name ir
   rm -f "$out" "$out".*
   SETTINGS+=(KEYGATE_USAGE_ENABLED=false)
   serve valgrind --tool=callgrind --callgrind-out-file="$out"
@@ -167,11 +167,7 @@ section_instructions() {
     h2load_checks "$name" -n "$CHECKS" -c 2 -m 10 >"$BENCH_WORK/$name-counted.txt" 2>&1
     grep -q "requests: $CHECKS total, $CHECKS started, $CHECKS done, $CHECKS succeeded" \
       "$BENCH_WORK/$name-counted.txt" || { log "not every $name Check succeeded"; exit 1; }
-    sleep 1
-    callgrind_control -d "$KG_PID" >/dev/null 2>&1
-    sleep 0.5
-    dump="$(ls -t "$out".* | head -1)"
-    ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")"
+    ir="$(callgrind_ir "$KG_PID" "$out")"
     echo "instructions $name $((ir / CHECKS))" | tee -a "$BENCH_WORK/instructions.txt"
   done
   every_check_allowed

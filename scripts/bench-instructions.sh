@@ -130,14 +130,6 @@ wait_flushed() {
   log "only $flushed of $want usage events were flushed"; return 1
 }
 
-# The instructions (Ir) of the newest callgrind dump of FILE.
-dumped_ir() {
-  local file="$1" dump
-  dump="$(ls -t "$file".* 2>/dev/null | head -1)"
-  [[ -n "$dump" ]] || { log "no callgrind dump next to $file"; return 1; }
-  awk '/^(summary|totals):/ { print $2; exit }' "$dump"
-}
-
 section_instructions() {
   local kind name out ir per warm_n results="$BENCH_OUT/instructions.tsv"
   : >"$results"
@@ -160,10 +152,7 @@ section_instructions() {
     h2load_checks "$SRV_PORT" "$BENCH_WORK/$name.body" "$CHECKS" 2 10 >"$BENCH_OUT/$name.txt"
     all_succeeded "$BENCH_OUT/$name.txt" "$CHECKS"
     if [[ "$kind" == sqlite || "$kind" == postgres ]]; then wait_flushed "$((warm_n + CHECKS))"; fi
-    sleep 1
-    callgrind_control -d "$SRV_PID" >/dev/null
-    sleep 0.5
-    ir="$(dumped_ir "$out")"
+    ir="$(callgrind_ir "$SRV_PID" "$out")"
     per=$((ir / CHECKS))
     printf '%s\t%s\t%s\n' "$kind" "$ir" "$per" >>"$results"
     log "$name: $ir instructions, $per per Check"

@@ -159,3 +159,17 @@ for name in names:
           f"{statistics.median(by[name]):.0f} req/s, {base} median {statistics.median(by[base]):.0f} req/s)")
 PY
 }
+
+# callgrind_ir PID FILE: dumps the counters of the process PID runs under
+# `valgrind --tool=callgrind --callgrind-out-file=FILE` (after a second for
+# in-flight work to settle) and prints the instructions (Ir) the dump holds:
+# those since the last `callgrind_control -z`.
+callgrind_ir() {
+  local pid="$1" file="$2" dump
+  sleep 1
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 0.5
+  dump="$(ls -t "$file".* 2>/dev/null | head -1)"
+  [[ -n "$dump" ]] || { log "no callgrind dump next to $file"; return 1; }
+  awk '/^(summary|totals):/ { print $2; exit }' "$dump"
+}

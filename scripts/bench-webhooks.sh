@@ -148,10 +148,7 @@ if [[ "${BENCH_CALLGRIND:-1}" != 0 ]]; then
   callgrind_control -z "$KG_PID" >/dev/null 2>&1
   before="$(delivered)"
   while (( $(delivered) < before + CG_EVENTS )); do sleep 0.5; done
-  sleep 1
-  callgrind_control -d "$KG_PID" >/dev/null 2>&1
-  sleep 0.5
-  ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$cg_out".* | head -1)")"
+  ir="$(callgrind_ir "$KG_PID" "$cg_out")"
   echo "instructions per delivery: $((ir / CG_EVENTS)) ($CG_EVENTS deliveries, idle polling included)"
   # Where they go, kept for reading (callgrind_annotate).
   profile_dir="$BENCH_ROOT/target/bench-results/webhooks-$(date +%Y%m%d-%H%M%S)"
@@ -169,10 +166,7 @@ if [[ "${BENCH_CALLGRIND:-1}" != 0 ]]; then
   taskset -c "$CLIENT_CPU" h2load -n "$CG_EVENTS" -c 2 -m 10 -H 'content-type: application/grpc' -H 'te: trailers' \
     -d "$BENCH_WORK/check.body" "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" \
     >"$BENCH_WORK/cg-check.txt" 2>&1
-  sleep 1
-  callgrind_control -d "$KG_PID" >/dev/null 2>&1
-  sleep 0.5
-  ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$cg_out".* | head -1)")"
+  ir="$(callgrind_ir "$KG_PID" "$cg_out")"
   echo "instructions per cache-hit Check (usage on): $((ir / CG_EVENTS)) ($(h2load_2xx "$BENCH_WORK/cg-check.txt") of $CG_EVENTS answered 2xx)"
   stop_pid "$KG_PID"
 fi
