@@ -10,7 +10,10 @@
 //! Envoy owns the pointers it passes; a buffer it hands out is valid until the
 //! hook returns or the same header map is modified, whichever comes first.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::{
+    ffi::{c_char, c_int, c_void, CStr},
+    net::{IpAddr, SocketAddr},
+};
 
 use crate::{
     filter::{
@@ -79,6 +82,8 @@ struct ModuleHttpHeader {
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: c_int = 0;
+/// `envoy_dynamic_module_type_attribute_id_SourceAddress` (`source.address`).
+const ATTRIBUTE_SOURCE_ADDRESS: c_int = 24;
 /// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
 const RESPONSE_HEADER: c_int = 2;
 
@@ -120,6 +125,18 @@ unsafe extern "C" {
         result_buffer: *mut EnvoyBuffer,
         index: usize,
         optional_size: *mut usize,
+    ) -> bool;
+
+    /// The string attribute `attribute_id`. Envoy 1.40 writes the result into
+    /// the buffer `result` points to; the ABI before it wrote the pointer there
+    /// and the length through a fourth argument. Both are passed (`result` is
+    /// a whole buffer, the fourth a separate slot), so either writes only
+    /// memory this module owns and the length is read from where it went.
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter_envoy_ptr: *mut c_void,
+        attribute_id: c_int,
+        result: *mut EnvoyBuffer,
+        legacy_length: *mut usize,
     ) -> bool;
 
     fn envoy_dynamic_module_callback_http_set_header(
@@ -199,6 +216,31 @@ impl Stream for EnvoyStream {
         self.header(REQUEST_HEADER, name)
     }
 
+    fn client_address(&self) -> Option<IpAddr> {
+        let mut value = EnvoyBuffer::EMPTY;
+        let mut legacy_length = usize::MAX;
+        // SAFETY: `self.ptr` is the filter pointer Envoy passed to the running
+        // hook; `value` and `legacy_length` are valid out slots.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.ptr,
+                ATTRIBUTE_SOURCE_ADDRESS,
+                &mut value,
+                &mut legacy_length,
+            )
+        };
+        if legacy_length != usize::MAX {
+            value.length = legacy_length;
+        }
+        if !found || value.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: Envoy's address string lives as long as the stream's
+        // connection, which outlives this hook; it is parsed before returning.
+        let text = std::str::from_utf8(unsafe { value.as_bytes() }).ok()?;
+        client_ip(text)
+    }
+
     fn set_request_header(&mut self, name: &str, value: &str) {
         self.set(REQUEST_HEADER, name, Some(value.as_bytes()));
     }
@@ -254,6 +296,16 @@ impl Stream for EnvoyStream {
             );
         }
     }
+}
+
+/// The IP of `source.address`: `ip:port` for IPv4, `[ip]:port` for IPv6;
+/// anything else (a Unix socket path) is no IP.
+fn client_ip(address: &str) -> Option<IpAddr> {
+    address
+        .parse::<SocketAddr>()
+        .map(|socket| socket.ip())
+        .or_else(|_| address.parse::<IpAddr>())
+        .ok()
 }
 
 /// Logs through Envoy's logger, under its `dynamic_modules` component.

@@ -4,7 +4,7 @@
 //! Check's answers (`keygate::answer`): the same statuses, JSON bodies,
 //! identity headers, credential removal and rate-limit headers.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use keygate::{
@@ -39,6 +39,11 @@ const LIMITER_CAPACITY: u64 = 100_000;
 /// means to answer in Envoy's place.
 pub trait Stream {
     fn request_header(&self, name: &str) -> Option<&[u8]>;
+    /// The client's address as Envoy has it (`source.address`): the
+    /// downstream connection's peer, or the address Envoy's own
+    /// `use_remote_address` / `xff_num_trusted_hops` settings chose. Keys
+    /// with an IP allow-list are checked against it; `None` denies them.
+    fn client_address(&self) -> Option<IpAddr>;
     fn set_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     fn set_response_header(&mut self, name: &str, value: &str);
@@ -373,8 +378,8 @@ impl FilterConfig {
         if key.environment != parsed.environment {
             return denied(DenyReason::InvalidKey, Some(source));
         }
-        // No client address: a key with an allow-list is denied (table.rs).
-        let decision = decide(key, route, None, now).and_then(|()| self.rate_limit(key));
+        let decision =
+            decide(key, route, stream.client_address(), now).and_then(|()| self.rate_limit(key));
         Evaluation {
             credits: decision.is_ok() && key.has_credits,
             decision,

@@ -53,9 +53,8 @@ struct SnapshotKey {
     rate_limit: Option<RateLimitSetting>,
     #[serde(default)]
     has_credits: bool,
-    /// The key's IP allow-list. The filter does not read the client's
-    /// address yet, so a key with a list is denied `ip_not_allowed`
-    /// (docs/envoy-module.md): closed, never open.
+    /// The key's IP allow-list, checked against Envoy's `source.address`
+    /// (docs/envoy-module.md); without one, a key with a list is denied.
     #[serde(default)]
     allowed_cidrs: Vec<String>,
     #[serde(default)]

@@ -3,7 +3,7 @@
 //! format. The real Envoy runs the same filter in
 //! tests/e2e/test_envoy_module.py.
 
-use std::{collections::BTreeMap, io::Write};
+use std::{collections::BTreeMap, io::Write, net::IpAddr};
 
 use chrono::{DateTime, Duration, Utc};
 use keygate::domain::{IssuedKey, KeyFormat};
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 #[derive(Default)]
 struct RecordingStream {
     request: BTreeMap<String, Vec<u8>>,
+    client: Option<IpAddr>,
     response_headers: BTreeMap<String, String>,
     reply: Option<LocalReply>,
     counted: Vec<CounterId>,
@@ -54,6 +55,10 @@ impl RecordingStream {
 impl Stream for RecordingStream {
     fn request_header(&self, name: &str) -> Option<&[u8]> {
         self.request.get(name).map(Vec::as_slice)
+    }
+
+    fn client_address(&self) -> Option<IpAddr> {
+        self.client
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -436,6 +441,43 @@ fn a_foreign_bearer_passes_without_identity_when_allowed() {
         Some("Bearer eyJ.jwt")
     );
     assert_eq!(outcome.stream.header("x-keygate-key-id"), None);
+}
+
+#[test]
+fn an_ip_allow_list_is_checked_against_the_client_address_envoy_has() {
+    let f = format();
+    let office = f.generate("live");
+    let (filter, _snapshot) = filter(
+        vec![entry(
+            &office,
+            "live",
+            json!({"allowed_cidrs": ["10.0.0.0/8", "2001:db8::/32"]}),
+        )],
+        json!({}),
+    );
+    let decide_from = |client: Option<&str>| {
+        let mut stream = RecordingStream::with(&[("authorization", &bearer(&office))]);
+        stream.client = client.map(|ip| ip.parse().unwrap());
+        let mut pending = PendingResponseHeaders::default();
+        let action = filter.on_request_headers(&mut stream, None, Utc::now(), &mut pending);
+        Outcome {
+            action,
+            stream,
+            pending,
+        }
+    };
+    for inside in ["10.1.2.3", "2001:db8::7"] {
+        let outcome = decide_from(Some(inside));
+        assert_eq!(outcome.action, HeadersAction::Continue, "{inside}");
+        assert!(outcome.stream.header("x-keygate-key-id").is_some());
+    }
+    for outside in [Some("192.168.1.1"), Some("2001:db9::1"), None] {
+        assert_eq!(
+            denied(&decide_from(outside)),
+            (403, "ip_not_allowed".to_owned()),
+            "{outside:?}"
+        );
+    }
 }
 
 #[test]

@@ -77,6 +77,9 @@ def keys():
     k.add("limited", rate_limit={"max_attempts": 2, "decay_seconds": 3600})
     k.add("test-env", environment="test")
     k.add("credits", has_credits=True)
+    # The test client reaches Envoy from 127.0.0.1.
+    k.add("loopback-only", allowed_cidrs=["127.0.0.0/8"])
+    k.add("elsewhere-only", allowed_cidrs=["10.0.0.0/8", "2001:db8::/32"])
     return k
 
 
@@ -193,6 +196,19 @@ def test_a_route_with_the_filter_disabled_needs_no_key_and_drops_forged_identity
     r = get(envoy_module, "/public/x", {"x-keygate-key-id": "forged"})
     assert r.status == 200, r
     assert "x-keygate-key-id" not in r.upstream["headers"]
+
+
+def test_an_ip_allow_list_is_checked_against_the_address_envoy_sees(envoy_module, keys):
+    k = keys.plain
+    r = get(envoy_module, "/x", bearer(k["loopback-only"]))
+    assert r.status == 200, r
+    assert r.upstream["headers"]["x-keygate-key-id"] == keys.ids["loopback-only"]
+    assert_denied(get(envoy_module, "/x", bearer(k["elsewhere-only"])), 403, "ip_not_allowed")
+    # A client cannot claim another address: without Envoy trusting them,
+    # forwarding headers do not change `source.address`.
+    forged = {**bearer(k["elsewhere-only"]), "x-forwarded-for": "10.1.2.3",
+              "x-real-ip": "10.1.2.3"}
+    assert_denied(get(envoy_module, "/x", forged), 403, "ip_not_allowed")
 
 
 def test_a_key_with_credits_is_refused_rather_than_allowed_unspent(envoy_module, keys):
