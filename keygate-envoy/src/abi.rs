@@ -139,6 +139,14 @@ unsafe extern "C" {
         legacy_length: *mut usize,
     ) -> bool;
 
+    /// Some ABI versions return whether it was set; nothing here reads it.
+    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+        filter_envoy_ptr: *mut c_void,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    );
+
     fn envoy_dynamic_module_callback_http_set_header(
         filter_envoy_ptr: *mut c_void,
         header_type: c_int,
@@ -251,6 +259,19 @@ impl Stream for EnvoyStream {
 
     fn set_response_header(&mut self, name: &str, value: &str) {
         self.set(RESPONSE_HEADER, name, Some(value.as_bytes()));
+    }
+
+    fn set_metadata(&mut self, namespace: &str, key: &str, value: &str) {
+        // SAFETY: `self.ptr` is valid for the running hook; Envoy copies the
+        // three buffers into the stream's metadata before returning.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+                self.ptr,
+                ModuleBuffer::of(namespace.as_bytes()),
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
     }
 
     fn increment_counter(&mut self, id: CounterId) {

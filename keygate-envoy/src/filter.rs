@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use keygate::{
     answer::{
         denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
-        MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_HEADERS,
+        MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_FIELDS, IDENTITY_HEADERS,
     },
     authz::{
         credential, rate_decision, CheckInput, CredentialSource, ForeignBearer, NotUtf8,
@@ -23,7 +23,7 @@ use keygate::{
 };
 
 use crate::{
-    settings::{FilterSettings, RouteSettings},
+    settings::{FilterSettings, RouteSettings, KEY_METADATA_NAMESPACE, METADATA_NAMESPACE},
     table::{KeyTable, TableError},
 };
 
@@ -56,6 +56,9 @@ pub trait Stream {
         body: &str,
         details: &str,
     );
+    /// Sets `key` to `value` in the stream's dynamic metadata under
+    /// `namespace`.
+    fn set_metadata(&mut self, namespace: &str, key: &str, value: &str);
     /// Adds one to a counter [`DecisionCounters::define`] made.
     fn increment_counter(&mut self, id: CounterId);
 }
@@ -172,6 +175,7 @@ pub struct FilterConfig {
     api_key_header: String,
     strip_credential: bool,
     metadata: MetadataHeaders,
+    dynamic_metadata: bool,
     default_rate_limit: Option<RateLimit>,
     table: KeyTable,
     limiters: RateLimiters,
@@ -235,6 +239,7 @@ impl FilterConfig {
             api_key_header: settings.api_key_header.to_ascii_lowercase(),
             strip_credential: settings.strip_credential,
             metadata: MetadataHeaders::new(&settings.metadata_headers),
+            dynamic_metadata: settings.dynamic_metadata,
             default_rate_limit: settings.default_rate_limit.map(RateLimit::from),
             table,
             limiters: RateLimiters::new(LIMITER_CAPACITY),
@@ -408,11 +413,17 @@ impl FilterConfig {
         match key {
             Some(key) => {
                 let mut id_text = uuid::Uuid::encode_buffer();
-                for (name, value) in IDENTITY_HEADERS
-                    .iter()
-                    .zip(identity_values(key, &mut id_text))
-                {
-                    stream.set_request_header(name, &value);
+                let identity = identity_values(key, &mut id_text);
+                for (name, value) in IDENTITY_HEADERS.iter().zip(&identity) {
+                    stream.set_request_header(name, value);
+                }
+                if self.dynamic_metadata {
+                    for (field, value) in IDENTITY_FIELDS.iter().zip(&identity) {
+                        stream.set_metadata(METADATA_NAMESPACE, field, value);
+                    }
+                    for (name, value) in &key.metadata {
+                        stream.set_metadata(KEY_METADATA_NAMESPACE, name, value);
+                    }
                 }
                 for (name, value) in self.metadata.values(key) {
                     match value {

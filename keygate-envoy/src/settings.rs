@@ -12,6 +12,13 @@ use keygate::{
 };
 use serde::Deserialize;
 
+/// The dynamic-metadata namespace of an allowed key's identity: the fields
+/// Check returns in its `dynamic_metadata` (`key_id`, `owner_id`,
+/// `environment`, `key_prefix`, `abilities`).
+pub const METADATA_NAMESPACE: &str = "keygate";
+/// The namespace of the key's own metadata map, one entry per name.
+pub const KEY_METADATA_NAMESPACE: &str = "keygate.metadata";
+
 /// `filter_config` of the filter.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +43,13 @@ pub struct FilterSettings {
     /// Metadata names sent upstream as `x-keygate-meta-<name>`.
     #[serde(default)]
     pub metadata_headers: Vec<String>,
+    /// Also describe an allowed key in the stream's dynamic metadata, for
+    /// access logs and later filters (e.g. rate-limit descriptors): the
+    /// identity under [`METADATA_NAMESPACE`], the key's metadata map under
+    /// [`KEY_METADATA_NAMESPACE`]. Off by default: Envoy builds a struct per
+    /// value, which costs more than the decision itself.
+    #[serde(default)]
+    pub dynamic_metadata: bool,
     /// The limit of keys that have none of their own.
     #[serde(default)]
     pub default_rate_limit: Option<RateLimitSetting>,

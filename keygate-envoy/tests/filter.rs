@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 struct RecordingStream {
     request: BTreeMap<String, Vec<u8>>,
     client: Option<IpAddr>,
+    /// `(namespace, key) → value`.
+    metadata: BTreeMap<(String, String), String>,
     response_headers: BTreeMap<String, String>,
     reply: Option<LocalReply>,
     counted: Vec<CounterId>,
@@ -73,6 +75,11 @@ impl Stream for RecordingStream {
     fn set_response_header(&mut self, name: &str, value: &str) {
         self.response_headers
             .insert(name.to_owned(), value.to_owned());
+    }
+
+    fn set_metadata(&mut self, namespace: &str, key: &str, value: &str) {
+        self.metadata
+            .insert((namespace.to_owned(), key.to_owned()), value.to_owned());
     }
 
     fn increment_counter(&mut self, id: CounterId) {
@@ -478,6 +485,59 @@ fn an_ip_allow_list_is_checked_against_the_client_address_envoy_has() {
             "{outside:?}"
         );
     }
+}
+
+#[test]
+fn dynamic_metadata_describes_an_allowed_key_when_asked_for() {
+    let f = format();
+    let reader = f.generate("live");
+    let entries = vec![entry(
+        &reader,
+        "live",
+        json!({"abilities": ["read:orders"], "metadata": {"tier": "gold", "plan": "pro"}}),
+    )];
+    let headers = [("authorization", bearer(&reader))];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let (off, _snapshot) = filter(entries.clone(), json!({}));
+    let outcome = run(&off, &headers, None, Utc::now());
+    assert_eq!(outcome.action, HeadersAction::Continue);
+    assert!(outcome.stream.metadata.is_empty(), "off by default");
+
+    let (on, _snapshot) = filter(entries, json!({"dynamic_metadata": true}));
+    let outcome = run(&on, &headers, None, Utc::now());
+    assert_eq!(outcome.action, HeadersAction::Continue);
+    let seen = |ns: &str, key: &str| {
+        outcome
+            .stream
+            .metadata
+            .get(&(ns.to_owned(), key.to_owned()))
+            .cloned()
+    };
+    assert_eq!(
+        seen("keygate", "key_id"),
+        outcome.stream.header("x-keygate-key-id").map(str::to_owned)
+    );
+    assert_eq!(seen("keygate", "owner_id").as_deref(), Some("acme"));
+    assert_eq!(seen("keygate", "environment").as_deref(), Some("live"));
+    assert_eq!(
+        seen("keygate", "key_prefix"),
+        Some(reader.key_prefix.clone())
+    );
+    assert_eq!(seen("keygate", "abilities").as_deref(), Some("read:orders"));
+    assert_eq!(seen("keygate.metadata", "tier").as_deref(), Some("gold"));
+    assert_eq!(seen("keygate.metadata", "plan").as_deref(), Some("pro"));
+
+    let denied_outcome = run(
+        &on,
+        &[("authorization", "Bearer sk_live_nope")],
+        None,
+        Utc::now(),
+    );
+    assert!(
+        denied_outcome.stream.metadata.is_empty(),
+        "nothing for a denial"
+    );
 }
 
 #[test]

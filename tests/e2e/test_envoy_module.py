@@ -159,6 +159,20 @@ def test_an_allowed_request_reaches_upstream_with_checks_identity_headers(envoy_
     assert "x-keygate-shadow-decision" not in seen
 
 
+def test_an_allowed_key_is_described_in_envoys_dynamic_metadata(envoy_module, keys):
+    # The route adds headers from %DYNAMIC_METADATA(keygate:owner_id)% and
+    # %DYNAMIC_METADATA(keygate.metadata:tier)% (envoy-module.yaml.tmpl).
+    forged = {"x-seen-metadata-owner": "forged", "x-seen-metadata-tier": "forged"}
+    r = get(envoy_module, "/orders/7", {**bearer(keys.plain["reader"]), **forged})
+    assert r.status == 200, r
+    seen = r.upstream["headers"]
+    assert seen["x-seen-metadata-owner"] == "owner-reader"
+    assert seen["x-seen-metadata-tier"] == "gold"
+    # Where the filter is off, it describes nobody.
+    public = get(envoy_module, "/public").upstream["headers"]
+    assert public.get("x-seen-metadata-owner", "") in ("", "-"), public
+
+
 def test_a_superkey_passes_every_ability_and_shows_a_star(envoy_module, keys):
     r = get(envoy_module, "/admin-only", {"x-api-key": keys.plain["admin"]})
     assert r.status == 200, r
