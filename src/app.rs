@@ -18,10 +18,10 @@ use tonic::{
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
-    admin::{AdminPolicy, KeyAdmin},
+    admin::KeyAdmin,
     admin_runtime::AdminRuntime,
     authz::Authorizer,
-    cache::{CacheSettings, KeyCache},
+    cache::KeyCache,
     clock::Clock,
     config::{Config, TlsConfig},
     credits::CreditLedger,
@@ -38,9 +38,8 @@ use crate::{
     ratelimit::{RateLimitStore, RateLimiters, SharedLimiter},
     replica_state::ReplicaKeyState,
     rest::{self, principal::Authenticator, RestState},
-    store::{Store, StoreOptions},
-    usage::{self, BufferBounds, FlushSettings},
-    webhooks,
+    store::Store,
+    usage, webhooks,
 };
 
 /// Rate-limiter states kept at most (idle ones expire on their own).
@@ -134,13 +133,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// the time from `clock`: what a test of expiry, overlaps or dormancy
 /// moves instead of waiting.
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Running> {
-    let store = Store::connect(&StoreOptions {
-        url: config.database_url.clone(),
-        max_connections: config.database_max_connections,
-        check_timeout: config.check_timeout,
-    })
-    .await
-    .context("cannot open the database")?;
+    let store = Store::connect(&config.store_options())
+        .await
+        .context("cannot open the database")?;
     if config.migrate_on_start {
         store
             .migrate()
@@ -148,29 +143,12 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             .context("cannot run database migrations")?;
     }
 
-    let cache = Arc::new(KeyCache::new(
-        store.clone(),
-        CacheSettings {
-            capacity: config.cache_capacity,
-            ttl: config.cache_ttl,
-            negative_capacity: config.negative_cache_capacity,
-            negative_ttl: config.negative_cache_ttl,
-            stale_if_error: config.cache_stale_if_error,
-            max_concurrent_misses: config.max_concurrent_misses,
-        },
-    ));
+    let cache = Arc::new(KeyCache::new(store.clone(), config.cache_settings()));
     let limiters = Arc::new(rate_limiters(&config.rate_limit_store)?);
     let (usage_sender, flusher) = usage::buffer(
-        BufferBounds {
-            events: config.usage_buffer,
-            bytes: config.usage_buffer_bytes,
-        },
+        config.usage_buffer_bounds(),
         store.clone(),
-        FlushSettings {
-            interval: config.usage_flush_interval,
-            batch_size: config.usage_batch_size,
-            log_enabled: config.usage_log_enabled,
-        },
+        config.usage_flush_settings(),
     );
     let credits = Arc::new(CreditLedger::new(
         store.clone(),
@@ -198,10 +176,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             config.usage_log_retention_days,
             replica.clone(),
         )
-        .with_policy(AdminPolicy {
-            max_rotation_overlap: config.max_rotation_overlap,
-            services_may_grant_superkey: config.service_tokens_may_grant_superkey,
-        })
+        .with_policy(config.admin_policy())
         .with_webhook_targets(config.webhooks.policy)
         .with_hygiene(config.hygiene_policy())
         .with_clock(clock.clone()),

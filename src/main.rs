@@ -15,7 +15,7 @@ use keygate::{
     credits::CreditLedger,
     ratelimit::RateLimiters,
     replica_state::ReplicaKeyState,
-    store::{Store, StoreOptions},
+    store::Store,
     telemetry,
 };
 
@@ -225,12 +225,7 @@ fn offline_admin(config: &Config, store: &Store) -> KeyAdmin {
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Ok(Store::connect(&StoreOptions {
-        url: config.database_url.clone(),
-        max_connections: config.database_max_connections,
-        check_timeout: config.check_timeout,
-    })
-    .await?)
+    Ok(Store::connect(&config.store_options()).await?)
 }
 
 /// Command output for the operator (not a log line).

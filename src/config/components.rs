@@ -3,14 +3,63 @@
 
 use super::Config;
 use crate::{
-    admin::hygiene::HygienePolicy,
+    admin::{hygiene::HygienePolicy, AdminPolicy},
     answer::MetadataHeaders,
     authz::AuthzSettings,
+    cache::CacheSettings,
     forward_auth::{InputSettings, RenderSettings},
     grpc::ext_authz::CredentialHeaders,
+    store::StoreOptions,
+    usage::{BufferBounds, FlushSettings},
 };
 
 impl Config {
+    /// How to reach the database (`serve` and the CLI commands alike).
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            check_timeout: self.check_timeout,
+        }
+    }
+
+    /// The limits KeyAdmin holds callers to besides their role.
+    pub fn admin_policy(&self) -> AdminPolicy {
+        AdminPolicy {
+            max_rotation_overlap: self.max_rotation_overlap,
+            services_may_grant_superkey: self.service_tokens_may_grant_superkey,
+        }
+    }
+
+    /// The key cache's bounds and lifetimes.
+    pub fn cache_settings(&self) -> CacheSettings {
+        CacheSettings {
+            capacity: self.cache_capacity,
+            ttl: self.cache_ttl,
+            negative_capacity: self.negative_cache_capacity,
+            negative_ttl: self.negative_cache_ttl,
+            stale_if_error: self.cache_stale_if_error,
+            max_concurrent_misses: self.max_concurrent_misses,
+        }
+    }
+
+    /// How many usage events (and bytes of them) wait for a flush at most.
+    pub fn usage_buffer_bounds(&self) -> BufferBounds {
+        BufferBounds {
+            events: self.usage_buffer,
+            bytes: self.usage_buffer_bytes,
+        }
+    }
+
+    /// When and how the usage flusher writes.
+    pub fn usage_flush_settings(&self) -> FlushSettings {
+        FlushSettings {
+            interval: self.usage_flush_interval,
+            batch_size: self.usage_batch_size,
+            log_enabled: self.usage_log_enabled,
+        }
+    }
+
     /// What Check needs besides the cache and the limiters.
     pub fn authz_settings(&self) -> AuthzSettings {
         AuthzSettings {
