@@ -80,12 +80,9 @@ impl SharedLimiter {
             "{}rl:{key_id}:{}:{}",
             self.prefix, limit.max_attempts, limit.decay_seconds
         );
-        let mut redis = self.redis.clone();
-        let mut invocation = self.script.key(state);
-        invocation.arg(interval_us).arg(limit.max_attempts);
         let answer = tokio::time::timeout(
             self.timeout,
-            invocation.invoke_async::<(i64, i64, i64)>(&mut redis),
+            self.evaluate(&state, interval_us, limit.max_attempts),
         )
         .await;
         match answer {
@@ -104,6 +101,38 @@ impl SharedLimiter {
                 self.fallbacks.increment(1);
                 None
             }
+        }
+    }
+}
+
+impl SharedLimiter {
+    /// `EVALSHA` of the script as one command built in place (redis-rs's
+    /// `ScriptInvocation` copies each key and argument into vectors of its
+    /// own first: five allocations a Check); `SCRIPT LOAD` and once more
+    /// when Redis does not know the script (a restart, a failover).
+    async fn evaluate(
+        &self,
+        state: &str,
+        interval_us: u64,
+        burst: u32,
+    ) -> redis::RedisResult<(i64, i64, i64)> {
+        let mut redis = self.redis.clone();
+        let mut command = redis::Cmd::with_capacity(6, 96 + state.len());
+        command
+            .arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(1)
+            .arg(state)
+            .arg(interval_us)
+            .arg(burst);
+        match command.query_async(&mut redis).await {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.script.prepare_invoke().load_async(&mut redis).await?;
+                command.query_async(&mut redis).await
+            }
+            answer => answer,
         }
     }
 }

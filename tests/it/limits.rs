@@ -162,6 +162,40 @@ async fn three_replicas_sharing_redis_allow_a_key_its_limit_once_not_three_times
     assert!((1..=12).contains(&retry_after), "Retry-After {retry_after}");
 }
 
+/// A Redis that forgot the limiter's script (restarted, failed over, or
+/// `SCRIPT FLUSH`ed) is given it again: the next Check is still decided by
+/// Redis, on the state it kept, with no fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_the_script_is_given_it_again_without_a_fallback() {
+    let mut direct = redis_connection();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let prefix = fresh_prefix();
+    let store = format!("redis://{REDIS}");
+    let env = [
+        ("KEYGATE_RATE_LIMIT_STORE", store.as_str()),
+        ("KEYGATE_RATE_LIMIT_TIMEOUT", "2s"),
+        ("KEYGATE_RATE_LIMIT_PREFIX", prefix.as_str()),
+    ];
+    let replica = Replica::start(&db.url, &env).await;
+    let (key, _) = replica.create(limited_key("acme", 5, 3600)).await;
+    let remaining = |decision: &Decision| {
+        assert_eq!(decision.code, "allowed", "{decision:?}");
+        decision.response_headers["x-ratelimit-remaining"].clone()
+    };
+    assert_eq!(remaining(&replica.check(&key).await.unwrap()), "4");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut direct)
+        .expect("SCRIPT FLUSH");
+    assert_eq!(remaining(&replica.check(&key).await.unwrap()), "3");
+    assert_eq!(
+        replica.metric("keygate_rate_limit_fallbacks_total"),
+        0.0,
+        "{}",
+        replica.process.logs()
+    );
+}
+
 /// Redis cut mid-load (a proxy the test controls): every Check still gets
 /// an answer within the timeout, from the local limiter, the fallback is
 /// counted and logged once, and Redis decides again once it is back.
