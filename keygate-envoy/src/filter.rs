@@ -383,8 +383,13 @@ impl FilterConfig {
         if key.environment != parsed.environment {
             return denied(DenyReason::InvalidKey, Some(source));
         }
-        let decision =
-            decide(key, route, stream.client_address(), now).and_then(|()| self.rate_limit(key));
+        // Envoy is asked for the address only when a list needs it.
+        let client = if key.allow_list.is_open() {
+            None
+        } else {
+            stream.client_address()
+        };
+        let decision = decide(key, route, client, now).and_then(|()| self.rate_limit(key));
         Evaluation {
             credits: decision.is_ok() && key.has_credits,
             decision,
