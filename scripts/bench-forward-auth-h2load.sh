@@ -183,11 +183,12 @@ for part in "${PARTS[@]}"; do
       taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$BENCH_WORK/noop-http.callgrind" \
         "$BIN/keygate-bench" noop-http-server --listen "127.0.0.1:$((NOOP + 100))" \
         >"$BENCH_WORK/noop-http-callgrind.log" 2>&1 &
-      BENCH_PIDS+=("$!")
+      noop_pid=$!
+      BENCH_PIDS+=("$noop_pid")
       wait_port $((NOOP + 100)) 2400
       noop_url="http://127.0.0.1:$((NOOP + 100))/v1/orders/42"
-      callgrind_per_request noop-http/h2c "$!" "$noop_url" "$counts" -c 4 -m 25
-      callgrind_per_request noop-http/http1 "$!" "$noop_url" "$counts" --h1 -c 32
+      callgrind_per_request noop-http/h2c "$noop_pid" "$noop_url" "$counts" -c 4 -m 25
+      callgrind_per_request noop-http/http1 "$noop_pid" "$noop_url" "$counts" --h1 -c 32
       python3 - "$counts" <<'PY'
 import sys
 per = dict((name, int(n)) for name, n in (l.split() for l in open(sys.argv[1])))

@@ -165,11 +165,16 @@ PY
 # in-flight work to settle) and prints the instructions (Ir) the dump holds:
 # those since the last `callgrind_control -z`.
 callgrind_ir() {
-  local pid="$1" file="$2" dump
+  local pid="$1" file="$2" dump before after ir
+  before="$(ls "$file".* 2>/dev/null | wc -l)"
   sleep 1
-  callgrind_control -d "$pid" >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null || { log "callgrind_control -d $pid failed"; return 1; }
   sleep 0.5
-  dump="$(ls -t "$file".* 2>/dev/null | head -1)"
-  [[ -n "$dump" ]] || { log "no callgrind dump next to $file"; return 1; }
-  awk '/^(summary|totals):/ { print $2; exit }' "$dump"
+  # A new dump, not an older one of the same run.
+  after="$(ls "$file".* 2>/dev/null | wc -l)"
+  (( after > before )) || { log "no new callgrind dump next to $file"; return 1; }
+  dump="$(ls -t "$file".* | head -1)"
+  ir="$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")"
+  [[ -n "$ir" ]] || { log "no instruction total in $dump"; return 1; }
+  echo "$ir"
 }

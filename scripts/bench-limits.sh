@@ -18,6 +18,9 @@
 # the local Redis, 127.0.0.1:6379, with a 1 s timeout so that every decision
 # is Redis's; the run is void if any fell back to the local limiter).
 #
+# The Redis server measured and pinned is the machine's running
+# redis-server; BENCH_REDIS_URL must point at it.
+#
 # Usage: scripts/bench-limits.sh [instructions] [h2load]
 # Env:   BENCH_H2LOAD_DURATION (seconds, default 5), BENCH_H2LOAD_ROUNDS
 #        (default 3), BENCH_CHECKS (default 3000), BENCH_REDIS_URL,
@@ -38,7 +41,7 @@ export BENCH_WORK
 REDIS_PID="$(pgrep -x redis-server | head -1 || true)"
 [[ -n "$REDIS_PID" ]] || { log "no redis-server is running"; exit 1; }
 REDIS_AFFINITY="$(taskset -pc "$REDIS_PID" | sed 's/.*: //')"
-trap 'bench_cleanup; taskset -pc "$REDIS_AFFINITY" "$REDIS_PID" >/dev/null 2>&1 || true
+trap 'taskset -a -pc "$REDIS_AFFINITY" "$REDIS_PID" >/dev/null 2>&1 || true; bench_cleanup
   [[ -n "${BENCH_KEEP_WORK:-}" ]] && log "kept $BENCH_WORK" || rm -rf "$BENCH_WORK"' EXIT
 
 ensure_h2load
@@ -182,12 +185,12 @@ section_h2load() {
     for mode in "${MODES[@]}"; do h2load_round "$mode" "$mode" "$results"; done
   done
   log "h2load: the same with redis-server pinned to CPU $CLIENT_CPU"
-  taskset -pc "$CLIENT_CPU" "$REDIS_PID" >/dev/null
+  taskset -a -pc "$CLIENT_CPU" "$REDIS_PID" >/dev/null
   for round in $(seq 1 "$ROUNDS"); do
     h2load_round local-again local "$results"
     h2load_round redis-pinned redis "$results"
   done
-  taskset -pc "$REDIS_AFFINITY" "$REDIS_PID" >/dev/null
+  taskset -a -pc "$REDIS_AFFINITY" "$REDIS_PID" >/dev/null
   for mode in "${MODES[@]}"; do decided_as_counted "$mode"; done
   round_ratios "$results" local redis none
   round_ratios "$results" local-again redis-pinned

@@ -82,7 +82,9 @@ pub struct CachedKey {
     /// allowance and reused by every later one while the entry lives. It
     /// must derive from `key` alone: a changed key is a new entry.
     pub encoded: OnceLock<EncodedIdentity>,
-    /// The same for forward-auth's HTTP answers, under the same rule.
+    /// The same for forward-auth's HTTP answers. Besides `key`, it derives
+    /// from the forward-auth renderer's settings (which credential to strip,
+    /// which metadata names): one renderer per cache, built at start.
     pub http_identity: OnceLock<HttpIdentity>,
     filled_at_generation: u64,
     /// The newest generation at which no tombstone applied to this entry.

@@ -127,16 +127,11 @@ unsafe extern "C" {
         optional_size: *mut usize,
     ) -> bool;
 
-    /// The string attribute `attribute_id`. Envoy 1.40 writes the result into
-    /// the buffer `result` points to; the ABI before it wrote the pointer there
-    /// and the length through a fourth argument. Both are passed (`result` is
-    /// a whole buffer, the fourth a separate slot), so either writes only
-    /// memory this module owns and the length is read from where it went.
+    /// The string attribute `attribute_id`, written into `result`.
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter_envoy_ptr: *mut c_void,
         attribute_id: c_int,
         result: *mut EnvoyBuffer,
-        legacy_length: *mut usize,
     ) -> bool;
 
     /// Some ABI versions return whether it was set; nothing here reads it.
@@ -226,20 +221,15 @@ impl Stream for EnvoyStream {
 
     fn client_address(&self) -> Option<IpAddr> {
         let mut value = EnvoyBuffer::EMPTY;
-        let mut legacy_length = usize::MAX;
         // SAFETY: `self.ptr` is the filter pointer Envoy passed to the running
-        // hook; `value` and `legacy_length` are valid out slots.
+        // hook; `value` is a valid out slot.
         let found = unsafe {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(
                 self.ptr,
                 ATTRIBUTE_SOURCE_ADDRESS,
                 &mut value,
-                &mut legacy_length,
             )
         };
-        if legacy_length != usize::MAX {
-            value.length = legacy_length;
-        }
         if !found || value.ptr.is_null() {
             return None;
         }

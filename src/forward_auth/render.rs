@@ -119,7 +119,9 @@ impl Renderer {
             (cached, shadow) => {
                 let key = cached.as_ref().map(|cached| &cached.key);
                 if let Some(key) = key {
-                    headers.extend(self.identity_headers(key));
+                    for (name, value) in self.identity_headers(key) {
+                        headers.insert(name, value);
+                    }
                 }
                 if let Some(code) = shadow {
                     headers.insert(SHADOW_DECISION.clone(), HeaderValue::from_static(code));
