@@ -5,6 +5,7 @@
 # tools from tests/chart/requirements.txt; later runs reuse it and reinstall
 # only when that file changes. Extra arguments go to pytest, e.g.
 #   scripts/test-chart.sh -k schema
+# `scripts/test-chart.sh --setup` prepares the venv and runs nothing.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +27,8 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$requirements"
   echo "$want" >"$stamp"
 fi
+# --setup: the venv only (scripts/test.sh prepares it while cargo compiles).
+[[ "${1:-}" != --setup ]] || exit 0
 
 cd "$root"
 exec "$venv/bin/python" -m pytest tests/chart -p no:cacheprovider -q "$@"

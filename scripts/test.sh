@@ -48,10 +48,25 @@ if ! redis_ready; then
   fi
 fi
 
+# The virtualenvs and Debian packages the later suites need are fetched
+# while cargo compiles: downloads and unpacking, not the cores cargo uses
+# (on a fresh machine this took about a minute of the run).
+setup_log="$(mktemp)"
+{ scripts/setup-test-env.sh && scripts/test-chart.sh --setup; } >"$setup_log" 2>&1 &
+setup_pid=$!
+trap 'kill "$setup_pid" 2>/dev/null || true' EXIT
+
 echo "== cargo test (SQLite and PostgreSQL)"
 # --tests: unit tests of every library and binary that has any (test = true
 # in its manifest), and the integration tests.
 cargo test --locked --tests
+
+if ! wait "$setup_pid"; then
+  cat "$setup_log" >&2
+  echo "test.sh: FATAL: preparing the Python, Envoy, NGINX and buildah test tools failed (above)." >&2
+  exit 1
+fi
+trap - EXIT
 
 echo "== Python suites: Envoy stubs and a real Envoy"
 # cargo test above built target/debug/keygate (a separate `cargo build` would
