@@ -42,7 +42,7 @@ PARTS=("$@")
 [[ ${#PARTS[@]} -gt 0 ]] || PARTS=(direct nginx)
 BENCH_WORK="$(mktemp -d)"
 export BENCH_WORK
-trap 'bench_cleanup; [[ -n "${BENCH_KEEP_WORK:-}" ]] && log "kept $BENCH_WORK" || rm -rf "$BENCH_WORK"' EXIT
+trap 'bench_cleanup; bench_remove_work' EXIT
 
 ensure_h2load
 [[ "${BENCH_NO_BUILD:-}" == 1 ]] || cargo build --release --bins >&2

@@ -23,6 +23,12 @@ bench_cleanup() {
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
+# Removes $BENCH_WORK, or keeps it and says where when BENCH_KEEP_WORK is
+# set (its logs and callgrind dumps, to read afterwards).
+bench_remove_work() {
+  if [[ -n "${BENCH_KEEP_WORK:-}" ]]; then log "kept $BENCH_WORK"; else rm -rf "$BENCH_WORK"; fi
+}
+
 # Records the machine's load before a measurement; warns when a compiler or
 # another heavy process is running (the figure would be noisy).
 note_load() {

@@ -41,8 +41,7 @@ export BENCH_WORK
 REDIS_PID="$(pgrep -x redis-server | head -1 || true)"
 [[ -n "$REDIS_PID" ]] || { log "no redis-server is running"; exit 1; }
 REDIS_AFFINITY="$(taskset -pc "$REDIS_PID" | sed 's/.*: //')"
-trap 'taskset -a -pc "$REDIS_AFFINITY" "$REDIS_PID" >/dev/null 2>&1 || true; bench_cleanup
-  [[ -n "${BENCH_KEEP_WORK:-}" ]] && log "kept $BENCH_WORK" || rm -rf "$BENCH_WORK"' EXIT
+trap 'taskset -a -pc "$REDIS_AFFINITY" "$REDIS_PID" >/dev/null 2>&1 || true; bench_cleanup; bench_remove_work' EXIT
 
 ensure_h2load
 [[ "${BENCH_NO_BUILD:-}" == 1 ]] || cargo build --release --bins >&2

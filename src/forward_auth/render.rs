@@ -17,7 +17,6 @@ use super::input::BadRequest;
 use crate::{
     answer::{
         denial_body, denial_headers, identity_values, rate_values, sunset_headers, MetadataHeaders,
-        HEADER_ABILITIES, HEADER_ENVIRONMENT, HEADER_KEY_ID, HEADER_KEY_PREFIX, HEADER_OWNER_ID,
         HEADER_SHADOW_DECISION, IDENTITY_HEADERS, RATE_HEADERS,
     },
     authz::{Allowance, CredentialSource},
@@ -33,11 +32,11 @@ pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 // The names of every allowed answer, parsed once (`from_static` shares
 // their bytes; a name parsed per answer would be copied per answer).
 static IDENTITY_NAMES: [HeaderName; 5] = [
-    HeaderName::from_static(HEADER_KEY_ID),
-    HeaderName::from_static(HEADER_OWNER_ID),
-    HeaderName::from_static(HEADER_ENVIRONMENT),
-    HeaderName::from_static(HEADER_KEY_PREFIX),
-    HeaderName::from_static(HEADER_ABILITIES),
+    HeaderName::from_static(IDENTITY_HEADERS[0]),
+    HeaderName::from_static(IDENTITY_HEADERS[1]),
+    HeaderName::from_static(IDENTITY_HEADERS[2]),
+    HeaderName::from_static(IDENTITY_HEADERS[3]),
+    HeaderName::from_static(IDENTITY_HEADERS[4]),
 ];
 static RATE_NAMES: [HeaderName; 3] = [
     HeaderName::from_static(RATE_HEADERS[0]),
@@ -48,7 +47,7 @@ static SHADOW_DECISION: HeaderName = HeaderName::from_static(HEADER_SHADOW_DECIS
 static REMOVE: HeaderName = HeaderName::from_static(HEADERS_TO_REMOVE);
 
 /// Builds responses; what never changes is prepared at start, and what
-/// depends on the key alone once per cached key ([`HttpIdentity`]).
+/// depends on the key once per cached key ([`HttpIdentity`]).
 pub struct Renderer {
     metadata: MetadataHeaders,
     /// [`MetadataHeaders::header_names`], parsed.
@@ -148,7 +147,7 @@ impl Renderer {
     /// What an allowance of `key` without a shadow decision always says.
     fn identity(&self, key: &CheckKey) -> HttpIdentity {
         HttpIdentity {
-            headers: self.identity_headers(key).collect(),
+            headers: self.identity_headers(key).into(),
             // Never empty: it names at least the shadow-decision header.
             removed: [0, 1, 2].map(|credential| {
                 HeaderValue::from_str(&self.removed(Some(key), false, credential))
@@ -157,23 +156,20 @@ impl Renderer {
         }
     }
 
-    /// The identity and metadata headers `key` sets.
-    fn identity_headers<'k>(
-        &'k self,
-        key: &'k CheckKey,
-    ) -> impl Iterator<Item = (HeaderName, HeaderValue)> + 'k {
+    /// The identity and metadata headers `key` sets (built once per cached
+    /// key, or for an uncommon answer).
+    fn identity_headers(&self, key: &CheckKey) -> Vec<(HeaderName, HeaderValue)> {
         let mut id_text = uuid::Uuid::encode_buffer();
-        let identity: Vec<_> = IDENTITY_NAMES
+        let identity = IDENTITY_NAMES
             .iter()
             .zip(identity_values(key, &mut id_text))
-            .filter_map(|(name, value)| Some((name.clone(), header_value(name, &value)?)))
-            .collect();
+            .filter_map(|(name, value)| Some((name.clone(), header_value(name, &value)?)));
         let metadata = self
             .metadata_names
             .iter()
             .zip(self.metadata.values(key))
             .filter_map(|(name, (_, value))| Some((name.clone(), header_value(name, value?)?)));
-        identity.into_iter().chain(metadata)
+        identity.chain(metadata).collect()
     }
 
     /// The keygate headers this answer does not set, and the credential when
@@ -335,6 +331,35 @@ mod tests {
             header(&response, HEADERS_TO_REMOVE),
             Some("x-keygate-meta-plan,x-keygate-shadow-decision,authorization")
         );
+    }
+
+    #[test]
+    fn a_cached_key_answers_each_credential_source_with_its_own_removal_list() {
+        let cached = Arc::new(CachedKey::detached(CheckKey::sample(
+            Uuid::from_u128(6),
+            "acme",
+            &["read:orders"],
+        )));
+        let renderer = renderer();
+        let removed_for = |credential| {
+            let mut allowed = allowance(Some(cached.clone()));
+            allowed.credential = credential;
+            let response = renderer.allowed(&allowed);
+            assert_eq!(header(&response, "x-keygate-owner-id"), Some("acme"));
+            header(&response, HEADERS_TO_REMOVE).unwrap().to_owned()
+        };
+        // The first answer builds the entry's headers; the others reuse them.
+        let all_metadata = "x-keygate-meta-tier,x-keygate-meta-plan,x-keygate-shadow-decision";
+        assert_eq!(
+            removed_for(Some(CredentialSource::Authorization)),
+            format!("{all_metadata},authorization")
+        );
+        assert!(cached.http_identity.get().is_some());
+        assert_eq!(
+            removed_for(Some(CredentialSource::ApiKey)),
+            format!("{all_metadata},x-api-key")
+        );
+        assert_eq!(removed_for(None), all_metadata);
     }
 
     #[test]

@@ -103,9 +103,6 @@ impl SharedLimiter {
             }
         }
     }
-}
-
-impl SharedLimiter {
     /// `EVALSHA` of the script as one command built in place (redis-rs's
     /// `ScriptInvocation` copies each key and argument into vectors of its
     /// own first: five allocations a Check); `SCRIPT LOAD` and once more

@@ -38,6 +38,20 @@ fn redis_connection() -> redis::Connection {
         })
 }
 
+/// A replica's settings for limits kept in the Redis at `store`, under
+/// `prefix`, waiting `timeout` for each decision.
+fn shared_limits<'a>(
+    store: &'a str,
+    timeout: &'a str,
+    prefix: &'a str,
+) -> [(&'static str, &'a str); 3] {
+    [
+        ("KEYGATE_RATE_LIMIT_STORE", store),
+        ("KEYGATE_RATE_LIMIT_TIMEOUT", timeout),
+        ("KEYGATE_RATE_LIMIT_PREFIX", prefix),
+    ]
+}
+
 fn limited_key(owner: &str, max_attempts: u32, decay_seconds: u32) -> CreateKeyRequest {
     CreateKeyRequest {
         owner_id: owner.into(),
@@ -103,11 +117,7 @@ async fn three_replicas_sharing_redis_allow_a_key_its_limit_once_not_three_times
     let store = format!("redis://{REDIS}");
     // Generous: this test is about the count, not the fallback, and a loaded
     // machine must not push decisions to the local limiters.
-    let env = [
-        ("KEYGATE_RATE_LIMIT_STORE", store.as_str()),
-        ("KEYGATE_RATE_LIMIT_TIMEOUT", "2s"),
-        ("KEYGATE_RATE_LIMIT_PREFIX", prefix.as_str()),
-    ];
+    let env = shared_limits(&store, "2s", &prefix);
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(Replica::start(&db.url, &env).await);
@@ -171,11 +181,7 @@ async fn a_redis_that_lost_the_script_is_given_it_again_without_a_fallback() {
     let db = TestDb::new(Backend::Sqlite).await;
     let prefix = fresh_prefix();
     let store = format!("redis://{REDIS}");
-    let env = [
-        ("KEYGATE_RATE_LIMIT_STORE", store.as_str()),
-        ("KEYGATE_RATE_LIMIT_TIMEOUT", "2s"),
-        ("KEYGATE_RATE_LIMIT_PREFIX", prefix.as_str()),
-    ];
+    let env = shared_limits(&store, "2s", &prefix);
     let replica = Replica::start(&db.url, &env).await;
     let (key, _) = replica.create(limited_key("acme", 5, 3600)).await;
     let remaining = |decision: &Decision| {
@@ -206,11 +212,7 @@ async fn checks_fall_back_to_local_limits_while_redis_is_cut_and_shared_limits_r
     let proxy = CuttableProxy::start(REDIS.parse::<SocketAddr>().unwrap()).await;
     let prefix = fresh_prefix();
     let store = format!("redis://{}", proxy.addr);
-    let env = [
-        ("KEYGATE_RATE_LIMIT_STORE", store.as_str()),
-        ("KEYGATE_RATE_LIMIT_TIMEOUT", "100ms"),
-        ("KEYGATE_RATE_LIMIT_PREFIX", prefix.as_str()),
-    ];
+    let env = shared_limits(&store, "100ms", &prefix);
     let a = Arc::new(Replica::start(&db.url, &env).await);
     let b = Replica::start(&db.url, &env).await;
     let (key, id) = a.create(limited_key("acme", 3, 3600)).await;
