@@ -530,14 +530,16 @@ impl Store {
         })
     }
 
-    /// Emits `api_key.expiring` for up to `limit` keys that expire within
-    /// `before` of `now` and have not had this warning, each with its audit
+    /// Emits `api_key.expiring` for up to `limit` keys that expire more than
+    /// `narrower` (the next narrower warning's window) and at most `before`
+    /// after `now` and have not had this warning, each with its audit
     /// row and webhooks in one transaction. Every wider warning (in
     /// `wider`) is marked as had too, so a key created close to its expiry
     /// hears only the nearest warning. Returns how many warnings were sent.
     pub async fn warn_expiring(
         &self,
         now: DateTime<Utc>,
+        narrower: chrono::Duration,
         before: chrono::Duration,
         wider: &[chrono::Duration],
         actor: &str,
@@ -546,7 +548,7 @@ impl Store {
         let before_seconds = before.num_seconds();
         let due: Vec<(Uuid, String, String, DateTime<Utc>)> = with_pool!(&self.main, pool => {
             sqlx::query_as(SELECT_EXPIRING)
-                .bind(now)
+                .bind(now + narrower)
                 .bind(now + before)
                 .bind(before_seconds)
                 .bind(i64::from(limit))

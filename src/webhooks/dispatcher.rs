@@ -295,9 +295,22 @@ impl Dispatcher {
         thresholds.sort();
         for (i, before) in thresholds.iter().enumerate() {
             let wider = &thresholds[i + 1..];
+            // Keys inside a narrower window are that window's: a key created
+            // between two passes of one round must not hear a wider warning
+            // first.
+            let narrower = i
+                .checked_sub(1)
+                .map_or(chrono::Duration::zero(), |n| thresholds[n]);
             match self
                 .store
-                .warn_expiring(self.clock.now(), *before, wider, ACTOR, WARNINGS_PER_ROUND)
+                .warn_expiring(
+                    self.clock.now(),
+                    narrower,
+                    *before,
+                    wider,
+                    ACTOR,
+                    WARNINGS_PER_ROUND,
+                )
                 .await
             {
                 Ok(0) => {}
