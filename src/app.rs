@@ -25,12 +25,14 @@ use crate::{
     clock::Clock,
     config::{Config, TlsConfig},
     credits::CreditLedger,
+    feed_proto::key_feed_server::KeyFeedServer,
     forward_auth::{self, ForwardAuth},
     grpc::{
         accept::incoming,
         auth::AdminAuth,
         ext_authz::{AuthorizationServer, ExtAuthzService},
         key_admin::KeyAdminService,
+        key_feed::{self, KeyFeedService},
         reflection::{self, Listener},
     },
     invalidation, low_priority,
@@ -267,6 +269,16 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         .add_service(InterceptedService::new(
             KeyAdminServer::new(KeyAdminService::new(admin.clone()))
                 .max_decoding_message_size(MAX_ADMIN_REQUEST_BYTES),
+            AdminAuth::new(config.admin_tokens.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            KeyFeedServer::new(KeyFeedService::new(
+                store.clone(),
+                replica.events().clone(),
+                config.usage_enabled.then(|| usage_sender.clone()),
+                drain.clone(),
+            ))
+            .max_decoding_message_size(key_feed::MAX_USAGE_REPORT_BYTES),
             AdminAuth::new(config.admin_tokens.clone()),
         ));
     // KeyAdmin and REST serve on a runtime of their own: see admin_runtime.

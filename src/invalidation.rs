@@ -30,7 +30,6 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::{
-    cache::KeyCache,
     replica_state::ReplicaKeyState,
     store::{Store, StoreError, INVALIDATION_CHANNEL, ISSUED_CHANNEL},
 };
@@ -177,6 +176,7 @@ pub async fn listen(
             },
         };
         cache.issued().fill(issued);
+        replica.everything_may_have_changed();
         metrics.issued.set(cache.issued().len() as f64);
         backoff = Duration::from_millis(100);
         metrics.up.set(1.0);
@@ -251,7 +251,7 @@ async fn serve(
                 Ok(Some(notification)) => {
                     metrics.received.increment(1);
                     let applied = if notification.channel() == ISSUED_CHANNEL {
-                        issued(notification.payload(), store, replica.cache()).await
+                        issued(notification.payload(), store, replica).await
                     } else {
                         apply(notification.payload(), replica).await;
                         Ok(())
@@ -289,11 +289,14 @@ async fn serve(
 /// read is bounded by [`HEARTBEAT_DEADLINE`]: while it waits, this loop
 /// neither hears notifications nor checks its heartbeat, and a store that
 /// does not answer is as likely dead as the listener's own connection.
-async fn issued(payload: &str, store: &Store, cache: &KeyCache) -> Result<(), StoreError> {
+async fn issued(payload: &str, store: &Store, replica: &ReplicaKeyState) -> Result<(), StoreError> {
+    let cache = replica.cache();
     if payload == crate::store::ISSUED_ALL {
         let prefixes = tokio::time::timeout(HEARTBEAT_DEADLINE, store.issued_hash_prefixes())
             .await
             .map_err(|_| StoreError::Timeout(HEARTBEAT_DEADLINE))??;
+        // Only imports announce every key at once; the key feed leaves
+        // imported keys out, so its followers need not hear of it.
         cache.issued().fill(prefixes);
         return Ok(());
     }
@@ -306,6 +309,7 @@ async fn issued(payload: &str, store: &Store, cache: &KeyCache) -> Result<(), St
         .map_err(|_| StoreError::Timeout(HEARTBEAT_DEADLINE))??;
     if let Some(prefix) = prefix {
         cache.issued().insert(prefix);
+        replica.key_issued(id);
     }
     Ok(())
 }
@@ -318,6 +322,7 @@ async fn apply(payload: &str, replica: &ReplicaKeyState) {
         None => {
             tracing::warn!(payload, "unknown invalidation; clearing the cache");
             replica.cache().clear();
+            replica.everything_may_have_changed();
         }
     }
 }

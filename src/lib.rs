@@ -34,6 +34,7 @@ pub(crate) mod forward_auth;
 pub mod grpc;
 pub(crate) mod invalidation;
 pub(crate) mod issued_keys;
+pub(crate) mod key_events;
 pub(crate) mod leaks;
 mod low_priority;
 pub mod ratelimit;
@@ -53,4 +54,12 @@ pub mod proto {
     /// Encoded descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("keygate_admin_descriptor");
+}
+
+/// Generated KeyFeed API (`proto/keygate/feed/v1/key_feed.proto`): the key
+/// table for keygate's Envoy module. Its descriptors are in
+/// [`proto::FILE_DESCRIPTOR_SET`].
+pub mod feed_proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("keygate.feed.v1");
 }

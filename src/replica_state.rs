@@ -5,19 +5,26 @@
 //! arrives: the admin call that made the change on this replica, or the
 //! PostgreSQL notification that tells every other replica
 //! (docs/architecture.md, "The path of an invalidation"). Both paths call
-//! [`ReplicaKeyState::forget_key`], so they cannot drift apart.
+//! [`ReplicaKeyState::forget_key`], so they cannot drift apart. The same
+//! calls tell the key feed's followers ([`KeyEvents`]).
 
 use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::{cache::KeyCache, credits::CreditLedger, ratelimit::RateLimiters};
+use crate::{
+    cache::KeyCache,
+    credits::CreditLedger,
+    key_events::{KeyEvent, KeyEvents},
+    ratelimit::RateLimiters,
+};
 
 #[derive(Clone)]
 pub struct ReplicaKeyState {
     cache: Arc<KeyCache>,
     limiters: Arc<RateLimiters>,
     credits: Arc<CreditLedger>,
+    events: KeyEvents,
 }
 
 impl ReplicaKeyState {
@@ -30,7 +37,13 @@ impl ReplicaKeyState {
             cache,
             limiters,
             credits,
+            events: KeyEvents::default(),
         }
+    }
+
+    /// Where the key feed hears of changed keys.
+    pub fn events(&self) -> &KeyEvents {
+        &self.events
     }
 
     pub fn cache(&self) -> &Arc<KeyCache> {
@@ -49,11 +62,26 @@ impl ReplicaKeyState {
         self.cache.invalidate_key(id).await;
         self.limiters.forget(id);
         self.credits.release(id).await;
+        self.events.tell(KeyEvent::Key(id));
+    }
+
+    /// After a key was issued and committed: the key feed's followers add
+    /// it. (Check needs no news: the issued-key set learnt of it before the
+    /// commit, and a miss reads the store.)
+    pub fn key_issued(&self, id: Uuid) {
+        self.events.tell(KeyEvent::Key(id));
+    }
+
+    /// After this replica may have missed changes (its invalidation
+    /// listener reconnected): the key feed's followers start again.
+    pub fn everything_may_have_changed(&self) {
+        self.events.tell(KeyEvent::Everything);
     }
 
     /// After an owner was suspended or resumed: every key of theirs is read
     /// again.
     pub fn forget_owner(&self, owner_id: &str) {
         self.cache.invalidate_owner(owner_id);
+        self.events.tell(KeyEvent::Owner(owner_id.to_owned()));
     }
 }

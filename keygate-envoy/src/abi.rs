@@ -16,6 +16,7 @@ use std::{
 };
 
 use crate::{
+    feed::Level,
     filter::{
         CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
     },
@@ -93,7 +94,9 @@ const HEADERS_STOP_ITERATION: c_int = 1;
 /// `Continue` of the body and trailers statuses, request and response.
 const CONTINUE: c_int = 0;
 
-/// `envoy_dynamic_module_type_log_level_Error`.
+/// `envoy_dynamic_module_type_log_level_Info`, `_Warn` and `_Error`.
+const LOG_INFO: c_int = 2;
+const LOG_WARN: c_int = 3;
 const LOG_ERROR: c_int = 4;
 
 /// `envoy_dynamic_module_type_metrics_result_Success`.
@@ -321,8 +324,24 @@ fn client_ip(address: &str) -> Option<IpAddr> {
 
 /// Logs through Envoy's logger, under its `dynamic_modules` component.
 fn log_error(message: &str) {
+    log_at(LOG_ERROR, message);
+}
+
+/// The key feed's log (`crate::feed::Log`). Envoy's logger may be called
+/// from any thread, the feed's own included.
+fn log_feed(level: Level, message: &str) {
+    log_at(
+        match level {
+            Level::Info => LOG_INFO,
+            Level::Warn => LOG_WARN,
+        },
+        message,
+    );
+}
+
+fn log_at(level: c_int, message: &str) {
     // SAFETY: `message` is readable for the call and Envoy copies it.
-    unsafe { envoy_dynamic_module_callback_log(LOG_ERROR, ModuleBuffer::of(message.as_bytes())) }
+    unsafe { envoy_dynamic_module_callback_log(level, ModuleBuffer::of(message.as_bytes())) }
 }
 
 /// The module's state for one HTTP stream (`..._http_filter_module_ptr`).
@@ -392,7 +411,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 ) -> *const c_void {
     // SAFETY: Envoy passes the filter name and config bytes, valid for this call.
     let (name, config) = unsafe { (name.as_bytes(), config.as_bytes()) };
-    let config = FilterConfig::new(name, config).and_then(|config| {
+    let config = FilterConfig::new(name, config, log_feed).and_then(|config| {
         DecisionCounters::define(|name| define_counter(filter_config_envoy_ptr, name))
             .map(|counters| config.with_counters(counters))
             .ok_or(crate::filter::ConfigError::Setting(

@@ -23,8 +23,9 @@ use keygate::{
 };
 
 use crate::{
+    feed::{Log, SharedFeed},
     settings::{FilterSettings, RouteSettings, KEY_METADATA_NAMESPACE, METADATA_NAMESPACE},
-    table::{KeyTable, TableError},
+    table::{KeyTable, Lookup, SharedTable, TableError},
 };
 
 /// The `filter_name` in Envoy's `DynamicModuleFilter` config that selects
@@ -69,8 +70,10 @@ pub struct CounterId(pub usize);
 
 /// One counter per decision code, named like Check's metrics
 /// (`keygate_check_decisions_total{code}`, `keygate_check_shadow_total`):
-/// `decisions.<code>`, `shadow` and `credits_unavailable`, under the
-/// filter's `metrics_namespace` in Envoy's stats.
+/// `decisions.<code>`, `shadow`, the two requests it cannot decide,
+/// `credits_unavailable` and `table_unavailable`, and `usage_dropped`
+/// (Check's `keygate_usage_dropped_total`), under the filter's
+/// `metrics_namespace` in Envoy's stats.
 #[derive(Debug, Clone)]
 pub struct DecisionCounters {
     allowed: CounterId,
@@ -78,6 +81,8 @@ pub struct DecisionCounters {
     denied: [CounterId; DenyReason::ALL_CODES.len()],
     shadow: CounterId,
     credits_unavailable: CounterId,
+    table_unavailable: CounterId,
+    usage_dropped: CounterId,
 }
 
 impl DecisionCounters {
@@ -92,6 +97,8 @@ impl DecisionCounters {
             denied,
             shadow: define("shadow")?,
             credits_unavailable: define("credits_unavailable")?,
+            table_unavailable: define("table_unavailable")?,
+            usage_dropped: define("usage_dropped")?,
         })
     }
 
@@ -162,9 +169,43 @@ impl Denial {
     }
 }
 
-/// What this filter cannot decide in the proxy: spending a key's credits
-/// needs keygate's database.
-const CREDITS_UNAVAILABLE_BODY: &str = r#"{"error":{"code":"unavailable","message":"This API key has credits, which this proxy cannot spend; retry through keygate's own Check."}}"#;
+/// What this filter cannot decide in the proxy: a 503, as Check's
+/// `unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undecidable {
+    /// Spending a key's credits needs keygate's database.
+    Credits,
+    /// No complete key table has arrived yet (feed not yet answered, no
+    /// snapshot file).
+    NoTable,
+}
+
+impl Undecidable {
+    fn body(self) -> &'static str {
+        match self {
+            Self::Credits => {
+                r#"{"error":{"code":"unavailable","message":"This API key has credits, which this proxy cannot spend; retry through keygate's own Check."}}"#
+            }
+            Self::NoTable => {
+                r#"{"error":{"code":"unavailable","message":"The key table has not arrived from keygate yet; retry shortly."}}"#
+            }
+        }
+    }
+
+    fn details(self) -> &'static str {
+        match self {
+            Self::Credits => "keygate_credits_not_in_proxy",
+            Self::NoTable => "keygate_no_key_table",
+        }
+    }
+
+    fn counter(self, counters: &DecisionCounters) -> CounterId {
+        match self {
+            Self::Credits => counters.credits_unavailable,
+            Self::NoTable => counters.table_unavailable,
+        }
+    }
+}
 
 /// One Envoy filter config: shared by every stream it filters, on every
 /// worker thread.
@@ -177,7 +218,10 @@ pub struct FilterConfig {
     metadata: MetadataHeaders,
     dynamic_metadata: bool,
     default_rate_limit: Option<RateLimit>,
-    table: KeyTable,
+    table: Arc<SharedTable>,
+    /// The feed that keeps `table` current, shared with the other configs
+    /// that name it; `None` without one.
+    feed: Option<Arc<SharedFeed>>,
     limiters: RateLimiters,
     /// Indexed by [`DenyReason::index`].
     denials: Vec<Denial>,
@@ -188,7 +232,8 @@ impl fmt::Debug for FilterConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FilterConfig")
             .field("format", &self.format)
-            .field("keys", &self.table.len())
+            .field("keys", &self.table.key_count())
+            .field("feed", &self.feed.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -199,11 +244,12 @@ struct Evaluation {
     decision: Result<Option<RateHeaders>, DenyReason>,
     key: Option<Arc<CheckKey>>,
     credential: Option<CredentialSource>,
-    credits: bool,
+    undecidable: Option<Undecidable>,
 }
 
 impl FilterConfig {
-    pub fn new(name: &[u8], config: &[u8]) -> Result<Self, ConfigError> {
+    /// `log` is where the key feed, if any, reports (Envoy's log).
+    pub fn new(name: &[u8], config: &[u8], log: Log) -> Result<Self, ConfigError> {
         if name != FILTER_NAME.as_bytes() {
             return Err(ConfigError::UnknownFilter(
                 String::from_utf8_lossy(name).into_owned(),
@@ -211,10 +257,10 @@ impl FilterConfig {
         }
         let settings: FilterSettings =
             serde_json::from_slice(config).map_err(|e| ConfigError::Json(e.to_string()))?;
-        Self::from_settings(settings)
+        Self::from_settings(settings, log)
     }
 
-    pub fn from_settings(settings: FilterSettings) -> Result<Self, ConfigError> {
+    pub fn from_settings(settings: FilterSettings, log: Log) -> Result<Self, ConfigError> {
         let format = settings
             .key_format()
             .map_err(|e| ConfigError::Setting(e.to_string()))?;
@@ -231,7 +277,32 @@ impl FilterConfig {
                 )));
             }
         }
-        let table = KeyTable::load(&settings.snapshot_path).map_err(ConfigError::Table)?;
+        if settings.snapshot_path.is_none() && settings.feed.is_none() {
+            return Err(ConfigError::Setting(
+                "no key table: give snapshot_path, feed, or both".into(),
+            ));
+        }
+        let loaded = settings
+            .snapshot_path
+            .as_deref()
+            .map(KeyTable::load)
+            .transpose()
+            .map_err(ConfigError::Table)?;
+        let feed = settings
+            .feed
+            .as_ref()
+            .map(|feed| SharedFeed::get_or_start(feed, log))
+            .transpose()
+            .map_err(|e| ConfigError::Setting(e.to_string()))?;
+        let table = match (&feed, loaded) {
+            // The file stands in only until the feed's first snapshot.
+            (Some(feed), Some(loaded)) => {
+                feed.table.fill(loaded);
+                Arc::clone(&feed.table)
+            }
+            (Some(feed), None) => Arc::clone(&feed.table),
+            (None, loaded) => Arc::new(SharedTable::new(loaded)),
+        };
         Ok(Self {
             format,
             foreign_bearer: settings.foreign_bearer.into(),
@@ -242,6 +313,7 @@ impl FilterConfig {
             dynamic_metadata: settings.dynamic_metadata,
             default_rate_limit: settings.default_rate_limit.map(RateLimit::from),
             table,
+            feed,
             limiters: RateLimiters::new(LIMITER_CAPACITY),
             denials: DenyReason::one_of_each(0).map(Denial::of).into(),
             counters: None,
@@ -271,13 +343,13 @@ impl FilterConfig {
     ) -> HeadersAction {
         let requirements = route.map(RouteSettings::requirements).unwrap_or_default();
         let evaluation = self.evaluate(&*stream, &requirements, now);
-        if evaluation.credits {
-            self.count(stream, |c| c.credits_unavailable);
+        if let Some(undecidable) = evaluation.undecidable {
+            self.count(stream, |c| undecidable.counter(c));
             stream.send_local_reply(
                 503,
                 &[("content-type", "application/json")],
-                CREDITS_UNAVAILABLE_BODY,
-                "keygate_credits_not_in_proxy",
+                undecidable.body(),
+                undecidable.details(),
             );
             return HeadersAction::Stop;
         }
@@ -286,6 +358,12 @@ impl FilterConfig {
             Err(reason) => reason.code(),
         };
         self.count(stream, |c| c.decision(evaluation.decision.as_ref().err()));
+        let usage = self.feed.as_ref().and_then(|feed| feed.usage.as_ref());
+        if let (Some(usage), Some(key)) = (usage, &evaluation.key) {
+            if !usage.record(&*stream, key.id, now, code) {
+                self.count(stream, |c| c.usage_dropped);
+            }
+        }
         match evaluation.decision {
             Ok(rate) => {
                 let sunset = evaluation
@@ -338,7 +416,7 @@ impl FilterConfig {
             decision: Err(reason),
             key: None,
             credential,
-            credits: false,
+            undecidable: None,
         };
         let text = |name: &str| {
             stream
@@ -370,13 +448,22 @@ impl FilterConfig {
                     decision,
                     key: None,
                     credential: None,
-                    credits: false,
+                    undecidable: None,
                 };
             }
             Err(_) => return denied(DenyReason::MalformedKey, Some(source)),
         };
-        let Some(key) = self.table.get(&parsed.hash()) else {
-            return denied(DenyReason::InvalidKey, Some(source));
+        let key = match self.table.lookup(&parsed.hash()) {
+            Lookup::Found(key) => key,
+            Lookup::Unknown => return denied(DenyReason::InvalidKey, Some(source)),
+            Lookup::NotReady => {
+                return Evaluation {
+                    decision: Err(DenyReason::InvalidKey),
+                    key: None,
+                    credential: Some(source),
+                    undecidable: Some(Undecidable::NoTable),
+                }
+            }
         };
         // The hash covers only the token, so the environment written in the
         // key must be checked against the key's own.
@@ -389,11 +476,11 @@ impl FilterConfig {
         } else {
             stream.client_address()
         };
-        let decision = decide(key, route, client, now).and_then(|()| self.rate_limit(key));
+        let decision = decide(&key, route, client, now).and_then(|()| self.rate_limit(&key));
         Evaluation {
-            credits: decision.is_ok() && key.has_credits,
+            undecidable: (decision.is_ok() && key.has_credits).then_some(Undecidable::Credits),
             decision,
-            key: Some(Arc::clone(key)),
+            key: Some(key),
             credential: Some(source),
         }
     }

@@ -4,11 +4,15 @@
 //!
 //! - [`filter`]: what the filter does with a request, in safe Rust, against
 //!   the [`filter::Stream`] trait.
+//! - [`feed`]: keeps the key table current from keygate's key feed;
+//!   [`usage`] reports the decisions back.
 //! - `abi`: the hand-written C ABI bindings and exported event hooks; the
 //!   only module allowed `unsafe`.
 
 #[allow(unsafe_code)]
 mod abi;
+pub mod feed;
 pub mod filter;
 pub mod settings;
 pub mod table;
+pub mod usage;

@@ -53,8 +53,35 @@ pub struct FilterSettings {
     /// The limit of keys that have none of their own.
     #[serde(default)]
     pub default_rate_limit: Option<RateLimitSetting>,
-    /// The key table to decide from (`crate::table`).
-    pub snapshot_path: PathBuf,
+    /// A key table file to decide from (`crate::table`) until the feed's
+    /// first snapshot arrives, or for good without a feed.
+    #[serde(default)]
+    pub snapshot_path: Option<PathBuf>,
+    /// keygate's key feed, which keeps the table current (`crate::feed`).
+    #[serde(default)]
+    pub feed: Option<FeedSettings>,
+}
+
+/// Where the key feed comes from: a keygate admin listener. Filter configs
+/// with equal settings share one feed (`crate::feed::SharedFeed`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    /// `http://host:port` or `https://host:port` (keygate's
+    /// `KEYGATE_ADMIN_ADDR`).
+    pub address: String,
+    /// A file holding an admin-role token (`keygate admin-token NAME
+    /// admin`); none for a listener without tokens (loopback only).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed keygate's TLS certificate; for
+    /// `https://` addresses.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Report each decision about a known key back to keygate for its
+    /// usage records (`crate::usage`); on by default.
+    #[serde(default = "yes")]
+    pub report_usage: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]

@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, io::Write, net::IpAddr};
 use chrono::{DateTime, Duration, Utc};
 use keygate::domain::{IssuedKey, KeyFormat};
 use keygate_envoy::{
+    feed::Level,
     filter::{
         CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
         FILTER_NAME,
@@ -126,6 +127,10 @@ fn entry(issued: &IssuedKey, environment: &str, extra: Value) -> Value {
     entry
 }
 
+/// The feed's log, unread: these filters have no feed, or one whose
+/// outcome the tests read from the filter's answers.
+fn no_log(_: Level, _: &str) {}
+
 /// A filter whose table holds `entries`, with `settings` over the defaults.
 fn filter(entries: Vec<Value>, settings: Value) -> (FilterConfig, tempfile::NamedTempFile) {
     let mut snapshot = tempfile::NamedTempFile::new().unwrap();
@@ -136,8 +141,12 @@ fn filter(entries: Vec<Value>, settings: Value) -> (FilterConfig, tempfile::Name
         .as_object_mut()
         .unwrap()
         .extend(settings.as_object().unwrap().clone());
-    let filter =
-        FilterConfig::new(FILTER_NAME.as_bytes(), config.to_string().as_bytes()).expect("config");
+    let filter = FilterConfig::new(
+        FILTER_NAME.as_bytes(),
+        config.to_string().as_bytes(),
+        no_log,
+    )
+    .expect("config");
     (filter, snapshot)
 }
 
@@ -561,9 +570,10 @@ fn a_key_with_credits_is_not_decided_in_the_proxy() {
 
 #[test]
 fn bad_configs_are_refused_with_the_reason_and_never_a_hash() {
-    let err = FilterConfig::new(b"not-keygate", b"{}").unwrap_err();
+    let err = FilterConfig::new(b"not-keygate", b"{}", no_log).unwrap_err();
     assert!(err.to_string().contains("not-keygate"), "{err}");
-    let err = FilterConfig::new(FILTER_NAME.as_bytes(), b"{\"snapshot_path\": 1}").unwrap_err();
+    let err =
+        FilterConfig::new(FILTER_NAME.as_bytes(), b"{\"snapshot_path\": 1}", no_log).unwrap_err();
     assert!(err.to_string().contains("filter_config"), "{err}");
 
     let mut partial = tempfile::NamedTempFile::new().unwrap();
@@ -571,7 +581,7 @@ fn bad_configs_are_refused_with_the_reason_and_never_a_hash() {
         .write_all(br#"{"complete": false, "keys": []}"#)
         .unwrap();
     let config = json!({"snapshot_path": partial.path()}).to_string();
-    let err = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes()).unwrap_err();
+    let err = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes(), no_log).unwrap_err();
     assert!(err.to_string().contains("partial"), "{err}");
 
     let key = format().generate("live");
@@ -580,9 +590,48 @@ fn bad_configs_are_refused_with_the_reason_and_never_a_hash() {
     let body = json!({"complete": true, "keys": [entry(&key, "live", json!({})), entry(&key, "live", json!({}))]});
     duplicate.write_all(body.to_string().as_bytes()).unwrap();
     let config = json!({"snapshot_path": duplicate.path()}).to_string();
-    let err = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes()).unwrap_err();
+    let err = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes(), no_log).unwrap_err();
     assert!(err.to_string().contains("already"), "{err}");
     assert!(!err.to_string().contains(&hash), "{err}");
+
+    let refused = |config: Value| {
+        FilterConfig::new(
+            FILTER_NAME.as_bytes(),
+            config.to_string().as_bytes(),
+            no_log,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(refused(json!({})).contains("no key table"));
+    assert!(refused(json!({"feed": {"address": "not a uri"}})).contains("address"));
+    assert!(refused(json!({"feed": {"address": "https://127.0.0.1:1"}})).contains("ca_file"));
+    let err = refused(
+        json!({"feed": {"address": "http://127.0.0.1:1", "token_file": "/nonexistent/token"}}),
+    );
+    assert!(err.contains("token_file"), "{err}");
+}
+
+#[test]
+fn before_the_feed_s_first_snapshot_a_key_is_unavailable_not_invalid() {
+    // Port 1 on loopback refuses connections: the feed never answers.
+    let config = json!({"feed": {"address": "http://127.0.0.1:1"}}).to_string();
+    let filter = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes(), no_log).unwrap();
+    let key = format().generate("live");
+    let outcome = run(
+        &filter,
+        &[("x-api-key", key.plaintext.expose())],
+        None,
+        Utc::now(),
+    );
+    assert_eq!(outcome.action, HeadersAction::Stop);
+    let reply = outcome.stream.reply.unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body["error"]["code"], "unavailable");
+    assert_eq!(reply.details, "keygate_no_key_table");
+    // No credential needs no table.
+    let outcome = run(&filter, &[], None, Utc::now());
+    assert_eq!(outcome.stream.reply.unwrap().status, 401);
 }
 
 #[test]

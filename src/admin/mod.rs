@@ -440,6 +440,7 @@ impl KeyAdmin {
             .store
             .insert_key(&new, Some(self.max_keys_per_owner), &audit)
             .await?;
+        self.replica.key_issued(key.id);
         audit_log(&audit, Some(&key), &key.owner_id);
         Ok(Issued { plaintext, key })
     }
@@ -620,6 +621,7 @@ impl KeyAdmin {
                 StoreError::OwnerKeyLimit { .. } => AdminError::RotationOverlapLimit { limit },
                 other => other.into(),
             })?;
+        self.replica.key_issued(key.id);
         self.after_key_change(&audit, &previous).await;
         Ok((Issued { plaintext, key }, previous))
     }
@@ -742,8 +744,11 @@ impl KeyAdmin {
         if let Some(summary) = &summary {
             if summary.keys_expired > 0 || summary.keys_dormant > 0 {
                 // Which keys is not returned; expired keys already fail Check
-                // by time, and a full clear only costs refills.
+                // by time, and a full clear only costs refills. The key
+                // feed's followers take a fresh snapshot (on SQLite no
+                // notification tells them of these keys).
                 self.replica.cache().clear();
+                self.replica.everything_may_have_changed();
             }
             tracing::info!(
                 target: "keygate::prune",

@@ -60,7 +60,7 @@ impl KeyAdminService {
 
 /// The authenticated caller, or why there is none, as
 /// [`super::auth::AdminAuth`] found it.
-fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     match request.extensions().get::<Authentication>() {
         Some(Authentication(found)) => found.clone(),
         None => Err(Status::internal(
@@ -521,9 +521,9 @@ impl key_admin_server::KeyAdmin for KeyAdminService {
     }
 }
 
-/// Counts a call by method and gRPC code. Labels are bounded: twenty-two
-/// methods, seventeen codes, never an owner or a key.
-fn observe<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+/// Counts a call by method and gRPC code. Labels are bounded: the methods
+/// of KeyAdmin and KeyFeed, seventeen codes, never an owner or a key.
+pub(super) fn observe<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
     let code = match &result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),

@@ -9,6 +9,7 @@ mod convert;
 pub mod ext_authz;
 mod hygiene;
 pub mod key_admin;
+pub mod key_feed;
 pub mod reflection;
 pub mod status;
 mod webhooks;

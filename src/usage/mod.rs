@@ -78,13 +78,13 @@ pub struct UsageSender {
 
 impl UsageSender {
     /// Records an event without waiting; drops and counts it when the
-    /// buffer is full by count or by bytes.
-    pub fn record(&self, event: CheckEvent) {
+    /// buffer is full by count or by bytes. Whether it was taken.
+    pub fn record(&self, event: CheckEvent) -> bool {
         let size = event.footprint();
         if self.bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_bytes {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
             self.dropped.increment(1);
-            return;
+            return false;
         }
         match self.tx.try_send(event) {
             Ok(()) => {
@@ -92,10 +92,12 @@ impl UsageSender {
                 if self.depth() >= self.batch_size {
                     self.batch_ready.notify_one();
                 }
+                true
             }
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
                 self.bytes.fetch_sub(size, Ordering::AcqRel);
                 self.dropped.increment(1);
+                false
             }
         }
     }

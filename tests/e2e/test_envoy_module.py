@@ -83,12 +83,18 @@ def keys():
     return k
 
 
-def start_envoy(binary, workdir, upstream_port, module_dir, snapshot_path, name="envoy-module"):
+def filter_config(**table) -> str:
+    """The filter's JSON config as the tests use it, with `table`: a
+    snapshot_path, a feed, or both."""
+    return json.dumps({**table, "metadata_headers": ["tier"], "dynamic_metadata": True})
+
+
+def start_envoy(binary, workdir, upstream_port, module_dir, config: str, name="envoy-module"):
     try:
         return EnvoyServer(workdir, keygate_port=0, upstream_port=upstream_port,
                            binary=binary, name=name, template=ENVOY_MODULE_TEMPLATE,
                            extra_env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module_dir)},
-                           extra_values={"SNAPSHOT_PATH": str(snapshot_path)})
+                           extra_values={"FILTER_CONFIG": config})
     except (RuntimeError, TimeoutError) as e:
         pytest.fail(f"Envoy did not start with the keygate module: {e}", pytrace=False)
 
@@ -98,7 +104,8 @@ def envoy_module(envoy_binary, echo_upstream, module_dir, keys, tmp_path_factory
     workdir = tmp_path_factory.mktemp("envoy-module")
     snapshot = workdir / "keys.json"
     snapshot.write_text(keys.snapshot())
-    env = start_envoy(envoy_binary, workdir, echo_upstream.port, module_dir, snapshot)
+    env = start_envoy(envoy_binary, workdir, echo_upstream.port, module_dir,
+                      filter_config(snapshot_path=str(snapshot)))
     yield env
     env.stop()
 
@@ -253,7 +260,7 @@ def _validate(envoy_binary, tmp_path, search_path, snapshot_text):
     cfg.write_text(envoyproc.render(
         ENVOY_MODULE_TEMPLATE.read_text(), LISTEN_ADDRESS="127.0.0.1", LISTEN_PORT=18081,
         ADMIN_ADDRESS="127.0.0.1", ADMIN_PORT=19902, UPSTREAM_HOST="127.0.0.1",
-        UPSTREAM_PORT=18000, SNAPSHOT_PATH=str(snapshot)))
+        UPSTREAM_PORT=18000, FILTER_CONFIG=filter_config(snapshot_path=str(snapshot))))
     return subprocess.run(
         [str(envoy_binary), "--mode", "validate", "-c", str(cfg), "-l", "error"],
         capture_output=True, text=True, timeout=60,

@@ -15,6 +15,7 @@ mod admin_auth;
 mod admin_lifecycle_edges;
 mod check_path;
 mod hygiene;
+mod key_feed;
 mod limits;
 mod metrics;
 mod outage;

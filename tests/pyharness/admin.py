@@ -82,6 +82,9 @@ class AdminClient:
     def get_key(self, owner_id: str, id: str):
         return self._call("GetKey", self.pb2.GetKeyRequest(owner_id=owner_id, id=id))
 
+    def key_usage(self, owner_id: str, id: str):
+        return self._call("GetKeyUsage", self.pb2.GetKeyUsageRequest(owner_id=owner_id, id=id))
+
     def revoke_key(self, owner_id: str, id: str, reason: str = "test"):
         return self._call("RevokeKey", self.pb2.RevokeKeyRequest(owner_id=owner_id, id=id,
                                                                  reason=reason))

@@ -45,6 +45,11 @@ class KeygateServer:
         })
         env.update(extra_env or {})
         self.env = env
+        # extra_env may name the addresses (a keygate started again where
+        # an earlier one listened): wait on, and report, those.
+        self.authz_addr, self.admin_addr = env["KEYGATE_AUTHZ_ADDR"], env["KEYGATE_ADMIN_ADDR"]
+        self.metrics_addr, self.http_addr = env["KEYGATE_METRICS_ADDR"], env["KEYGATE_HTTP_ADDR"]
+        self.forward_auth_addr = env["KEYGATE_FORWARD_AUTH_ADDR"]
         self.process = ManagedProcess(name, list(command or [str(binary), "serve"]), env=env,
                                       log_path=workdir / "keygate.log", cwd=workdir)
         try:

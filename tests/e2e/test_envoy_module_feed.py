@@ -1,0 +1,187 @@
+"""keygate inside Envoy, fed by keygate: the real Envoy 1.40 loads
+libkeygate_envoy.so with no key file, only the address of a real
+`keygate serve`'s admin listener (its KeyFeed). Keys created, revoked and
+suspended through KeyAdmin reach the filter through the feed; when keygate
+goes away Envoy keeps deciding from the table it has (docs/envoy-module.md,
+"The key feed")."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from pyharness import keyformat
+from pyharness.admin import AdminClient
+from pyharness.paths import REPO_ROOT
+from pyharness.procs import eventually, free_ports
+# module_dir is a fixture: the module that the tests load.
+from test_envoy_module import (assert_denied, bearer, filter_config, get,  # noqa: F401
+                               module_dir, start_envoy)
+
+# Far beyond how long a change takes to arrive (milliseconds, measured in
+# BENCHMARKS.md); a test waiting this long has failed.
+PATIENCE = 10.0
+
+
+@pytest.fixture
+def fed(keygate_factory, admin_stubs, envoy_binary, echo_upstream, module_dir,
+        tmp_path_factory):
+    """A keygate of its own (SQLite), its admin client, and an Envoy whose
+    keygate filter is fed by it."""
+    server = keygate_factory(name="keygate-feed")
+    admin = AdminClient(server.admin_addr, admin_stubs)
+    workdir = tmp_path_factory.mktemp("envoy-module-feed")
+    config = filter_config(feed={"address": f"http://{server.admin_addr}"})
+    envoy = start_envoy(envoy_binary, workdir, echo_upstream.port, module_dir, config,
+                        name="envoy-module-feed")
+    yield server, admin, envoy
+    envoy.stop()
+    admin.close()
+
+
+def assert_allowed(envoy, key):
+    r = get(envoy, "/x", bearer(key))
+    assert r.status == 200, r
+
+
+def test_keys_created_and_revoked_on_keygate_are_decided_by_the_filter(fed, owner):
+    _, admin, envoy = fed
+    created = admin.create_key(owner, abilities=["read:orders"], metadata={"tier": "gold"})
+
+    def allowed():
+        r = get(envoy, "/orders/1", bearer(created.key))
+        assert r.status == 200, r
+        return r
+    r = eventually(allowed, timeout=PATIENCE, desc="the new key allowed through the feed")
+    seen = r.upstream["headers"]
+    assert seen["x-keygate-key-id"] == created.api_key.id
+    assert seen["x-keygate-owner-id"] == owner
+    assert seen["x-keygate-meta-tier"] == "gold"
+
+    assert_denied(get(envoy, "/orders/1", bearer(keyformat.make_key("live"))), 401,
+                  "invalid_key")
+
+    # The filter reports what it decided; keygate records it as Check's own.
+    def recorded():
+        usage = admin.key_usage(owner, created.api_key.id)
+        assert usage.request_count >= 1, usage
+        assert usage.top_endpoints[0].endpoint == "/orders/{id}", usage
+        assert usage.last_used_ip == "127.0.0.1", usage
+    eventually(recorded, timeout=PATIENCE, desc="the filter's usage report recorded")
+
+    admin.revoke_key(owner, created.api_key.id, reason="leaked")
+    revoked_at = time.monotonic()
+    eventually(lambda: assert_denied(get(envoy, "/orders/1", bearer(created.key)), 401,
+                                     "key_revoked"),
+               timeout=PATIENCE, interval=0.005, desc="the revoke reaches the filter")
+    print(f"revoke reached Envoy's filter {1000 * (time.monotonic() - revoked_at):.1f} ms "
+          f"after RevokeKey returned")
+
+
+def test_a_suspended_owner_is_refused_by_the_filter(fed, owner):
+    _, admin, envoy = fed
+    created = admin.create_key(owner)
+    eventually(lambda: assert_allowed(envoy, created.key), timeout=PATIENCE)
+    admin.suspend_owner(owner)
+    eventually(lambda: assert_denied(get(envoy, "/x", bearer(created.key)), 403,
+                                     "owner_suspended"),
+               timeout=PATIENCE, desc="the suspension reaches the filter")
+    admin.resume_owner(owner)
+    eventually(lambda: assert_allowed(envoy, created.key), timeout=PATIENCE)
+
+
+def test_envoy_keeps_deciding_from_its_table_while_keygate_is_down_and_follows_it_back(
+        fed, owner, keygate_factory, admin_stubs):
+    server, admin, envoy = fed
+    created = admin.create_key(owner)
+    doomed = admin.create_key(owner)
+    eventually(lambda: assert_allowed(envoy, created.key), timeout=PATIENCE)
+    admin.revoke_key(owner, doomed.api_key.id)
+    eventually(lambda: assert_denied(get(envoy, "/x", bearer(doomed.key)), 401, "key_revoked"),
+               timeout=PATIENCE)
+
+    server.stop()
+    # Known keys keep their decisions; a key the table never had is unknown.
+    for _ in range(3):
+        assert_allowed(envoy, created.key)
+        assert_denied(get(envoy, "/x", bearer(doomed.key)), 401, "key_revoked")
+        assert_denied(get(envoy, "/x", bearer(keyformat.make_key("live"))), 401, "invalid_key")
+        time.sleep(0.5)
+
+    # keygate back on the same address and database: the filter reconnects,
+    # takes a fresh snapshot, and follows changes again.
+    same = {name: server.env[name] for name in (
+        "KEYGATE_DATABASE_URL", "KEYGATE_AUTHZ_ADDR", "KEYGATE_ADMIN_ADDR",
+        "KEYGATE_METRICS_ADDR", "KEYGATE_FORWARD_AUTH_ADDR", "KEYGATE_HTTP_ADDR")}
+    back = keygate_factory(extra_env=same, name="keygate-feed-back")
+    admin_back = AdminClient(back.admin_addr, admin_stubs)
+    try:
+        newer = admin_back.create_key(owner)
+        eventually(lambda: assert_allowed(envoy, newer.key), timeout=PATIENCE,
+                   desc="a key created after keygate came back")
+        assert_allowed(envoy, created.key)
+    finally:
+        admin_back.close()
+
+
+def test_before_the_first_snapshot_envoy_answers_503_not_invalid_key(
+        envoy_binary, echo_upstream, module_dir, tmp_path):
+    """A feed that cannot be reached and no key file: nothing can be
+    decided, and the filter says so instead of calling every key invalid."""
+    (nobody,) = free_ports(1)
+    envoy = start_envoy(envoy_binary, tmp_path, echo_upstream.port, module_dir,
+                        filter_config(feed={"address": f"http://127.0.0.1:{nobody}"}),
+                        name="envoy-module-unfed")
+    try:
+        r = get(envoy, "/x", bearer(keyformat.make_key("live")))
+        assert r.status == 503, r
+        assert r.json()["error"]["code"] == "unavailable", r
+        assert envoy.stats("keygate.").get("keygate.table_unavailable") == 1
+    finally:
+        envoy.stop()
+
+
+def test_the_istio_example_s_filter_is_one_envoy_accepts(envoy_binary, module_dir, tmp_path):
+    """examples/istio/keygate-module.yaml cannot be applied without a
+    cluster; what can be checked here is that the HTTP filter it patches in
+    is one the suite's Envoy 1.40 and the built module accept."""
+    example = yaml.safe_load((REPO_ROOT / "examples/istio/keygate-module.yaml").read_text())
+    assert example["kind"] == "EnvoyFilter"
+    (patch,) = example["spec"]["configPatches"]
+    assert patch["applyTo"] == "HTTP_FILTER" and patch["patch"]["operation"] == "INSERT_BEFORE"
+    # The files the example mounts into the sidecar, here in tmp_path: the
+    # module reads both when Envoy loads the config.
+    config_value = patch["patch"]["value"]["typed_config"]["filter_config"]
+    settings = json.loads(config_value["value"])
+    token, ca = tmp_path / "feed-token", tmp_path / "ca.pem"
+    token.write_text("kga_example\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=keygate", "-days", "1",
+                    "-keyout", str(tmp_path / "ca.key"), "-out", str(ca)],
+                   check=True, capture_output=True)
+    settings["feed"].update(token_file=str(token), ca_file=str(ca))
+    config_value["value"] = json.dumps(settings)
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "inbound",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+        "http_filters": [patch["patch"]["value"], {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    bootstrap = {"static_resources": {"listeners": [{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}]}]}}
+    config = tmp_path / "istio-inbound.yaml"
+    config.write_text(yaml.safe_dump(bootstrap))
+    r = subprocess.run([str(envoy_binary), "--mode", "validate", "-c", str(config), "-l", "error"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module_dir)})
+    assert r.returncode == 0, r.stdout + r.stderr
