@@ -22,7 +22,13 @@
 # keep-alive connection; the delays from the REST answer to the first
 # changed decision, as percentiles.
 #
-# Usage: scripts/bench-envoy-module.sh
+# With `instructions`, instead: the same Envoy under callgrind, and the
+# instructions it spends per request on each listener, steady state
+# (callgrind_per_request in bench-lib.sh; BENCH_REQUESTS, default 20000, h2c
+# -c 4 -m 25): the figure noise cannot move. The snapshot then holds
+# BENCH_MODULE_KEYS keys too (default 1000: Envoy parses it under valgrind).
+#
+# Usage: scripts/bench-envoy-module.sh [instructions]
 # Env:   BENCH_H2LOAD_DURATION (seconds per round, default 10),
 #        BENCH_H2LOAD_ROUNDS (default 3), BENCH_MODULE_KEYS (default 100000),
 #        BENCH_NO_BUILD, BENCH_MODULE_DIR (where libkeygate_envoy.so is,
@@ -35,12 +41,22 @@ cd "$BENCH_ROOT"
 
 ENVOY="${ENVOY_BIN:-$BENCH_ROOT/.venv-envoy/bin/envoy-bin}"
 [[ -x "$ENVOY" ]] || ENVOY="$(scripts/setup-test-env.sh --print-envoy)"
+MODE="${1:-h2load}"
+case "$MODE" in
+  h2load) NKEYS="${BENCH_MODULE_KEYS:-100000}" ;;
+  instructions)
+    command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null
+    NKEYS="${BENCH_MODULE_KEYS:-1000}" ;;
+  *) echo "usage: $0 [instructions]" >&2; exit 2 ;;
+esac
 DURATION="${BENCH_H2LOAD_DURATION:-10}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
-NKEYS="${BENCH_MODULE_KEYS:-100000}"
 BENCH_WORK="$(mktemp -d)"
 export BENCH_WORK
 trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
+ENVOY_WRAP=()
+[[ "$MODE" == h2load ]] \
+  || ENVOY_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$BENCH_WORK/envoy.callgrind")
 
 ensure_h2load
 [[ "${BENCH_NO_BUILD:-}" == 1 ]] || cargo build --release -p keygate-envoy >&2
@@ -108,6 +124,7 @@ $filter
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 YAML
 }
+# module_filter JSON: the keygate-envoy filter with JSON as its config.
 module_filter() {
   cat <<YAML
           - name: keygate
@@ -117,19 +134,7 @@ module_filter() {
               filter_name: keygate
               filter_config:
                 "@type": type.googleapis.com/google.protobuf.StringValue
-                value: '{"snapshot_path": "$1"}'
-YAML
-}
-fed_filter() {
-  cat <<YAML
-          - name: keygate
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: { name: keygate_envoy }
-              filter_name: keygate
-              filter_config:
-                "@type": type.googleapis.com/google.protobuf.StringValue
-                value: '{"feed": {"address": "http://127.0.0.1:$KG_ADMIN"}}'
+                value: '$1'
 YAML
 }
 apikey_filter() {
@@ -146,12 +151,13 @@ YAML
 
 # start_envoy CONFIG: sets ENVOY_PID once /ready answers.
 start_envoy() {
-  ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$MODULE_DIR" taskset -c "$SERVER_CPU" "$ENVOY" -c "$1" \
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$MODULE_DIR" taskset -c "$SERVER_CPU" \
+    "${ENVOY_WRAP[@]}" "$ENVOY" -c "$1" \
     --concurrency 1 --base-id "$((RANDOM * 7 + 1000))" -l warning \
     >>"$BENCH_WORK/envoy.log" 2>&1 &
   ENVOY_PID=$!
   BENCH_PIDS+=("$ENVOY_PID")
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 6000); do
     curl -fs "http://127.0.0.1:$ENVOY_ADMIN/ready" >/dev/null 2>&1 && return 0
     kill -0 "$ENVOY_PID" 2>/dev/null || break
     sleep 0.1
@@ -179,9 +185,9 @@ write_snapshot "$BENCH_WORK/empty.json" 0
   echo "static_resources:"
   echo "  listeners:"
   listener alone "$ALONE" ""
-  listener module "$MODULE" "$(module_filter "$BENCH_WORK/keys.json")"
+  listener module "$MODULE" "$(module_filter "{\"snapshot_path\": \"$BENCH_WORK/keys.json\"}")"
   listener apikey "$APIKEY" "$(apikey_filter "$KEY")"
-  listener fed "$FED" "$(fed_filter)"
+  listener fed "$FED" "$(module_filter "{\"feed\": {\"address\": \"http://127.0.0.1:$KG_ADMIN\"}}")"
 } >"$BENCH_WORK/envoy.yaml"
 
 start_envoy "$BENCH_WORK/envoy.yaml"
@@ -202,6 +208,26 @@ done
 # Before any load, so that both RSS figures are of an idle Envoy (the fed
 # listener's table holds one key).
 FULL_RSS="$(rss_kib "$ENVOY_PID")"
+
+if [[ "$MODE" == instructions ]]; then
+  counts="$BENCH_WORK/instructions.txt"
+  for listener in "alone $ALONE $KEY" "module $MODULE $KEY" "apikey $APIKEY $KEY" "fed $FED $FED_KEY"; do
+    read -r name port key <<<"$listener"
+    # Named envoy/…: the dumps are $BENCH_WORK/envoy.callgrind.N.
+    callgrind_per_request "envoy/$name" "$ENVOY_PID" "http://127.0.0.1:$port/v1/orders/42" \
+      "$counts" "$key" -c 4 -m 25
+  done
+  python3 - "$counts" <<'PY'
+import sys
+per = dict((name, int(n)) for name, n in (l.split() for l in open(sys.argv[1])))
+alone = per["envoy/alone"]
+for name in ("envoy/module", "envoy/apikey", "envoy/fed"):
+    print(f"{name}: {per[name]:,} instructions per request, {per[name] - alone:+,} over Envoy "
+          f"alone ({alone:,}); alone/{name} {alone / per[name]:.3f} (the throughput ratio a "
+          f"saturated core allows)")
+PY
+  exit 0
+fi
 
 # run_round NAME PORT [KEY]: one measured run; prints "NAME RPS".
 run_round() {

@@ -98,24 +98,6 @@ print(f"{target}/{baseline}: median {statistics.median(ratios):.3f} "
 PY
 }
 
-# callgrind_per_request NAME PID URL OUT H2LOAD_FLAGS...: instructions PID
-# spends per request to URL, steady state; appends "NAME N" to OUT.
-callgrind_per_request() {
-  local name="$1" pid="$2" url="$3" out="$4" requests="${BENCH_REQUESTS:-20000}" ir
-  shift 4
-  local file="$BENCH_WORK/${name%%/*}.callgrind"
-  taskset -c "$CLIENT_CPU" h2load -n 2000 "$@" -H "authorization: Bearer $KEY" "$url" \
-    >"$BENCH_WORK/warmup.txt" 2>&1
-  sleep 1
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  taskset -c "$CLIENT_CPU" h2load -n "$requests" "$@" -H "authorization: Bearer $KEY" "$url" \
-    >"$BENCH_WORK/counted.txt" 2>&1
-  grep -q "status codes: $requests 2xx" "$BENCH_WORK/counted.txt" \
-    || { cat "$BENCH_WORK/counted.txt" >&2; log "$name: not every request got a 2xx"; exit 1; }
-  ir="$(callgrind_ir "$pid" "$file")"
-  echo "$name $((ir / requests))" | tee -a "$out"
-}
-
 RESULTS="$BENCH_WORK/results.txt"
 : >"$RESULTS"
 
@@ -178,8 +160,8 @@ for part in "${PARTS[@]}"; do
         KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS" ${BENCH_KEYGATE_ENV:-}
       wait_port $((KG_FA + 100)) 2400
       fa_url="http://127.0.0.1:$((KG_FA + 100))/v1/orders/42"
-      callgrind_per_request forward-auth/h2c "$KG_PID" "$fa_url" "$counts" -c 4 -m 25
-      callgrind_per_request forward-auth/http1 "$KG_PID" "$fa_url" "$counts" --h1 -c 32
+      callgrind_per_request forward-auth/h2c "$KG_PID" "$fa_url" "$counts" "$KEY" -c 4 -m 25
+      callgrind_per_request forward-auth/http1 "$KG_PID" "$fa_url" "$counts" "$KEY" --h1 -c 32
       taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$BENCH_WORK/noop-http.callgrind" \
         "$BIN/keygate-bench" noop-http-server --listen "127.0.0.1:$((NOOP + 100))" \
         >"$BENCH_WORK/noop-http-callgrind.log" 2>&1 &
@@ -187,8 +169,8 @@ for part in "${PARTS[@]}"; do
       BENCH_PIDS+=("$noop_pid")
       wait_port $((NOOP + 100)) 2400
       noop_url="http://127.0.0.1:$((NOOP + 100))/v1/orders/42"
-      callgrind_per_request noop-http/h2c "$noop_pid" "$noop_url" "$counts" -c 4 -m 25
-      callgrind_per_request noop-http/http1 "$noop_pid" "$noop_url" "$counts" --h1 -c 32
+      callgrind_per_request noop-http/h2c "$noop_pid" "$noop_url" "$counts" "$KEY" -c 4 -m 25
+      callgrind_per_request noop-http/http1 "$noop_pid" "$noop_url" "$counts" "$KEY" --h1 -c 32
       python3 - "$counts" <<'PY'
 import sys
 per = dict((name, int(n)) for name, n in (l.split() for l in open(sys.argv[1])))

@@ -184,3 +184,23 @@ callgrind_ir() {
   [[ -n "$ir" ]] || { log "no instruction total in $dump"; return 1; }
   echo "$ir"
 }
+
+# callgrind_per_request NAME PID URL OUT KEY H2LOAD_FLAGS...: instructions
+# PID (running under callgrind) spends per request to URL carrying KEY as a
+# bearer token, steady state (BENCH_REQUESTS, default 20000, after 2000 not
+# counted); appends "NAME N" to OUT.
+callgrind_per_request() {
+  local name="$1" pid="$2" url="$3" out="$4" key="$5" requests="${BENCH_REQUESTS:-20000}" ir
+  shift 5
+  local file="$BENCH_WORK/${name%%/*}.callgrind"
+  taskset -c "$CLIENT_CPU" h2load -n 2000 "$@" -H "authorization: Bearer $key" "$url" \
+    >"$BENCH_WORK/warmup.txt" 2>&1
+  sleep 1
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  taskset -c "$CLIENT_CPU" h2load -n "$requests" "$@" -H "authorization: Bearer $key" "$url" \
+    >"$BENCH_WORK/counted.txt" 2>&1
+  grep -q "status codes: $requests 2xx" "$BENCH_WORK/counted.txt" \
+    || { cat "$BENCH_WORK/counted.txt" >&2; log "$name: not every request got a 2xx"; exit 1; }
+  ir="$(callgrind_ir "$pid" "$file")"
+  echo "$name $((ir / requests))" | tee -a "$out"
+}

@@ -337,6 +337,9 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     );
 
     let finish_usage = CancellationToken::new();
+    // Lets runtimes other than this one and the admin runtime go once no
+    // pooled connection they drive can be used any more (low_priority).
+    let pools_closed = CancellationToken::new();
     let flusher_task = tokio::spawn(flusher.run(stopped(&finish_usage)));
     if config.prune_enabled {
         background.push(tokio::spawn(prune_daily(admin, stopped(&stop))));
@@ -344,9 +347,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     if config.webhooks_enabled {
         // Off the Check runtime, at a lower priority (src/low_priority.rs).
         let stop = stopped(&stop);
-        background.push(low_priority::spawn("keygate-hooks", move || {
-            dispatcher.run(stop)
-        })?);
+        background.push(low_priority::spawn(
+            "keygate-hooks",
+            move || dispatcher.run(stop),
+            stopped(&pools_closed),
+        )?);
     }
     let usage_tally = usage_sender.tally().clone();
     background.push(tokio::spawn(report_gauges(
@@ -382,6 +387,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             bounded("background task", deadline, task).await;
         }
         lifecycle_store.close().await;
+        pools_closed.cancel();
         // Last: connections the pool opened from admin requests are driven
         // by the admin runtime until the pool is closed.
         drop(admin_runtime);

@@ -22,9 +22,19 @@ const LOW_NICE: i32 = 10;
 
 /// Runs the future `task` builds on a new thread named `name` (at most 15
 /// bytes show in `top`), on a current-thread runtime, at [`LOW_NICE`]. The
-/// handle resolves when the future has finished and the thread's runtime
-/// has stopped; dropping it does not stop the work.
-pub fn spawn<F, Fut>(name: &str, task: F) -> anyhow::Result<JoinHandle<()>>
+/// handle resolves when the future has finished; dropping it does not stop
+/// the work.
+///
+/// The runtime itself lives on until `release` resolves: a database
+/// connection the task opened stays in the shared pool, registered with
+/// this runtime's I/O driver, and another task that takes it from the pool
+/// later (the credit return during a drain) needs that driver running. So
+/// `release` is "the pools are closed".
+pub fn spawn<F, Fut>(
+    name: &str,
+    task: F,
+    release: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -39,12 +49,16 @@ where
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(task()),
+                Ok(runtime) => {
+                    runtime.block_on(task());
+                    let _ = finished.send(());
+                    runtime.block_on(release);
+                }
                 Err(error) => {
                     tracing::error!(%error, thread = %thread_name, "cannot start a background runtime");
+                    let _ = finished.send(());
                 }
             }
-            let _ = finished.send(());
         })
         .with_context(|| format!("cannot start the {name} thread"))?;
     Ok(tokio::spawn(async move {
@@ -79,12 +93,16 @@ mod tests {
     async fn the_work_runs_on_its_own_lowered_thread_and_the_handle_waits_for_it() {
         let (seen, saw) = std::sync::mpsc::channel();
         let here = rustix::process::getpriority_process(None).unwrap();
-        let handle = spawn("kg-test-low", move || async move {
-            let nice = rustix::process::getpriority_process(None).unwrap();
-            let name = std::thread::current().name().map(str::to_owned);
-            tokio::task::yield_now().await;
-            seen.send((nice, name)).unwrap();
-        })
+        let handle = spawn(
+            "kg-test-low",
+            move || async move {
+                let nice = rustix::process::getpriority_process(None).unwrap();
+                let name = std::thread::current().name().map(str::to_owned);
+                tokio::task::yield_now().await;
+                seen.send((nice, name)).unwrap();
+            },
+            std::future::ready(()),
+        )
         .unwrap();
         handle.await.unwrap();
         let (nice, name) = saw

@@ -562,10 +562,16 @@ fn a_key_with_credits_is_not_decided_in_the_proxy() {
         None,
         Utc::now(),
     );
+    assert_eq!(unavailable(outcome).details, "keygate_credits_not_in_proxy");
+}
+
+/// The 503 `unavailable` local reply of a request the filter cannot decide.
+fn unavailable(outcome: Outcome) -> LocalReply {
     assert_eq!(outcome.action, HeadersAction::Stop);
-    let reply = outcome.stream.reply.unwrap();
+    let reply = outcome.stream.reply.expect("a local reply");
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body["error"]["code"], "unavailable");
+    reply
 }
 
 #[test]
@@ -624,11 +630,7 @@ fn before_the_feed_s_first_snapshot_a_key_is_unavailable_not_invalid() {
         None,
         Utc::now(),
     );
-    assert_eq!(outcome.action, HeadersAction::Stop);
-    let reply = outcome.stream.reply.unwrap();
-    assert_eq!(reply.status, 503);
-    assert_eq!(reply.body["error"]["code"], "unavailable");
-    assert_eq!(reply.details, "keygate_no_key_table");
+    assert_eq!(unavailable(outcome).details, "keygate_no_key_table");
     // No credential needs no table.
     let outcome = run(&filter, &[], None, Utc::now());
     assert_eq!(outcome.stream.reply.unwrap().status, 401);
