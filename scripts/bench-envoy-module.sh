@@ -53,7 +53,7 @@ DURATION="${BENCH_H2LOAD_DURATION:-10}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
 BENCH_WORK="$(mktemp -d)"
 export BENCH_WORK
-trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
+trap 'bench_cleanup; bench_remove_work' EXIT
 ENVOY_WRAP=()
 [[ "$MODE" == h2load ]] \
   || ENVOY_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$BENCH_WORK/envoy.callgrind")
