@@ -148,7 +148,7 @@ pub async fn listen(
         // before anything else is read: the pool's other connections may be
         // as dead as the one the heartbeat condemned, and a revoke heard of
         // late must not wait on them.
-        cache.clear();
+        replica.forget_everything();
         // Credits set anew while away make held leases void; the rest go
         // back and are leased again. Bounded: the pool may be as dead as
         // the listener was, and what is not returned is only lost, never
@@ -176,7 +176,6 @@ pub async fn listen(
             },
         };
         cache.issued().fill(issued);
-        replica.everything_may_have_changed();
         metrics.issued.set(cache.issued().len() as f64);
         backoff = Duration::from_millis(100);
         metrics.up.set(1.0);
@@ -321,8 +320,7 @@ async fn apply(payload: &str, replica: &ReplicaKeyState) {
         Some(Invalidation::Owner(owner)) => replica.forget_owner(&owner),
         None => {
             tracing::warn!(payload, "unknown invalidation; clearing the cache");
-            replica.cache().clear();
-            replica.everything_may_have_changed();
+            replica.forget_everything();
         }
     }
 }

@@ -72,9 +72,12 @@ impl ReplicaKeyState {
         self.events.tell(KeyEvent::Key(id));
     }
 
-    /// After this replica may have missed changes (its invalidation
-    /// listener reconnected): the key feed's followers start again.
-    pub fn everything_may_have_changed(&self) {
+    /// After any key may have changed unheard of (the invalidation
+    /// listener reconnected, a notification could not be read, a prune
+    /// changed keys it does not name): every key is read again, and the key
+    /// feed's followers start again from a snapshot.
+    pub fn forget_everything(&self) {
+        self.cache.clear();
         self.events.tell(KeyEvent::Everything);
     }
 

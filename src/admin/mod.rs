@@ -747,8 +747,7 @@ impl KeyAdmin {
                 // by time, and a full clear only costs refills. The key
                 // feed's followers take a fresh snapshot (on SQLite no
                 // notification tells them of these keys).
-                self.replica.cache().clear();
-                self.replica.everything_may_have_changed();
+                self.replica.forget_everything();
             }
             tracing::info!(
                 target: "keygate::prune",

@@ -279,18 +279,15 @@ fn cut(keys: Vec<TableKey>) -> impl Iterator<Item = KeyTableUpdate> {
 /// One key as it is now, or its removal.
 async fn changed_key(store: &Store, id: Uuid) -> Result<KeyTableUpdate, StoreError> {
     Ok(match store.table_key(id).await? {
-        Some(key) => changed(vec![key], Vec::new()),
-        None => changed(Vec::new(), vec![id.to_string()]),
+        Some(key) => KeyTableUpdate {
+            keys: vec![table_key(key)],
+            ..KeyTableUpdate::default()
+        },
+        None => KeyTableUpdate {
+            removed_key_ids: vec![id.to_string()],
+            ..KeyTableUpdate::default()
+        },
     })
-}
-
-fn changed(keys: Vec<TableKey>, removed_key_ids: Vec<String>) -> KeyTableUpdate {
-    KeyTableUpdate {
-        snapshot_begins: false,
-        snapshot_complete: false,
-        keys: keys.into_iter().map(table_key).collect(),
-        removed_key_ids,
-    }
 }
 
 fn table_key(entry: TableKey) -> feed_proto::TableKey {
