@@ -1,9 +1,12 @@
 //! Rate limits shared by every replica through Redis
 //! (`KEYGATE_RATE_LIMIT_STORE=redis://…`, docs/behaviour.md "Rate limits").
 //!
-//! One decision is one atomic Lua script (`gcra.lua`) on one multiplexed,
-//! pipelined connection that every Check shares. Redis's own clock
-//! (`TIME`) is the only clock, so replicas whose clocks drift still agree.
+//! Decisions are atomic in Redis, in a Lua script (`gcra.lua`) on one
+//! multiplexed connection that every Check shares. A Check queues its
+//! decision for [`batches`], the one task that talks to Redis: the decisions
+//! that arrive while a script call is out go together in the next one. Redis's
+//! own clock (`TIME`) is the only clock, so replicas whose clocks drift
+//! still agree.
 //!
 //! Redis must never fail a Check: a decision that does not come back within
 //! `KEYGATE_RATE_LIMIT_TIMEOUT` is taken by this replica's local limiter
@@ -11,9 +14,14 @@
 //! without waiting, but for one probe per interval that finds out whether
 //! Redis answers again. Each change of state is logged once.
 
+mod batches;
+
 use std::{
     fmt::Display,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -22,10 +30,12 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
     Script,
 };
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{ceil_secs, RateOutcome, RedisSettings};
 use crate::domain::RateLimit;
+use batches::{Batches, Decision, Verdict};
 
 /// While Redis is unavailable, how often one decision tries it again.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -35,18 +45,23 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_RETRIES: usize = 3;
 
+/// Decisions waiting for Redis at most. Only a Redis slower than the
+/// timeout for this many Checks at once fills it; a Check that finds it
+/// full is decided locally.
+const QUEUE_CAPACITY: usize = 8192;
+
 pub struct SharedLimiter {
-    redis: ConnectionManager,
-    script: Script,
-    prefix: String,
+    queue: mpsc::Sender<Decision>,
     timeout: Duration,
-    availability: Availability,
+    availability: Arc<Availability>,
     fallbacks: Counter,
 }
 
 impl SharedLimiter {
-    /// Prepares the connection; it is opened by the first decision, so a
-    /// Redis that is down at start-up only means local limits until it is up.
+    /// Prepares the connection and starts the task that carries decisions to
+    /// Redis (so it must be called within the Tokio runtime). The connection
+    /// is opened by the first decision, so a Redis that is down at start-up
+    /// only means local limits until it is up.
     pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(settings.url.as_str())?;
         let config = ConnectionManagerConfig::new()
@@ -54,12 +69,20 @@ impl SharedLimiter {
             .set_response_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(CONNECT_TIMEOUT);
+        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+        let availability = Arc::new(Availability::new());
+        let (queue, decisions) = mpsc::channel(QUEUE_CAPACITY);
+        let batches = Batches::new(
+            redis,
+            Script::new(include_str!("gcra.lua")),
+            settings,
+            availability.clone(),
+        );
+        tokio::spawn(batches.run(decisions));
         Ok(Self {
-            redis: ConnectionManager::new_lazy_with_config(client, config)?,
-            script: Script::new(include_str!("gcra.lua")),
-            prefix: settings.prefix.clone(),
+            queue,
             timeout: settings.timeout,
-            availability: Availability::new(),
+            availability,
             fallbacks: metrics::counter!("keygate_rate_limit_fallbacks_total"),
         })
     }
@@ -72,70 +95,31 @@ impl SharedLimiter {
             self.fallbacks.increment(1);
             return None;
         }
-        let interval_us = super::per_request_interval(limit).as_micros().max(1) as u64;
-        // The limit is part of the name: a key whose limit changes starts
-        // afresh under the new one, as it does locally, and the old state
-        // expires on its own.
-        let state = format!(
-            "{}rl:{key_id}:{}:{}",
-            self.prefix, limit.max_attempts, limit.decay_seconds
-        );
-        let answer = tokio::time::timeout(
-            self.timeout,
-            self.evaluate(&state, interval_us, limit.max_attempts),
-        )
-        .await;
-        match answer {
-            Ok(Ok(reply)) => {
-                self.availability.answered();
-                Some(outcome(limit, reply))
-            }
-            Ok(Err(error)) => {
-                self.availability.failed(&error);
-                self.fallbacks.increment(1);
-                None
-            }
-            Err(_) => {
-                self.availability
-                    .failed(&format_args!("no answer within {:?}", self.timeout));
-                self.fallbacks.increment(1);
-                None
-            }
+        let (reply, verdict) = oneshot::channel();
+        let decision = Decision {
+            key_id,
+            limit,
+            deadline: Instant::now() + self.timeout,
+            reply,
+        };
+        if self.queue.try_send(decision).is_err() {
+            self.fallbacks.increment(1);
+            return None;
         }
-    }
-    /// `EVALSHA` of the script as one command built in place (redis-rs's
-    /// `ScriptInvocation` copies each key and argument into vectors of its
-    /// own first: five allocations a Check); `SCRIPT LOAD` and once more
-    /// when Redis does not know the script (a restart, a failover).
-    async fn evaluate(
-        &self,
-        state: &str,
-        interval_us: u64,
-        burst: u32,
-    ) -> redis::RedisResult<(i64, i64, i64)> {
-        let mut redis = self.redis.clone();
-        let mut command = redis::Cmd::with_capacity(6, 96 + state.len());
-        command
-            .arg("EVALSHA")
-            .arg(self.script.get_hash())
-            .arg(1)
-            .arg(state)
-            .arg(interval_us)
-            .arg(burst);
-        match command.query_async(&mut redis).await {
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                self.script.prepare_invoke().load_async(&mut redis).await?;
-                command.query_async(&mut redis).await
+        // No timer here: the batches answer or drop every decision by its
+        // deadline, and a dropped one is a closed channel.
+        match verdict.await {
+            Ok(verdict) => Some(outcome(limit, verdict)),
+            Err(_) => {
+                self.fallbacks.increment(1);
+                None
             }
-            answer => answer,
         }
     }
 }
 
 /// The script's `{allowed, remaining, microseconds}` as an outcome.
-fn outcome(limit: RateLimit, (allowed, remaining, micros): (i64, i64, i64)) -> RateOutcome {
+fn outcome(limit: RateLimit, (allowed, remaining, micros): Verdict) -> RateOutcome {
     let wait = Duration::from_micros(micros.max(0) as u64);
     if allowed == 1 {
         RateOutcome::Allowed {

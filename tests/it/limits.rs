@@ -172,6 +172,54 @@ async fn three_replicas_sharing_redis_allow_a_key_its_limit_once_not_three_times
     assert!((1..=12).contains(&retry_after), "Retry-After {retry_after}");
 }
 
+/// The limiter's script takes a batch (the decisions that arrived together
+/// at one replica) as it would take the same decisions one call each: in
+/// order, a key asked for again within the batch seeing its own earlier
+/// decisions, keys independent of each other.
+#[test]
+fn a_batch_of_decisions_is_decided_as_the_same_decisions_one_by_one() {
+    let mut direct = redis_connection();
+    let prefix = fresh_prefix();
+    let script = redis::Script::new(include_str!("../../src/ratelimit/gcra.lua"));
+    let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+    // Limit 3 per hour: 1,200 s between requests, in microseconds.
+    let interval = "1200000000";
+    let batch = [&a, &a, &b, &a, &a, &b];
+    let mut invocation = script.prepare_invoke();
+    for state in batch {
+        invocation.key(state.as_str());
+    }
+    for _ in batch {
+        invocation.arg(interval).arg(3);
+    }
+    let together: Vec<i64> = invocation.invoke(&mut direct).expect("the batch");
+    let decisions: Vec<(i64, i64)> = together.chunks(3).map(|v| (v[0], v[1])).collect();
+    assert_eq!(
+        decisions,
+        [(1, 2), (1, 1), (1, 2), (1, 0), (0, 0), (1, 1)],
+        "(allowed, remaining) per decision"
+    );
+    // Limited: the wait is until one request's interval has passed.
+    let wait = together[4 * 3 + 2];
+    assert!(
+        (1..=1_200_000_000).contains(&wait),
+        "a limited decision waits {wait} µs"
+    );
+    // What the batch wrote is what single calls continue from.
+    let next: Vec<i64> = script
+        .key(b.as_str())
+        .arg(interval)
+        .arg(3)
+        .invoke(&mut direct)
+        .expect("one more for b");
+    assert_eq!(&next[..2], [1, 0]);
+    let ttl: i64 = redis::cmd("PTTL").arg(&a).query(&mut direct).unwrap();
+    assert!(
+        (3_500_000..=3_600_000).contains(&ttl),
+        "a's state expires when its allowance is full again, not {ttl} ms"
+    );
+}
+
 /// A Redis that forgot the limiter's script (restarted, failed over, or
 /// `SCRIPT FLUSH`ed) is given it again: the next Check is still decided by
 /// Redis, on the state it kept, with no fallback.
