@@ -117,6 +117,17 @@ decided_as_counted() {
   [[ "$fallbacks" == 0 || "$fallbacks" == n/a ]] || { log "$mode: Redis did not decide every Check: the figures are void"; exit 1; }
 }
 
+# Script calls Redis has served (INFO commandstats): with the Checks
+# decided, how many decisions one call carried.
+evalsha_calls() {
+  redis-cli -u "$REDIS_URL" INFO commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0
+}
+
+# decisions_per_call CALLS_BEFORE CALLS_AFTER DECISIONS
+decisions_per_call() {
+  python3 -c "calls = $2 - $1; print(f'Redis script calls: {calls}, decisions per call: {$3 / max(calls, 1):.1f}')"
+}
+
 # CPU seconds (user + system) the Redis server has used.
 redis_cpu() {
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$REDIS_PID/stat"
@@ -125,7 +136,7 @@ redis_cpu() {
 section_instructions() {
   command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null
   key_ready
-  local mode out ir before after pid
+  local mode out ir before after pid calls calls_after
   for mode in "${MODES[@]}"; do
     out="$BENCH_WORK/$mode.callgrind"
     serve "$mode" valgrind --tool=callgrind --callgrind-out-file="$out"
@@ -134,8 +145,10 @@ section_instructions() {
     sleep 1
     callgrind_control -z "$pid" >/dev/null 2>&1
     before="$(redis_cpu)"
+    calls="$(evalsha_calls)"
     checks "$mode" "$BENCH_WORK/$mode-counted.txt" -n "$CHECKS" -c 2 -m 10
     after="$(redis_cpu)"
+    calls_after="$(evalsha_calls)"
     [[ "$(h2load_2xx "$BENCH_WORK/$mode-counted.txt")" == "$CHECKS" ]] \
       || { log "$mode: not every Check was answered"; exit 1; }
     ir="$(callgrind_ir "$pid" "$out")"
@@ -143,6 +156,7 @@ section_instructions() {
     echo "instructions $mode $((ir / CHECKS))" | tee -a "$BENCH_WORK/instructions.txt"
     if [[ "$mode" == redis ]]; then
       python3 -c "print(f'redis-server CPU per Check (redis mode): {($after - $before) / $CHECKS * 1e6:.1f} µs')"
+      decisions_per_call "$calls" "$calls_after" "$CHECKS"
     fi
     stop_pid "$pid"
   done
@@ -176,9 +190,10 @@ PY
 
 section_h2load() {
   key_ready
-  local results="$BENCH_WORK/results.txt" round mode
+  local results="$BENCH_WORK/results.txt" round mode calls decisions
   : >"$results"
   for mode in "${MODES[@]}"; do serve "$mode"; done
+  calls="$(evalsha_calls)"
   log "h2load: ${DURATION}s rounds, ${MODES[*]} interleaved, Redis where the machine runs it (affinity $REDIS_AFFINITY)"
   for round in $(seq 1 "$ROUNDS"); do
     for mode in "${MODES[@]}"; do h2load_round "$mode" "$mode" "$results"; done
@@ -190,6 +205,8 @@ section_h2load() {
     h2load_round redis-pinned redis "$results"
   done
   taskset -a -pc "$REDIS_AFFINITY" "$REDIS_PID" >/dev/null
+  decisions="$(metric "$(port redis 90)" keygate_check_decisions_total)"
+  decisions_per_call "$calls" "$(evalsha_calls)" "$decisions"
   for mode in "${MODES[@]}"; do decided_as_counted "$mode"; done
   round_ratios "$results" local redis none
   round_ratios "$results" local-again redis-pinned
