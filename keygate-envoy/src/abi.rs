@@ -17,9 +17,8 @@ use std::{
 
 use crate::{
     feed::Level,
-    filter::{
-        CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
-    },
+    filter::{CounterId, DecisionCounters, FilterConfig, HeadersAction, Stream, StreamState},
+    lookup::Answer,
     settings::RouteSettings,
 };
 
@@ -81,6 +80,15 @@ struct ModuleHttpHeader {
     value_length: usize,
 }
 
+/// `envoy_dynamic_module_type_envoy_http_header`: a header owned by Envoy.
+#[repr(C)]
+struct EnvoyHttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: c_int = 0;
 /// `envoy_dynamic_module_type_attribute_id_SourceAddress` (`source.address`).
@@ -88,9 +96,21 @@ const ATTRIBUTE_SOURCE_ADDRESS: c_int = 24;
 /// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
 const RESPONSE_HEADER: c_int = 2;
 
-/// `..._on_http_filter_request_headers_status_Continue` / `_StopIteration`.
+/// `..._on_http_filter_request_headers_status_Continue` / `_StopIteration`
+/// / `_StopAllIterationAndBuffer`. A request waiting for keygate's answer
+/// is held whole: with `StopIteration` alone, a body hook answering
+/// `Continue` would send the request upstream before the answer.
 const HEADERS_CONTINUE: c_int = 0;
 const HEADERS_STOP_ITERATION: c_int = 1;
+const HEADERS_STOP_ALL_AND_BUFFER: c_int = 3;
+
+/// `envoy_dynamic_module_type_http_callout_init_result_*`.
+const CALLOUT_STARTED: c_int = 0;
+const CALLOUT_MISSING_HEADERS: c_int = 1;
+const CALLOUT_CLUSTER_NOT_FOUND: c_int = 2;
+/// `envoy_dynamic_module_type_http_callout_result_Success`: an answer came,
+/// whatever its status (Envoy's own 503 or 504 included).
+const CALLOUT_ANSWERED: c_int = 0;
 /// `Continue` of the body and trailers statuses, request and response.
 const CONTINUE: c_int = 0;
 
@@ -157,6 +177,18 @@ unsafe extern "C" {
     fn envoy_dynamic_module_callback_get_most_specific_route_config(
         filter_envoy_ptr: *mut c_void,
     ) -> *const c_void;
+
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter_envoy_ptr: *mut c_void,
+        callout_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> c_int;
+
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr: *mut c_void);
 
     fn envoy_dynamic_module_callback_http_send_response(
         filter_envoy_ptr: *mut c_void,
@@ -281,6 +313,37 @@ impl Stream for EnvoyStream {
         }
     }
 
+    fn call_out(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        timeout_ms: u64,
+    ) -> Result<(), &'static str> {
+        let mut headers = module_headers(headers.iter().map(|(name, value)| (*name, *value)));
+        let mut callout_id = 0u64;
+        // SAFETY: `self.ptr` is valid for the running hook; the cluster name
+        // and header array outlive the call, and Envoy copies them. The
+        // answer comes to `_http_callout_done` for this stream, or never if
+        // the stream ends first.
+        let started = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.ptr,
+                &mut callout_id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&[]),
+                timeout_ms,
+            )
+        };
+        match started {
+            CALLOUT_STARTED => Ok(()),
+            CALLOUT_CLUSTER_NOT_FOUND => Err("keygate_lookup_cluster_not_found"),
+            CALLOUT_MISSING_HEADERS => Err("keygate_lookup_missing_headers"),
+            _ => Err("keygate_lookup_not_started"),
+        }
+    }
+
     fn send_local_reply(
         &mut self,
         status: u16,
@@ -288,15 +351,11 @@ impl Stream for EnvoyStream {
         body: &str,
         details: &str,
     ) {
-        let mut headers: Vec<ModuleHttpHeader> = headers
-            .iter()
-            .map(|(name, value)| ModuleHttpHeader {
-                key_ptr: name.as_ptr(),
-                key_length: name.len(),
-                value_ptr: value.as_ptr(),
-                value_length: value.len(),
-            })
-            .collect();
+        let mut headers = module_headers(
+            headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_bytes())),
+        );
         // SAFETY: `self.ptr` is valid for the running hook; the header array,
         // body and details outlive the call, and Envoy copies them.
         unsafe {
@@ -309,6 +368,81 @@ impl Stream for EnvoyStream {
                 ModuleBuffer::of(details.as_bytes()),
             );
         }
+    }
+}
+
+/// Headers as the ABI takes them, pointing into the borrowed names and
+/// values, which must outlive the call they are passed to.
+fn module_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<ModuleHttpHeader> {
+    headers
+        .map(|(name, value)| ModuleHttpHeader {
+            key_ptr: name.as_ptr(),
+            key_length: name.len(),
+            value_ptr: value.as_ptr(),
+            value_length: value.len(),
+        })
+        .collect()
+}
+
+/// keygate's answer to a lookup, copied out of what Envoy passed to the
+/// callout hook.
+///
+/// # Safety
+/// `headers` and `body_chunks` must be null or point to `headers_size` and
+/// `body_chunks_size` entries that Envoy keeps alive for the running hook.
+unsafe fn copy_answer(
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) -> Answer {
+    // SAFETY: per the contract above.
+    let (headers, chunks) = unsafe {
+        (
+            slice_or_empty(headers, headers_size),
+            slice_or_empty(body_chunks, body_chunks_size),
+        )
+    };
+    let text = |ptr: *const u8, length: usize| {
+        // SAFETY: each header's bytes live as long as the header array.
+        let bytes = unsafe { EnvoyBuffer { ptr, length }.as_bytes() };
+        String::from_utf8_lossy(bytes).into_owned()
+    };
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|h| {
+            (
+                text(h.key_ptr, h.key_length),
+                text(h.value_ptr, h.value_length),
+            )
+        })
+        .collect();
+    let status = headers
+        .iter()
+        .find(|(name, _)| name == ":status")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: each chunk's bytes live as long as the chunk array.
+    let body = chunks
+        .iter()
+        .flat_map(|chunk| unsafe { chunk.as_bytes() })
+        .copied()
+        .collect();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// # Safety
+/// `ptr` must be null or point to `length` initialised values alive for `'a`.
+unsafe fn slice_or_empty<'a, T>(ptr: *const T, length: usize) -> &'a [T] {
+    if ptr.is_null() || length == 0 {
+        &[]
+    } else {
+        // SAFETY: per the contract above.
+        unsafe { std::slice::from_raw_parts(ptr, length) }
     }
 }
 
@@ -349,7 +483,7 @@ struct StreamFilter {
     /// The config that created the stream's filter. Envoy keeps a config
     /// alive while any of its filters is, and destroys it only after.
     config: *const FilterConfig,
-    pending: PendingResponseHeaders,
+    pending: StreamState,
 }
 
 /// Turns a stream filter pointer back into the stream's state.
@@ -358,9 +492,7 @@ struct StreamFilter {
 /// `ptr` must come from [`envoy_dynamic_module_on_http_filter_new`] and not
 /// yet have been passed to the destroy hook; Envoy calls a stream's hooks
 /// on one worker thread, one at a time, so the borrow is exclusive.
-unsafe fn stream_filter<'a>(
-    ptr: *const c_void,
-) -> (&'a FilterConfig, &'a mut PendingResponseHeaders) {
+unsafe fn stream_filter<'a>(ptr: *const c_void) -> (&'a FilterConfig, &'a mut StreamState) {
     // SAFETY: per the contract above, `ptr` is a live, unaliased `Box<StreamFilter>`.
     let filter = unsafe { &mut *ptr.cast_mut().cast::<StreamFilter>() };
     // SAFETY: the config outlives its filters (see `StreamFilter::config`).
@@ -466,7 +598,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
 ) -> *const c_void {
     let filter = StreamFilter {
         config: config_ptr.cast(),
-        pending: PendingResponseHeaders::default(),
+        pending: StreamState::default(),
     };
     Box::into_raw(Box::new(filter)).cast_const().cast()
 }
@@ -486,6 +618,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     match config.on_request_headers(&mut stream, route, chrono::Utc::now(), pending) {
         HeadersAction::Continue => HEADERS_CONTINUE,
         HeadersAction::Stop => HEADERS_STOP_ITERATION,
+        HeadersAction::Wait => HEADERS_STOP_ALL_AND_BUFFER,
     }
 }
 
@@ -551,21 +684,37 @@ extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr: *co
     drop(unsafe { Box::from_raw(filter_module_ptr.cast_mut().cast::<StreamFilter>()) });
 }
 
-// The filter starts no callouts, streams or scheduled events, so Envoy never
-// calls these; they exist because Envoy requires the symbols.
-
+/// keygate's answer to a lookup the filter started (`crate::lookup`). Not
+/// called when the stream ended first: Envoy cancels the call.
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
     _callout_id: u64,
-    _result: c_int,
-    _headers: *const c_void,
-    _headers_size: usize,
-    _body_chunks: *const c_void,
-    _body_chunks_size: usize,
+    result: c_int,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
 ) {
+    // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
+    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
+    let answer = (result == CALLOUT_ANSWERED).then(|| {
+        // SAFETY: Envoy keeps the answer's headers and body alive for this hook.
+        unsafe { copy_answer(headers, headers_size, body_chunks, body_chunks_size) }
+    });
+    let mut stream = EnvoyStream {
+        ptr: filter_envoy_ptr,
+    };
+    if config.on_lookup_answer(&mut stream, answer.as_ref(), pending) == HeadersAction::Continue {
+        // SAFETY: `filter_envoy_ptr` is valid for this hook; the request was
+        // held by `_request_headers` returning StopAllIterationAndBuffer.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr) };
+    }
 }
+
+// The filter starts no streams or scheduled events, so Envoy never calls
+// these; they exist because Envoy requires the symbols.
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(

@@ -24,6 +24,7 @@ use keygate::{
 
 use crate::{
     feed::{Log, SharedFeed},
+    lookup::{self, Answer, LookupSettings, Question, Verdict},
     settings::{FilterSettings, RouteSettings, KEY_METADATA_NAMESPACE, METADATA_NAMESPACE},
     table::{KeyTable, Lookup, SharedTable, TableError},
 };
@@ -62,6 +63,15 @@ pub trait Stream {
     fn set_metadata(&mut self, namespace: &str, key: &str, value: &str);
     /// Adds one to a counter [`DecisionCounters::define`] made.
     fn increment_counter(&mut self, id: CounterId);
+    /// Starts an HTTP request to `cluster` (an Envoy cluster) whose answer
+    /// comes to [`FilterConfig::on_lookup_answer`]; `Err` names why it
+    /// could not start.
+    fn call_out(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        timeout_ms: u64,
+    ) -> Result<(), &'static str>;
 }
 
 /// A counter in Envoy's stats, as the filter config defined it.
@@ -71,8 +81,10 @@ pub struct CounterId(pub usize);
 /// One counter per decision code, named like Check's metrics
 /// (`keygate_check_decisions_total{code}`, `keygate_check_shadow_total`):
 /// `decisions.<code>`, `shadow`, the two requests it cannot decide,
-/// `credits_unavailable` and `table_unavailable`, and `usage_dropped`
-/// (Check's `keygate_usage_dropped_total`), under the filter's
+/// `credits_unavailable` and `table_unavailable`, `usage_dropped`
+/// (Check's `keygate_usage_dropped_total`), and `lookups` and
+/// `lookup_failures` (requests asked of keygate, and those it did not
+/// answer: keygate counts its own decisions), under the filter's
 /// `metrics_namespace` in Envoy's stats.
 #[derive(Debug, Clone)]
 pub struct DecisionCounters {
@@ -83,6 +95,8 @@ pub struct DecisionCounters {
     credits_unavailable: CounterId,
     table_unavailable: CounterId,
     usage_dropped: CounterId,
+    lookups: CounterId,
+    lookup_failures: CounterId,
 }
 
 impl DecisionCounters {
@@ -99,6 +113,8 @@ impl DecisionCounters {
             credits_unavailable: define("credits_unavailable")?,
             table_unavailable: define("table_unavailable")?,
             usage_dropped: define("usage_dropped")?,
+            lookups: define("lookups")?,
+            lookup_failures: define("lookup_failures")?,
         })
     }
 
@@ -116,6 +132,9 @@ pub enum HeadersAction {
     Continue,
     /// The filter answered with a local reply.
     Stop,
+    /// keygate has been asked ([`Stream::call_out`]); the request, body
+    /// included, waits for [`FilterConfig::on_lookup_answer`].
+    Wait,
 }
 
 /// Why Envoy's filter config was refused.
@@ -143,11 +162,16 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Response headers an allowed request gets once the upstream answers
-/// (rate-limit state, `Deprecation`/`Sunset`): per stream, empty and
-/// unallocated for most requests.
+/// What the filter keeps for one stream between hooks: the response headers
+/// an allowed request gets once the upstream answers (rate-limit state,
+/// `Deprecation`/`Sunset`; empty and unallocated for most requests), and,
+/// while keygate is being asked, where the credential came from.
 #[derive(Debug, Default)]
-pub struct PendingResponseHeaders(Vec<(&'static str, String)>);
+pub struct StreamState {
+    response_headers: Vec<(&'static str, String)>,
+    /// `Some` from the question to keygate until its answer.
+    asked: Option<Option<CredentialSource>>,
+}
 
 /// A denial's status, headers, body and Envoy response details, rendered
 /// once at config time (the rate-limited one carries a per-request delay).
@@ -226,6 +250,7 @@ pub struct FilterConfig {
     /// Indexed by [`DenyReason::index`].
     denials: Vec<Denial>,
     counters: Option<DecisionCounters>,
+    lookup: Option<LookupSettings>,
 }
 
 impl fmt::Debug for FilterConfig {
@@ -317,6 +342,7 @@ impl FilterConfig {
             limiters: RateLimiters::new(LIMITER_CAPACITY),
             denials: DenyReason::one_of_each(0).map(Denial::of).into(),
             counters: None,
+            lookup: settings.lookup,
         })
     }
 
@@ -339,11 +365,20 @@ impl FilterConfig {
         stream: &mut impl Stream,
         route: Option<&RouteSettings>,
         now: DateTime<Utc>,
-        pending: &mut PendingResponseHeaders,
+        pending: &mut StreamState,
     ) -> HeadersAction {
         let requirements = route.map(RouteSettings::requirements).unwrap_or_default();
         let evaluation = self.evaluate(&*stream, &requirements, now);
         if let Some(undecidable) = evaluation.undecidable {
+            if let Some(lookup) = &self.lookup {
+                return self.ask_keygate(
+                    stream,
+                    lookup,
+                    &requirements,
+                    evaluation.credential,
+                    pending,
+                );
+            }
             self.count(stream, |c| undecidable.counter(c));
             stream.send_local_reply(
                 503,
@@ -377,10 +412,10 @@ impl FilterConfig {
                     requirements.shadow.then_some(code),
                 );
                 if let Some(rate) = rate {
-                    pending.0.extend(rate_headers(rate));
+                    pending.response_headers.extend(rate_headers(rate));
                 }
                 if let Some(sunset) = sunset {
-                    pending.0.extend(sunset_headers(sunset));
+                    pending.response_headers.extend(sunset_headers(sunset));
                 }
                 HeadersAction::Continue
             }
@@ -397,8 +432,8 @@ impl FilterConfig {
     }
 
     /// Adds what [`Self::on_request_headers`] left for the response.
-    pub fn on_response_headers(&self, stream: &mut impl Stream, pending: &PendingResponseHeaders) {
-        for (name, value) in &pending.0 {
+    pub fn on_response_headers(&self, stream: &mut impl Stream, pending: &StreamState) {
+        for (name, value) in &pending.response_headers {
             stream.set_response_header(name, value);
         }
     }
@@ -524,20 +559,28 @@ impl FilterConfig {
                     }
                 }
             }
-            None => {
-                for name in IDENTITY_HEADERS
-                    .iter()
-                    .copied()
-                    .chain(self.metadata.header_names())
-                {
-                    stream.remove_request_header(name);
-                }
-            }
+            None => self.remove_identity(stream),
         }
         match shadow_decision {
             Some(code) => stream.set_request_header(HEADER_SHADOW_DECISION, code),
             None => stream.remove_request_header(HEADER_SHADOW_DECISION),
         }
+        self.strip_credential(stream, credential);
+    }
+
+    /// Removes the identity headers a client may have sent: only keygate
+    /// sets them.
+    fn remove_identity(&self, stream: &mut impl Stream) {
+        for name in IDENTITY_HEADERS
+            .iter()
+            .copied()
+            .chain(self.metadata.header_names())
+        {
+            stream.remove_request_header(name);
+        }
+    }
+
+    fn strip_credential(&self, stream: &mut impl Stream, credential: Option<CredentialSource>) {
         if self.strip_credential {
             // A foreign bearer let through is the upstream's own credential;
             // only the API-key header is surely ours.
@@ -546,6 +589,109 @@ impl FilterConfig {
             }
             stream.remove_request_header(&self.api_key_header);
         }
+    }
+
+    /// Asks keygate's forward-auth listener (`crate::lookup`) with what it
+    /// reads: the request's method and path, the client address, the
+    /// route's requirements and the credential headers as they came.
+    fn ask_keygate(
+        &self,
+        stream: &mut impl Stream,
+        lookup: &LookupSettings,
+        route: &RouteRequirements<'_>,
+        credential: Option<CredentialSource>,
+        pending: &mut StreamState,
+    ) -> HeadersAction {
+        self.count(stream, |c| c.lookups);
+        // Copied: the stream is borrowed mutably to start the call.
+        let copy = |name: &str| stream.request_header(name).map(<[u8]>::to_vec);
+        let method = copy(":method").unwrap_or_default();
+        let path = copy(":path").unwrap_or_default();
+        let credentials: Vec<(&str, Vec<u8>)> = [&self.authorization_header, &self.api_key_header]
+            .into_iter()
+            .filter_map(|name| Some((name.as_str(), copy(name)?)))
+            .collect();
+        let question = Question {
+            method: &method,
+            path: &path,
+            client: stream.client_address(),
+            route,
+        };
+        let mut headers = lookup::request_headers(lookup, &question);
+        headers.extend(
+            credentials
+                .iter()
+                .map(|(name, value)| (*name, std::borrow::Cow::Borrowed(value.as_slice()))),
+        );
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_ref()))
+            .collect();
+        match stream.call_out(&lookup.cluster, &headers, lookup.timeout_ms) {
+            Ok(()) => {
+                pending.asked = Some(credential);
+                HeadersAction::Wait
+            }
+            Err(why) => {
+                self.keygate_did_not_answer(stream, why);
+                HeadersAction::Stop
+            }
+        }
+    }
+
+    /// Applies keygate's answer to the question [`Self::ask_keygate`] put
+    /// (`None`: the call failed: a reset, or an answer over Envoy's buffer
+    /// limit). `Continue` means the request may go on upstream.
+    pub fn on_lookup_answer(
+        &self,
+        stream: &mut impl Stream,
+        answer: Option<&Answer>,
+        pending: &mut StreamState,
+    ) -> HeadersAction {
+        let Some(credential) = pending.asked.take() else {
+            // No question of ours is waiting: nothing to apply, and
+            // nothing of ours holds the request.
+            return HeadersAction::Wait;
+        };
+        match answer.map_or(Verdict::NoAnswer, Answer::verdict) {
+            Verdict::Allow {
+                upstream,
+                respond_with,
+            } => {
+                self.remove_identity(stream);
+                stream.remove_request_header(HEADER_SHADOW_DECISION);
+                for (name, value) in upstream {
+                    stream.set_request_header(name, value);
+                }
+                self.strip_credential(stream, credential);
+                pending.response_headers.extend(respond_with);
+                HeadersAction::Continue
+            }
+            Verdict::Deny {
+                status,
+                headers,
+                body,
+                details,
+            } => {
+                stream.send_local_reply(status, &headers, body, &details);
+                HeadersAction::Stop
+            }
+            Verdict::NoAnswer => {
+                self.keygate_did_not_answer(stream, "keygate_lookup_failed");
+                HeadersAction::Stop
+            }
+        }
+    }
+
+    /// 503 `unavailable`, as Check answers when it cannot decide.
+    fn keygate_did_not_answer(&self, stream: &mut impl Stream, details: &str) {
+        self.count(stream, |c| c.lookup_failures);
+        stream.send_local_reply(
+            503,
+            &[("content-type", "application/json")],
+            r#"{"error":{"code":"unavailable","message":"keygate could not be asked about this API key; retry shortly."}}"#,
+            details,
+        );
     }
 
     fn deny(&self, stream: &mut impl Stream, reason: DenyReason) {

@@ -6,6 +6,7 @@
 //!   the [`filter::Stream`] trait.
 //! - [`feed`]: keeps the key table current from keygate's key feed;
 //!   [`usage`] reports the decisions back.
+//! - [`lookup`]: asks keygate about what the table cannot decide.
 //! - `abi`: the hand-written C ABI bindings and exported event hooks; the
 //!   only module allowed `unsafe`.
 
@@ -13,6 +14,7 @@
 mod abi;
 pub mod feed;
 pub mod filter;
+pub mod lookup;
 pub mod settings;
 pub mod table;
 pub mod usage;

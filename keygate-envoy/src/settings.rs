@@ -12,6 +12,8 @@ use keygate::{
 };
 use serde::Deserialize;
 
+use crate::lookup::LookupSettings;
+
 /// The dynamic-metadata namespace of an allowed key's identity: the fields
 /// Check returns in its `dynamic_metadata` (`key_id`, `owner_id`,
 /// `environment`, `key_prefix`, `abilities`).
@@ -60,6 +62,10 @@ pub struct FilterSettings {
     /// keygate's key feed, which keeps the table current (`crate::feed`).
     #[serde(default)]
     pub feed: Option<FeedSettings>,
+    /// Ask keygate's forward-auth listener about what the table cannot
+    /// decide (`crate::lookup`); without it, those requests get a 503.
+    #[serde(default)]
+    pub lookup: Option<LookupSettings>,
 }
 
 /// Where the key feed comes from: a keygate admin listener. Filter configs

@@ -10,9 +10,9 @@ use keygate::domain::{IssuedKey, KeyFormat};
 use keygate_envoy::{
     feed::Level,
     filter::{
-        CounterId, DecisionCounters, FilterConfig, HeadersAction, PendingResponseHeaders, Stream,
-        FILTER_NAME,
+        CounterId, DecisionCounters, FilterConfig, HeadersAction, Stream, StreamState, FILTER_NAME,
     },
+    lookup::{Answer, Verdict},
     settings::RouteSettings,
 };
 use serde_json::{json, Value};
@@ -27,6 +27,17 @@ struct RecordingStream {
     response_headers: BTreeMap<String, String>,
     reply: Option<LocalReply>,
     counted: Vec<CounterId>,
+    /// The requests to keygate the filter started.
+    calls: Vec<Call>,
+    /// What starting one gives; `Ok` unless a test says otherwise.
+    call_refused: Option<&'static str>,
+}
+
+#[derive(Debug)]
+struct Call {
+    cluster: String,
+    headers: BTreeMap<String, String>,
+    timeout_ms: u64,
 }
 
 #[derive(Debug)]
@@ -85,6 +96,31 @@ impl Stream for RecordingStream {
 
     fn increment_counter(&mut self, id: CounterId) {
         self.counted.push(id);
+    }
+
+    fn call_out(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        timeout_ms: u64,
+    ) -> Result<(), &'static str> {
+        if let Some(refused) = self.call_refused {
+            return Err(refused);
+        }
+        let mut sent = BTreeMap::new();
+        for (name, value) in headers {
+            let value = String::from_utf8(value.to_vec()).unwrap();
+            assert!(
+                sent.insert(name.to_string(), value).is_none(),
+                "{name} twice"
+            );
+        }
+        self.calls.push(Call {
+            cluster: cluster.to_owned(),
+            headers: sent,
+            timeout_ms,
+        });
+        Ok(())
     }
 
     fn send_local_reply(
@@ -157,7 +193,7 @@ fn route(json: Value) -> RouteSettings {
 struct Outcome {
     action: HeadersAction,
     stream: RecordingStream,
-    pending: PendingResponseHeaders,
+    pending: StreamState,
 }
 
 fn run(
@@ -167,7 +203,7 @@ fn run(
     now: DateTime<Utc>,
 ) -> Outcome {
     let mut stream = RecordingStream::with(headers);
-    let mut pending = PendingResponseHeaders::default();
+    let mut pending = StreamState::default();
     let action = filter.on_request_headers(&mut stream, route, now, &mut pending);
     Outcome {
         action,
@@ -474,7 +510,7 @@ fn an_ip_allow_list_is_checked_against_the_client_address_envoy_has() {
     let decide_from = |client: Option<&str>| {
         let mut stream = RecordingStream::with(&[("authorization", &bearer(&office))]);
         stream.client = client.map(|ip| ip.parse().unwrap());
-        let mut pending = PendingResponseHeaders::default();
+        let mut pending = StreamState::default();
         let action = filter.on_request_headers(&mut stream, None, Utc::now(), &mut pending);
         Outcome {
             action,
@@ -664,5 +700,274 @@ fn each_decision_is_counted_once_under_its_code() {
     assert_eq!(
         counted(&[("authorization", &bearer(&key))], Some(&shadow)),
         ["decisions.insufficient_ability", "shadow"]
+    );
+}
+
+/// A filter that asks keygate (`lookup`) about keys with credits, and a
+/// key with credits in its table. What the table can decide (a missing
+/// ability, say) is still decided without asking.
+fn asking_filter() -> (FilterConfig, tempfile::NamedTempFile, IssuedKey) {
+    let key = format().generate("live");
+    let (filter, snapshot) = filter(
+        vec![entry(
+            &key,
+            "live",
+            json!({"has_credits": true, "abilities": ["orders:write"]}),
+        )],
+        json!({"lookup": {"cluster": "keygate_forward_auth"}}),
+    );
+    (filter, snapshot, key)
+}
+
+/// Asks about `key` as a client of `route` would, with a forged identity
+/// header.
+fn ask(filter: &FilterConfig, key: &IssuedKey, route: Option<&RouteSettings>) -> Outcome {
+    let bearer = bearer(key);
+    let mut stream = RecordingStream::with(&[
+        (":method", "POST"),
+        (":path", "/orders?page=2"),
+        ("authorization", &bearer),
+        ("x-keygate-key-id", "forged"),
+    ]);
+    stream.client = Some("10.1.2.3".parse().unwrap());
+    let mut pending = StreamState::default();
+    let action = filter.on_request_headers(&mut stream, route, Utc::now(), &mut pending);
+    Outcome {
+        action,
+        stream,
+        pending,
+    }
+}
+
+fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut all = vec![(":status".to_owned(), status.to_string())];
+    all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    Answer {
+        status,
+        headers: all,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn a_key_the_table_cannot_decide_is_asked_of_keygate_with_what_forward_auth_reads() {
+    let (filter, _snapshot, key) = asking_filter();
+    let route = route(json!({"abilities": "orders:write", "environment": "live"}));
+    let outcome = ask(&filter, &key, Some(&route));
+    assert_eq!(outcome.action, HeadersAction::Wait);
+    assert!(outcome.stream.reply.is_none());
+    let [call] = &outcome.stream.calls[..] else {
+        panic!("one call expected: {:?}", outcome.stream.calls)
+    };
+    assert_eq!(call.cluster, "keygate_forward_auth");
+    assert_eq!(call.timeout_ms, 1000);
+    let expected: BTreeMap<String, String> = [
+        (":method", "GET"),
+        (":path", "/"),
+        (":authority", "keygate"),
+        ("x-original-method", "POST"),
+        ("x-original-uri", "/orders?page=2"),
+        ("x-real-ip", "10.1.2.3"),
+        ("keygate-require-abilities", "orders:write"),
+        ("keygate-require-environment", "live"),
+        ("authorization", bearer(&key).as_str()),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(call.headers, expected);
+
+    // A shadow route says so.
+    let shadow = route_settings_shadow();
+    let outcome = ask(&filter, &key, Some(&shadow));
+    assert_eq!(outcome.stream.calls[0].headers["keygate-mode"], "shadow");
+}
+
+fn route_settings_shadow() -> RouteSettings {
+    route(json!({"mode": "shadow"}))
+}
+
+#[test]
+fn keygate_s_allowance_carries_its_identity_upstream_and_its_limits_to_the_client() {
+    let (filter, _snapshot, key) = asking_filter();
+    let Outcome {
+        mut stream,
+        mut pending,
+        ..
+    } = ask(&filter, &key, None);
+    let allowed = answer(
+        200,
+        &[
+            ("x-keygate-key-id", "0190-real"),
+            ("x-keygate-owner-id", "acme"),
+            ("x-keygate-meta-tier", "gold"),
+            ("x-ratelimit-remaining", "9"),
+            ("x-envoy-auth-headers-to-remove", "authorization"),
+        ],
+        "",
+    );
+    let action = filter.on_lookup_answer(&mut stream, Some(&allowed), &mut pending);
+    assert_eq!(action, HeadersAction::Continue);
+    assert!(stream.reply.is_none());
+    assert_eq!(stream.header("x-keygate-key-id"), Some("0190-real"));
+    assert_eq!(stream.header("x-keygate-owner-id"), Some("acme"));
+    assert_eq!(stream.header("x-keygate-meta-tier"), Some("gold"));
+    assert_eq!(
+        stream.header("authorization"),
+        None,
+        "the credential goes no further"
+    );
+    assert_eq!(stream.header("x-envoy-auth-headers-to-remove"), None);
+    filter.on_response_headers(&mut stream, &pending);
+    assert_eq!(stream.response_headers["x-ratelimit-remaining"], "9");
+    // The answer is applied once.
+    assert_eq!(
+        filter.on_lookup_answer(&mut stream, Some(&allowed), &mut pending),
+        HeadersAction::Wait
+    );
+}
+
+#[test]
+fn keygate_s_denial_is_the_client_s_answer_and_no_answer_is_a_503() {
+    let (filter, _snapshot, key) = asking_filter();
+    let body =
+        r#"{"error":{"code":"credits_exhausted","message":"This API key has no credits left."}}"#;
+    let exhausted = answer(
+        429,
+        &[("content-type", "application/json"), ("retry-after", "30")],
+        body,
+    );
+    let Outcome {
+        mut stream,
+        mut pending,
+        ..
+    } = ask(&filter, &key, None);
+    let action = filter.on_lookup_answer(&mut stream, Some(&exhausted), &mut pending);
+    assert_eq!(action, HeadersAction::Stop);
+    let reply = stream.reply.unwrap();
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.body["error"]["code"], "credits_exhausted");
+    assert_eq!(reply.headers["retry-after"], "30");
+    assert_eq!(reply.details, "keygate_credits_exhausted");
+
+    // Envoy's own answer for an unreachable or slow keygate, and a reset.
+    let timeout = answer(
+        504,
+        &[("content-type", "text/plain")],
+        "upstream request timeout",
+    );
+    for failed in [Some(&timeout), None] {
+        let Outcome {
+            mut stream,
+            mut pending,
+            ..
+        } = ask(&filter, &key, None);
+        let action = filter.on_lookup_answer(&mut stream, failed, &mut pending);
+        let reply = unavailable(Outcome {
+            action,
+            stream,
+            pending,
+        });
+        assert_eq!(reply.details, "keygate_lookup_failed");
+    }
+}
+
+#[test]
+fn a_lookup_that_cannot_start_is_a_503_and_a_key_the_complete_table_lacks_is_never_asked() {
+    let (filter, _snapshot, key) = asking_filter();
+    let bearer = bearer(&key);
+    let mut stream = RecordingStream::with(&[("authorization", &bearer)]);
+    stream.call_refused = Some("keygate_lookup_cluster_not_found");
+    let mut pending = StreamState::default();
+    let action = filter.on_request_headers(&mut stream, None, Utc::now(), &mut pending);
+    let reply = unavailable(Outcome {
+        action,
+        stream,
+        pending,
+    });
+    assert_eq!(reply.details, "keygate_lookup_cluster_not_found");
+
+    let stranger = format().generate("live");
+    let outcome = ask(&filter, &stranger, None);
+    assert_eq!(denied(&outcome), (401, "invalid_key".to_owned()));
+    assert!(outcome.stream.calls.is_empty());
+}
+
+#[test]
+fn before_the_first_table_every_key_is_asked_of_keygate() {
+    let config = json!({
+        "feed": {"address": "http://127.0.0.1:1"},
+        "lookup": {"cluster": "keygate", "authority": "keygate.internal", "timeout_ms": 250},
+    })
+    .to_string();
+    let filter = FilterConfig::new(FILTER_NAME.as_bytes(), config.as_bytes(), no_log).unwrap();
+    let key = format().generate("live");
+    let outcome = ask(&filter, &key, None);
+    assert_eq!(outcome.action, HeadersAction::Wait);
+    assert_eq!(outcome.stream.calls[0].timeout_ms, 250);
+    assert_eq!(
+        outcome.stream.calls[0].headers[":authority"],
+        "keygate.internal"
+    );
+}
+
+#[test]
+fn an_allowance_sends_the_identity_upstream_and_the_limits_to_the_client() {
+    let allowed = answer(
+        200,
+        &[
+            ("x-keygate-key-id", "k1"),
+            ("x-keygate-meta-tier", "gold"),
+            ("x-ratelimit-remaining", "4"),
+            ("x-envoy-auth-headers-to-remove", "authorization"),
+            ("server", "keygate"),
+        ],
+        "",
+    );
+    assert_eq!(
+        allowed.verdict(),
+        Verdict::Allow {
+            upstream: vec![("x-keygate-key-id", "k1"), ("x-keygate-meta-tier", "gold")],
+            respond_with: vec![("x-ratelimit-remaining", "4".to_owned())],
+        }
+    );
+}
+
+#[test]
+/// Only keygate's JSON denial is passed on, with the headers a client
+/// needs; Envoy's own answers for an unreachable keygate, a body that is not
+/// text or a status that is no decision are no answer.
+fn keygate_s_denial_passes_on_and_anything_else_is_no_answer() {
+    let body = r#"{"error":{"code":"credits_exhausted","message":"m"}}"#;
+    let denied = answer(
+        429,
+        &[
+            ("content-type", "application/json"),
+            ("retry-after", "60"),
+            ("x-keygate-key-id", "forged"),
+        ],
+        body,
+    );
+    assert_eq!(
+        denied.verdict(),
+        Verdict::Deny {
+            status: 429,
+            headers: vec![("content-type", "application/json"), ("retry-after", "60")],
+            body,
+            details: "keygate_credits_exhausted".to_owned(),
+        }
+    );
+    let envoy_timeout = answer(
+        504,
+        &[("content-type", "text/plain")],
+        "upstream request timeout",
+    );
+    assert_eq!(envoy_timeout.verdict(), Verdict::NoAnswer);
+    let mut not_text = answer(401, &[("content-type", "application/json")], "");
+    not_text.body = vec![0xff, 0xfe];
+    assert_eq!(not_text.verdict(), Verdict::NoAnswer);
+    assert_eq!(
+        answer(302, &[("content-type", "application/json")], "{}").verdict(),
+        Verdict::NoAnswer
     );
 }

@@ -20,6 +20,7 @@ from pyharness import envoyproc, keyformat
 from pyharness.envoyproc import EnvoyServer
 from pyharness.httpc import http_request
 from pyharness.paths import ENVOY_MODULE_TEMPLATE, envoy_module_dir
+from pyharness.procs import free_ports
 
 MODULE_FILE = "libkeygate_envoy.so"
 IDENTITY = ["x-keygate-key-id", "x-keygate-owner-id", "x-keygate-environment",
@@ -89,9 +90,14 @@ def filter_config(**table) -> str:
     return json.dumps({**table, "metadata_headers": ["tier"], "dynamic_metadata": True})
 
 
-def start_envoy(binary, workdir, upstream_port, module_dir, config: str, name="envoy-module"):
+def start_envoy(binary, workdir, upstream_port, module_dir, config: str, name="envoy-module",
+                keygate_port: int | None = None):
+    """keygate_port: keygate's forward-auth port, for a `lookup`; by
+    default a port nobody listens on."""
+    if keygate_port is None:
+        (keygate_port,) = free_ports(1)
     try:
-        return EnvoyServer(workdir, keygate_port=0, upstream_port=upstream_port,
+        return EnvoyServer(workdir, keygate_port=keygate_port, upstream_port=upstream_port,
                            binary=binary, name=name, template=ENVOY_MODULE_TEMPLATE,
                            extra_env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module_dir)},
                            extra_values={"FILTER_CONFIG": config})
@@ -260,7 +266,8 @@ def _validate(envoy_binary, tmp_path, search_path, snapshot_text):
     cfg.write_text(envoyproc.render(
         ENVOY_MODULE_TEMPLATE.read_text(), LISTEN_ADDRESS="127.0.0.1", LISTEN_PORT=18081,
         ADMIN_ADDRESS="127.0.0.1", ADMIN_PORT=19902, UPSTREAM_HOST="127.0.0.1",
-        UPSTREAM_PORT=18000, FILTER_CONFIG=filter_config(snapshot_path=str(snapshot))))
+        UPSTREAM_PORT=18000, KEYGATE_HOST="127.0.0.1", KEYGATE_PORT=18001,
+        FILTER_CONFIG=filter_config(snapshot_path=str(snapshot))))
     return subprocess.run(
         [str(envoy_binary), "--mode", "validate", "-c", str(cfg), "-l", "error"],
         capture_output=True, text=True, timeout=60,

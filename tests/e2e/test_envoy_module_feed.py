@@ -17,6 +17,7 @@ import yaml
 from pyharness import keyformat
 from pyharness.admin import AdminClient
 from pyharness.paths import REPO_ROOT
+from pyharness.httpc import http_request
 from pyharness.procs import eventually, free_ports
 # module_dir is a fixture: the module that the tests load.
 from test_envoy_module import (assert_denied, bearer, filter_config, get,  # noqa: F401
@@ -38,6 +39,32 @@ def fed(keygate_factory, admin_stubs, envoy_binary, echo_upstream, module_dir,
     config = filter_config(feed={"address": f"http://{server.admin_addr}"})
     envoy = start_envoy(envoy_binary, workdir, echo_upstream.port, module_dir, config,
                         name="envoy-module-feed")
+    yield server, admin, envoy
+    envoy.stop()
+    admin.close()
+
+
+# The filter's `lookup`: the cluster the Envoy template defines for
+# keygate's forward-auth listener.
+LOOKUP = {"cluster": "keygate_forward_auth", "timeout_ms": 5000}
+
+
+def forward_auth_port(server) -> int:
+    return int(server.forward_auth_addr.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def fed_and_asking(keygate_factory, admin_stubs, envoy_binary, echo_upstream, module_dir,
+                   tmp_path_factory):
+    """As `fed`, with the filter asking keygate's forward-auth listener
+    about what its table cannot decide."""
+    # keygate's own metadata headers, as the filter's (filter_config).
+    server = keygate_factory(name="keygate-asked", extra_env={"KEYGATE_METADATA_HEADERS": "tier"})
+    admin = AdminClient(server.admin_addr, admin_stubs)
+    workdir = tmp_path_factory.mktemp("envoy-module-asking")
+    config = filter_config(feed={"address": f"http://{server.admin_addr}"}, lookup=LOOKUP)
+    envoy = start_envoy(envoy_binary, workdir, echo_upstream.port, module_dir, config,
+                        name="envoy-module-asking", keygate_port=forward_auth_port(server))
     yield server, admin, envoy
     envoy.stop()
     admin.close()
@@ -185,3 +212,83 @@ def test_the_istio_example_s_filter_is_one_envoy_accepts(envoy_binary, module_di
                        capture_output=True, text=True, timeout=60,
                        env={**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module_dir)})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_key_with_credits_is_decided_by_keygate_through_the_lookup(fed_and_asking, owner):
+    """Credits are spent in keygate's database: the filter asks keygate's
+    forward-auth listener, which decides, spends and records, and applies
+    its answer: identity upstream, credential stripped, then keygate's own
+    429 once the credits are gone."""
+    server, admin, envoy = fed_and_asking
+    created = admin.create_key(owner, credits=2, abilities=["read:orders"],
+                               metadata={"tier": "gold"})
+
+    def first():
+        r = http_request(envoy.base_url, "/orders/7", {**bearer(created.key),
+                                                       "x-keygate-key-id": "forged"},
+                         method="POST", body=b'{"qty": 3}')
+        assert r.status == 200, r
+        return r
+    # Until the feed brings the key, the complete table calls it unknown.
+    r = eventually(first, timeout=PATIENCE, desc="the key with credits allowed")
+    seen = r.upstream
+    assert seen["headers"]["x-keygate-key-id"] == created.api_key.id
+    assert seen["headers"]["x-keygate-meta-tier"] == "gold"
+    assert "authorization" not in seen["headers"], seen
+    assert seen["body_length"] == len(b'{"qty": 3}'), "the held body reaches the upstream"
+
+    assert get(envoy, "/orders/8", bearer(created.key)).status == 200
+    exhausted = get(envoy, "/orders/9", bearer(created.key))
+    assert_denied(exhausted, 429, "credits_exhausted")
+    # What the table can decide is decided without asking.
+    assert_denied(get(envoy, "/admin-only", bearer(created.key)), 403, "insufficient_ability")
+
+    stats = envoy.stats("keygate.")
+    assert stats.get("keygate.lookups") == 3, stats
+    assert stats.get("keygate.lookup_failures", 0) == 0, stats
+    assert stats.get("keygate.credits_unavailable", 0) == 0, stats
+
+    # keygate recorded the three decisions it took as its own usage, and
+    # the filter reported only the one it took itself (/admin-only), not
+    # keygate's a second time. request_count counts the allowed ones.
+    def recorded():
+        usage = admin.key_usage(owner, created.api_key.id)
+        assert usage.request_count == 2, usage
+        decisions: dict[str, int] = {}
+        for entry in usage.recent_logs:
+            decisions[entry.decision] = decisions.get(entry.decision, 0) + entry.count
+        assert decisions == {"allowed": 2, "credits_exhausted": 1,
+                             "insufficient_ability": 1}, usage
+    eventually(recorded, timeout=PATIENCE, desc="keygate's usage of the asked key")
+    time.sleep(1.5)  # the filter's reports go every second
+    recorded()
+
+
+def test_before_the_first_table_keys_are_asked_of_keygate(
+        keygate_factory, admin_stubs, envoy_binary, echo_upstream, module_dir, tmp_path, owner):
+    """A feed that cannot be reached: with a lookup, keygate decides each
+    key instead of the 503 the filter gives without one."""
+    server = keygate_factory(name="keygate-lookup-only")
+    admin = AdminClient(server.admin_addr, admin_stubs)
+    (nobody,) = free_ports(1)
+    envoy = start_envoy(envoy_binary, tmp_path, echo_upstream.port, module_dir,
+                        filter_config(feed={"address": f"http://127.0.0.1:{nobody}"},
+                                      lookup=LOOKUP),
+                        name="envoy-module-lookup-only", keygate_port=forward_auth_port(server))
+    try:
+        created = admin.create_key(owner)
+        r = get(envoy, "/x", bearer(created.key))
+        assert r.status == 200, r
+        assert r.upstream["headers"]["x-keygate-owner-id"] == owner
+        assert_denied(get(envoy, "/x", bearer(keyformat.make_key("live"))), 401, "invalid_key")
+        assert envoy.stats("keygate.").get("keygate.lookups") == 2
+
+        # keygate gone: the filter says it could not ask, never "allowed".
+        server.stop()
+        r = get(envoy, "/x", bearer(created.key))
+        assert r.status == 503, r
+        assert r.json()["error"]["code"] == "unavailable", r
+        assert envoy.stats("keygate.").get("keygate.lookup_failures") == 1
+    finally:
+        envoy.stop()
+        admin.close()

@@ -59,9 +59,11 @@ class AdminClient:
                    abilities: Sequence[str] = (), superkey: bool = False,
                    rate_limit: tuple[int, int] | Mapping[str, int] | None = None,
                    expires_at=None,
-                   metadata: Mapping[str, str] | None = None):
+                   metadata: Mapping[str, str] | None = None,
+                   credits: int | None = None):
         """CreateKey. rate_limit: (max_attempts, decay_seconds) or a dict;
-        expires_at: an aware datetime or a google.protobuf.Timestamp.
+        expires_at: an aware datetime or a google.protobuf.Timestamp;
+        credits: the remaining credits, no refill.
         Returns the CreateKeyResponse (`.key` plaintext, `.api_key`)."""
         req = self.pb2.CreateKeyRequest(owner_id=owner_id, name=name, environment=environment,
                                         abilities=list(abilities), superkey=superkey)
@@ -77,6 +79,8 @@ class AdminClient:
             req.expires_at.CopyFrom(expires_at)
         if metadata:
             req.metadata.update(metadata)
+        if credits is not None:
+            req.credits.remaining = credits
         return self._call("CreateKey", req)
 
     def get_key(self, owner_id: str, id: str):
