@@ -25,6 +25,10 @@ pub const HEADER_ABILITIES: &str = "x-keygate-abilities";
 pub const HEADER_SHADOW_DECISION: &str = "x-keygate-shadow-decision";
 /// Prefix of the headers that carry a key's metadata values.
 pub const META_HEADER_PREFIX: &str = "x-keygate-meta-";
+/// Forward-auth's answer for Envoy's HTTP ext_authz: the comma-separated
+/// headers to remove upstream (the credential, and every keygate header the
+/// answer does not set).
+pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// The identity headers a key sets upstream. With the shadow header and the
 /// metadata headers they are every header keygate owns: whichever a response

@@ -11,13 +11,17 @@
 //! hook returns or the same header map is modified, whichever comes first.
 
 use std::{
+    cell::{OnceCell, RefCell},
     ffi::{c_char, c_int, c_void, CStr},
     net::{IpAddr, SocketAddr},
 };
 
 use crate::{
     feed::Level,
-    filter::{CounterId, DecisionCounters, FilterConfig, HeadersAction, Stream, StreamState},
+    filter::{
+        AnswerApplied, CounterId, DecisionCounters, FilterConfig, HeadersAction, Stream,
+        StreamState,
+    },
     lookup::Answer,
     settings::RouteSettings,
 };
@@ -89,6 +93,35 @@ struct EnvoyHttpHeader {
     value_length: usize,
 }
 
+impl EnvoyHttpHeader {
+    /// # Safety
+    /// The header must still be valid: listed during the running hook,
+    /// with no change to its header map since.
+    unsafe fn key<'a>(&self) -> &'a [u8] {
+        // SAFETY: per the contract above.
+        unsafe {
+            EnvoyBuffer {
+                ptr: self.key_ptr,
+                length: self.key_length,
+            }
+            .as_bytes()
+        }
+    }
+
+    /// # Safety
+    /// As for [`Self::key`].
+    unsafe fn value<'a>(&self) -> &'a [u8] {
+        // SAFETY: per the contract above.
+        unsafe {
+            EnvoyBuffer {
+                ptr: self.value_ptr,
+                length: self.value_length,
+            }
+            .as_bytes()
+        }
+    }
+}
+
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: c_int = 0;
 /// `envoy_dynamic_module_type_attribute_id_SourceAddress` (`source.address`).
@@ -141,13 +174,17 @@ unsafe extern "C" {
         value: u64,
     ) -> c_int;
 
-    fn envoy_dynamic_module_callback_http_get_header(
+    fn envoy_dynamic_module_callback_http_get_headers_size(
         filter_envoy_ptr: *mut c_void,
         header_type: c_int,
-        key: ModuleBuffer,
-        result_buffer: *mut EnvoyBuffer,
-        index: usize,
-        optional_size: *mut usize,
+    ) -> usize;
+
+    /// Writes every header of `header_type` into `result_headers`, which
+    /// has room for `_get_headers_size` of them.
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter_envoy_ptr: *mut c_void,
+        header_type: c_int,
+        result_headers: *mut EnvoyHttpHeader,
     ) -> bool;
 
     /// The string attribute `attribute_id`, written into `result`.
@@ -204,31 +241,62 @@ unsafe extern "C" {
 pub(crate) struct EnvoyStream {
     /// `envoy_dynamic_module_type_http_filter_envoy_ptr`, valid for the hook.
     ptr: *mut c_void,
+    /// Every request header, listed by Envoy in one call at the hook's first
+    /// lookup: a lookup by name costs Envoy a lower-cased copy of the name
+    /// each time, and a removal costs a call even for a header that is not
+    /// there. Forgotten at every change to the headers, after which Envoy
+    /// may have moved what the list points to.
+    request_headers: OnceCell<Vec<EnvoyHttpHeader>>,
 }
 
 impl EnvoyStream {
-    fn header(&self, header_type: c_int, name: &str) -> Option<&[u8]> {
-        let mut value = EnvoyBuffer::EMPTY;
-        // SAFETY: `self.ptr` is the filter pointer Envoy passed to the running
-        // hook; `name` is readable for the call; `value` is a valid out slot
-        // and the size out-pointer may be null.
-        let found = unsafe {
-            envoy_dynamic_module_callback_http_get_header(
+    fn new(ptr: *mut c_void) -> Self {
+        Self {
+            ptr,
+            request_headers: OnceCell::new(),
+        }
+    }
+
+    fn list_request_headers(&self) -> Vec<EnvoyHttpHeader> {
+        // SAFETY: `self.ptr` is the filter pointer Envoy passed to the running hook.
+        let count = unsafe {
+            envoy_dynamic_module_callback_http_get_headers_size(self.ptr, REQUEST_HEADER)
+        };
+        let mut headers = Vec::with_capacity(count);
+        // SAFETY: as above; `headers` has room for `count` entries, which
+        // Envoy fills when it answers true.
+        let listed = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(
                 self.ptr,
-                header_type,
-                ModuleBuffer::of(name.as_bytes()),
-                &mut value,
-                0,
-                std::ptr::null_mut(),
+                REQUEST_HEADER,
+                headers.as_mut_ptr(),
             )
         };
-        // SAFETY: Envoy keeps the value alive until the hook returns or the
-        // header map changes; the `&self` borrow ends before either, because
-        // every setter takes `&mut self`.
-        (found && !value.ptr.is_null()).then(|| unsafe { value.as_bytes() })
+        if listed {
+            // SAFETY: Envoy wrote `count` entries.
+            unsafe { headers.set_len(count) };
+        }
+        headers
+    }
+
+    /// The request header `name` (lower case, as Envoy keeps names), from
+    /// the listing; its first value if repeated.
+    fn listed_request_header(&self, name: &str) -> Option<&[u8]> {
+        let headers = self
+            .request_headers
+            .get_or_init(|| self.list_request_headers());
+        // SAFETY: the listed names and values stay valid until the hook
+        // returns or the headers change; the `&self` borrow ends before
+        // either, because every change takes `&mut self` and forgets the
+        // list.
+        headers
+            .iter()
+            .find(|header| unsafe { header.key() } == name.as_bytes())
+            .map(|header| unsafe { header.value() })
     }
 
     fn set(&mut self, header_type: c_int, name: &str, value: Option<&[u8]>) {
+        self.request_headers.take();
         let value = match value {
             Some(v) => ModuleBuffer::of(v),
             // A null value removes the header.
@@ -251,7 +319,7 @@ impl EnvoyStream {
 
 impl Stream for EnvoyStream {
     fn request_header(&self, name: &str) -> Option<&[u8]> {
-        self.header(REQUEST_HEADER, name)
+        self.listed_request_header(name)
     }
 
     fn client_address(&self) -> Option<IpAddr> {
@@ -279,7 +347,16 @@ impl Stream for EnvoyStream {
     }
 
     fn remove_request_header(&mut self, name: &str) {
-        self.set(REQUEST_HEADER, name, None);
+        // While the listing is current, an absent header needs no call.
+        let absent = self.request_headers.get().is_some_and(|headers| {
+            // SAFETY: the listing is current (see `listed_request_header`).
+            !headers
+                .iter()
+                .any(|header| unsafe { header.key() } == name.as_bytes())
+        });
+        if !absent {
+            self.set(REQUEST_HEADER, name, None);
+        }
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
@@ -403,19 +480,11 @@ unsafe fn copy_answer(
             slice_or_empty(body_chunks, body_chunks_size),
         )
     };
-    let text = |ptr: *const u8, length: usize| {
-        // SAFETY: each header's bytes live as long as the header array.
-        let bytes = unsafe { EnvoyBuffer { ptr, length }.as_bytes() };
-        String::from_utf8_lossy(bytes).into_owned()
-    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     let headers: Vec<(String, String)> = headers
         .iter()
-        .map(|h| {
-            (
-                text(h.key_ptr, h.key_length),
-                text(h.value_ptr, h.value_length),
-            )
-        })
+        // SAFETY: each header's bytes live as long as the header array.
+        .map(|h| unsafe { (text(h.key()), text(h.value())) })
         .collect();
     let status = headers
         .iter()
@@ -483,21 +552,26 @@ struct StreamFilter {
     /// The config that created the stream's filter. Envoy keeps a config
     /// alive while any of its filters is, and destroys it only after.
     config: *const FilterConfig,
-    pending: StreamState,
+    /// Borrowed by one hook at a time. Hooks can nest: Envoy may run the
+    /// callout hook inside `call_out` (an answer it makes up at once) while
+    /// the request-headers hook holds the state. That answer finds it
+    /// borrowed and is dropped; the call then reports it did not start, and
+    /// the request gets a 503.
+    state: RefCell<StreamState>,
 }
 
-/// Turns a stream filter pointer back into the stream's state.
+/// Turns a stream filter pointer back into its config and state.
 ///
 /// # Safety
 /// `ptr` must come from [`envoy_dynamic_module_on_http_filter_new`] and not
-/// yet have been passed to the destroy hook; Envoy calls a stream's hooks
-/// on one worker thread, one at a time, so the borrow is exclusive.
-unsafe fn stream_filter<'a>(ptr: *const c_void) -> (&'a FilterConfig, &'a mut StreamState) {
-    // SAFETY: per the contract above, `ptr` is a live, unaliased `Box<StreamFilter>`.
-    let filter = unsafe { &mut *ptr.cast_mut().cast::<StreamFilter>() };
+/// yet have been passed to the destroy hook. Envoy calls a stream's hooks on
+/// one worker thread; shared references only, because hooks can nest.
+unsafe fn stream_filter<'a>(ptr: *const c_void) -> (&'a FilterConfig, &'a RefCell<StreamState>) {
+    // SAFETY: per the contract above, `ptr` is a live `Box<StreamFilter>`.
+    let filter = unsafe { &*ptr.cast::<StreamFilter>() };
     // SAFETY: the config outlives its filters (see `StreamFilter::config`).
     let config = unsafe { &*filter.config };
-    (config, &mut filter.pending)
+    (config, &filter.state)
 }
 
 /// The stream's route requirements, if its route has a per-route config.
@@ -598,7 +672,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
 ) -> *const c_void {
     let filter = StreamFilter {
         config: config_ptr.cast(),
-        pending: StreamState::default(),
+        state: RefCell::default(),
     };
     Box::into_raw(Box::new(filter)).cast_const().cast()
 }
@@ -610,12 +684,16 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> c_int {
     // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
-    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
-    let route = route_settings(filter_envoy_ptr);
-    let mut stream = EnvoyStream {
-        ptr: filter_envoy_ptr,
+    let (config, state) = unsafe { stream_filter(filter_module_ptr) };
+    let mut stream = EnvoyStream::new(filter_envoy_ptr);
+    let Ok(mut pending) = state.try_borrow_mut() else {
+        // The first hook of a stream: nothing can hold its state. Should
+        // something, the request is refused, never let through undecided.
+        stream.send_local_reply(500, &[], "", "keygate_stream_state_busy");
+        return HEADERS_STOP_ITERATION;
     };
-    match config.on_request_headers(&mut stream, route, chrono::Utc::now(), pending) {
+    let route = route_settings(filter_envoy_ptr);
+    match config.on_request_headers(&mut stream, route, chrono::Utc::now(), &mut pending) {
         HeadersAction::Continue => HEADERS_CONTINUE,
         HeadersAction::Stop => HEADERS_STOP_ITERATION,
         HeadersAction::Wait => HEADERS_STOP_ALL_AND_BUFFER,
@@ -646,11 +724,11 @@ extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _end_of_stream: bool,
 ) -> c_int {
     // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
-    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
-    let mut stream = EnvoyStream {
-        ptr: filter_envoy_ptr,
-    };
-    config.on_response_headers(&mut stream, pending);
+    let (config, state) = unsafe { stream_filter(filter_module_ptr) };
+    let mut stream = EnvoyStream::new(filter_envoy_ptr);
+    if let Ok(pending) = state.try_borrow() {
+        config.on_response_headers(&mut stream, &pending);
+    }
     CONTINUE
 }
 
@@ -698,18 +776,30 @@ extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body_chunks_size: usize,
 ) {
     // SAFETY: Envoy passes the pointer `_filter_new` returned for this stream.
-    let (config, pending) = unsafe { stream_filter(filter_module_ptr) };
+    let (config, state) = unsafe { stream_filter(filter_module_ptr) };
+    // The state is borrowed only briefly, never across a call into Envoy:
+    // a local reply may end the stream.
+    let Some(asked) = state.try_borrow_mut().ok().and_then(|mut s| s.take_asked()) else {
+        return; // no question waits (see `StreamFilter::state`)
+    };
     let answer = (result == CALLOUT_ANSWERED).then(|| {
         // SAFETY: Envoy keeps the answer's headers and body alive for this hook.
         unsafe { copy_answer(headers, headers_size, body_chunks, body_chunks_size) }
     });
-    let mut stream = EnvoyStream {
-        ptr: filter_envoy_ptr,
-    };
-    if config.on_lookup_answer(&mut stream, answer.as_ref(), pending) == HeadersAction::Continue {
-        // SAFETY: `filter_envoy_ptr` is valid for this hook; the request was
-        // held by `_request_headers` returning StopAllIterationAndBuffer.
-        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr) };
+    let mut stream = EnvoyStream::new(filter_envoy_ptr);
+    match config.on_lookup_answer(&mut stream, asked, answer.as_ref()) {
+        AnswerApplied::Continue(respond_with) => {
+            if let Ok(mut pending) = state.try_borrow_mut() {
+                pending.add_response_headers(respond_with);
+            }
+            // SAFETY: `filter_envoy_ptr` is valid for this hook; the request
+            // was held by `_request_headers` returning
+            // StopAllIterationAndBuffer, and no local reply was sent.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr)
+            };
+        }
+        AnswerApplied::Stop => {}
     }
 }
 

@@ -11,6 +11,7 @@ use keygate::{
     answer::{
         denial_body, denial_headers, identity_values, rate_headers, sunset_headers,
         MetadataHeaders, HEADER_SHADOW_DECISION, IDENTITY_FIELDS, IDENTITY_HEADERS,
+        META_HEADER_PREFIX,
     },
     authz::{
         credential, rate_decision, CheckInput, CredentialSource, ForeignBearer, NotUtf8,
@@ -165,12 +166,39 @@ impl std::error::Error for ConfigError {}
 /// What the filter keeps for one stream between hooks: the response headers
 /// an allowed request gets once the upstream answers (rate-limit state,
 /// `Deprecation`/`Sunset`; empty and unallocated for most requests), and,
-/// while keygate is being asked, where the credential came from.
+/// while keygate is being asked, the question.
 #[derive(Debug, Default)]
 pub struct StreamState {
     response_headers: Vec<(&'static str, String)>,
-    /// `Some` from the question to keygate until its answer.
-    asked: Option<Option<CredentialSource>>,
+    /// From the question to keygate until its answer.
+    asked: Option<Asked>,
+}
+
+impl StreamState {
+    /// The question waiting for keygate's answer, if any; taken once.
+    pub fn take_asked(&mut self) -> Option<Asked> {
+        self.asked.take()
+    }
+
+    pub fn add_response_headers(&mut self, headers: Vec<(&'static str, String)>) {
+        self.response_headers.extend(headers);
+    }
+}
+
+/// A request waiting for keygate's answer: where its credential came from,
+/// for the answer to strip it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    credential: Option<CredentialSource>,
+}
+
+/// What to do with a request once keygate's answer has been applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AnswerApplied {
+    /// Upstream, with these response headers for the client's answer.
+    Continue(Vec<(&'static str, String)>),
+    /// A local reply was sent.
+    Stop,
 }
 
 /// A denial's status, headers, body and Envoy response details, rendered
@@ -301,6 +329,9 @@ impl FilterConfig {
                      (letters, digits, - and _ only)"
                 )));
             }
+        }
+        if let Some(lookup) = &settings.lookup {
+            lookup.validate().map_err(ConfigError::Setting)?;
         }
         if settings.snapshot_path.is_none() && settings.feed.is_none() {
             return Err(ConfigError::Setting(
@@ -537,35 +568,46 @@ impl FilterConfig {
         credential: Option<CredentialSource>,
         shadow_decision: Option<&str>,
     ) {
+        // Removals first, while the request is as the client sent it:
+        // Envoy's stream skips removing what it listed as absent, and any
+        // change makes it list the headers again.
+        if shadow_decision.is_none() {
+            stream.remove_request_header(HEADER_SHADOW_DECISION);
+        }
         match key {
             Some(key) => {
-                let mut id_text = uuid::Uuid::encode_buffer();
-                let identity = identity_values(key, &mut id_text);
-                for (name, value) in IDENTITY_HEADERS.iter().zip(&identity) {
-                    stream.set_request_header(name, value);
-                }
-                if self.dynamic_metadata {
-                    for (field, value) in IDENTITY_FIELDS.iter().zip(&identity) {
-                        stream.set_metadata(METADATA_NAMESPACE, field, value);
-                    }
-                    for (name, value) in &key.metadata {
-                        stream.set_metadata(KEY_METADATA_NAMESPACE, name, value);
-                    }
-                }
                 for (name, value) in self.metadata.values(key) {
-                    match value {
-                        Some(value) => stream.set_request_header(name, value),
-                        None => stream.remove_request_header(name),
+                    if value.is_none() {
+                        stream.remove_request_header(name);
                     }
                 }
             }
             None => self.remove_identity(stream),
         }
-        match shadow_decision {
-            Some(code) => stream.set_request_header(HEADER_SHADOW_DECISION, code),
-            None => stream.remove_request_header(HEADER_SHADOW_DECISION),
-        }
         self.strip_credential(stream, credential);
+        if let Some(key) = key {
+            let mut id_text = uuid::Uuid::encode_buffer();
+            let identity = identity_values(key, &mut id_text);
+            for (name, value) in IDENTITY_HEADERS.iter().zip(&identity) {
+                stream.set_request_header(name, value);
+            }
+            if self.dynamic_metadata {
+                for (field, value) in IDENTITY_FIELDS.iter().zip(&identity) {
+                    stream.set_metadata(METADATA_NAMESPACE, field, value);
+                }
+                for (name, value) in &key.metadata {
+                    stream.set_metadata(KEY_METADATA_NAMESPACE, name, value);
+                }
+            }
+            for (name, value) in self.metadata.values(key) {
+                if let Some(value) = value {
+                    stream.set_request_header(name, value);
+                }
+            }
+        }
+        if let Some(code) = shadow_decision {
+            stream.set_request_header(HEADER_SHADOW_DECISION, code);
+        }
     }
 
     /// Removes the identity headers a client may have sent: only keygate
@@ -582,18 +624,22 @@ impl FilterConfig {
 
     fn strip_credential(&self, stream: &mut impl Stream, credential: Option<CredentialSource>) {
         if self.strip_credential {
+            // The API-key header first: it is mostly absent, and removing
+            // the authorization header changes the request.
+            stream.remove_request_header(&self.api_key_header);
             // A foreign bearer let through is the upstream's own credential;
             // only the API-key header is surely ours.
             if credential.is_some() {
                 stream.remove_request_header(&self.authorization_header);
             }
-            stream.remove_request_header(&self.api_key_header);
         }
     }
 
     /// Asks keygate's forward-auth listener (`crate::lookup`) with what it
     /// reads: the request's method and path, the client address, the
     /// route's requirements and the credential headers as they came.
+    /// Without a client address keygate would check IP allow-lists against
+    /// Envoy's own, so the filter does not ask.
     fn ask_keygate(
         &self,
         stream: &mut impl Stream,
@@ -602,6 +648,10 @@ impl FilterConfig {
         credential: Option<CredentialSource>,
         pending: &mut StreamState,
     ) -> HeadersAction {
+        let Some(client) = stream.client_address() else {
+            self.keygate_did_not_answer(stream, "keygate_lookup_without_client_address");
+            return HeadersAction::Stop;
+        };
         self.count(stream, |c| c.lookups);
         // Copied: the stream is borrowed mutably to start the call.
         let copy = |name: &str| stream.request_header(name).map(<[u8]>::to_vec);
@@ -614,7 +664,7 @@ impl FilterConfig {
         let question = Question {
             method: &method,
             path: &path,
-            client: stream.client_address(),
+            client,
             route,
         };
         let mut headers = lookup::request_headers(lookup, &question);
@@ -627,9 +677,12 @@ impl FilterConfig {
             .iter()
             .map(|(name, value)| (*name, value.as_ref()))
             .collect();
+        // `asked` is set only once the call has started: should Envoy answer
+        // inside `call_out` (abi.rs), that answer finds no question and is
+        // ignored, and the call reports that it did not start.
         match stream.call_out(&lookup.cluster, &headers, lookup.timeout_ms) {
             Ok(()) => {
-                pending.asked = Some(credential);
+                pending.asked = Some(Asked { credential });
                 HeadersAction::Wait
             }
             Err(why) => {
@@ -641,31 +694,34 @@ impl FilterConfig {
 
     /// Applies keygate's answer to the question [`Self::ask_keygate`] put
     /// (`None`: the call failed: a reset, or an answer over Envoy's buffer
-    /// limit). `Continue` means the request may go on upstream.
+    /// limit). It holds nothing of the stream's state, which the caller
+    /// updates afterwards: a local reply may end the stream.
     pub fn on_lookup_answer(
         &self,
         stream: &mut impl Stream,
+        asked: Asked,
         answer: Option<&Answer>,
-        pending: &mut StreamState,
-    ) -> HeadersAction {
-        let Some(credential) = pending.asked.take() else {
-            // No question of ours is waiting: nothing to apply, and
-            // nothing of ours holds the request.
-            return HeadersAction::Wait;
-        };
+    ) -> AnswerApplied {
         match answer.map_or(Verdict::NoAnswer, Answer::verdict) {
             Verdict::Allow {
                 upstream,
+                remove,
                 respond_with,
             } => {
                 self.remove_identity(stream);
                 stream.remove_request_header(HEADER_SHADOW_DECISION);
-                for (name, value) in upstream {
+                // keygate's own metadata headers may name more than ours.
+                for name in remove {
+                    stream.remove_request_header(name);
+                }
+                for (name, value) in &upstream {
                     stream.set_request_header(name, value);
                 }
-                self.strip_credential(stream, credential);
-                pending.response_headers.extend(respond_with);
-                HeadersAction::Continue
+                if self.dynamic_metadata {
+                    describe_in_metadata(stream, &upstream);
+                }
+                self.strip_credential(stream, asked.credential);
+                AnswerApplied::Continue(respond_with)
             }
             Verdict::Deny {
                 status,
@@ -674,11 +730,11 @@ impl FilterConfig {
                 details,
             } => {
                 stream.send_local_reply(status, &headers, body, &details);
-                HeadersAction::Stop
+                AnswerApplied::Stop
             }
             Verdict::NoAnswer => {
                 self.keygate_did_not_answer(stream, "keygate_lookup_failed");
-                HeadersAction::Stop
+                AnswerApplied::Stop
             }
         }
     }
@@ -709,5 +765,23 @@ impl FilterConfig {
             .map(|(name, value)| (*name, value.as_str()))
             .collect();
         stream.send_local_reply(denial.status, &headers, &denial.body, &denial.details);
+    }
+}
+
+/// The stream's dynamic metadata for an allowance of keygate's, from the
+/// headers it answered with: the identity fields, and the metadata keygate
+/// exports as headers (its `KEYGATE_METADATA_HEADERS`; the table's
+/// allowances describe all of a key's metadata).
+fn describe_in_metadata(stream: &mut impl Stream, upstream: &[(&str, &str)]) {
+    for (name, value) in upstream {
+        if let Some(field) = IDENTITY_HEADERS
+            .iter()
+            .position(|header| header == name)
+            .map(|i| IDENTITY_FIELDS[i])
+        {
+            stream.set_metadata(METADATA_NAMESPACE, field, value);
+        } else if let Some(key) = name.strip_prefix(META_HEADER_PREFIX) {
+            stream.set_metadata(KEY_METADATA_NAMESPACE, key, value);
+        }
     }
 }

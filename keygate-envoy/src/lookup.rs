@@ -12,7 +12,9 @@
 use std::{borrow::Cow, net::IpAddr};
 
 use keygate::{
-    answer::{HEADER_SHADOW_DECISION, META_HEADER_PREFIX, RATE_HEADERS},
+    answer::{
+        HEADERS_TO_REMOVE, HEADER_KEY_ID, HEADER_SHADOW_DECISION, META_HEADER_PREFIX, RATE_HEADERS,
+    },
     domain::RouteRequirements,
 };
 use serde::Deserialize;
@@ -32,6 +34,21 @@ pub struct LookupSettings {
     pub timeout_ms: u64,
 }
 
+impl LookupSettings {
+    /// Envoy takes a zero timeout as none: a request would wait for ever.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster.is_empty() {
+            return Err(
+                "lookup.cluster: name the Envoy cluster of keygate's forward-auth listener".into(),
+            );
+        }
+        if self.timeout_ms == 0 {
+            return Err("lookup.timeout_ms must be above 0 (Envoy takes 0 as no timeout)".into());
+        }
+        Ok(())
+    }
+}
+
 fn default_authority() -> String {
     "keygate".to_owned()
 }
@@ -47,7 +64,7 @@ pub struct Question<'a> {
     pub path: &'a [u8],
     /// Envoy's `source.address`, which keygate checks IP allow-lists
     /// against (the module's own decisions use the same).
-    pub client: Option<IpAddr>,
+    pub client: IpAddr,
     pub route: &'a RouteRequirements<'a>,
 }
 
@@ -66,9 +83,10 @@ pub fn request_headers<'a>(
         ("x-original-method", Cow::Borrowed(question.method)),
         ("x-original-uri", Cow::Borrowed(question.path)),
     ];
-    if let Some(client) = question.client {
-        headers.push(("x-real-ip", Cow::Owned(client.to_string().into_bytes())));
-    }
+    headers.push((
+        "x-real-ip",
+        Cow::Owned(question.client.to_string().into_bytes()),
+    ));
     let route = question.route;
     if let Some(abilities) = route.abilities {
         headers.push((
@@ -100,11 +118,15 @@ pub struct Answer {
 /// What the filter does with an answer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict<'a> {
-    /// 2xx: the request goes upstream with these `x-keygate-*` headers (the
-    /// identity, `x-keygate-meta-*`, the shadow decision), and the client's
-    /// response gets `respond_with` (rate-limit, `Deprecation`, `Sunset`).
+    /// 2xx with keygate's identity or shadow decision: the request goes
+    /// upstream with these `x-keygate-*` headers (the identity,
+    /// `x-keygate-meta-*`, the shadow decision) and without the `x-keygate-*`
+    /// headers keygate named for removal (`x-envoy-auth-headers-to-remove`),
+    /// and the client's response gets `respond_with` (rate-limit,
+    /// `Deprecation`, `Sunset`).
     Allow {
         upstream: Vec<(&'a str, &'a str)>,
+        remove: Vec<&'a str>,
         respond_with: Vec<(&'static str, String)>,
     },
     /// keygate's denial, passed on as it came: its status, JSON body and
@@ -119,8 +141,9 @@ pub enum Verdict<'a> {
         details: String,
     },
     /// No answer from keygate itself: a reset, a timeout or an unreachable
-    /// cluster (Envoy answers those for it, with no JSON), or a body that
-    /// is not text.
+    /// cluster (Envoy answers those for it, with no JSON), a body that is
+    /// not text, or a 2xx without keygate's headers (the cluster is not
+    /// keygate's forward-auth listener): never an allowance.
     NoAnswer,
 }
 
@@ -150,9 +173,22 @@ impl Answer {
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()));
         if (200..300).contains(&self.status) {
-            let upstream = headers
+            let upstream: Vec<_> = headers
                 .clone()
                 .filter(|(name, _)| is_identity_header(name))
+                .collect();
+            let decided = upstream
+                .iter()
+                .any(|(name, _)| *name == HEADER_KEY_ID || *name == HEADER_SHADOW_DECISION);
+            if !decided {
+                return Verdict::NoAnswer;
+            }
+            let remove = headers
+                .clone()
+                .filter(|(name, _)| *name == HEADERS_TO_REMOVE)
+                .flat_map(|(_, names)| names.split(','))
+                .map(str::trim)
+                .filter(|name| name.starts_with("x-keygate-"))
                 .collect();
             let respond_with = headers
                 .filter_map(|(name, value)| {
@@ -162,6 +198,7 @@ impl Answer {
                 .collect();
             return Verdict::Allow {
                 upstream,
+                remove,
                 respond_with,
             };
         }

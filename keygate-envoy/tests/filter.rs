@@ -10,7 +10,8 @@ use keygate::domain::{IssuedKey, KeyFormat};
 use keygate_envoy::{
     feed::Level,
     filter::{
-        CounterId, DecisionCounters, FilterConfig, HeadersAction, Stream, StreamState, FILTER_NAME,
+        AnswerApplied, CounterId, DecisionCounters, FilterConfig, HeadersAction, Stream,
+        StreamState, FILTER_NAME,
     },
     lookup::{Answer, Verdict},
     settings::RouteSettings,
@@ -706,21 +707,26 @@ fn each_decision_is_counted_once_under_its_code() {
 /// A filter that asks keygate (`lookup`) about keys with credits, and a
 /// key with credits in its table. What the table can decide (a missing
 /// ability, say) is still decided without asking.
-fn asking_filter() -> (FilterConfig, tempfile::NamedTempFile, IssuedKey) {
+fn asking_filter(settings: Value) -> (FilterConfig, tempfile::NamedTempFile, IssuedKey) {
     let key = format().generate("live");
+    let mut config = json!({"lookup": {"cluster": "keygate_forward_auth"}});
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(settings.as_object().unwrap().clone());
     let (filter, snapshot) = filter(
         vec![entry(
             &key,
             "live",
             json!({"has_credits": true, "abilities": ["orders:write"]}),
         )],
-        json!({"lookup": {"cluster": "keygate_forward_auth"}}),
+        config,
     );
     (filter, snapshot, key)
 }
 
-/// Asks about `key` as a client of `route` would, with a forged identity
-/// header.
+/// Asks about `key` as a client of `route` would, with forged identity
+/// headers.
 fn ask(filter: &FilterConfig, key: &IssuedKey, route: Option<&RouteSettings>) -> Outcome {
     let bearer = bearer(key);
     let mut stream = RecordingStream::with(&[
@@ -728,6 +734,7 @@ fn ask(filter: &FilterConfig, key: &IssuedKey, route: Option<&RouteSettings>) ->
         (":path", "/orders?page=2"),
         ("authorization", &bearer),
         ("x-keygate-key-id", "forged"),
+        ("x-keygate-meta-plan", "forged"),
     ]);
     stream.client = Some("10.1.2.3".parse().unwrap());
     let mut pending = StreamState::default();
@@ -739,6 +746,7 @@ fn ask(filter: &FilterConfig, key: &IssuedKey, route: Option<&RouteSettings>) ->
     }
 }
 
+/// keygate's answer, with its `:status` as Envoy lists it.
 fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
     let mut all = vec![(":status".to_owned(), status.to_string())];
     all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
@@ -749,11 +757,39 @@ fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
     }
 }
 
+/// Asks about `key`, then applies `answer` as the callout hook does.
+fn ask_and_answer(
+    filter: &FilterConfig,
+    key: &IssuedKey,
+    answer: Option<&Answer>,
+) -> (AnswerApplied, RecordingStream) {
+    let Outcome {
+        action,
+        mut stream,
+        mut pending,
+    } = ask(filter, key, None);
+    assert_eq!(action, HeadersAction::Wait);
+    let asked = pending.take_asked().expect("a question waits");
+    assert!(
+        pending.take_asked().is_none(),
+        "a question is answered once"
+    );
+    let applied = filter.on_lookup_answer(&mut stream, asked, answer);
+    (applied, stream)
+}
+
+fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
 #[test]
 fn a_key_the_table_cannot_decide_is_asked_of_keygate_with_what_forward_auth_reads() {
-    let (filter, _snapshot, key) = asking_filter();
-    let route = route(json!({"abilities": "orders:write", "environment": "live"}));
-    let outcome = ask(&filter, &key, Some(&route));
+    let (filter, _snapshot, key) = asking_filter(json!({}));
+    let needs = route(json!({"abilities": "orders:write", "environment": "live"}));
+    let outcome = ask(&filter, &key, Some(&needs));
     assert_eq!(outcome.action, HeadersAction::Wait);
     assert!(outcome.stream.reply.is_none());
     let [call] = &outcome.stream.calls[..] else {
@@ -761,7 +797,8 @@ fn a_key_the_table_cannot_decide_is_asked_of_keygate_with_what_forward_auth_read
     };
     assert_eq!(call.cluster, "keygate_forward_auth");
     assert_eq!(call.timeout_ms, 1000);
-    let expected: BTreeMap<String, String> = [
+    let bearer = bearer(&key);
+    let expected = strings(&[
         (":method", "GET"),
         (":path", "/"),
         (":authority", "keygate"),
@@ -770,31 +807,18 @@ fn a_key_the_table_cannot_decide_is_asked_of_keygate_with_what_forward_auth_read
         ("x-real-ip", "10.1.2.3"),
         ("keygate-require-abilities", "orders:write"),
         ("keygate-require-environment", "live"),
-        ("authorization", bearer(&key).as_str()),
-    ]
-    .into_iter()
-    .map(|(n, v)| (n.to_owned(), v.to_owned()))
-    .collect();
+        ("authorization", &bearer),
+    ]);
     assert_eq!(call.headers, expected);
 
-    // A shadow route says so.
-    let shadow = route_settings_shadow();
+    let shadow = route(json!({"mode": "shadow"}));
     let outcome = ask(&filter, &key, Some(&shadow));
     assert_eq!(outcome.stream.calls[0].headers["keygate-mode"], "shadow");
 }
 
-fn route_settings_shadow() -> RouteSettings {
-    route(json!({"mode": "shadow"}))
-}
-
 #[test]
 fn keygate_s_allowance_carries_its_identity_upstream_and_its_limits_to_the_client() {
-    let (filter, _snapshot, key) = asking_filter();
-    let Outcome {
-        mut stream,
-        mut pending,
-        ..
-    } = ask(&filter, &key, None);
+    let (filter, _snapshot, key) = asking_filter(json!({"dynamic_metadata": true}));
     let allowed = answer(
         200,
         &[
@@ -802,34 +826,73 @@ fn keygate_s_allowance_carries_its_identity_upstream_and_its_limits_to_the_clien
             ("x-keygate-owner-id", "acme"),
             ("x-keygate-meta-tier", "gold"),
             ("x-ratelimit-remaining", "9"),
-            ("x-envoy-auth-headers-to-remove", "authorization"),
+            ("server", "keygate"),
+            (
+                "x-envoy-auth-headers-to-remove",
+                "authorization, x-keygate-meta-plan, x-keygate-abilities",
+            ),
         ],
         "",
     );
-    let action = filter.on_lookup_answer(&mut stream, Some(&allowed), &mut pending);
-    assert_eq!(action, HeadersAction::Continue);
-    assert!(stream.reply.is_none());
-    assert_eq!(stream.header("x-keygate-key-id"), Some("0190-real"));
-    assert_eq!(stream.header("x-keygate-owner-id"), Some("acme"));
-    assert_eq!(stream.header("x-keygate-meta-tier"), Some("gold"));
+    let (applied, stream) = ask_and_answer(&filter, &key, Some(&allowed));
     assert_eq!(
-        stream.header("authorization"),
-        None,
-        "the credential goes no further"
+        applied,
+        AnswerApplied::Continue(vec![("x-ratelimit-remaining", "9".to_owned())])
     );
-    assert_eq!(stream.header("x-envoy-auth-headers-to-remove"), None);
-    filter.on_response_headers(&mut stream, &pending);
-    assert_eq!(stream.response_headers["x-ratelimit-remaining"], "9");
-    // The answer is applied once.
+    assert!(stream.reply.is_none());
+    let upstream: BTreeMap<String, String> = stream
+        .request
+        .iter()
+        .map(|(n, v)| (n.clone(), String::from_utf8(v.clone()).unwrap()))
+        .collect();
+    // Forged headers gone (keygate named x-keygate-meta-plan, which the
+    // filter's own metadata_headers lack), the credential stripped, and
+    // nothing of keygate's answer but its identity.
     assert_eq!(
-        filter.on_lookup_answer(&mut stream, Some(&allowed), &mut pending),
-        HeadersAction::Wait
+        upstream,
+        strings(&[
+            (":method", "POST"),
+            (":path", "/orders?page=2"),
+            ("x-keygate-key-id", "0190-real"),
+            ("x-keygate-owner-id", "acme"),
+            ("x-keygate-meta-tier", "gold"),
+        ])
+    );
+    let metadata = |namespace: &str, key: &str| {
+        stream
+            .metadata
+            .get(&(namespace.to_owned(), key.to_owned()))
+            .map(String::as_str)
+    };
+    assert_eq!(metadata("keygate", "key_id"), Some("0190-real"));
+    assert_eq!(metadata("keygate", "owner_id"), Some("acme"));
+    assert_eq!(metadata("keygate.metadata", "tier"), Some("gold"));
+}
+
+#[test]
+fn a_shadow_answer_removes_forged_identity_and_reports_keygate_s_decision() {
+    let (filter, _snapshot, key) = asking_filter(json!({}));
+    let shadowed = answer(
+        200,
+        &[("x-keygate-shadow-decision", "credits_exhausted")],
+        "",
+    );
+    let (applied, stream) = ask_and_answer(&filter, &key, Some(&shadowed));
+    assert_eq!(applied, AnswerApplied::Continue(vec![]));
+    assert_eq!(
+        stream.header("x-keygate-shadow-decision"),
+        Some("credits_exhausted")
+    );
+    assert_eq!(
+        stream.header("x-keygate-key-id"),
+        None,
+        "the forged one removed"
     );
 }
 
 #[test]
 fn keygate_s_denial_is_the_client_s_answer_and_no_answer_is_a_503() {
-    let (filter, _snapshot, key) = asking_filter();
+    let (filter, _snapshot, key) = asking_filter(json!({}));
     let body =
         r#"{"error":{"code":"credits_exhausted","message":"This API key has no credits left."}}"#;
     let exhausted = answer(
@@ -837,56 +900,64 @@ fn keygate_s_denial_is_the_client_s_answer_and_no_answer_is_a_503() {
         &[("content-type", "application/json"), ("retry-after", "30")],
         body,
     );
-    let Outcome {
-        mut stream,
-        mut pending,
-        ..
-    } = ask(&filter, &key, None);
-    let action = filter.on_lookup_answer(&mut stream, Some(&exhausted), &mut pending);
-    assert_eq!(action, HeadersAction::Stop);
+    let (applied, stream) = ask_and_answer(&filter, &key, Some(&exhausted));
+    assert_eq!(applied, AnswerApplied::Stop);
     let reply = stream.reply.unwrap();
     assert_eq!(reply.status, 429);
     assert_eq!(reply.body["error"]["code"], "credits_exhausted");
     assert_eq!(reply.headers["retry-after"], "30");
     assert_eq!(reply.details, "keygate_credits_exhausted");
 
-    // Envoy's own answer for an unreachable or slow keygate, and a reset.
+    // Envoy's own answer for an unreachable or slow keygate, a 200 from a
+    // cluster that is not keygate's forward-auth, and a reset.
     let timeout = answer(
         504,
         &[("content-type", "text/plain")],
         "upstream request timeout",
     );
-    for failed in [Some(&timeout), None] {
-        let Outcome {
-            mut stream,
-            mut pending,
-            ..
-        } = ask(&filter, &key, None);
-        let action = filter.on_lookup_answer(&mut stream, failed, &mut pending);
+    let not_keygate = answer(200, &[("content-type", "text/html")], "<p>welcome</p>");
+    for failed in [Some(&timeout), Some(&not_keygate), None] {
+        let (applied, stream) = ask_and_answer(&filter, &key, failed);
+        assert_eq!(applied, AnswerApplied::Stop);
+        let reply = stream.reply.as_ref().expect("a local reply");
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.body["error"]["code"], "unavailable");
+        assert_eq!(reply.details, "keygate_lookup_failed");
+        assert_eq!(
+            stream.header("x-keygate-key-id"),
+            Some("forged"),
+            "no allowance"
+        );
+    }
+}
+
+#[test]
+fn a_lookup_that_cannot_start_or_has_no_client_address_is_a_503_and_never_asked_twice() {
+    let (filter, _snapshot, key) = asking_filter(json!({}));
+    let bearer = bearer(&key);
+    for (client, refused, details) in [
+        (
+            Some("10.1.2.3"),
+            Some("keygate_lookup_cluster_not_found"),
+            "keygate_lookup_cluster_not_found",
+        ),
+        (None, None, "keygate_lookup_without_client_address"),
+    ] {
+        let mut stream = RecordingStream::with(&[("authorization", &bearer)]);
+        stream.client = client.map(|ip| ip.parse().unwrap());
+        stream.call_refused = refused;
+        let mut pending = StreamState::default();
+        let action = filter.on_request_headers(&mut stream, None, Utc::now(), &mut pending);
+        assert!(pending.take_asked().is_none());
         let reply = unavailable(Outcome {
             action,
             stream,
             pending,
         });
-        assert_eq!(reply.details, "keygate_lookup_failed");
+        assert_eq!(reply.details, details);
     }
-}
 
-#[test]
-fn a_lookup_that_cannot_start_is_a_503_and_a_key_the_complete_table_lacks_is_never_asked() {
-    let (filter, _snapshot, key) = asking_filter();
-    let bearer = bearer(&key);
-    let mut stream = RecordingStream::with(&[("authorization", &bearer)]);
-    stream.call_refused = Some("keygate_lookup_cluster_not_found");
-    let mut pending = StreamState::default();
-    let action = filter.on_request_headers(&mut stream, None, Utc::now(), &mut pending);
-    let reply = unavailable(Outcome {
-        action,
-        stream,
-        pending,
-    });
-    assert_eq!(reply.details, "keygate_lookup_cluster_not_found");
-
+    // A key the complete table does not hold is never asked about.
     let stranger = format().generate("live");
     let outcome = ask(&filter, &stranger, None);
     assert_eq!(denied(&outcome), (401, "invalid_key".to_owned()));
@@ -912,32 +983,30 @@ fn before_the_first_table_every_key_is_asked_of_keygate() {
 }
 
 #[test]
-fn an_allowance_sends_the_identity_upstream_and_the_limits_to_the_client() {
-    let allowed = answer(
-        200,
-        &[
-            ("x-keygate-key-id", "k1"),
-            ("x-keygate-meta-tier", "gold"),
-            ("x-ratelimit-remaining", "4"),
-            ("x-envoy-auth-headers-to-remove", "authorization"),
-            ("server", "keygate"),
-        ],
-        "",
-    );
-    assert_eq!(
-        allowed.verdict(),
-        Verdict::Allow {
-            upstream: vec![("x-keygate-key-id", "k1"), ("x-keygate-meta-tier", "gold")],
-            respond_with: vec![("x-ratelimit-remaining", "4".to_owned())],
-        }
-    );
+fn a_lookup_without_a_cluster_or_with_no_timeout_is_refused() {
+    for (lookup, named) in [
+        (json!({"cluster": ""}), "lookup.cluster"),
+        (
+            json!({"cluster": "k", "timeout_ms": 0}),
+            "lookup.timeout_ms",
+        ),
+    ] {
+        let config = json!({"feed": {"address": "http://127.0.0.1:1"}, "lookup": lookup});
+        let err = FilterConfig::new(
+            FILTER_NAME.as_bytes(),
+            config.to_string().as_bytes(),
+            no_log,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(named), "{err}");
+    }
 }
 
-#[test]
 /// Only keygate's JSON denial is passed on, with the headers a client
-/// needs; Envoy's own answers for an unreachable keygate, a body that is not
-/// text or a status that is no decision are no answer.
-fn keygate_s_denial_passes_on_and_anything_else_is_no_answer() {
+/// needs; a body that is not text or a status that is no decision is no
+/// answer.
+#[test]
+fn keygate_s_denial_passes_on_with_only_the_headers_a_client_needs() {
     let body = r#"{"error":{"code":"credits_exhausted","message":"m"}}"#;
     let denied = answer(
         429,
@@ -957,12 +1026,6 @@ fn keygate_s_denial_passes_on_and_anything_else_is_no_answer() {
             details: "keygate_credits_exhausted".to_owned(),
         }
     );
-    let envoy_timeout = answer(
-        504,
-        &[("content-type", "text/plain")],
-        "upstream request timeout",
-    );
-    assert_eq!(envoy_timeout.verdict(), Verdict::NoAnswer);
     let mut not_text = answer(401, &[("content-type", "application/json")], "");
     not_text.body = vec![0xff, 0xfe];
     assert_eq!(not_text.verdict(), Verdict::NoAnswer);

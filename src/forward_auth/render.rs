@@ -17,7 +17,7 @@ use super::input::BadRequest;
 use crate::{
     answer::{
         denial_body, denial_headers, identity_values, rate_values, sunset_headers, MetadataHeaders,
-        HEADER_SHADOW_DECISION, IDENTITY_HEADERS, RATE_HEADERS,
+        HEADERS_TO_REMOVE, HEADER_SHADOW_DECISION, IDENTITY_HEADERS, RATE_HEADERS,
     },
     authz::{Allowance, CredentialSource},
     cache::HttpIdentity,
@@ -25,9 +25,6 @@ use crate::{
 };
 
 pub type Body = Full<Bytes>;
-
-/// Envoy HTTP ext_authz: comma-separated headers to remove upstream.
-pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 // The names of every allowed answer, parsed once (`from_static` shares
 // their bytes; a name parsed per answer would be copied per answer).

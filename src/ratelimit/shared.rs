@@ -4,7 +4,7 @@
 //! Decisions are atomic in Redis, in a Lua script (`gcra.lua`) on one
 //! multiplexed connection that every Check shares. A Check queues its
 //! decision for [`batches`], the one task that talks to Redis: the decisions
-//! that arrive while a script call is out go together in the next one. Redis's
+//! that arrive while its script call is out go together in the next one. Redis's
 //! own clock (`TIME`) is the only clock, so replicas whose clocks drift
 //! still agree.
 //!
@@ -30,7 +30,10 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
     Script,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 use uuid::Uuid;
 
 use super::{ceil_secs, RateOutcome, RedisSettings};
@@ -102,12 +105,22 @@ impl SharedLimiter {
             deadline: Instant::now() + self.timeout,
             reply,
         };
-        if self.queue.try_send(decision).is_err() {
-            self.fallbacks.increment(1);
-            return None;
+        match self.queue.try_send(decision) {
+            Ok(()) => {}
+            // More decisions waiting than Redis takes within the timeout.
+            Err(TrySendError::Full(_)) => {
+                self.fallbacks.increment(1);
+                return None;
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.availability
+                    .failed(&"the task that sends decisions to Redis has stopped");
+                self.fallbacks.increment(1);
+                return None;
+            }
         }
-        // No timer here: the batches answer or drop every decision by its
-        // deadline, and a dropped one is a closed channel.
+        // No timer here: the batches answer or let go every decision by
+        // its deadline, and one let go is a closed channel.
         match verdict.await {
             Ok(verdict) => Some(outcome(limit, verdict)),
             Err(_) => {

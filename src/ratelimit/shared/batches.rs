@@ -1,19 +1,28 @@
 //! The one task that carries a replica's shared rate-limit decisions to
 //! Redis, in batches.
 //!
-//! Checks queue their decisions. While one script call is out, the decisions
+//! Checks queue their decisions. While a script call is out, the decisions
 //! that arrive wait, and the next call takes them all: one command, one
 //! round trip, one reply and one script run for as many decisions as came
 //! in meanwhile, where each used to cost its own. At low load a batch is a
-//! single decision and waits for nothing. The script takes a batch's
-//! decisions in order, atomically, so a batch decides exactly what the same
-//! decisions would one call each (docs/behaviour.md, "Rate limits").
+//! single decision and goes at once. One call at a time batches the most
+//! (with up to two or four out at once, batches were smaller and Redis mode
+//! lost 0.02–0.07 of its throughput, BENCHMARKS.md); the price is that a
+//! decision queued just after a call left waits for that call's answer
+//! before its own can go, so Redis must answer within half of
+//! `KEYGATE_RATE_LIMIT_TIMEOUT` for decisions not to fall back
+//! (docs/behaviour.md). The script
+//! takes a batch's decisions in order, atomically, so a batch decides
+//! exactly what the same decisions would one call each (docs/behaviour.md,
+//! "Rate limits").
 //!
 //! Every decision carries its deadline, `KEYGATE_RATE_LIMIT_TIMEOUT` after
-//! it was queued. A call is given until the earliest deadline among its
-//! decisions, and a decision already past its deadline is dropped unsent:
-//! its Check has been answered by the local limiter, and sending it would
-//! count that request twice.
+//! it was queued, and its Check waits no longer: a decision still queued
+//! at its deadline is dropped unsent, and one whose call is out when its
+//! deadline passes is let go while the call goes on for the others. Those
+//! Checks are answered by the local limiter; Redis may still count a
+//! request whose decision had already left, as it could when each Check
+//! sent its own.
 
 use std::{
     fmt::Write,
@@ -53,10 +62,6 @@ pub struct Batches {
     prefix: String,
     timeout: Duration,
     availability: Arc<Availability>,
-    /// Reused from call to call, with `state`, so that building a command
-    /// allocates only when a batch is bigger than any before.
-    command: Cmd,
-    state: String,
 }
 
 impl Batches {
@@ -72,73 +77,103 @@ impl Batches {
             prefix: settings.prefix.clone(),
             timeout: settings.timeout,
             availability,
-            command: Cmd::new(),
-            state: String::new(),
         }
     }
 
     /// Sends what is queued, batch after batch, until every sender is gone
     /// (the limiter was dropped).
-    pub async fn run(mut self, mut queue: mpsc::Receiver<Decision>) {
+    pub async fn run(self, mut queue: mpsc::Receiver<Decision>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let now = Instant::now();
+            // Past their deadline, or their Check went away: their requests
+            // were (or will be) decided locally.
             batch.retain(|decision| decision.deadline > now && !decision.reply.is_closed());
-            if let Some(deadline) = batch.iter().map(|decision| decision.deadline).min() {
-                self.send(&mut batch, deadline).await;
+            if !batch.is_empty() {
+                self.call(&mut batch).await;
             }
-            // Whatever is left unanswered is dropped: those Checks fall back.
             batch.clear();
         }
     }
 
-    async fn send(&mut self, batch: &mut Vec<Decision>, deadline: Instant) {
-        self.build(batch);
-        let answer = tokio::time::timeout_at(deadline.into(), self.evaluate()).await;
-        match answer {
-            Ok(Ok(verdicts)) if verdicts.len() == 3 * batch.len() => {
-                self.availability.answered();
-                for (decision, verdict) in batch.drain(..).zip(verdicts.chunks_exact(3)) {
-                    // A Check that went away (its client cancelled) has no
-                    // one to tell; Redis has counted it, as it would have.
-                    let _ = decision.reply.send((verdict[0], verdict[1], verdict[2]));
+    /// One script call for `batch`. Each Check is answered, or let go at its
+    /// deadline, whichever comes first.
+    async fn call(&self, batch: &mut Vec<Decision>) {
+        let command = self.command(batch);
+        let mut replies: Vec<(Instant, Option<oneshot::Sender<Verdict>>)> = batch
+            .drain(..)
+            .map(|decision| (decision.deadline, Some(decision.reply)))
+            .collect();
+        let evaluation = self.evaluate(&command);
+        tokio::pin!(evaluation);
+        let answer = loop {
+            let next_deadline = replies
+                .iter()
+                .filter(|(_, reply)| reply.is_some())
+                .map(|(deadline, _)| *deadline)
+                .min();
+            let Some(next_deadline) = next_deadline else {
+                // Every Check has stopped waiting: the call is abandoned.
+                break None;
+            };
+            tokio::select! {
+                answer = &mut evaluation => break Some(answer),
+                () = tokio::time::sleep_until(next_deadline.into()) => {
+                    let now = Instant::now();
+                    for (deadline, reply) in &mut replies {
+                        if *deadline <= now {
+                            reply.take();
+                        }
+                    }
                 }
             }
-            Ok(Ok(verdicts)) => self.availability.failed(&format_args!(
+        };
+        match answer {
+            Some(Ok(verdicts)) if verdicts.len() == 3 * replies.len() => {
+                self.availability.answered();
+                for ((_, reply), verdict) in replies.into_iter().zip(verdicts.chunks_exact(3)) {
+                    // A Check that went away (its client cancelled, or its
+                    // deadline passed) has no one to tell.
+                    if let Some(reply) = reply {
+                        let _ = reply.send((verdict[0], verdict[1], verdict[2]));
+                    }
+                }
+            }
+            Some(Ok(verdicts)) => self.availability.failed(&format_args!(
                 "the limiter's script gave {} numbers for {} decisions",
                 verdicts.len(),
-                batch.len()
+                replies.len()
             )),
-            Ok(Err(error)) => self.availability.failed(&error),
-            Err(_) => self
+            Some(Err(error)) => self.availability.failed(&error),
+            None => self
                 .availability
                 .failed(&format_args!("no answer within {:?}", self.timeout)),
         }
     }
 
     /// `EVALSHA` with the batch's states as keys and two numbers per
-    /// decision as arguments, built in place in the reused command.
-    fn build(&mut self, batch: &[Decision]) {
-        let command = &mut self.command;
-        command.clear();
+    /// decision as arguments, built in place.
+    fn command(&self, batch: &[Decision]) -> Cmd {
+        let mut command = Cmd::with_capacity(3 + 3 * batch.len(), 96 * batch.len());
         command
             .arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(batch.len());
+        let mut state = String::new();
         for decision in batch {
-            self.state.clear();
+            state.clear();
             // The limit is part of the name: a key whose limit changes
             // starts afresh under the new one, as it does locally, and the
             // old state expires on its own.
             let _ = write!(
-                self.state,
+                state,
                 "{}rl:{}:{}:{}",
                 self.prefix,
                 decision.key_id,
                 decision.limit.max_attempts,
                 decision.limit.decay_seconds
             );
-            command.arg(self.state.as_str());
+            command.arg(state.as_str());
         }
         for decision in batch {
             let interval_us = crate::ratelimit::per_request_interval(decision.limit)
@@ -146,18 +181,19 @@ impl Batches {
                 .max(1) as u64;
             command.arg(interval_us).arg(decision.limit.max_attempts);
         }
+        command
     }
 
     /// The built command; `SCRIPT LOAD` and once more when Redis does not
     /// know the script (a restart, a failover, a `SCRIPT FLUSH`).
-    async fn evaluate(&self) -> redis::RedisResult<Vec<i64>> {
+    async fn evaluate(&self, command: &Cmd) -> redis::RedisResult<Vec<i64>> {
         let mut redis = self.redis.clone();
-        match self.command.query_async(&mut redis).await {
+        match command.query_async(&mut redis).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 self.script.prepare_invoke().load_async(&mut redis).await?;
-                self.command.query_async(&mut redis).await
+                command.query_async(&mut redis).await
             }
             answer => answer,
         }
