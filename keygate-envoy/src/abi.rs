@@ -209,6 +209,13 @@ unsafe extern "C" {
         value: ModuleBuffer,
     ) -> bool;
 
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: c_int,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
     /// The per-route config this module made for the stream's route
     /// (`envoy_dynamic_module_on_http_filter_per_route_config_new`), or null.
     fn envoy_dynamic_module_callback_get_most_specific_route_config(
@@ -344,6 +351,20 @@ impl Stream for EnvoyStream {
 
     fn set_request_header(&mut self, name: &str, value: &str) {
         self.set(REQUEST_HEADER, name, Some(value.as_bytes()));
+    }
+
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        self.request_headers.take();
+        // SAFETY: `self.ptr` is valid for the running hook; Envoy copies the
+        // name and value before returning.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.ptr,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
     }
 
     fn remove_request_header(&mut self, name: &str) {

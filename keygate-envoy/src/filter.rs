@@ -48,6 +48,9 @@ pub trait Stream {
     /// with an IP allow-list are checked against it; `None` denies them.
     fn client_address(&self) -> Option<IpAddr>;
     fn set_request_header(&mut self, name: &str, value: &str);
+    /// Adds a header the request does not have: cheaper for Envoy than
+    /// [`Self::set_request_header`], which first removes any of that name.
+    fn add_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     fn set_response_header(&mut self, name: &str, value: &str);
     /// Answers the request without forwarding it; `details` names the reason
@@ -568,9 +571,14 @@ impl FilterConfig {
         credential: Option<CredentialSource>,
         shadow_decision: Option<&str>,
     ) {
-        // Removals first, while the request is as the client sent it:
-        // Envoy's stream skips removing what it listed as absent, and any
-        // change makes it list the headers again.
+        // Read first, while the request is as the client sent it (Envoy's
+        // stream lists its headers once, and again after any change): which
+        // identity headers the client sent. Those are replaced, the others
+        // added, which costs Envoy less.
+        let sent =
+            IDENTITY_HEADERS.map(|name| key.is_some() && stream.request_header(name).is_some());
+        // Then removals, which Envoy's stream skips for a header it listed
+        // as absent.
         if shadow_decision.is_none() {
             stream.remove_request_header(HEADER_SHADOW_DECISION);
         }
@@ -588,8 +596,12 @@ impl FilterConfig {
         if let Some(key) = key {
             let mut id_text = uuid::Uuid::encode_buffer();
             let identity = identity_values(key, &mut id_text);
-            for (name, value) in IDENTITY_HEADERS.iter().zip(&identity) {
-                stream.set_request_header(name, value);
+            for ((name, value), sent) in IDENTITY_HEADERS.iter().zip(&identity).zip(sent) {
+                if sent {
+                    stream.set_request_header(name, value);
+                } else {
+                    stream.add_request_header(name, value);
+                }
             }
             if self.dynamic_metadata {
                 for (field, value) in IDENTITY_FIELDS.iter().zip(&identity) {

@@ -81,6 +81,13 @@ impl Stream for RecordingStream {
             .insert(name.to_owned(), value.as_bytes().to_vec());
     }
 
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        let had = self
+            .request
+            .insert(name.to_owned(), value.as_bytes().to_vec());
+        assert!(had.is_none(), "{name} added where the request had one");
+    }
+
     fn remove_request_header(&mut self, name: &str) {
         self.request.remove(name);
     }
