@@ -84,13 +84,13 @@ struct ModuleHttpHeader {
     value_length: usize,
 }
 
-/// `envoy_dynamic_module_type_envoy_http_header`: a header owned by Envoy.
+/// `envoy_dynamic_module_type_envoy_http_header`: a header owned by Envoy
+/// (`key_ptr`, `key_length`, `value_ptr`, `value_length`: the layout of two
+/// [`EnvoyBuffer`]s).
 #[repr(C)]
 struct EnvoyHttpHeader {
-    key_ptr: *const u8,
-    key_length: usize,
-    value_ptr: *const u8,
-    value_length: usize,
+    key: EnvoyBuffer,
+    value: EnvoyBuffer,
 }
 
 impl EnvoyHttpHeader {
@@ -99,26 +99,14 @@ impl EnvoyHttpHeader {
     /// with no change to its header map since.
     unsafe fn key<'a>(&self) -> &'a [u8] {
         // SAFETY: per the contract above.
-        unsafe {
-            EnvoyBuffer {
-                ptr: self.key_ptr,
-                length: self.key_length,
-            }
-            .as_bytes()
-        }
+        unsafe { self.key.as_bytes() }
     }
 
     /// # Safety
     /// As for [`Self::key`].
     unsafe fn value<'a>(&self) -> &'a [u8] {
         // SAFETY: per the contract above.
-        unsafe {
-            EnvoyBuffer {
-                ptr: self.value_ptr,
-                length: self.value_length,
-            }
-            .as_bytes()
-        }
+        unsafe { self.value.as_bytes() }
     }
 }
 
