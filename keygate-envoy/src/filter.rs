@@ -84,8 +84,8 @@ pub struct CounterId(pub usize);
 
 /// One counter per decision code, named like Check's metrics
 /// (`keygate_check_decisions_total{code}`, `keygate_check_shadow_total`):
-/// `decisions.<code>`, `shadow`, the two requests it cannot decide,
-/// `credits_unavailable` and `table_unavailable`, `usage_dropped`
+/// `decisions.<code>`, `shadow`, the requests it cannot decide,
+/// `credits_unavailable`, `table_unavailable` and `imported_unavailable`, `usage_dropped`
 /// (Check's `keygate_usage_dropped_total`), and `lookups` and
 /// `lookup_failures` (requests asked of keygate, and those it did not
 /// answer: keygate counts its own decisions), under the filter's
@@ -98,6 +98,7 @@ pub struct DecisionCounters {
     shadow: CounterId,
     credits_unavailable: CounterId,
     table_unavailable: CounterId,
+    imported_unavailable: CounterId,
     usage_dropped: CounterId,
     lookups: CounterId,
     lookup_failures: CounterId,
@@ -116,6 +117,7 @@ impl DecisionCounters {
             shadow: define("shadow")?,
             credits_unavailable: define("credits_unavailable")?,
             table_unavailable: define("table_unavailable")?,
+            imported_unavailable: define("imported_unavailable")?,
             usage_dropped: define("usage_dropped")?,
             lookups: define("lookups")?,
             lookup_failures: define("lookup_failures")?,
@@ -233,6 +235,9 @@ enum Undecidable {
     /// No complete key table has arrived yet (feed not yet answered, no
     /// snapshot file).
     NoTable,
+    /// A key imported from another system (`imported_prefixes`): found by
+    /// the hash of the whole string, which the table does not hold.
+    Imported,
 }
 
 impl Undecidable {
@@ -244,6 +249,9 @@ impl Undecidable {
             Self::NoTable => {
                 r#"{"error":{"code":"unavailable","message":"The key table has not arrived from keygate yet; retry shortly."}}"#
             }
+            Self::Imported => {
+                r#"{"error":{"code":"unavailable","message":"This API key was imported from another system, which only keygate's own Check decides."}}"#
+            }
         }
     }
 
@@ -251,6 +259,7 @@ impl Undecidable {
         match self {
             Self::Credits => "keygate_credits_not_in_proxy",
             Self::NoTable => "keygate_no_key_table",
+            Self::Imported => "keygate_imported_key_not_in_proxy",
         }
     }
 
@@ -258,6 +267,7 @@ impl Undecidable {
         match self {
             Self::Credits => counters.credits_unavailable,
             Self::NoTable => counters.table_unavailable,
+            Self::Imported => counters.imported_unavailable,
         }
     }
 }
@@ -282,6 +292,9 @@ pub struct FilterConfig {
     denials: Vec<Denial>,
     counters: Option<DecisionCounters>,
     lookup: Option<LookupSettings>,
+    /// `KEYGATE_IMPORTED_PREFIXES`: keys with these prefixes are keygate's
+    /// to decide.
+    imported_prefixes: Vec<String>,
 }
 
 impl fmt::Debug for FilterConfig {
@@ -336,6 +349,12 @@ impl FilterConfig {
         if let Some(lookup) = &settings.lookup {
             lookup.validate().map_err(ConfigError::Setting)?;
         }
+        if settings.imported_prefixes.iter().any(String::is_empty) {
+            return Err(ConfigError::Setting(
+                "imported_prefixes: an empty prefix would take every key for an imported one"
+                    .into(),
+            ));
+        }
         if settings.snapshot_path.is_none() && settings.feed.is_none() {
             return Err(ConfigError::Setting(
                 "no key table: give snapshot_path, feed, or both".into(),
@@ -377,6 +396,7 @@ impl FilterConfig {
             denials: DenyReason::one_of_each(0).map(Denial::of).into(),
             counters: None,
             lookup: settings.lookup,
+            imported_prefixes: settings.imported_prefixes,
         })
     }
 
@@ -503,6 +523,18 @@ impl FilterConfig {
         let Ok(raw) = raw else {
             return denied(DenyReason::MalformedKey, Some(source));
         };
+        if self
+            .imported_prefixes
+            .iter()
+            .any(|prefix| raw.starts_with(prefix.as_str()))
+        {
+            return Evaluation {
+                decision: Err(DenyReason::InvalidKey),
+                key: None,
+                credential: Some(source),
+                undecidable: Some(Undecidable::Imported),
+            };
+        }
         let parsed = match self.format.parse(raw) {
             Ok(parsed) => parsed,
             Err(KeyParseError::NotOurPrefix) => {

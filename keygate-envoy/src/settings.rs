@@ -66,6 +66,11 @@ pub struct FilterSettings {
     /// decide (`crate::lookup`); without it, those requests get a 503.
     #[serde(default)]
     pub lookup: Option<LookupSettings>,
+    /// keygate's `KEYGATE_IMPORTED_PREFIXES`: keys with these prefixes were
+    /// imported from another system and are asked of keygate (or get a 503
+    /// without a `lookup`), never judged by keygate's own key format.
+    #[serde(default)]
+    pub imported_prefixes: Vec<String>,
 }
 
 /// Where the key feed comes from: a keygate admin listener. Filter configs

@@ -1041,3 +1041,45 @@ fn keygate_s_denial_passes_on_with_only_the_headers_a_client_needs() {
         Verdict::NoAnswer
     );
 }
+
+#[test]
+fn an_imported_key_is_asked_of_keygate_or_unavailable_never_judged_by_our_format() {
+    let imported = "lk_0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    let headers = [("authorization", format!("Bearer {imported}"))];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+
+    let (without, _snapshot) = filter(vec![], json!({"imported_prefixes": ["lk_"]}));
+    let outcome = run(&without, &headers, None, Utc::now());
+    assert_eq!(
+        unavailable(outcome).details,
+        "keygate_imported_key_not_in_proxy"
+    );
+
+    let (asking, _snapshot) = filter(
+        vec![],
+        json!({"imported_prefixes": ["lk_"], "lookup": {"cluster": "keygate"}}),
+    );
+    let mut stream = RecordingStream::with(&headers);
+    stream.client = Some("10.1.2.3".parse().unwrap());
+    let mut pending = StreamState::default();
+    let action = asking.on_request_headers(&mut stream, None, Utc::now(), &mut pending);
+    assert_eq!(action, HeadersAction::Wait);
+    assert_eq!(
+        stream.calls[0].headers["authorization"],
+        format!("Bearer {imported}")
+    );
+
+    // Without the prefix configured it is a foreign bearer, as before.
+    let (plain, _snapshot) = filter(vec![], json!({}));
+    let outcome = run(&plain, &headers, None, Utc::now());
+    assert_eq!(denied(&outcome), (401, "missing_credentials".to_owned()));
+
+    let config = json!({"snapshot_path": "/nonexistent", "imported_prefixes": [""]});
+    let err = FilterConfig::new(
+        FILTER_NAME.as_bytes(),
+        config.to_string().as_bytes(),
+        no_log,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("imported_prefixes"), "{err}");
+}

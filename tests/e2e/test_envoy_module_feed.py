@@ -304,3 +304,29 @@ def test_before_the_first_table_keys_are_asked_of_keygate(
     finally:
         envoy.stop()
         admin.close()
+
+
+def test_an_imported_key_is_decided_by_keygate_through_the_lookup(
+        keygate_factory, admin_stubs, envoy_binary, echo_upstream, module_dir, tmp_path, owner):
+    """A key imported from another system is found by the hash of its whole
+    string, which the module's table does not hold: with the prefix in
+    `imported_prefixes`, the filter asks keygate, which knows it."""
+    server = keygate_factory(name="keygate-imported",
+                             extra_env={"KEYGATE_IMPORTED_PREFIXES": "lk_"})
+    admin = AdminClient(server.admin_addr, admin_stubs)
+    config = filter_config(feed={"address": f"http://{server.admin_addr}"}, lookup=LOOKUP,
+                           imported_prefixes=["lk_"])
+    envoy = start_envoy(envoy_binary, tmp_path, echo_upstream.port, module_dir, config,
+                        name="envoy-module-imported", keygate_port=forward_auth_port(server))
+    try:
+        legacy = "lk_" + "Legacy0Key1From2Another3System4AbCdEf"
+        admin.import_key(owner, legacy)
+        r = get(envoy, "/x", bearer(legacy))
+        assert r.status == 200, r
+        assert r.upstream["headers"]["x-keygate-owner-id"] == owner
+        assert "authorization" not in r.upstream["headers"]
+        assert_denied(get(envoy, "/x", bearer("lk_" + "NotImported" * 4)), 401, "invalid_key")
+        assert envoy.stats("keygate.").get("keygate.lookups") == 2
+    finally:
+        envoy.stop()
+        admin.close()

@@ -83,6 +83,12 @@ class AdminClient:
             req.credits.remaining = credits
         return self._call("CreateKey", req)
 
+    def import_key(self, owner_id: str, key: str, *, name: str = "imported key"):
+        """ImportKeys with one row given by its plaintext; returns its result."""
+        row = self.pb2.ImportKeyRow(owner_id=owner_id, name=name, key=key)
+        (result,) = self._call("ImportKeys", self.pb2.ImportKeysRequest(rows=[row])).results
+        return result
+
     def get_key(self, owner_id: str, id: str):
         return self._call("GetKey", self.pb2.GetKeyRequest(owner_id=owner_id, id=id))
 
