@@ -309,14 +309,8 @@ impl Authorizer {
         )
     }
 
-    /// Whether `raw` carries the prefix of keys imported from another system.
     fn is_imported(&self, raw: &str) -> bool {
-        raw.len() <= MAX_IMPORTED_KEY_LEN
-            && self
-                .settings
-                .imported_prefixes
-                .iter()
-                .any(|prefix| raw.starts_with(prefix.as_str()))
+        is_imported_key(raw, &self.settings.imported_prefixes)
     }
 
     /// An imported key: no checksum to reject garbage early, so it is found
@@ -440,6 +434,16 @@ impl Authorizer {
 /// case-insensitive), then the API-key header. Another scheme (Basic) in
 /// `Authorization` is not a credential of ours. Public for the keygate-envoy
 /// filter, which reads credentials the same way.
+/// Whether `raw`, which did not parse as one of keygate's keys, carries the
+/// prefix of keys imported from another system (`KEYGATE_IMPORTED_PREFIXES`)
+/// and is short enough to be hashed as one. The Envoy module asks the same.
+pub fn is_imported_key(raw: &str, imported_prefixes: &[String]) -> bool {
+    raw.len() <= MAX_IMPORTED_KEY_LEN
+        && imported_prefixes
+            .iter()
+            .any(|prefix| raw.starts_with(prefix.as_str()))
+}
+
 pub fn credential<'a>(input: &CheckInput<'a>) -> Option<(HeaderText<'a>, CredentialSource)> {
     let bearer = input.authorization.and_then(|value| match value {
         Ok(text) => {

@@ -97,14 +97,14 @@ impl EnvoyHttpHeader {
     /// # Safety
     /// The header must still be valid: listed during the running hook,
     /// with no change to its header map since.
-    unsafe fn key<'a>(&self) -> &'a [u8] {
+    unsafe fn key(&self) -> &[u8] {
         // SAFETY: per the contract above.
         unsafe { self.key.as_bytes() }
     }
 
     /// # Safety
     /// As for [`Self::key`].
-    unsafe fn value<'a>(&self) -> &'a [u8] {
+    unsafe fn value(&self) -> &[u8] {
         // SAFETY: per the contract above.
         unsafe { self.value.as_bytes() }
     }
@@ -161,6 +161,15 @@ unsafe extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> c_int;
+
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: c_int,
+        key: ModuleBuffer,
+        result_buffer: *mut EnvoyBuffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
 
     fn envoy_dynamic_module_callback_http_get_headers_size(
         filter_envoy_ptr: *mut c_void,
@@ -240,8 +249,9 @@ pub(crate) struct EnvoyStream {
     /// lookup: a lookup by name costs Envoy a lower-cased copy of the name
     /// each time, and a removal costs a call even for a header that is not
     /// there. Forgotten at every change to the headers, after which Envoy
-    /// may have moved what the list points to.
-    request_headers: OnceCell<Vec<EnvoyHttpHeader>>,
+    /// may have moved what the list points to. `None`: Envoy could not list
+    /// them; lookups then go by name and no removal is skipped.
+    request_headers: OnceCell<Option<Vec<EnvoyHttpHeader>>>,
 }
 
 impl EnvoyStream {
@@ -252,7 +262,7 @@ impl EnvoyStream {
         }
     }
 
-    fn list_request_headers(&self) -> Vec<EnvoyHttpHeader> {
+    fn list_request_headers(&self) -> Option<Vec<EnvoyHttpHeader>> {
         // SAFETY: `self.ptr` is the filter pointer Envoy passed to the running hook.
         let count = unsafe {
             envoy_dynamic_module_callback_http_get_headers_size(self.ptr, REQUEST_HEADER)
@@ -267,19 +277,23 @@ impl EnvoyStream {
                 headers.as_mut_ptr(),
             )
         };
-        if listed {
-            // SAFETY: Envoy wrote `count` entries.
-            unsafe { headers.set_len(count) };
+        if !listed {
+            return None;
         }
-        headers
+        // SAFETY: Envoy wrote `count` entries.
+        unsafe { headers.set_len(count) };
+        Some(headers)
     }
 
     /// The request header `name` (lower case, as Envoy keeps names), from
     /// the listing; its first value if repeated.
     fn listed_request_header(&self, name: &str) -> Option<&[u8]> {
-        let headers = self
+        let listed = self
             .request_headers
             .get_or_init(|| self.list_request_headers());
+        let Some(headers) = listed else {
+            return self.header_by_name(name);
+        };
         // SAFETY: the listed names and values stay valid until the hook
         // returns or the headers change; the `&self` borrow ends before
         // either, because every change takes `&mut self` and forgets the
@@ -288,6 +302,28 @@ impl EnvoyStream {
             .iter()
             .find(|header| unsafe { header.key() } == name.as_bytes())
             .map(|header| unsafe { header.value() })
+    }
+
+    /// One request header looked up by name, for when Envoy could not list
+    /// them.
+    fn header_by_name(&self, name: &str) -> Option<&[u8]> {
+        let mut value = EnvoyBuffer::EMPTY;
+        // SAFETY: `self.ptr` is the filter pointer Envoy passed to the running
+        // hook; `name` is readable for the call; `value` is a valid out slot
+        // and the size out-pointer may be null.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.ptr,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut value,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: as for the listing: valid until a change, which takes
+        // `&mut self`.
+        (found && !value.ptr.is_null()).then(|| unsafe { value.as_bytes() })
     }
 
     fn set(&mut self, header_type: c_int, name: &str, value: Option<&[u8]>) {
@@ -342,6 +378,8 @@ impl Stream for EnvoyStream {
     }
 
     fn add_request_header(&mut self, name: &str, value: &str) {
+        // Envoy appends (`addCopy`; the header's comment says it replaces):
+        // the filter adds only what the listing showed absent.
         self.request_headers.take();
         // SAFETY: `self.ptr` is valid for the running hook; Envoy copies the
         // name and value before returning.
@@ -356,8 +394,11 @@ impl Stream for EnvoyStream {
     }
 
     fn remove_request_header(&mut self, name: &str) {
-        // While the listing is current, an absent header needs no call.
-        let absent = self.request_headers.get().is_some_and(|headers| {
+        // While a listing is current, an absent header needs no call.
+        let absent = self.request_headers.get().is_some_and(|listed| {
+            let Some(headers) = listed else {
+                return false;
+            };
             // SAFETY: the listing is current (see `listed_request_header`).
             !headers
                 .iter()

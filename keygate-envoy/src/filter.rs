@@ -14,8 +14,8 @@ use keygate::{
         META_HEADER_PREFIX,
     },
     authz::{
-        credential, rate_decision, CheckInput, CredentialSource, ForeignBearer, NotUtf8,
-        RateHeaders,
+        credential, is_imported_key, rate_decision, CheckInput, CredentialSource, ForeignBearer,
+        NotUtf8, RateHeaders,
     },
     domain::{
         decide, CheckKey, DenyReason, KeyFormat, KeyParseError, RateLimit, RouteRequirements,
@@ -523,20 +523,17 @@ impl FilterConfig {
         let Ok(raw) = raw else {
             return denied(DenyReason::MalformedKey, Some(source));
         };
-        if self
-            .imported_prefixes
-            .iter()
-            .any(|prefix| raw.starts_with(prefix.as_str()))
-        {
-            return Evaluation {
-                decision: Err(DenyReason::InvalidKey),
-                key: None,
-                credential: Some(source),
-                undecidable: Some(Undecidable::Imported),
-            };
-        }
         let parsed = match self.format.parse(raw) {
             Ok(parsed) => parsed,
+            // keygate's own keys never get here, as in Check.
+            Err(_) if is_imported_key(raw, &self.imported_prefixes) => {
+                return Evaluation {
+                    decision: Err(DenyReason::InvalidKey),
+                    key: None,
+                    credential: Some(source),
+                    undecidable: Some(Undecidable::Imported),
+                };
+            }
             Err(KeyParseError::NotOurPrefix) => {
                 let allow = source == CredentialSource::Authorization
                     && self.foreign_bearer == ForeignBearer::Allow;

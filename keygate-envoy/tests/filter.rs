@@ -1069,6 +1069,22 @@ fn an_imported_key_is_asked_of_keygate_or_unavailable_never_judged_by_our_format
         format!("Bearer {imported}")
     );
 
+    // A prefix that keygate's own keys share changes nothing for them: they
+    // parse, and are decided from the table, as in Check.
+    let key = format().generate("live");
+    let (overlapping, _snapshot) = filter(
+        vec![entry(&key, "live", json!({}))],
+        json!({"imported_prefixes": ["sk_"], "lookup": {"cluster": "keygate"}}),
+    );
+    let outcome = run(
+        &overlapping,
+        &[("authorization", &bearer(&key))],
+        None,
+        Utc::now(),
+    );
+    assert_eq!(outcome.action, HeadersAction::Continue);
+    assert!(outcome.stream.calls.is_empty());
+
     // Without the prefix configured it is a foreign bearer, as before.
     let (plain, _snapshot) = filter(vec![], json!({}));
     let outcome = run(&plain, &headers, None, Utc::now());
