@@ -41,7 +41,9 @@ trap stop EXIT
 await() {
   local what="$1"; shift
   for _ in $(seq 1 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  die "$what did not come up; logs in $work"
+  # The folder goes when the script exits: show the logs' ends first.
+  tail -n 20 "$work"/*.log >&2 || true
+  die "$what did not come up (the logs above)"
 }
 
 python3 "$ROOT/examples/local/upstream.py" 8000 &
