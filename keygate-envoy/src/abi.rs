@@ -298,10 +298,7 @@ impl EnvoyStream {
         // returns or the headers change; the `&self` borrow ends before
         // either, because every change takes `&mut self` and forgets the
         // list.
-        headers
-            .iter()
-            .find(|header| unsafe { header.key() } == name.as_bytes())
-            .map(|header| unsafe { header.value() })
+        unsafe { find_listed(headers, name) }.map(|header| unsafe { header.value() })
     }
 
     /// One request header looked up by name, for when Envoy could not list
@@ -336,7 +333,8 @@ impl EnvoyStream {
                 length: 0,
             },
         };
-        // SAFETY: as in `header`; Envoy copies name and value before returning.
+        // SAFETY: as in `header_by_name`; Envoy copies name and value before
+        // returning.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.ptr,
@@ -399,10 +397,8 @@ impl Stream for EnvoyStream {
             let Some(headers) = listed else {
                 return false;
             };
-            // SAFETY: the listing is current (see `listed_request_header`).
-            !headers
-                .iter()
-                .any(|header| unsafe { header.key() } == name.as_bytes())
+            // SAFETY: a listing still held is current (see `request_headers`).
+            unsafe { find_listed(headers, name) }.is_none()
         });
         if !absent {
             self.set(REQUEST_HEADER, name, None);
@@ -496,6 +492,21 @@ impl Stream for EnvoyStream {
             );
         }
     }
+}
+
+/// The first listed header named `name`.
+///
+/// # Safety
+/// The listing must be current: made in the running hook, with no change
+/// to the headers since (the stream forgets it at every change).
+unsafe fn find_listed<'h>(
+    headers: &'h [EnvoyHttpHeader],
+    name: &str,
+) -> Option<&'h EnvoyHttpHeader> {
+    // SAFETY: the listing is current, per the contract above.
+    headers
+        .iter()
+        .find(|header| unsafe { header.key() } == name.as_bytes())
 }
 
 /// Headers as the ABI takes them, pointing into the borrowed names and
