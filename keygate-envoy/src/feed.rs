@@ -21,7 +21,6 @@ use std::{
 };
 
 use keygate::feed_proto::{key_feed_client::KeyFeedClient, KeyTableUpdate, WatchKeysRequest};
-use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{
     metadata::MetadataValue,
@@ -31,7 +30,7 @@ use tonic::{
 use crate::{
     settings::FeedSettings,
     table::{Changes, KeyTable, SharedTable, TableError},
-    usage::{UsageQueue, Used},
+    usage::{Queued, UsageQueue},
 };
 
 /// A stream that has sent nothing, not even a heartbeat, for this long is
@@ -137,7 +136,7 @@ fn run(
     runtime: &tokio::runtime::Runtime,
     source: &Source,
     table: &SharedTable,
-    mut queued: Option<mpsc::Receiver<Used>>,
+    mut queued: Option<Queued>,
     log: Log,
     stopped: &CancellationToken,
 ) {
@@ -175,7 +174,7 @@ pub struct Source {
 }
 
 impl Source {
-    fn new(settings: &FeedSettings) -> Result<Self, FeedSetupError> {
+    pub(crate) fn new(settings: &FeedSettings) -> Result<Self, FeedSetupError> {
         let error = |what: &str| FeedSetupError(what.to_owned());
         let mut endpoint = Endpoint::from_shared(settings.address.clone())
             .map_err(|_| error("address is not a URI (http://host:port or https://host:port)"))?

@@ -7,17 +7,21 @@
 //! bounded queue, without waiting and without allocating for paths up to
 //! 64 bytes; a full queue drops the record and counts it
 //! (`usage_dropped`). The feed's thread sends what is queued once a second,
-//! and keeps a batch keygate did not take to send again.
+//! and at once whenever a whole call's worth ([`MAX_RECORDS`]) is waiting:
+//! a busy Envoy decides more requests a second than the queue holds. It
+//! keeps a batch keygate did not take to send again.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use keygate::{
     feed_proto::{key_feed_client::KeyFeedClient, UsageRecord, UsageReport},
     usage::{method_label, recorded_path, EventPath},
 };
-use prost::Message;
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, Notify},
+    time::MissedTickBehavior,
+};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -26,14 +30,22 @@ use crate::{
     filter::Stream,
 };
 
-/// Records waiting to be sent: several seconds of one busy Envoy.
+/// Records waiting to be sent. The queue is sent as soon as it holds
+/// [`MAX_RECORDS`], so it fills only when keygate takes reports more slowly
+/// than Envoy decides requests (or not at all, for a while).
 const QUEUED: usize = 65_536;
-/// How often the queue is sent.
+/// How often the queue is sent when it holds less than a whole call.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// keygate's limit of records per `ReportUsage` call.
 const MAX_RECORDS: usize = 10_000;
 /// Encoded bytes per call, well below what keygate decodes (8 MiB).
 const MAX_REPORT_BYTES: usize = 4 << 20;
+/// The most one record takes encoded, besides its path: a 36-character
+/// key id, a timestamp, an IPv6 address written out in full (45), the
+/// longest method label and decision code, and the tags and lengths of
+/// the fields and of the record. A batch counts records by this bound so
+/// that it keeps the records themselves, not their encoding.
+const RECORD_BOUND_BESIDES_PATH: usize = 160;
 
 /// One decided request, as Check's usage event holds it.
 #[derive(Debug)]
@@ -50,12 +62,42 @@ pub struct Used {
 #[derive(Debug)]
 pub struct UsageQueue {
     sender: mpsc::Sender<Used>,
+    /// Woken once the queue holds a whole call: at or below this many free
+    /// places.
+    call_ready_at: usize,
+    call_ready: Arc<Notify>,
 }
 
-/// A queue and the receiving end the feed's thread sends from.
-pub fn queue() -> (UsageQueue, mpsc::Receiver<Used>) {
-    let (sender, receiver) = mpsc::channel(QUEUED);
-    (UsageQueue { sender }, receiver)
+/// The feed thread's end of the queue.
+#[derive(Debug)]
+pub struct Queued {
+    receiver: mpsc::Receiver<Used>,
+    call_ready: Arc<Notify>,
+    /// Records per `ReportUsage` call.
+    per_call: usize,
+}
+
+/// A queue and the end the feed's thread sends from.
+pub fn queue() -> (UsageQueue, Queued) {
+    queue_of(QUEUED, MAX_RECORDS)
+}
+
+/// A queue of `capacity` records, sent `per_call` at a time (smaller than
+/// keygate's limit only in tests).
+fn queue_of(capacity: usize, per_call: usize) -> (UsageQueue, Queued) {
+    let (sender, receiver) = mpsc::channel(capacity);
+    let call_ready = Arc::new(Notify::new());
+    let workers = UsageQueue {
+        sender,
+        call_ready_at: capacity.saturating_sub(per_call),
+        call_ready: Arc::clone(&call_ready),
+    };
+    let queued = Queued {
+        receiver,
+        call_ready,
+        per_call,
+    };
+    (workers, queued)
 }
 
 impl UsageQueue {
@@ -81,30 +123,56 @@ impl UsageQueue {
             path: EventPath::new(recorded_path(text(":path").unwrap_or("/"))),
             decision,
         };
-        self.sender.try_send(used).is_ok()
+        self.push(used)
+    }
+
+    fn push(&self, used: Used) -> bool {
+        if self.sender.try_send(used).is_err() {
+            return false;
+        }
+        // An atomic load. Every record past the mark wakes the thread again
+        // (a wake-up is kept for it when it is busy sending), so none is
+        // missed and none waits for the next second.
+        if self.sender.capacity() <= self.call_ready_at {
+            self.call_ready.notify_one();
+        }
+        true
     }
 }
 
-/// Sends the queue to keygate every [`REPORT_EVERY`] until the queue's
-/// senders are gone (the last filter config using the feed was destroyed).
-pub async fn report(queued: &mut mpsc::Receiver<Used>, source: &Source, log: Log) {
+/// Sends the queue to keygate every [`REPORT_EVERY`], and whenever it
+/// holds a whole call, until the queue's senders are gone (the last filter
+/// config using the feed was destroyed).
+pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
     let mut client =
         KeyFeedClient::new(source.endpoint.connect_lazy()).max_decoding_message_size(1 << 20);
     let mut batch = Batch::default();
     let mut failing = false;
     let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        // While keygate refuses, once a second only: a full queue must not
+        // turn into a call per record.
+        if failing {
+            tick.tick().await;
+        } else {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = queued.call_ready.notified() => {}
+            }
+        }
         // Batch after batch until the queue is empty or keygate refuses.
         loop {
             let Some(full) = batch.fill(queued) else {
                 return;
             };
-            if batch.records.is_empty() {
+            if batch.used.is_empty() {
                 break;
             }
+            // Built for each call from the records kept, so that a batch
+            // sent again needs no copy kept aside.
             let request = source.request(UsageReport {
-                records: batch.records.clone(),
+                records: batch.used.iter().map(record).collect(),
             });
             match client.report_usage(request).await {
                 Ok(response) => {
@@ -160,21 +228,21 @@ pub async fn report(queued: &mut mpsc::Receiver<Used>, source: &Source, log: Log
 /// Records on their way to keygate, within the limits of one call.
 #[derive(Default)]
 struct Batch {
-    records: Vec<UsageRecord>,
+    used: Vec<Used>,
+    /// At least the encoded size of `used`.
     bytes: usize,
 }
 
 impl Batch {
-    /// Moves queued records in, up to [`MAX_RECORDS`] and
+    /// Moves queued records in, up to the queue's records per call and
     /// [`MAX_REPORT_BYTES`]: whether the batch is full, `None` once the
     /// queue's senders are gone.
-    fn fill(&mut self, queued: &mut mpsc::Receiver<Used>) -> Option<bool> {
-        while self.records.len() < MAX_RECORDS && self.bytes < MAX_REPORT_BYTES {
-            match queued.try_recv() {
+    fn fill(&mut self, queued: &mut Queued) -> Option<bool> {
+        while self.used.len() < queued.per_call && self.bytes < MAX_REPORT_BYTES {
+            match queued.receiver.try_recv() {
                 Ok(used) => {
-                    let record = record(used);
-                    self.bytes += record.encoded_len();
-                    self.records.push(record);
+                    self.bytes += RECORD_BOUND_BESIDES_PATH + used.path.as_str().len();
+                    self.used.push(used);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return Some(false),
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
@@ -184,12 +252,12 @@ impl Batch {
     }
 
     fn clear(&mut self) {
-        self.records.clear();
+        self.used.clear();
         self.bytes = 0;
     }
 }
 
-fn record(used: Used) -> UsageRecord {
+fn record(used: &Used) -> UsageRecord {
     UsageRecord {
         key_id: used.key_id.to_string(),
         at: Some(prost_types::Timestamp {
@@ -200,5 +268,137 @@ fn record(used: Used) -> UsageRecord {
         method: used.method.to_owned(),
         path: used.path.as_str().to_owned(),
         decision: used.decision.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use keygate::{
+        config::Settings,
+        domain::DenyReason,
+        feed_proto::UsageReport,
+        proto::{key_admin_client::KeyAdminClient, CreateKeyRequest, GetKeyUsageRequest},
+        usage::MAX_EVENT_PATH,
+    };
+    use prost::Message;
+
+    use super::*;
+    use crate::settings::FeedSettings;
+
+    fn used(key_id: Uuid, path: &str, ip: Option<IpAddr>, decision: &'static str) -> Used {
+        Used {
+            key_id,
+            at: Utc::now(),
+            ip,
+            method: "OPTIONS",
+            path: EventPath::new(path),
+            decision,
+        }
+    }
+
+    #[test]
+    fn a_batch_counts_each_record_at_no_less_than_its_encoded_size() {
+        let longest_decision = DenyReason::ALL_CODES
+            .into_iter()
+            .chain(["allowed"])
+            .max_by_key(|code| code.len())
+            .unwrap();
+        let path = "/".repeat(MAX_EVENT_PATH);
+        let widest_ip = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().ok();
+        let largest = used(Uuid::max(), &path, widest_ip, longest_decision);
+        let bound = RECORD_BOUND_BESIDES_PATH + largest.path.as_str().len();
+        let one = UsageReport {
+            records: vec![record(&largest)],
+        };
+        assert!(
+            one.encoded_len() <= bound,
+            "{} encoded > {bound} counted",
+            one.encoded_len()
+        );
+    }
+
+    fn no_log(_: crate::feed::Level, _: &str) {}
+
+    /// A real keygate on SQLite and loopback ports, as the module reports to.
+    async fn keygate(dir: &std::path::Path) -> keygate::app::Running {
+        let settings = Settings {
+            database_url: Some(format!("sqlite://{}", dir.join("keygate.db").display())),
+            authz_addr: Some("127.0.0.1:0".into()),
+            admin_addr: Some("127.0.0.1:0".into()),
+            forward_auth_addr: Some("127.0.0.1:0".into()),
+            http_addr: Some("127.0.0.1:0".into()),
+            usage_flush_interval: Some("50ms".into()),
+            ..Default::default()
+        };
+        keygate::app::start(settings.validate().expect("valid settings"))
+            .await
+            .expect("keygate starts")
+    }
+
+    /// Many more records than the queue holds, within one report interval:
+    /// without sending as soon as a whole call is queued, the queue would
+    /// fill and drop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_filling_faster_than_the_report_interval_loses_nothing() {
+        const CAPACITY: usize = 4_000;
+        const RECORDS: usize = 8_000;
+        let dir = tempfile::tempdir().unwrap();
+        let running = keygate(dir.path()).await;
+        let admin_url = format!("http://{}", running.admin_addr);
+        let mut admin = KeyAdminClient::connect(admin_url.clone()).await.unwrap();
+        let created = admin
+            .create_key(CreateKeyRequest {
+                owner_id: "acme".into(),
+                name: "usage".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let id = created.api_key.unwrap().id;
+        let key_id: Uuid = id.parse().unwrap();
+
+        let source = Source::new(&FeedSettings {
+            address: admin_url,
+            token_file: None,
+            ca_file: None,
+            report_usage: true,
+        })
+        .unwrap();
+        let (workers, mut queued) = queue_of(CAPACITY, 100);
+        let reporting = tokio::spawn(async move { report(&mut queued, &source, no_log).await });
+        let started = Instant::now();
+        for _ in 0..RECORDS / 200 {
+            for _ in 0..200 {
+                assert!(
+                    workers.push(used(key_id, "/orders", None, "allowed")),
+                    "a record was dropped"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Otherwise the queue was not tested against the interval.
+        assert!(started.elapsed() < REPORT_EVERY, "{:?}", started.elapsed());
+
+        let request = GetKeyUsageRequest {
+            owner_id: "acme".into(),
+            id,
+            recent_limit: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut counted = 0;
+        while Instant::now() < deadline {
+            let usage = admin.get_key_usage(request.clone()).await.unwrap();
+            counted = usage.into_inner().request_count;
+            if counted == RECORDS as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(counted, RECORDS as u64, "requests keygate recorded");
+        reporting.abort();
+        running.stop().await;
     }
 }
