@@ -172,6 +172,46 @@ def test_an_allowed_request_reaches_upstream_with_checks_identity_headers(envoy_
     assert "x-keygate-shadow-decision" not in seen
 
 
+FORGED = [(name, value) for header in [*IDENTITY, "x-keygate-meta-tier",
+                                       "x-keygate-shadow-decision"]
+          for name, value in [(header, "forged"), (header.upper(), "forged-again")]]
+
+
+def upstream_list(r) -> dict[str, list[str]]:
+    """Each header the upstream received, with every value it came with."""
+    seen: dict[str, list[str]] = {}
+    for name, value in r.upstream["header_list"]:
+        seen.setdefault(name, []).append(value)
+    return seen
+
+
+def test_forged_identity_headers_sent_twice_never_reach_upstream(envoy_module, keys):
+    # No filter before the module drops them on these routes
+    # (envoy-module.yaml.tmpl): what upstream sees is the module's doing.
+    allowed = get(envoy_module, "/orders/7", [*bearer(keys.plain["reader"]).items(), *FORGED])
+    assert allowed.status == 200, allowed
+    seen = upstream_list(allowed)
+    assert seen["x-keygate-key-id"] == [keys.ids["reader"]], seen
+    assert seen["x-keygate-owner-id"] == ["owner-reader"], seen
+    assert seen["x-keygate-environment"] == ["live"], seen
+    assert seen["x-keygate-key-prefix"] == [keyformat.key_prefix_of(keys.plain["reader"])], seen
+    assert seen["x-keygate-abilities"] == ["read:orders"], seen
+    assert seen["x-keygate-meta-tier"] == ["gold"], seen
+    assert "x-keygate-shadow-decision" not in seen, seen
+
+    # A key without the metadata: the forged header goes, none replaces it.
+    admin = upstream_list(get(envoy_module, "/x", [*bearer(keys.plain["admin"]).items(), *FORGED]))
+    assert "x-keygate-meta-tier" not in admin, admin
+    assert admin["x-keygate-owner-id"] == ["owner-admin"], admin
+
+    # A shadow route letting a denied key through: no identity at all, and
+    # the one decision keygate took.
+    shadow = upstream_list(get(envoy_module, "/shadow",
+                               [*bearer(keys.plain["revoked"]).items(), *FORGED]))
+    assert not any(h in shadow for h in [*IDENTITY, "x-keygate-meta-tier"]), shadow
+    assert shadow["x-keygate-shadow-decision"] == ["key_revoked"], shadow
+
+
 def test_an_allowed_key_is_described_in_envoys_dynamic_metadata(envoy_module, keys):
     # The route adds headers from %DYNAMIC_METADATA(keygate:owner_id)% and
     # %DYNAMIC_METADATA(keygate.metadata:tier)% (envoy-module.yaml.tmpl).

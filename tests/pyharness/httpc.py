@@ -24,13 +24,21 @@ class HttpResponse:
         return f"HTTP {self.status} {self.headers} {self.body[:2000]!r}"
 
 
-def http_request(base_url: str, path: str, headers: dict[str, str] | None = None,
+def http_request(base_url: str, path: str,
+                 headers: dict[str, str] | list[tuple[str, str]] | None = None,
                  method: str = "GET", body: bytes | None = None,
                  timeout: float = 10.0) -> HttpResponse:
+    """`headers` as a list of pairs sends a name as often as it is listed."""
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        if isinstance(headers, list):
+            conn.putrequest(method, path)
+            for name, value in headers:
+                conn.putheader(name, value)
+            conn.endheaders(body)
+        else:
+            conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         hdrs: dict[str, str] = {}
         for k, v in r.getheaders():
