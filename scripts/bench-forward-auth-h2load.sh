@@ -9,6 +9,10 @@
 #                                 on every request (cache hits, usage on)
 #                   noop-http     an empty 200 on the same stack
 #                                 (keygate-bench noop-http-server)
+#                   noop-http-identity  the same server answering with the
+#                                 headers keygate's allowance carries, fixed
+#                                 (--with-identity-headers): what sending
+#                                 them costs, before any decision
 #   nginx         h2load (HTTP/1.1, -c 32) through NGINX (examples/nginx/
 #                 nginx.conf, one worker) to the no-op HTTP upstream
 #                   nginx+keygate  the shipped file: auth_request to keygate
@@ -21,7 +25,8 @@
 #                 (usage on, as in `direct`) against the no-op HTTP server,
 #                 each warmed up, zeroed, then counted over BENCH_REQUESTS
 #                 (default 20000) requests, h2c (-c 4 -m 25) then HTTP/1.1
-#                 (-c 32); callgrind's dumps count from the last zeroing
+#                 (-c 32), and the identity no-op the same; callgrind's
+#                 dumps count from the last zeroing
 #
 # Prints one line per round and scenario, then the median ratios; writes
 # nothing else. NGINX and keygate share the server core in `nginx`, as the
@@ -48,6 +53,7 @@ ensure_h2load
 [[ "${BENCH_NO_BUILD:-}" == 1 ]] || cargo build --release --bins >&2
 
 KG_AUTHZ=56051 KG_ADMIN=56052 KG_METRICS=56090 KG_FA=56081 KG_HTTP=56080 NOOP=56082 NGINX=56083
+NOOP_IDENTITY=56086
 
 eval "$("$BIN/keygate" admin-token --name bench --role admin --format env)"
 start_keygate forward-auth-h2load "$KG_AUTHZ" "$KG_ADMIN" "$KG_METRICS" \
@@ -59,6 +65,10 @@ taskset -c "$SERVER_CPU" "$BIN/keygate-bench" noop-http-server --listen "127.0.0
   >"$BENCH_WORK/noop-http.log" 2>&1 &
 BENCH_PIDS+=("$!")
 wait_port "$NOOP"
+taskset -c "$SERVER_CPU" "$BIN/keygate-bench" noop-http-server --with-identity-headers \
+  --listen "127.0.0.1:$NOOP_IDENTITY" >"$BENCH_WORK/noop-http-identity.log" 2>&1 &
+BENCH_PIDS+=("$!")
+wait_port "$NOOP_IDENTITY"
 
 # One key, created over the REST API; its plaintext stays in this shell.
 KEY="$(curl -sf -X POST "http://127.0.0.1:$KG_HTTP/v1/api-keys" \
@@ -108,8 +118,12 @@ for part in "${PARTS[@]}"; do
       for round in $(seq 1 "$ROUNDS"); do
         run_round forward-auth "http://127.0.0.1:$KG_FA/v1/orders/42" -c 4 -m 25 | tee -a "$RESULTS"
         run_round noop-http "http://127.0.0.1:$NOOP/v1/orders/42" -c 4 -m 25 | tee -a "$RESULTS"
+        run_round noop-http-identity "http://127.0.0.1:$NOOP_IDENTITY/v1/orders/42" -c 4 -m 25 \
+          | tee -a "$RESULTS"
       done
       ratio_summary forward-auth noop-http "$RESULTS"
+      ratio_summary noop-http-identity noop-http "$RESULTS"
+      ratio_summary forward-auth noop-http-identity "$RESULTS"
       ;;
     nginx)
       NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
@@ -171,6 +185,17 @@ for part in "${PARTS[@]}"; do
       noop_url="http://127.0.0.1:$((NOOP + 100))/v1/orders/42"
       callgrind_per_request noop-http/h2c "$noop_pid" "$noop_url" "$counts" "$KEY" -c 4 -m 25
       callgrind_per_request noop-http/http1 "$noop_pid" "$noop_url" "$counts" "$KEY" --h1 -c 32
+      taskset -c "$SERVER_CPU" valgrind --tool=callgrind \
+        --callgrind-out-file="$BENCH_WORK/noop-http-identity.callgrind" \
+        "$BIN/keygate-bench" noop-http-server --with-identity-headers \
+        --listen "127.0.0.1:$((NOOP_IDENTITY + 100))" >"$BENCH_WORK/noop-http-identity-callgrind.log" 2>&1 &
+      identity_pid=$!
+      BENCH_PIDS+=("$identity_pid")
+      wait_port $((NOOP_IDENTITY + 100)) 2400
+      callgrind_per_request noop-http-identity/h2c "$identity_pid" \
+        "http://127.0.0.1:$((NOOP_IDENTITY + 100))/v1/orders/42" "$counts" "$KEY" -c 4 -m 25
+      callgrind_per_request noop-http-identity/http1 "$identity_pid" \
+        "http://127.0.0.1:$((NOOP_IDENTITY + 100))/v1/orders/42" "$counts" "$KEY" --h1 -c 32
       python3 - "$counts" <<'PY'
 import sys
 per = dict((name, int(n)) for name, n in (l.split() for l in open(sys.argv[1])))
@@ -178,6 +203,12 @@ for proto in ("h2c", "http1"):
     fa, noop = per[f"forward-auth/{proto}"], per[f"noop-http/{proto}"]
     print(f"instructions per request ({proto}): forward-auth {fa:,}, no-op {noop:,}: "
           f"no-op/forward-auth {noop / fa:.3f} (the throughput ratio a saturated core allows)")
+for proto in ("h2c", "http1"):
+    fa, noop, identity = (per[f"{name}/{proto}"]
+                          for name in ("forward-auth", "noop-http", "noop-http-identity"))
+    print(f"instructions per request ({proto}): no-op answering with keygate's headers "
+          f"{identity:,}: no-op/that {noop / identity:.3f} (the best ratio any server giving "
+          f"that answer can have), that/forward-auth {identity / fa:.3f}")
 PY
       ;;
     *) echo "unknown part $part (direct, nginx, instructions)" >&2; exit 2 ;;

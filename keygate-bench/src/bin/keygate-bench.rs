@@ -62,6 +62,11 @@ enum Command {
     NoopHttpServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Answer with the headers keygate's forward-auth allowance carries
+        /// (fixed values, built once), not an empty 200: what answering
+        /// with them costs, whatever the decision.
+        #[arg(long)]
+        with_identity_headers: bool,
     },
 }
 
@@ -86,7 +91,10 @@ fn main() -> ExitCode {
                 listen,
                 keygate_transport,
             } => noop::serve(listen, keygate_transport).await,
-            Command::NoopHttpServer { listen } => noop_http::serve(listen).await,
+            Command::NoopHttpServer {
+                listen,
+                with_identity_headers,
+            } => noop_http::serve(listen, with_identity_headers).await,
         }
     });
     match result {
