@@ -87,7 +87,7 @@ pub struct CounterId(pub usize);
 /// `decisions.<code>`, `shadow`, the requests it cannot decide,
 /// `credits_unavailable`, `table_unavailable` and `imported_unavailable`, `usage_dropped`
 /// (Check's `keygate_usage_dropped_total`), and `lookups` and
-/// `lookup_failures` (requests asked of keygate, and those it did not
+/// `lookup_failures` (requests that needed keygate, and those it did not
 /// answer: keygate counts its own decisions), under the filter's
 /// `metrics_namespace` in Envoy's stats.
 #[derive(Debug, Clone)]
@@ -689,11 +689,13 @@ impl FilterConfig {
         credential: Option<CredentialSource>,
         pending: &mut StreamState,
     ) -> HeadersAction {
+        // Counted before it can fail, so that `lookup_failures` is always
+        // a part of `lookups`.
+        self.count(stream, |c| c.lookups);
         let Some(client) = stream.client_address() else {
             self.keygate_did_not_answer(stream, "keygate_lookup_without_client_address");
             return HeadersAction::Stop;
         };
-        self.count(stream, |c| c.lookups);
         // Copied: the stream is borrowed mutably to start the call.
         let copy = |name: &str| stream.request_header(name).map(<[u8]>::to_vec);
         let method = copy(":method").unwrap_or_default();

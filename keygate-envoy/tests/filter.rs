@@ -941,6 +941,13 @@ fn keygate_s_denial_is_the_client_s_answer_and_no_answer_is_a_503() {
 #[test]
 fn a_lookup_that_cannot_start_or_has_no_client_address_is_a_503_and_never_asked_twice() {
     let (filter, _snapshot, key) = asking_filter(json!({}));
+    let mut names = Vec::new();
+    let counters = DecisionCounters::define(|name| {
+        names.push(name.to_owned());
+        Some(CounterId(names.len() - 1))
+    })
+    .unwrap();
+    let filter = filter.with_counters(counters);
     let bearer = bearer(&key);
     for (client, refused, details) in [
         (
@@ -956,6 +963,8 @@ fn a_lookup_that_cannot_start_or_has_no_client_address_is_a_503_and_never_asked_
         let mut pending = StreamState::default();
         let action = filter.on_request_headers(&mut stream, None, Utc::now(), &mut pending);
         assert!(pending.take_asked().is_none());
+        let counted: Vec<_> = stream.counted.iter().map(|id| &names[id.0]).collect();
+        assert_eq!(counted, ["lookups", "lookup_failures"], "{details}");
         let reply = unavailable(Outcome {
             action,
             stream,
