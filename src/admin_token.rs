@@ -56,10 +56,7 @@ fn render(name: &str, role: AdminRole, token: &str, entry: &str, format: Format)
         ),
         Format::Json => serde_json::to_string(&Issued {
             name,
-            role: match role {
-                AdminRole::Admin => "admin",
-                AdminRole::Service => "service",
-            },
+            role: role.as_str(),
             token,
             entry,
         })
@@ -88,6 +85,17 @@ mod tests {
         assert_eq!(tokens.len(), 1);
         assert!(value["token"].as_str().unwrap().starts_with("kga_"));
         assert!(!entry.contains(value["token"].as_str().unwrap()));
+    }
+
+    #[test]
+    fn every_role_printed_is_read_back_as_the_same_role() {
+        for role in [AdminRole::Service, AdminRole::Admin, AdminRole::Feed] {
+            let out = issue("proxy", role, Format::Json);
+            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(value["role"], role.as_str());
+            let tokens = parse_admin_tokens(value["entry"].as_str().unwrap()).unwrap();
+            assert_eq!(tokens[0].role, role);
+        }
     }
 
     #[test]

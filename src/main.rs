@@ -56,8 +56,9 @@ enum Command {
         /// Token name: the actor recorded in audit events.
         #[arg(long, default_value = "operator", value_parser = admin_token::parse_name)]
         name: String,
-        /// `service` (acts for the owner it names) or `admin` (may also call
-        /// the admin RPCs).
+        /// `service` (acts for the owner it names), `admin` (may also call
+        /// the admin RPCs) or `feed` (KeyFeed only, for a keygate-envoy
+        /// module).
         #[arg(long, value_enum, default_value = "admin")]
         role: RoleArg,
         /// `text` for a person; `env` (ADMIN_TOKEN=… and
@@ -71,6 +72,8 @@ enum Command {
 enum RoleArg {
     Service,
     Admin,
+    /// KeyFeed only: the token a keygate-envoy module follows the feed with.
+    Feed,
 }
 
 #[derive(Args)]
@@ -165,6 +168,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let role = match role {
                 RoleArg::Admin => AdminRole::Admin,
                 RoleArg::Service => AdminRole::Service,
+                RoleArg::Feed => AdminRole::Feed,
             };
             print(&admin_token::issue(&name, role, format));
             Ok(())

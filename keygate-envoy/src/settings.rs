@@ -81,8 +81,9 @@ pub struct FeedSettings {
     /// `http://host:port` or `https://host:port` (keygate's
     /// `KEYGATE_ADMIN_ADDR`).
     pub address: String,
-    /// A file holding an admin-role token (`keygate admin-token NAME
-    /// admin`); none for a listener without tokens (loopback only).
+    /// A file holding a `feed` token (`keygate admin-token --name NAME
+    /// --role feed`: KeyFeed only) or an `admin` one; none for a listener
+    /// without tokens (loopback only).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// The CA certificate (PEM) that signed keygate's TLS certificate; for

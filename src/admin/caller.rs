@@ -14,7 +14,23 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), AdminError> {
         match self.role {
             AdminRole::Admin => Ok(()),
-            AdminRole::Service => Err(AdminError::AdminRoleRequired),
+            AdminRole::Service | AdminRole::Feed => Err(AdminError::AdminRoleRequired),
+        }
+    }
+
+    /// KeyAdmin and the REST API: any role but `feed`.
+    pub fn require_key_admin(&self) -> Result<(), AdminError> {
+        match self.role {
+            AdminRole::Admin | AdminRole::Service => Ok(()),
+            AdminRole::Feed => Err(AdminError::FeedRoleOnlyFollowsTheFeed),
+        }
+    }
+
+    /// KeyFeed, where key hashes leave the store: `admin` or `feed`.
+    pub fn require_feed(&self) -> Result<(), AdminError> {
+        match self.role {
+            AdminRole::Admin | AdminRole::Feed => Ok(()),
+            AdminRole::Service => Err(AdminError::FeedRoleRequired),
         }
     }
 }
@@ -26,6 +42,21 @@ pub enum AdminRole {
     Service,
     /// An operator; may also call the admin RPCs.
     Admin,
+    /// A proxy that decides from keygate's key table (the keygate-envoy
+    /// module): `KeyFeed` only, so that the token a proxy holds can neither
+    /// issue nor revoke keys.
+    Feed,
+}
+
+impl AdminRole {
+    /// The role as written in `KEYGATE_ADMIN_TOKENS` entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Admin => "admin",
+            Self::Feed => "feed",
+        }
+    }
 }
 
 /// An admin token: its name (the audit actor), role and SHA-256. Tokens
@@ -59,9 +90,10 @@ pub fn parse_admin_tokens(raw: &str) -> Result<Vec<AdminToken>, String> {
         let role = match role {
             "service" => AdminRole::Service,
             "admin" => AdminRole::Admin,
+            "feed" => AdminRole::Feed,
             other => {
                 return Err(format!(
-                    "role {other:?} for token {name:?} is neither service nor admin"
+                    "role {other:?} for token {name:?} is not service, admin or feed"
                 ))
             }
         };

@@ -102,6 +102,10 @@ pub enum AdminError {
     OtherOwnersKey,
     #[error("this call requires an admin token")]
     AdminRoleRequired,
+    #[error("a feed token may call only KeyFeed (WatchKeys, ReportUsage)")]
+    FeedRoleOnlyFollowsTheFeed,
+    #[error("KeyFeed requires an admin or feed token")]
+    FeedRoleRequired,
     #[error("the calling key does not hold {0:?}, so it cannot grant it")]
     AboveCallerAbilities(String),
     #[error("the calling key may be used only from its allowed_cidrs, so it cannot grant {0}")]

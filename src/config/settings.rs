@@ -59,7 +59,8 @@ pub struct Settings {
     pub http_addr: Option<String>,
 
     /// KeyAdmin tokens, comma-separated `name:role:sha256hex`; role is
-    /// `service` or `admin`. `keygate admin-token` prints a fresh one.
+    /// `service`, `admin` or `feed` (KeyFeed only). `keygate admin-token`
+    /// prints a fresh one.
     #[arg(long, env = "KEYGATE_ADMIN_TOKENS", hide_env_values = true)]
     #[serde(default, deserialize_with = "list::comma_string_or_array")]
     pub admin_tokens: Option<String>,

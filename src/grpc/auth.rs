@@ -103,11 +103,7 @@ pub fn new_admin_token(name: &str, role: AdminRole) -> (String, String) {
         .expect("the OS random source is available");
     let token = format!("kga_{}", bs58::encode(bytes).into_string());
     let hash = hex::encode(Sha256::digest(token.as_bytes()));
-    let role = match role {
-        AdminRole::Admin => "admin",
-        AdminRole::Service => "service",
-    };
-    (token, format!("{name}:{role}:{hash}"))
+    (token, format!("{name}:{}:{hash}", role.as_str()))
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ impl KeyAdminService {
     {
         let outcome = async {
             let caller = caller(&request)?;
+            caller.require_key_admin()?;
             if access == Access::Admin {
                 caller.require_admin()?;
             }

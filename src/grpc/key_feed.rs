@@ -118,8 +118,8 @@ impl key_feed_server::KeyFeed for KeyFeedService {
         &self,
         request: Request<feed_proto::WatchKeysRequest>,
     ) -> Result<Response<Updates>, Status> {
-        // Hashes leave the store here: admin tokens only.
-        let allowed = caller(&request).and_then(|caller| Ok(caller.require_admin()?));
+        // Hashes leave the store here: admin and feed tokens only.
+        let allowed = caller(&request).and_then(|caller| Ok(caller.require_feed()?));
         observe("WatchKeys", allowed)?;
         let (updates, queued) = mpsc::channel(QUEUED_UPDATES);
         let events = self.events.follow();
@@ -144,7 +144,7 @@ impl key_feed_server::KeyFeed for KeyFeedService {
         request: Request<UsageReport>,
     ) -> Result<Response<UsageReportResponse>, Status> {
         let taken = caller(&request)
-            .and_then(|caller| Ok(caller.require_admin()?))
+            .and_then(|caller| Ok(caller.require_feed()?))
             .and_then(|()| self.take_usage(request.into_inner()));
         observe("ReportUsage", taken).map(Response::new)
     }

@@ -47,6 +47,8 @@ fn from_admin(error: AdminError) -> Status {
         AdminError::OtherOwnersWebhook
         | AdminError::OtherOwnersKey
         | AdminError::AdminRoleRequired
+        | AdminError::FeedRoleOnlyFollowsTheFeed
+        | AdminError::FeedRoleRequired
         | AdminError::AboveCallerAbilities(_)
         | AdminError::AboveCallerNetworks(_)
         | AdminError::SuperkeyRequiresAdmin => Code::PermissionDenied,

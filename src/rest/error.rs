@@ -158,6 +158,8 @@ impl From<AdminError> for ApiError {
             AdminError::OtherOwnersWebhook
             | AdminError::OtherOwnersKey
             | AdminError::AdminRoleRequired
+            | AdminError::FeedRoleOnlyFollowsTheFeed
+            | AdminError::FeedRoleRequired
             | AdminError::AboveCallerAbilities(_)
             | AdminError::AboveCallerNetworks(_)
             | AdminError::SuperkeyRequiresAdmin => return ApiError::forbidden(error.to_string()),

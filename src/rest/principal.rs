@@ -70,18 +70,21 @@ impl Authenticator {
             .and_then(|h| h.get(..7).filter(|s| s.eq_ignore_ascii_case("bearer ")))
             .map(|_| header.unwrap_or_default()[7..].trim());
         match bearer.map(|token| self.format.parse(token)) {
-            Some(Err(KeyParseError::NotOurPrefix)) | None => self
-                .tokens
-                .authenticate(header)
-                .map(Principal::Token)
-                .map_err(|error| match error {
-                    TokenError::Missing => ApiError::unauthenticated(
-                        "send 'authorization: Bearer <admin token or API key>'",
-                    ),
-                    TokenError::Unknown => {
-                        ApiError::unauthenticated("the admin token is not recognised")
-                    }
-                }),
+            Some(Err(KeyParseError::NotOurPrefix)) | None => {
+                let caller = self
+                    .tokens
+                    .authenticate(header)
+                    .map_err(|error| match error {
+                        TokenError::Missing => ApiError::unauthenticated(
+                            "send 'authorization: Bearer <admin token or API key>'",
+                        ),
+                        TokenError::Unknown => {
+                            ApiError::unauthenticated("the admin token is not recognised")
+                        }
+                    })?;
+                caller.require_key_admin()?;
+                Ok(Principal::Token(caller))
+            }
             Some(_) => self.own_key(parts, header).await,
         }
     }

@@ -15,7 +15,9 @@ use keygate::{
         WatchKeysRequest,
     },
     grpc::auth::new_admin_token,
-    proto::{CreateKeyRequest, GetKeyUsageRequest, RevokeKeyRequest, SuspendOwnerRequest},
+    proto::{
+        CreateKeyRequest, GetKeyRequest, GetKeyUsageRequest, RevokeKeyRequest, SuspendOwnerRequest,
+    },
 };
 use tonic::{transport::Channel, Code, Streaming};
 
@@ -136,11 +138,12 @@ on_both_backends! {
         news_of(&mut updates, &second.id, |key| key.owner_suspended).await;
     }
 
-    async fn only_admin_tokens_may_watch_the_feed(backend) {
+    async fn only_admin_and_feed_tokens_may_watch_the_feed(backend) {
         let (service, service_line) = new_admin_token("billing", AdminRole::Service);
         let (admin, admin_line) = new_admin_token("ops", AdminRole::Admin);
+        let (feed, feed_line) = new_admin_token("envoy", AdminRole::Feed);
         let server = TestServer::start_with(backend, |settings| {
-            settings.admin_tokens = Some(format!("{service_line},{admin_line}"));
+            settings.admin_tokens = Some(format!("{service_line},{admin_line},{feed_line}"));
         })
         .await;
         let addr = server.running().admin_addr;
@@ -155,6 +158,50 @@ on_both_backends! {
         let status = client.report_usage(with_token(UsageReport::default(), &service)).await.expect_err("service token");
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         client.report_usage(with_token(UsageReport::default(), &admin)).await.expect("admin token");
+
+        let mut updates = watch(common::channel(addr).await, Some(&feed)).await.expect("feed token");
+        assert!(snapshot(&mut updates).await.is_empty());
+        client.report_usage(with_token(UsageReport::default(), &feed)).await.expect("feed token");
+    }
+
+    // The token a proxy holds to follow the feed can neither issue, read
+    // nor revoke keys: KeyAdmin and the REST API refuse it, whatever the
+    // call.
+    async fn a_feed_token_may_call_nothing_but_the_feed(backend) {
+        let (feed, feed_line) = new_admin_token("envoy", AdminRole::Feed);
+        let (admin, admin_line) = new_admin_token("ops", AdminRole::Admin);
+        let server = TestServer::start_with(backend, |settings| {
+            settings.admin_tokens = Some(format!("{feed_line},{admin_line}"));
+        })
+        .await;
+        let key = server.admin.clone()
+            .create_key(with_token(key_for("acme"), &admin)).await.expect("admin token")
+            .into_inner().api_key.unwrap();
+        let mut admin_client = server.admin.clone();
+        let refused = [
+            admin_client.create_key(with_token(key_for("acme"), &feed)).await.map(drop),
+            admin_client.get_key(with_token(GetKeyRequest { owner_id: "acme".into(), id: key.id.clone() }, &feed)).await.map(drop),
+            admin_client.revoke_key(with_token(RevokeKeyRequest { owner_id: "acme".into(), id: key.id.clone(), ..Default::default() }, &feed)).await.map(drop),
+            admin_client.suspend_owner(with_token(SuspendOwnerRequest { owner_id: "acme".into(), reason: "x".into() }, &feed)).await.map(drop),
+        ];
+        for status in refused {
+            let status = status.expect_err("a feed token");
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+            assert!(status.message().contains("only KeyFeed"), "{status:?}");
+        }
+        let http = format!("http://{}", server.running().http_addr);
+        let response = reqwest::Client::new()
+            .get(format!("{http}/v1/api-keys?owner_id=acme"))
+            .bearer_auth(&feed)
+            .send().await.expect("REST answers");
+        assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        assert!(body["error"]["message"].as_str().unwrap().contains("only KeyFeed"), "{body}");
+        // Nothing was revoked.
+        let still = server.admin.clone()
+            .get_key(with_token(GetKeyRequest { owner_id: "acme".into(), id: key.id }, &admin)).await
+            .expect("admin token").into_inner();
+        assert!(still.revoked_at.is_none());
     }
 
     async fn reported_usage_is_recorded_as_checks_own(backend) {
