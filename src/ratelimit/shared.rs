@@ -219,6 +219,22 @@ impl Availability {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_stopped_batch_task_marks_redis_down_and_checks_fall_back() {
+        let (queue, decisions) = mpsc::channel(1);
+        drop(decisions);
+        let limiter = SharedLimiter {
+            queue,
+            timeout: Duration::from_secs(5),
+            availability: Arc::new(Availability::new()),
+            fallbacks: metrics::counter!("keygate_rate_limit_fallbacks_total"),
+        };
+        assert_eq!(limiter.check(Uuid::new_v4(), LIMIT).await, None);
+        assert!(limiter.availability.down.load(Ordering::Relaxed));
+        // Down: the next Check does not even queue until the probe is due.
+        assert!(!limiter.availability.may_try());
+    }
+
     const LIMIT: RateLimit = RateLimit {
         max_attempts: 10,
         decay_seconds: 60,

@@ -199,3 +199,145 @@ impl Batches {
         }
     }
 }
+
+/// Against the real Redis on 127.0.0.1:6379 (scripts/test.sh starts it),
+/// slowed on purpose with `CLIENT PAUSE … WRITE`, which holds every script
+/// call until the pause ends.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::ratelimit::RedisUrl;
+
+    const URL: &str = "redis://127.0.0.1:6379";
+    const LIMIT: RateLimit = RateLimit {
+        max_attempts: 5,
+        decay_seconds: 60,
+    };
+
+    struct Fixture {
+        queue: mpsc::Sender<Decision>,
+        running: tokio::task::JoinHandle<()>,
+        availability: Arc<Availability>,
+        prefix: String,
+        redis: ConnectionManager,
+    }
+
+    async fn fixture() -> Fixture {
+        let client = redis::Client::open(URL).unwrap();
+        // Longer than any pause: the deadlines under test are the
+        // decisions', not the connection's.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let redis = ConnectionManager::new_with_config(client, config)
+            .await
+            .expect("Redis on 127.0.0.1:6379 (scripts/test.sh starts it)");
+        let settings = RedisSettings {
+            url: RedisUrl(URL.into()),
+            timeout: Duration::from_secs(5),
+            prefix: format!("keygate-test-{}:", Uuid::new_v4().simple()),
+        };
+        let availability = Arc::new(Availability::new());
+        let batches = Batches::new(
+            redis.clone(),
+            Script::new(include_str!("../gcra.lua")),
+            &settings,
+            availability.clone(),
+        );
+        let (queue, decisions) = mpsc::channel(16);
+        Fixture {
+            queue,
+            running: tokio::spawn(batches.run(decisions)),
+            availability,
+            prefix: settings.prefix,
+            redis,
+        }
+    }
+
+    fn decision(key_id: Uuid, deadline: Instant) -> (Decision, oneshot::Receiver<Verdict>) {
+        let (reply, verdict) = oneshot::channel();
+        let decision = Decision {
+            key_id,
+            limit: LIMIT,
+            deadline,
+            reply,
+        };
+        (decision, verdict)
+    }
+
+    async fn pause_script_calls(redis: &mut ConnectionManager, millis: u64) {
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(millis)
+            .arg("WRITE")
+            .query_async::<()>(redis)
+            .await
+            .expect("CLIENT PAUSE");
+    }
+
+    #[tokio::test]
+    async fn a_decision_past_its_deadline_is_let_go_while_the_call_goes_on_for_the_others() {
+        let mut fixture = fixture().await;
+        let (short, mut short_verdict) =
+            decision(Uuid::new_v4(), Instant::now() + Duration::from_millis(50));
+        let (long, mut long_verdict) =
+            decision(Uuid::new_v4(), Instant::now() + Duration::from_secs(30));
+        pause_script_calls(&mut fixture.redis, 700).await;
+        // Queued without yielding, so the task takes both in one call.
+        fixture.queue.try_send(short).unwrap();
+        fixture.queue.try_send(long).unwrap();
+
+        assert!(
+            (&mut short_verdict).await.is_err(),
+            "the short decision was let go, with no verdict"
+        );
+        assert_eq!(
+            long_verdict.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "the call was still out when the short decision was let go"
+        );
+        let (allowed, remaining, _) = long_verdict.await.expect("a verdict once Redis answers");
+        assert_eq!((allowed, remaining), (1, 4));
+        assert!(
+            !fixture.availability.down.load(Ordering::Relaxed),
+            "Redis answered"
+        );
+        drop(short_verdict);
+    }
+
+    #[tokio::test]
+    async fn a_decision_already_past_its_deadline_is_never_sent_and_the_task_stops_with_its_senders(
+    ) {
+        let mut fixture = fixture().await;
+        let key_id = Uuid::new_v4();
+        let (late, late_verdict) = decision(key_id, Instant::now());
+        fixture.queue.try_send(late).unwrap();
+        assert!(
+            late_verdict.await.is_err(),
+            "no verdict for a late decision"
+        );
+        let state = format!(
+            "{}rl:{key_id}:{}:{}",
+            fixture.prefix, LIMIT.max_attempts, LIMIT.decay_seconds
+        );
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&state)
+            .query_async(&mut fixture.redis)
+            .await
+            .unwrap();
+        assert!(!exists, "the late decision reached Redis");
+
+        // The same key's next decision is its first.
+        let (next, next_verdict) = decision(key_id, Instant::now() + Duration::from_secs(30));
+        fixture.queue.try_send(next).unwrap();
+        let (allowed, remaining, _) = next_verdict.await.unwrap();
+        assert_eq!((allowed, remaining), (1, 4));
+
+        drop(fixture.queue);
+        tokio::time::timeout(Duration::from_secs(10), fixture.running)
+            .await
+            .expect("the task stops once the limiter is gone")
+            .unwrap();
+    }
+}
