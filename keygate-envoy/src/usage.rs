@@ -172,7 +172,7 @@ pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
             // Built for each call from the records kept, so that a batch
             // sent again needs no copy kept aside.
             let request = source.request(UsageReport {
-                records: batch.used.iter().map(record).collect(),
+                records: records(&batch.used),
             });
             match client.report_usage(request).await {
                 Ok(response) => {
@@ -257,14 +257,48 @@ impl Batch {
     }
 }
 
-fn record(used: &Used) -> UsageRecord {
+/// The text of the last client address converted: consecutive records
+/// mostly share it (one busy client), and formatting an address costs more
+/// than the rest of a record.
+#[derive(Default)]
+struct LastAddress(Option<(IpAddr, String)>);
+
+impl LastAddress {
+    fn text(&mut self, ip: Option<IpAddr>) -> String {
+        let Some(ip) = ip else {
+            return String::new();
+        };
+        match &self.0 {
+            Some((last, text)) if *last == ip => text.clone(),
+            _ => {
+                let text = ip.to_string();
+                self.0 = Some((ip, text.clone()));
+                text
+            }
+        }
+    }
+}
+
+/// One call's records, in the form `KeyFeed.ReportUsage` takes.
+fn records(used: &[Used]) -> Vec<UsageRecord> {
+    let mut address = LastAddress::default();
+    used.iter().map(|used| record(used, &mut address)).collect()
+}
+
+fn record(used: &Used, address: &mut LastAddress) -> UsageRecord {
+    let mut id_text = Uuid::encode_buffer();
     UsageRecord {
-        key_id: used.key_id.to_string(),
+        // Encoded in place: `to_string` goes through the formatter.
+        key_id: used
+            .key_id
+            .hyphenated()
+            .encode_lower(&mut id_text)
+            .to_owned(),
         at: Some(prost_types::Timestamp {
             seconds: used.at.timestamp(),
             nanos: used.at.timestamp_subsec_nanos() as i32,
         }),
-        ip: used.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        ip: address.text(used.ip),
         method: used.method.to_owned(),
         path: used.path.as_str().to_owned(),
         decision: used.decision.to_owned(),
@@ -310,12 +344,41 @@ mod tests {
         let largest = used(Uuid::max(), &path, widest_ip, longest_decision);
         let bound = RECORD_BOUND_BESIDES_PATH + largest.path.as_str().len();
         let one = UsageReport {
-            records: vec![record(&largest)],
+            records: records(&[largest]),
         };
         assert!(
             one.encoded_len() <= bound,
             "{} encoded > {bound} counted",
             one.encoded_len()
+        );
+    }
+
+    #[test]
+    fn each_record_carries_its_own_address_and_key_whatever_came_before() {
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        let here: IpAddr = "203.0.113.9".parse().unwrap();
+        let there: IpAddr = "2001:db8::1".parse().unwrap();
+        let converted = records(&[
+            used(first, "/a", Some(here), "allowed"),
+            used(first, "/b", Some(here), "allowed"),
+            used(second, "/c", None, "key_revoked"),
+            used(second, "/d", Some(there), "allowed"),
+            used(first, "/e", Some(here), "allowed"),
+        ]);
+        let seen: Vec<_> = converted
+            .iter()
+            .map(|r| (r.key_id.as_str(), r.ip.as_str(), r.path.as_str()))
+            .collect();
+        let (first, second) = (first.to_string(), second.to_string());
+        assert_eq!(
+            seen,
+            [
+                (first.as_str(), "203.0.113.9", "/a"),
+                (first.as_str(), "203.0.113.9", "/b"),
+                (second.as_str(), "", "/c"),
+                (second.as_str(), "2001:db8::1", "/d"),
+                (first.as_str(), "203.0.113.9", "/e"),
+            ]
         );
     }
 
