@@ -35,7 +35,8 @@ NAMESPACE = "auth"
 FULLNAME = "demo-keygate"
 
 DATABASE_URL = "postgres://keygate:s3cret@postgres.db.svc:5432/keygate?sslmode=require"
-ADMIN_TOKENS = "backend:service:" + "a" * 64 + ",ops:admin:" + "b" * 64
+# One of each role (a `feed` token for keygate-envoy modules too).
+ADMIN_TOKENS = "backend:service:" + "a" * 64 + ",ops:admin:" + "b" * 64 + ",envoy:feed:" + "c" * 64
 # The smallest install: only what the chart cannot default.
 REQUIRED = {"secrets": {"databaseUrl": DATABASE_URL, "adminTokens": ADMIN_TOKENS}}
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 EXAMPLE_ENVOY = (ROOT / "examples/envoy/envoy.yaml").read_text()
 # The chart's values.schema.json pattern for one admin token entry.
-ENTRY = re.compile(r"^[^:,\s]+:(service|admin):[0-9a-fA-F]{64}$")
+ENTRY = re.compile(r"^[^:,\s]+:(service|admin|feed):[0-9a-fA-F]{64}$")
 
 
 def _section(title: str) -> str:

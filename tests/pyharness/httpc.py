@@ -36,6 +36,8 @@ def http_request(base_url: str, path: str,
             conn.putrequest(method, path)
             for name, value in headers:
                 conn.putheader(name, value)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(body)
         else:
             conn.request(method, path, body=body, headers=headers or {})

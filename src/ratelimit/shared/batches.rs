@@ -283,7 +283,9 @@ mod tests {
             decision(Uuid::new_v4(), Instant::now() + Duration::from_millis(50));
         let (long, mut long_verdict) =
             decision(Uuid::new_v4(), Instant::now() + Duration::from_secs(30));
-        pause_script_calls(&mut fixture.redis, 700).await;
+        // Far longer than the short deadline, so that a slow machine still
+        // sees the deadline pass while the call is out.
+        pause_script_calls(&mut fixture.redis, 2_500).await;
         // Queued without yielding, so the task takes both in one call.
         fixture.queue.try_send(short).unwrap();
         fixture.queue.try_send(long).unwrap();
