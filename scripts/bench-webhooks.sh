@@ -27,7 +27,9 @@
 # keygate (SQLite) runs on BENCH_SERVER_CPU; h2load and the receiver on
 # BENCH_CLIENT_CPU.
 #
-# Usage: scripts/bench-webhooks.sh
+# Usage: scripts/bench-webhooks.sh [PART...]   (default: all three, in the
+#        order above; e.g. `instructions` alone fills only the events it
+#        needs and skips the other two)
 # Env:   BENCH_WEBHOOK_EVENTS (default 20000), BENCH_WEBHOOK_RATE (events/s
 #        delivered during a Check round, default 1000), BENCH_CALLGRIND=0 (skip
 #        the instructions), BENCH_CALLGRIND_EVENTS, BENCH_H2LOAD_DURATION (seconds
@@ -41,6 +43,12 @@ EVENTS="${BENCH_WEBHOOK_EVENTS:-20000}"
 RATE="${BENCH_WEBHOOK_RATE:-1000}"
 DURATION="${BENCH_H2LOAD_DURATION:-5}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
+PARTS=" ${*:-deliveries instructions check} "
+for part in $PARTS; do
+  [[ " deliveries instructions check " == *" $part "* ]] || { echo "unknown part: $part" >&2; exit 2; }
+done
+want() { [[ "$PARTS" == *" $1 "* ]]; }
+want instructions && [[ "${BENCH_CALLGRIND:-1}" != 0 ]] || PARTS="${PARTS/ instructions / }"
 BENCH_WORK="$(mktemp -d)"
 export BENCH_WORK
 trap 'bench_cleanup; rm -rf "$BENCH_WORK"' EXIT
@@ -89,17 +97,26 @@ curl -sf -X POST "http://127.0.0.1:$HTTP/v1/webhooks" -H "authorization: Bearer 
 "$BIN/keygate-bench" grpc-body --admin "127.0.0.1:$ADMIN" --admin-token "$ADMIN_TOKEN" \
   --out "$BENCH_WORK/check.body" >/dev/null
 
-log "deliveries: $EVENTS events into the outbox, dispatcher off"
-fill "$EVENTS"
+# The outbox holds what the parts asked for need: EVENTS for the
+# deliveries, else what the others reschedule.
+fill_count=0
+want deliveries && fill_count="$EVENTS"
+want instructions && (( fill_count < ${BENCH_CALLGRIND_EVENTS:-2000} )) && fill_count="${BENCH_CALLGRIND_EVENTS:-2000}"
+want check && (( fill_count < RATE * (DURATION + 3) )) && fill_count=$(( RATE * (DURATION + 3) ))
+log "$fill_count events into the outbox, dispatcher off"
+fill "$fill_count"
 stop_pid "$KG_PID"
-serve true
-note_load deliveries "$BENCH_WORK/load.txt"
-start=$(date +%s.%N)
-while (( $(delivered) < EVENTS )); do sleep 0.1; done
-end=$(date +%s.%N)
-python3 -c "import sys; n, s = int(sys.argv[1]), float(sys.argv[2]); print(f'deliveries: {n} in {s:.2f} s = {n / s:.0f}/s')" \
-  "$EVENTS" "$(python3 -c "print($end - $start)")"
-stop_pid "$KG_PID"
+
+if want deliveries; then
+  serve true
+  note_load deliveries "$BENCH_WORK/load.txt"
+  start=$(date +%s.%N)
+  while (( $(delivered) < EVENTS )); do sleep 0.1; done
+  end=$(date +%s.%N)
+  python3 -c "import sys; n, s = int(sys.argv[1]), float(sys.argv[2]); print(f'deliveries: {n} in {s:.2f} s = {n / s:.0f}/s')" \
+    "$EVENTS" "$(python3 -c "print($end - $start)")"
+  stop_pid "$KG_PID"
+fi
 
 # check_round NAME: one h2load Check run on the running keygate.
 check_round() {
@@ -137,7 +154,7 @@ conn.commit()
 PY
 }
 
-if [[ "${BENCH_CALLGRIND:-1}" != 0 ]]; then
+if want instructions; then
   command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null
   CG_EVENTS="${BENCH_CALLGRIND_EVENTS:-2000}"
   cg_out="$BENCH_WORK/webhooks.callgrind"
@@ -171,6 +188,7 @@ if [[ "${BENCH_CALLGRIND:-1}" != 0 ]]; then
   stop_pid "$KG_PID"
 fi
 
+want check || exit 0
 RESULTS="$BENCH_WORK/results.txt"
 : >"$RESULTS"
 log "check: ${DURATION}s rounds, dispatcher off vs delivering $RATE events/s"
