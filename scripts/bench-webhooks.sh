@@ -172,6 +172,8 @@ if want instructions; then
   mkdir -p "$profile_dir"
   callgrind_annotate --inclusive=yes "$(ls -t "$cg_out".* | head -1)" 2>/dev/null \
     | head -120 >"$profile_dir/delivery-inclusive.txt" || true
+  # The dump itself, for callers and callees (callgrind_annotate --tree).
+  cp "$(ls -t "$cg_out".* | head -1)" "$profile_dir/delivery.callgrind"
   log "delivery profile: $profile_dir/delivery-inclusive.txt"
   stop_pid "$KG_PID"
   rm -f "$cg_out" "$cg_out".*
