@@ -16,12 +16,13 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use rand::Rng;
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
 
 use super::{
+    key_cache::KeyCache,
     secret::SealKey,
-    signature,
     target::{GuardedResolver, TargetPolicy},
 };
 use crate::{
@@ -80,12 +81,18 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 const WARNINGS_PER_ROUND: u32 = 500;
 /// The actor of `api_key.expiring` events.
 const ACTOR: &str = "keygate";
+/// The Standard Webhooks headers.
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 pub struct Dispatcher {
     store: Store,
     settings: DispatchSettings,
     client: reqwest::Client,
     seal_key: tokio::sync::OnceCell<SealKey>,
+    /// Endpoints' signing keys, opened once rather than per delivery.
+    keys: KeyCache,
     clock: Clock,
 }
 
@@ -107,6 +114,7 @@ impl Dispatcher {
             settings,
             client,
             seal_key: tokio::sync::OnceCell::new(),
+            keys: KeyCache::default(),
             clock: Clock::system(),
         })
     }
@@ -137,6 +145,7 @@ impl Dispatcher {
                 _ = housekeeping.tick() => {
                     self.warn_expiring().await;
                     self.report_gauges().await;
+                    self.keys.sweep();
                 }
             }
         }
@@ -244,21 +253,23 @@ impl Dispatcher {
             .policy
             .check_shape(&delivery.url)
             .map_err(|e| e.to_string())?;
-        let secret = seal_key
-            .open(delivery.endpoint_id, &delivery.sealed_secret)
+        let key = self
+            .keys
+            .key(seal_key, delivery.endpoint_id, &delivery.sealed_secret)
             .map_err(|e| e.to_string())?;
         let id = delivery.event_id.to_string();
         // The receiver compares this with its own clock to refuse replays:
         // it is the wall clock's, whatever a test set `self.clock` to.
-        let timestamp = Utc::now().timestamp();
-        let signature = signature::sign(&secret, &id, timestamp, &delivery.payload);
+        let timestamp = Utc::now().timestamp().to_string();
+        let signature = key.sign(&id, &timestamp, &delivery.payload);
+        // Owned strings and static names become headers without a copy.
         let response = self
             .client
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(WEBHOOK_ID, id)
+            .header(WEBHOOK_TIMESTAMP, timestamp)
+            .header(WEBHOOK_SIGNATURE, signature)
             .body(delivery.payload.clone())
             .send()
             .await

@@ -8,6 +8,7 @@
 //! from there on its own task and its own connections.
 
 pub mod dispatcher;
+mod key_cache;
 pub mod secret;
 pub mod signature;
 pub mod target;
