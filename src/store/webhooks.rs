@@ -66,6 +66,15 @@ const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF d SKIP LOCKED");
 /// SQLite: one process, one writer.
 const CLAIM_SQLITE: &str = claim_sql!("");
 
+/// Whether the claim would find anything: its condition, read only. On
+/// SQLite the claim is a write transaction with a temporary table for its
+/// `IN` list even when nothing is due; this read is neither (BENCHMARKS.md,
+/// session 12), and on Postgres it locks nothing.
+const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM webhook_deliveries d \
+     JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+     WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= $1 \
+     AND (d.claimed_until IS NULL OR d.claimed_until <= $1))";
+
 const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.event_type, d.payload, \
      d.attempts, d.retry_from, e.url, e.sealed_secret FROM webhook_deliveries d \
      JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
@@ -434,6 +443,13 @@ impl Store {
             .await?;
         });
         self.get_delivery(event_id, webhook_id).await
+    }
+
+    /// Whether [`Store::claim_deliveries`] would find a delivery due at `now`.
+    pub async fn any_due(&self, now: DateTime<Utc>) -> StoreResult<bool> {
+        with_pool!(&self.main, pool => {
+            Ok(sqlx::query_scalar::<_, bool>(ANY_DUE).bind(now).fetch_one(pool).await?)
+        })
     }
 
     /// Claims up to `limit` due deliveries for `lease` (until `lease_until`)

@@ -133,13 +133,15 @@ impl Dispatcher {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Whether the last poll found nothing to claim.
+        let mut idle = false;
         loop {
             tokio::select! {
                 () = &mut stop => return,
                 _ = poll.tick() => {
                     tokio::select! {
                         () = &mut stop => return,
-                        () = self.drain_due() => {}
+                        claimed = self.drain_due(idle) => idle = !claimed,
                     }
                 }
                 _ = housekeeping.tick() => {
@@ -151,15 +153,35 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers rounds until one finds less than a full batch due.
-    async fn drain_due(&self) {
+    /// Delivers rounds until one finds less than a full batch due, and
+    /// returns whether any round claimed something. After a poll that found
+    /// nothing (`after_idle`), a read asks first whether anything is due:
+    /// an idle replica polls every `poll_interval`, and on SQLite the claim
+    /// is a write transaction even when it finds nothing. A busy outbox
+    /// goes straight to the claim.
+    async fn drain_due(&self, after_idle: bool) -> bool {
+        if after_idle {
+            match self.store.any_due(self.clock.now()).await {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(error) => {
+                    tracing::warn!(error = %chain(&error), "cannot read the webhook outbox; retrying at the next poll");
+                    return false;
+                }
+            }
+        }
+        let mut claimed_any = false;
         loop {
             match self.deliver_round().await {
-                Ok(claimed) if claimed == self.settings.batch as usize => continue,
-                Ok(_) => return,
+                Ok(claimed) => {
+                    claimed_any |= claimed > 0;
+                    if claimed < self.settings.batch as usize {
+                        return claimed_any;
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(error = %chain(&error), "webhook dispatch round failed; retrying at the next poll");
-                    return;
+                    return claimed_any;
                 }
             }
         }
