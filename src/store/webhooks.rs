@@ -79,14 +79,35 @@ const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.event_type, d.
      d.attempts, d.retry_from, e.url, e.sealed_secret FROM webhook_deliveries d \
      JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
 
-const RECORD_ATTEMPT: &str = "INSERT INTO webhook_attempts \
+/// A round's attempts are recorded in two statements, whatever its size:
+/// its attempts, then its outcomes, each from a `VALUES` list of the round's
+/// rows (`o`). A statement per delivery cost more than the writes
+/// themselves (on SQLite each is a hop to the writer's worker thread;
+/// BENCHMARKS.md, session 12). An attempt is recorded only while its
+/// delivery exists (its endpoint may have been deleted meanwhile); `WHERE
+/// true` is SQLite's: an `INSERT … SELECT` with a join needs a `WHERE` before
+/// `ON CONFLICT`.
+const RECORD_ATTEMPTS_HEAD: &str =
+    "WITH o (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) AS (";
+const RECORD_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
      (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) \
-     SELECT event_id, endpoint_id, $3, $4, $5, $6, $7 FROM webhook_deliveries \
-     WHERE event_id = $1 AND endpoint_id = $2 ON CONFLICT DO NOTHING";
+     SELECT o.event_id, o.endpoint_id, o.attempt, o.at, o.status_code, o.latency_ms, o.error \
+     FROM o JOIN webhook_deliveries d ON d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id \
+     WHERE true ON CONFLICT DO NOTHING";
 
-const RECORD_OUTCOME: &str = "UPDATE webhook_deliveries SET status = $3, next_attempt_at = $4, \
-     delivered_at = $5, last_status_code = $6, last_error = $7, claim_id = NULL, \
-     claimed_until = NULL WHERE event_id = $1 AND endpoint_id = $2 AND claim_id = $8";
+/// Each outcome, on deliveries this claim still holds (the claim id is
+/// bound last).
+const RECORD_OUTCOMES_HEAD: &str =
+    "WITH o (event_id, endpoint_id, status, next_attempt_at, delivered_at, status_code, error) AS (";
+const RECORD_OUTCOMES_TAIL: &str = ") UPDATE webhook_deliveries SET status = o.status, \
+     next_attempt_at = o.next_attempt_at, delivered_at = o.delivered_at, \
+     last_status_code = o.status_code, last_error = o.error, claim_id = NULL, \
+     claimed_until = NULL FROM o WHERE webhook_deliveries.event_id = o.event_id \
+     AND webhook_deliveries.endpoint_id = o.endpoint_id AND webhook_deliveries.claim_id = ";
+
+/// Rows per recording statement: 7 parameters each, well inside both
+/// backends' limits (SQLite 32,766, Postgres 65,535).
+const RECORD_ROWS_PER_STATEMENT: usize = 256;
 
 const DELIVERY_COLUMNS: &str = "event_id, endpoint_id, event_type, payload, status, attempts, \
      next_attempt_at, last_status_code, last_error, created_at, delivered_at";
@@ -498,31 +519,32 @@ impl Store {
         }
         with_pool!(&self.main, pool => {
             let mut tx = pool.begin_write().await?;
-            for (claimed, outcome) in attempts {
-                let status_code = outcome.status_code.map(i32::from);
-                let latency = i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX);
-                let delivered_at = (outcome.status == DeliveryStatus::Delivered).then_some(outcome.at);
-                sqlx::query(RECORD_ATTEMPT)
-                    .bind(claimed.event_id)
-                    .bind(claimed.endpoint_id)
-                    .bind(claimed.attempts)
-                    .bind(outcome.at)
-                    .bind(status_code)
-                    .bind(latency)
-                    .bind(outcome.error.as_deref())
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(RECORD_OUTCOME)
-                    .bind(claimed.event_id)
-                    .bind(claimed.endpoint_id)
-                    .bind(outcome.status.as_str())
-                    .bind(outcome.next_attempt_at)
-                    .bind(delivered_at)
-                    .bind(status_code)
-                    .bind(outcome.error.as_deref())
-                    .bind(claim_id)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
+                let mut insert = sqlx::QueryBuilder::new(RECORD_ATTEMPTS_HEAD);
+                insert.push_values(chunk, |mut row, (claimed, outcome)| {
+                    row.push_bind(claimed.event_id)
+                        .push_bind(claimed.endpoint_id)
+                        .push_bind(claimed.attempts)
+                        .push_bind(outcome.at)
+                        .push_bind(outcome.status_code.map(i32::from))
+                        .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
+                        .push_bind(outcome.error.as_deref());
+                });
+                insert.push(RECORD_ATTEMPTS_TAIL);
+                insert.build().execute(&mut *tx).await?;
+                let mut update = sqlx::QueryBuilder::new(RECORD_OUTCOMES_HEAD);
+                update.push_values(chunk, |mut row, (claimed, outcome)| {
+                    let delivered = outcome.status == DeliveryStatus::Delivered;
+                    row.push_bind(claimed.event_id)
+                        .push_bind(claimed.endpoint_id)
+                        .push_bind(outcome.status.as_str())
+                        .push_bind(outcome.next_attempt_at)
+                        .push_bind(delivered.then_some(outcome.at))
+                        .push_bind(outcome.status_code.map(i32::from))
+                        .push_bind(outcome.error.as_deref());
+                });
+                update.push(RECORD_OUTCOMES_TAIL).push_bind(claim_id);
+                update.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
