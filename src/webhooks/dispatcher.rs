@@ -24,6 +24,7 @@ use super::{
     key_cache::KeyCache,
     secret::SealKey,
     target::{GuardedResolver, TargetPolicy},
+    url_cache::UrlCache,
 };
 use crate::{
     clock::Clock,
@@ -93,6 +94,8 @@ pub struct Dispatcher {
     seal_key: tokio::sync::OnceCell<SealKey>,
     /// Endpoints' signing keys, opened once rather than per delivery.
     keys: KeyCache,
+    /// Endpoints' URLs, parsed and checked once per URL text.
+    urls: UrlCache,
     clock: Clock,
 }
 
@@ -109,12 +112,14 @@ impl Dispatcher {
             .https_only(!settings.policy.allow_http)
             .user_agent(concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let urls = UrlCache::new(settings.policy);
         Ok(Dispatcher {
             store,
             settings,
             client,
             seal_key: tokio::sync::OnceCell::new(),
             keys: KeyCache::default(),
+            urls,
             clock: Clock::system(),
         })
     }
@@ -148,6 +153,7 @@ impl Dispatcher {
                     self.warn_expiring().await;
                     self.report_gauges().await;
                     self.keys.sweep();
+                    self.urls.sweep();
                 }
             }
         }
@@ -271,9 +277,8 @@ impl Dispatcher {
         delivery: &ClaimedDelivery,
     ) -> Result<reqwest::StatusCode, String> {
         let url = self
-            .settings
-            .policy
-            .check_shape(&delivery.url)
+            .urls
+            .checked(delivery.endpoint_id, &delivery.url)
             .map_err(|e| e.to_string())?;
         let key = self
             .keys

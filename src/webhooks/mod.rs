@@ -12,6 +12,7 @@ mod key_cache;
 pub mod secret;
 pub mod signature;
 pub mod target;
+mod url_cache;
 
 pub use dispatcher::{DispatchSettings, Dispatcher};
 pub use secret::{SealKey, SigningSecret};
