@@ -3,13 +3,14 @@
 //! Without it every delivery unsealed its endpoint's secret (AES-256-GCM)
 //! and set up HMAC's key (two SHA-256 compressions) again, for a secret
 //! that does not change (BENCHMARKS.md, session 12). An entry is found by
-//! endpoint id and holds the sealed bytes it was opened from: a claimed row
-//! whose sealed secret differs (another replica's or a re-created endpoint)
-//! is opened afresh, so nothing is ever signed with a key the database no
-//! longer holds. The keys stay in this process's memory, like the seal key
-//! itself, and are never printed. An entry unused between two sweeps is
-//! dropped, so a deleted or idle endpoint's key leaves memory within two
-//! sweep periods.
+//! endpoint id and holds the sealed bytes it was opened from, and serves
+//! only a claimed row that carries the same bytes: were an endpoint's
+//! secret ever resealed or rotated (no call does so today), the new one is
+//! opened, so nothing is signed with a secret the database no longer holds.
+//! The keys stay in this process's memory, like the seal key itself, and
+//! are never printed. An entry unused between two sweeps (the dispatcher's
+//! housekeeping, every 5 s) is dropped, so a deleted or idle endpoint's key
+//! leaves memory within about 10 s.
 
 use std::{
     collections::HashMap,
