@@ -10,7 +10,10 @@
 //! The keys stay in this process's memory, like the seal key itself, and
 //! are never printed. An entry unused between two sweeps (the dispatcher's
 //! housekeeping, every 5 s) is dropped, so a deleted or idle endpoint's key
-//! leaves memory within about 10 s.
+//! leaves memory within about 10 s; but housekeeping waits while the
+//! dispatcher works through a backlog (rounds of full batches), and until
+//! then every endpoint it delivered to keeps its entry: at most one per
+//! endpoint in the database.
 
 use std::{
     collections::HashMap,
