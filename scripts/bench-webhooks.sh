@@ -18,9 +18,12 @@
 #                after the one before (keygate stopped, sqlite3), so that
 #                the dispatcher finds them due at that rate.
 #   instructions instructions keygate's process spends per delivery and per
-#                Check (callgrind, counters zeroed once keygate is up):
-#                BENCH_CALLGRIND_EVENTS (default 2000) events made due at
-#                once, delivered with no Check load; then as many cache-hit
+#                Check (callgrind): BENCH_CALLGRIND_EVENTS (default 2000)
+#                events made due at once 60 s after keygate starts, its
+#                counters zeroed half a second before (so the idle polls of
+#                the wait are not counted) and read once the database shows
+#                them all delivered (not /metrics, whose rendering would be
+#                counted), with no Check load; then as many cache-hit
 #                Checks with the dispatcher off. Immune to load: their
 #                ratio predicts what delivering costs Check.
 #
