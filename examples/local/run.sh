@@ -10,7 +10,9 @@
 # Usage: examples/local/run.sh [--smoke]
 #   Without arguments it creates a key, prints curl commands to try, and
 #   runs until Ctrl-C. --smoke checks instead that the key gets 200 through
-#   Envoy, that a revoke turns it into 401, and exits (the suite runs this).
+#   Envoy, that a revoke turns it into 401, and exits (the suite runs this,
+#   beside other tests: on free ports instead of the ones above, written
+#   into a copy of examples/envoy/envoy.yaml).
 # Env: KEYGATE_BIN  default `keygate` on PATH, else target/release/keygate,
 #                   else target/debug/keygate
 #      ENVOY_BIN    default `envoy` on PATH, else .venv-envoy/bin/envoy-bin
@@ -46,31 +48,53 @@ await() {
   die "$what did not come up (the logs above)"
 }
 
-python3 "$ROOT/examples/local/upstream.py" 8000 &
+# Envoy's listener and admin, keygate's Check, KeyAdmin, metrics, REST and
+# forward-auth, the upstream.
+if [[ "${1:-}" == "--smoke" ]]; then
+  # Fixed ports can be taken by another test's connections (they are in
+  # the ephemeral range): ask the kernel for free ones.
+  read -r API ENVOY_ADMIN AUTHZ ADMIN METRICS HTTP FORWARD UPSTREAM < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(8)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+else
+  API=8080 ENVOY_ADMIN=9901 AUTHZ=50051 ADMIN=50052 METRICS=9090 HTTP=8088 FORWARD=8081 UPSTREAM=8000
+fi
+sed -e "s/port_value: 8080 }/port_value: $API }/" -e "s/port_value: 9901 }/port_value: $ENVOY_ADMIN }/" \
+  -e "s/port_value: 50051 }/port_value: $AUTHZ }/" -e "s/port_value: 8000 }/port_value: $UPSTREAM }/" \
+  "$ROOT/examples/envoy/envoy.yaml" >"$work/envoy.yaml"
+for port in "$API" "$ENVOY_ADMIN" "$AUTHZ" "$UPSTREAM"; do
+  grep -q "port_value: $port }" "$work/envoy.yaml" \
+    || die "examples/envoy/envoy.yaml no longer has the ports this script sets: update it"
+done
+
+python3 "$ROOT/examples/local/upstream.py" "$UPSTREAM" &
 pids+=($!)
-KEYGATE_DATABASE_URL="sqlite://$work/keygate.db" KEYGATE_AUTHZ_ADDR=127.0.0.1:50051 \
-  KEYGATE_ADMIN_ADDR=127.0.0.1:50052 KEYGATE_METRICS_ADDR=127.0.0.1:9090 \
-  KEYGATE_HTTP_ADDR=127.0.0.1:8088 KEYGATE_FORWARD_AUTH_ADDR=127.0.0.1:8081 \
+KEYGATE_DATABASE_URL="sqlite://$work/keygate.db" KEYGATE_AUTHZ_ADDR="127.0.0.1:$AUTHZ" \
+  KEYGATE_ADMIN_ADDR="127.0.0.1:$ADMIN" KEYGATE_METRICS_ADDR="127.0.0.1:$METRICS" \
+  KEYGATE_HTTP_ADDR="127.0.0.1:$HTTP" KEYGATE_FORWARD_AUTH_ADDR="127.0.0.1:$FORWARD" \
   "$KEYGATE_BIN" serve >"$work/keygate.log" 2>&1 &
 pids+=($!)
-"$ENVOY_BIN" -c "$ROOT/examples/envoy/envoy.yaml" --disable-hot-restart --log-level warn \
+"$ENVOY_BIN" -c "$work/envoy.yaml" --disable-hot-restart --log-level warn \
   >"$work/envoy.log" 2>&1 &
 pids+=($!)
 
-await keygate "$GRPCURL" -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
-await upstream python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:8000/")'
-await Envoy python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:9901/ready")'
+await keygate "$GRPCURL" -plaintext "127.0.0.1:$AUTHZ" grpc.health.v1.Health/Check
+await upstream python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$UPSTREAM/')"
+await Envoy python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$ENVOY_ADMIN/ready')"
 
 created="$("$GRPCURL" -plaintext -d '{"owner_id":"acme","name":"local example","abilities":["read:orders"]}' \
-  127.0.0.1:50052 keygate.admin.v1.KeyAdmin/CreateKey)"
+  "127.0.0.1:$ADMIN" keygate.admin.v1.KeyAdmin/CreateKey)"
 key="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' <<<"$created")"
 id="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"]["id"])' <<<"$created")"
 
-# The HTTP status of GET http://127.0.0.1:8080$1 with the key.
+# The HTTP status of GET http://127.0.0.1:$API$1 with the key.
 status() {
-  python3 - "$1" "$key" <<'PY'
+  python3 - "$1" "$key" "$API" <<'PY'
 import sys, urllib.error, urllib.request
-req = urllib.request.Request("http://127.0.0.1:8080" + sys.argv[1], headers={"authorization": "Bearer " + sys.argv[2]})
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[3]}" + sys.argv[1], headers={"authorization": "Bearer " + sys.argv[2]})
 try:
     print(urllib.request.urlopen(req).status)
 except urllib.error.HTTPError as e:
@@ -81,7 +105,7 @@ PY
 if [[ "${1:-}" == "--smoke" ]]; then
   [[ "$(status /orders)" == 200 ]] || die "a fresh key was not let through to /orders"
   "$GRPCURL" -plaintext -d "{\"owner_id\":\"acme\",\"id\":\"$id\",\"reason\":\"smoke test\"}" \
-    127.0.0.1:50052 keygate.admin.v1.KeyAdmin/RevokeKey >/dev/null
+    "127.0.0.1:$ADMIN" keygate.admin.v1.KeyAdmin/RevokeKey >/dev/null
   [[ "$(status /orders)" == 401 ]] || die "a revoked key was not refused"
   echo "examples/local: 200 with the key, 401 once revoked"
   exit 0

@@ -1,6 +1,7 @@
 """examples/local/run.sh, as the README tells a new user to run it: keygate,
-the example Envoy configuration and the tiny upstream on their default
-ports; a fresh key gets 200 through Envoy and 401 once revoked."""
+the example Envoy configuration and the tiny upstream (with --smoke on free
+ports, written into a copy of the Envoy file); a fresh key gets 200 through
+Envoy and 401 once revoked."""
 from __future__ import annotations
 
 import os
