@@ -21,10 +21,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
 
 use super::{
-    key_cache::KeyCache,
+    endpoint_cache::EndpointCache,
     secret::SealKey,
+    signature::SigningKey,
     target::{GuardedResolver, TargetPolicy},
-    url_cache::UrlCache,
 };
 use crate::{
     clock::Clock,
@@ -92,10 +92,11 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     client: reqwest::Client,
     seal_key: tokio::sync::OnceCell<SealKey>,
-    /// Endpoints' signing keys, opened once rather than per delivery.
-    keys: KeyCache,
+    /// Endpoints' signing keys, opened once per sealed secret rather than
+    /// per delivery.
+    keys: EndpointCache<SigningKey>,
     /// Endpoints' URLs, parsed and checked once per URL text.
-    urls: UrlCache,
+    urls: EndpointCache<reqwest::Url>,
     clock: Clock,
 }
 
@@ -112,14 +113,13 @@ impl Dispatcher {
             .https_only(!settings.policy.allow_http)
             .user_agent(concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let urls = UrlCache::new(settings.policy);
         Ok(Dispatcher {
             store,
             settings,
             client,
             seal_key: tokio::sync::OnceCell::new(),
-            keys: KeyCache::default(),
-            urls,
+            keys: EndpointCache::default(),
+            urls: EndpointCache::default(),
             clock: Clock::system(),
         })
     }
@@ -276,13 +276,21 @@ impl Dispatcher {
         seal_key: &SealKey,
         delivery: &ClaimedDelivery,
     ) -> Result<reqwest::StatusCode, String> {
+        let endpoint = delivery.endpoint_id;
         let url = self
             .urls
-            .checked(delivery.endpoint_id, &delivery.url)
+            .get(endpoint, delivery.url.as_bytes(), || {
+                self.settings.policy.check_shape(&delivery.url)
+            })
             .map_err(|e| e.to_string())?;
+        let sealed = &delivery.sealed_secret;
         let key = self
             .keys
-            .key(seal_key, delivery.endpoint_id, &delivery.sealed_secret)
+            .get(endpoint, sealed, || {
+                seal_key
+                    .open(endpoint, sealed)
+                    .map(|secret| SigningKey::new(&secret))
+            })
             .map_err(|e| e.to_string())?;
         let id = delivery.event_id.to_string();
         // The receiver compares this with its own clock to refuse replays:

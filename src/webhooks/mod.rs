@@ -8,11 +8,10 @@
 //! from there on its own task and its own connections.
 
 pub mod dispatcher;
-mod key_cache;
+mod endpoint_cache;
 pub mod secret;
 pub mod signature;
 pub mod target;
-mod url_cache;
 
 pub use dispatcher::{DispatchSettings, Dispatcher};
 pub use secret::{SealKey, SigningSecret};
