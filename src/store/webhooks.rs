@@ -46,16 +46,29 @@ pub(crate) use enqueue_event;
 
 const WEBHOOK_COLUMNS: &str = "id, owner_id, url, events, enabled, created_at, updated_at";
 
+/// The deliveries due at the time bound as `$at` (a placeholder such as
+/// `"$3"`): the claim's condition, and `ANY_DUE`'s.
+macro_rules! due_deliveries {
+    ($at:literal) => {
+        concat!(
+            "FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= ",
+            $at,
+            " AND (d.claimed_until IS NULL OR d.claimed_until <= ",
+            $at,
+            ")"
+        )
+    };
+}
+
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
             "UPDATE webhook_deliveries SET claim_id = $1, claimed_until = $2, \
              attempts = attempts + 1 WHERE (event_id, endpoint_id) IN (\
-             SELECT d.event_id, d.endpoint_id FROM webhook_deliveries d \
-             JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-             WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= $3 \
-             AND (d.claimed_until IS NULL OR d.claimed_until <= $3) \
-             ORDER BY d.next_attempt_at LIMIT $4",
+             SELECT d.event_id, d.endpoint_id ",
+            due_deliveries!("$3"),
+            " ORDER BY d.next_attempt_at LIMIT $4",
             $lock,
             ")"
         )
@@ -70,10 +83,7 @@ const CLAIM_SQLITE: &str = claim_sql!("");
 /// SQLite the claim is a write transaction with a temporary table for its
 /// `IN` list even when nothing is due; this read is neither (BENCHMARKS.md,
 /// session 12), and on Postgres it locks nothing.
-const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM webhook_deliveries d \
-     JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-     WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= $1 \
-     AND (d.claimed_until IS NULL OR d.claimed_until <= $1))";
+const ANY_DUE: &str = concat!("SELECT EXISTS (SELECT 1 ", due_deliveries!("$1"), ")");
 
 const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.event_type, d.payload, \
      d.attempts, d.retry_from, e.url, e.sealed_secret FROM webhook_deliveries d \
