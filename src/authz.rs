@@ -430,10 +430,6 @@ impl Authorizer {
     }
 }
 
-/// The credential, first match wins: `Authorization: Bearer <key>` (scheme
-/// case-insensitive), then the API-key header. Another scheme (Basic) in
-/// `Authorization` is not a credential of ours. Public for the keygate-envoy
-/// filter, which reads credentials the same way.
 /// Whether `raw`, which did not parse as one of keygate's keys, carries the
 /// prefix of keys imported from another system (`KEYGATE_IMPORTED_PREFIXES`)
 /// and is short enough to be hashed as one. The Envoy module asks the same.
@@ -444,6 +440,10 @@ pub fn is_imported_key(raw: &str, imported_prefixes: &[String]) -> bool {
             .any(|prefix| raw.starts_with(prefix.as_str()))
 }
 
+/// The credential, first match wins: `Authorization: Bearer <key>` (scheme
+/// case-insensitive), then the API-key header. Another scheme (Basic) in
+/// `Authorization` is not a credential of ours. Public for the keygate-envoy
+/// filter, which reads credentials the same way.
 pub fn credential<'a>(input: &CheckInput<'a>) -> Option<(HeaderText<'a>, CredentialSource)> {
     let bearer = input.authorization.and_then(|value| match value {
         Ok(text) => {
