@@ -226,6 +226,7 @@ impl Authorizer {
                 path: EventPath::new(recorded_path(input.path)),
                 decision: code,
                 allowed: evaluation.decision.is_ok(),
+                requests: 1,
             });
         }
         let sunset = |key: &Arc<CachedKey>| key.key.revoked_at.filter(|at| *at > now);

@@ -13,7 +13,7 @@
 use std::{
     cell::{OnceCell, RefCell},
     ffi::{c_char, c_int, c_void, CStr},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
 };
 
 use crate::{
@@ -368,7 +368,7 @@ impl Stream for EnvoyStream {
         // SAFETY: Envoy's address string lives as long as the stream's
         // connection, which outlives this hook; it is parsed before returning.
         let text = std::str::from_utf8(unsafe { value.as_bytes() }).ok()?;
-        client_ip(text)
+        crate::client_address::client_ip(text)
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -574,16 +574,6 @@ unsafe fn slice_or_empty<'a, T>(ptr: *const T, length: usize) -> &'a [T] {
         // SAFETY: per the contract above.
         unsafe { std::slice::from_raw_parts(ptr, length) }
     }
-}
-
-/// The IP of `source.address`: `ip:port` for IPv4, `[ip]:port` for IPv6;
-/// anything else (a Unix socket path) is no IP.
-fn client_ip(address: &str) -> Option<IpAddr> {
-    address
-        .parse::<SocketAddr>()
-        .map(|socket| socket.ip())
-        .or_else(|_| address.parse::<IpAddr>())
-        .ok()
 }
 
 /// Logs through Envoy's logger, under its `dynamic_modules` component.

@@ -6,17 +6,24 @@
 //! On Envoy's worker threads a decision only puts a small record in a
 //! bounded queue, without waiting and without allocating for paths up to
 //! 64 bytes; a full queue drops the record and counts it
-//! (`usage_dropped`). The feed's thread sends what is queued once a second,
-//! and at once whenever a whole call's worth ([`MAX_RECORDS`]) is waiting:
-//! a busy Envoy decides more requests a second than the queue holds. It
-//! keeps a batch keygate did not take to send again.
+//! (`usage_dropped`). The feed's thread takes the queue into a batch
+//! whenever a whole call's worth ([`MAX_RECORDS`]) is waiting (a busy Envoy
+//! decides more requests a second than the queue holds), counting requests
+//! alike within a second as one record, as keygate's usage log keeps them.
+//! It sends the batch once a second, or at once when it holds a whole
+//! call, and keeps a batch keygate did not take to send again.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use keygate::{
     feed_proto::{key_feed_client::KeyFeedClient, UsageRecord, UsageReport},
-    usage::{method_label, recorded_path, EventPath},
+    usage::{method_label, normalize::EndpointMemo, recorded_path, EventPath},
 };
 use tokio::{
     sync::{mpsc, Notify},
@@ -163,27 +170,29 @@ pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
     loop {
         // While keygate refuses, once a second only: a full queue must not
         // turn into a call per record.
-        if failing {
+        let tick_due = if failing {
             tick.tick().await;
+            true
         } else {
             tokio::select! {
-                _ = tick.tick() => {}
-                () = queued.call_ready.notified() => {}
+                _ = tick.tick() => true,
+                () = queued.call_ready.notified() => false,
             }
-        }
+        };
+        // Woken by a filling queue, the thread counts what is queued into the
+        // batch, which goes with the tick unless it holds a whole call: one
+        // busy route makes one call a second, not one per 10,000 requests.
         // Batch after batch until the queue is empty or keygate refuses.
         loop {
             let Some(full) = batch.fill(queued) else {
                 return;
             };
-            if batch.used.is_empty() {
+            if batch.is_empty() || !(full || tick_due) {
                 break;
             }
-            // Built for each call from the records kept, so that a batch
-            // sent again needs no copy kept aside.
-            let request = source.request(UsageReport {
-                records: records(&batch.used),
-            });
+            // Built for each call from the counts kept, so that a batch sent
+            // again needs no copy kept aside (and counts what came since).
+            let request = source.request(batch.report());
             match client.report_usage(request).await {
                 Ok(response) => {
                     batch.clear();
@@ -238,12 +247,65 @@ pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
     }
 }
 
-/// Records on their way to keygate, within the limits of one call.
+/// Records on their way to keygate, within the limits of one call: one a
+/// kind of request a second, as keygate's usage log keeps them (one row per
+/// key, second, method, endpoint, client address and decision, with the
+/// requests it stands for). A busy client repeating one call sends one
+/// record a second instead of one a request, and keygate folds one event.
 #[derive(Default)]
 struct Batch {
-    used: Vec<Used>,
-    /// At least the encoded size of `used`.
+    records: Vec<(Alike, Requests)>,
+    /// Where each kind of request is in `records`.
+    index: HashMap<Alike, usize, foldhash::fast::RandomState>,
+    /// The request added last and where it was counted: a busy client's
+    /// requests mostly follow one another, and comparing one with the last
+    /// costs a fraction of normalising its path and finding its record.
+    last: Option<(Used, usize)>,
+    /// At least the encoded size of `records`.
     bytes: usize,
+    /// Paths as keygate stores them (`/v1/orders/42` → `/v1/orders/{id}`),
+    /// so that requests to one route coalesce whatever their ids.
+    endpoints: EndpointMemo,
+}
+
+/// What makes requests one record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Alike {
+    key_id: Uuid,
+    /// The whole second (Unix time) they were decided in.
+    second: i64,
+    ip: Option<IpAddr>,
+    method: &'static str,
+    endpoint: Arc<str>,
+    decision: &'static str,
+}
+
+/// The requests one record stands for.
+#[derive(Debug, PartialEq, Eq)]
+struct Requests {
+    latest: DateTime<Utc>,
+    count: u32,
+}
+
+impl Requests {
+    fn add(&mut self, at: DateTime<Utc>) {
+        self.count = self.count.saturating_add(1);
+        self.latest = self.latest.max(at);
+    }
+}
+
+impl Used {
+    /// Whether `other` is counted in the same record: alike in everything
+    /// but the time within one second, and with the same path (so the
+    /// same endpoint).
+    fn alike(&self, other: &Used) -> bool {
+        self.key_id == other.key_id
+            && self.at.timestamp() == other.at.timestamp()
+            && self.ip == other.ip
+            && self.method == other.method
+            && self.decision == other.decision
+            && self.path == other.path
+    }
 }
 
 impl Batch {
@@ -251,12 +313,9 @@ impl Batch {
     /// [`MAX_REPORT_BYTES`]: whether the batch is full, `None` once the
     /// queue's senders are gone.
     fn fill(&mut self, queued: &mut Queued) -> Option<bool> {
-        while self.used.len() < queued.per_call && self.bytes < MAX_REPORT_BYTES {
+        while self.records.len() < queued.per_call && self.bytes < MAX_REPORT_BYTES {
             match queued.receiver.try_recv() {
-                Ok(used) => {
-                    self.bytes += RECORD_BOUND_BESIDES_PATH + used.path.as_str().len();
-                    self.used.push(used);
-                }
+                Ok(used) => self.add(used),
                 Err(mpsc::error::TryRecvError::Empty) => return Some(false),
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
             }
@@ -264,57 +323,79 @@ impl Batch {
         Some(true)
     }
 
+    /// Counts one request in the record of its kind.
+    fn add(&mut self, used: Used) {
+        let at = used.at;
+        let position = match &self.last {
+            Some((last, position)) if last.alike(&used) => *position,
+            _ => self.position_of(&used),
+        };
+        self.records[position].1.add(at);
+        self.last = Some((used, position));
+    }
+
+    /// Where the record of `used`'s kind is, made (counting nothing yet)
+    /// when there is none.
+    fn position_of(&mut self, used: &Used) -> usize {
+        let alike = Alike {
+            key_id: used.key_id,
+            second: used.at.timestamp(),
+            ip: used.ip,
+            method: used.method,
+            endpoint: self.endpoints.endpoint(used.path.as_str()),
+            decision: used.decision,
+        };
+        match self.index.entry(alike) {
+            Entry::Occupied(position) => *position.get(),
+            Entry::Vacant(position) => {
+                self.bytes += RECORD_BOUND_BESIDES_PATH + position.key().endpoint.len();
+                let requests = Requests {
+                    latest: used.at,
+                    count: 0,
+                };
+                self.records.push((position.key().clone(), requests));
+                *position.insert(self.records.len() - 1)
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     fn clear(&mut self) {
-        self.used.clear();
+        self.records.clear();
+        self.index.clear();
+        self.last = None;
         self.bytes = 0;
     }
-}
 
-/// The text of the last client address converted: consecutive records
-/// mostly share it (one busy client), and formatting an address costs more
-/// than the rest of a record.
-#[derive(Default)]
-struct LastAddress(Option<(IpAddr, String)>);
-
-impl LastAddress {
-    fn text(&mut self, ip: Option<IpAddr>) -> String {
-        let Some(ip) = ip else {
-            return String::new();
-        };
-        match &self.0 {
-            Some((last, text)) if *last == ip => text.clone(),
-            _ => {
-                let text = ip.to_string();
-                self.0 = Some((ip, text.clone()));
-                text
-            }
+    /// The batch in the form `KeyFeed.ReportUsage` takes.
+    fn report(&self) -> UsageReport {
+        UsageReport {
+            records: self.records.iter().map(record).collect(),
         }
     }
 }
 
-/// One call's records, in the form `KeyFeed.ReportUsage` takes.
-fn records(used: &[Used]) -> Vec<UsageRecord> {
-    let mut address = LastAddress::default();
-    used.iter().map(|used| record(used, &mut address)).collect()
-}
-
-fn record(used: &Used, address: &mut LastAddress) -> UsageRecord {
+fn record((alike, requests): &(Alike, Requests)) -> UsageRecord {
     let mut id_text = Uuid::encode_buffer();
     UsageRecord {
         // Encoded in place: `to_string` goes through the formatter.
-        key_id: used
+        key_id: alike
             .key_id
             .hyphenated()
             .encode_lower(&mut id_text)
             .to_owned(),
         at: Some(prost_types::Timestamp {
-            seconds: used.at.timestamp(),
-            nanos: used.at.timestamp_subsec_nanos() as i32,
+            seconds: requests.latest.timestamp(),
+            nanos: requests.latest.timestamp_subsec_nanos() as i32,
         }),
-        ip: address.text(used.ip),
-        method: used.method.to_owned(),
-        path: used.path.as_str().to_owned(),
-        decision: used.decision.to_owned(),
+        ip: alike.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        method: alike.method.to_owned(),
+        path: alike.endpoint.to_string(),
+        decision: alike.decision.to_owned(),
+        requests: requests.count,
     }
 }
 
@@ -325,7 +406,6 @@ mod tests {
     use keygate::{
         config::Settings,
         domain::DenyReason,
-        feed_proto::UsageReport,
         proto::{key_admin_client::KeyAdminClient, CreateKeyRequest, GetKeyUsageRequest},
         usage::MAX_EVENT_PATH,
     };
@@ -345,6 +425,12 @@ mod tests {
         }
     }
 
+    fn batch_of(used: impl IntoIterator<Item = Used>) -> Batch {
+        let mut batch = Batch::default();
+        used.into_iter().for_each(|used| batch.add(used));
+        batch
+    }
+
     #[test]
     fn a_batch_counts_each_record_at_no_less_than_its_encoded_size() {
         let longest_decision = DenyReason::ALL_CODES
@@ -352,47 +438,116 @@ mod tests {
             .chain(["allowed"])
             .max_by_key(|code| code.len())
             .unwrap();
-        let path = "/".repeat(MAX_EVENT_PATH);
+        // Segments normalisation keeps as they are, up to the longest path
+        // an event holds.
+        let path = "/a".repeat(MAX_EVENT_PATH / 2);
         let widest_ip = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().ok();
-        let largest = used(Uuid::max(), &path, widest_ip, longest_decision);
-        let bound = RECORD_BOUND_BESIDES_PATH + largest.path.as_str().len();
-        let one = UsageReport {
-            records: records(&[largest]),
-        };
+        let mut batch = batch_of([used(Uuid::max(), &path, widest_ip, longest_decision)]);
+        batch
+            .records
+            .iter_mut()
+            .for_each(|(_, requests)| requests.count = u32::MAX);
+        let encoded = batch.report().encoded_len();
         assert!(
-            one.encoded_len() <= bound,
-            "{} encoded > {bound} counted",
-            one.encoded_len()
+            encoded <= batch.bytes,
+            "{encoded} encoded > {} counted",
+            batch.bytes
         );
     }
 
     #[test]
-    fn each_record_carries_its_own_address_and_key_whatever_came_before() {
+    fn requests_alike_within_a_second_are_one_record_with_their_count_and_latest_time() {
         let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
         let here: IpAddr = "203.0.113.9".parse().unwrap();
         let there: IpAddr = "2001:db8::1".parse().unwrap();
-        let converted = records(&[
-            used(first, "/a", Some(here), "allowed"),
-            used(first, "/b", Some(here), "allowed"),
-            used(second, "/c", None, "key_revoked"),
-            used(second, "/d", Some(there), "allowed"),
-            used(first, "/e", Some(here), "allowed"),
-        ]);
-        let seen: Vec<_> = converted
-            .iter()
-            .map(|r| (r.key_id.as_str(), r.ip.as_str(), r.path.as_str()))
+        let at = |millis: i64| DateTime::from_timestamp_millis(1_800_000_000_000 + millis).unwrap();
+        let request = |key_id, millis: i64, ip, method, path: &str, decision| Used {
+            key_id,
+            at: at(millis),
+            ip,
+            method,
+            path: EventPath::new(path),
+            decision,
+        };
+        let mut requests = vec![
+            request(first, 100, Some(here), "GET", "/orders/1", "allowed"),
+            // The same again (counted as the one before), then the same
+            // route with other ids, later in the same second.
+            request(first, 100, Some(here), "GET", "/orders/1", "allowed"),
+            request(first, 900, Some(here), "GET", "/orders/2", "allowed"),
+            request(first, 500, Some(here), "GET", "/orders/3", "allowed"),
+            // As the one before, but in the next second.
+            request(first, 1_000, Some(here), "GET", "/orders/3", "allowed"),
+        ];
+        // Each differs from the request before it in one thing only.
+        let others = [
+            request(first, 200, Some(there), "GET", "/orders/1", "allowed"),
+            request(first, 200, None, "GET", "/orders/1", "allowed"),
+            request(first, 200, Some(here), "POST", "/orders/1", "allowed"),
+            request(first, 200, Some(here), "GET", "/invoices/1", "allowed"),
+            request(first, 200, Some(here), "GET", "/orders/1", "rate_limited"),
+            request(second, 200, Some(here), "GET", "/orders/1", "allowed"),
+        ];
+        for other in others {
+            requests.push(request(
+                first,
+                200,
+                Some(here),
+                "GET",
+                "/orders/1",
+                "allowed",
+            ));
+            requests.push(other);
+        }
+        let batch = batch_of(requests);
+        let mut seen: Vec<_> = batch
+            .report()
+            .records
+            .into_iter()
+            .map(|r| {
+                let at = r.at.unwrap();
+                let latest = at.seconds * 1_000 + i64::from(at.nanos / 1_000_000);
+                (
+                    r.key_id,
+                    latest - 1_800_000_000_000,
+                    r.ip,
+                    r.method,
+                    r.path,
+                    r.decision,
+                    r.requests,
+                )
+            })
             .collect();
-        let (first, second) = (first.to_string(), second.to_string());
-        assert_eq!(
-            seen,
-            [
-                (first.as_str(), "203.0.113.9", "/a"),
-                (first.as_str(), "203.0.113.9", "/b"),
-                (second.as_str(), "", "/c"),
-                (second.as_str(), "2001:db8::1", "/d"),
-                (first.as_str(), "203.0.113.9", "/e"),
-            ]
-        );
+        seen.sort();
+        let (here, there) = ("203.0.113.9", "2001:db8::1");
+        let want = [
+            (first, 900, here, "GET", "/orders/{id}", "allowed", 10),
+            (first, 1_000, here, "GET", "/orders/{id}", "allowed", 1),
+            (first, 200, there, "GET", "/orders/{id}", "allowed", 1),
+            (first, 200, "", "GET", "/orders/{id}", "allowed", 1),
+            (first, 200, here, "POST", "/orders/{id}", "allowed", 1),
+            (first, 200, here, "GET", "/invoices/{id}", "allowed", 1),
+            (first, 200, here, "GET", "/orders/{id}", "rate_limited", 1),
+            (second, 200, here, "GET", "/orders/{id}", "allowed", 1),
+        ];
+        let text = |s: &str| s.to_owned();
+        let mut want: Vec<_> = want
+            .into_iter()
+            .map(|(key_id, millis, ip, method, path, decision, requests)| {
+                let key_id = key_id.to_string();
+                (
+                    key_id,
+                    millis,
+                    text(ip),
+                    text(method),
+                    text(path),
+                    text(decision),
+                    requests,
+                )
+            })
+            .collect();
+        want.sort();
+        assert_eq!(seen, want);
     }
 
     fn no_log(_: crate::feed::Level, _: &str) {}
@@ -414,9 +569,9 @@ mod tests {
     }
 
     /// Many more records than the queue holds, pushed well within one report
-    /// interval (3 s here; the push takes about 0.4 s): without sending as
-    /// soon as a whole call is queued, the queue would fill and drop. The
-    /// last records, less than a call, go with the next interval.
+    /// interval (3 s here; the push takes about 0.4 s): without taking the
+    /// queue in as soon as a whole call is queued, the queue would fill and
+    /// drop. Alike, they are one record a second, sent with the interval.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queue_filling_faster_than_the_report_interval_loses_nothing() {
         const CAPACITY: usize = 4_000;

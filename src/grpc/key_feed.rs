@@ -176,6 +176,8 @@ fn check_event(record: UsageRecord, index: usize) -> Result<CheckEvent, Status> 
         path: EventPath::new(recorded_path(&record.path)),
         decision,
         allowed: decision == "allowed",
+        // 0: a reporter sending a record per request.
+        requests: record.requests.max(1),
     })
 }
 

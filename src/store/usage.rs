@@ -29,6 +29,8 @@ pub struct UsageEvent {
     pub endpoint: Arc<str>,
     pub decision: &'static str,
     pub allowed: bool,
+    /// Requests the event stands for (see `CheckEvent::requests`).
+    pub requests: u32,
 }
 
 /// A `usage_log` row as read; the domain's [`UsageLogEntry`] once mapped.
@@ -100,14 +102,14 @@ fn aggregate(events: &[UsageEvent]) -> (HashMap<Uuid, CounterDelta, FastHash>, D
                 last_at: event.at,
                 last_ip: event.ip,
             });
-        delta.allowed += 1;
+        delta.allowed += i64::from(event.requests);
         if event.at >= delta.last_at {
             delta.last_at = event.at;
             delta.last_ip = event.ip;
         }
         *daily
             .entry((event.key_id, event.at.date_naive(), &*event.endpoint))
-            .or_default() += 1;
+            .or_default() += i64::from(event.requests);
     }
     (counters, daily)
 }
@@ -152,7 +154,7 @@ fn coalesce(events: &[UsageEvent]) -> Vec<LogRow<'_>> {
         match index.entry(key) {
             Entry::Occupied(slot) => {
                 let row = &mut rows[*slot.get()];
-                row.count += 1;
+                row.count += i64::from(event.requests);
                 row.at = row.at.max(event.at);
             }
             Entry::Vacant(slot) => {
@@ -164,7 +166,7 @@ fn coalesce(events: &[UsageEvent]) -> Vec<LogRow<'_>> {
                     endpoint: &event.endpoint,
                     ip: event.ip,
                     decision: event.decision,
-                    count: 1,
+                    count: i64::from(event.requests),
                 });
             }
         }
@@ -449,6 +451,7 @@ mod tests {
             endpoint: endpoint.into(),
             decision: if allowed { "allowed" } else { "rate_limited" },
             allowed,
+            requests: 1,
         }
     }
 

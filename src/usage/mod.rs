@@ -53,6 +53,10 @@ pub struct CheckEvent {
     pub path: EventPath,
     pub decision: &'static str,
     pub allowed: bool,
+    /// Requests the event stands for: 1 for Check; more for a record the
+    /// Envoy module coalesced (`KeyFeed.ReportUsage`), every one of them in
+    /// the second of `at`, the latest of their times.
+    pub requests: u32,
 }
 
 impl CheckEvent {
@@ -77,13 +81,15 @@ pub struct UsageSender {
 }
 
 impl UsageSender {
-    /// Records an event without waiting; drops and counts it when the
-    /// buffer is full by count or by bytes. Whether it was taken.
+    /// Records an event without waiting; drops it when the buffer is full
+    /// by count or by bytes, counting the requests it stood for. Whether it
+    /// was taken.
     pub fn record(&self, event: CheckEvent) -> bool {
         let size = event.footprint();
+        let requests = u64::from(event.requests);
         if self.bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_bytes {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
-            self.dropped.increment(1);
+            self.dropped.increment(requests);
             return false;
         }
         match self.tx.try_send(event) {
@@ -96,7 +102,7 @@ impl UsageSender {
             }
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
                 self.bytes.fetch_sub(size, Ordering::AcqRel);
-                self.dropped.increment(1);
+                self.dropped.increment(requests);
                 false
             }
         }
@@ -254,6 +260,7 @@ impl Flusher {
             endpoint: self.endpoints.endpoint(event.path.as_str()),
             decision: event.decision,
             allowed: event.allowed,
+            requests: event.requests,
         }
     }
 
@@ -311,6 +318,7 @@ mod tests {
             path: EventPath::new(recorded_path(path)),
             decision: "allowed",
             allowed: true,
+            requests: 1,
         }
     }
 

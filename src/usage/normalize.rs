@@ -113,6 +113,23 @@ mod tests {
         assert_eq!(n("/v1/files/aGVsbG8td29ybGQtMTIz"), "/v1/files/{id}");
     }
 
+    /// The Envoy module reports endpoints it normalised (docs/envoy-module.md,
+    /// "Usage"); keygate normalises them again.
+    #[test]
+    fn a_normalised_endpoint_normalises_to_itself() {
+        let long = format!("/v1/{}", "segment/".repeat(40));
+        for raw in [
+            "/v1/orders/42/items/5f0c6e4e-8d3b-4a7e-9b1c-2d3e4f5a6b7c?x=1",
+            "/v1/files/sk_live_3mJr7AoUXx2Wqd9N8t5fLkZQ4Fh5Tq9Hb2",
+            "/v1/users/john%40example.com/%34%32",
+            "",
+            &long,
+        ] {
+            let once = n(raw);
+            assert_eq!(n(&once), once, "{raw:?}");
+        }
+    }
+
     #[test]
     fn query_strings_fragments_and_trailing_slashes_are_dropped() {
         assert_eq!(n("/v1/orders/42?expand=items"), "/v1/orders/{id}");

@@ -208,34 +208,42 @@ on_both_backends! {
         let server = TestServer::start(backend).await;
         let key = server.create(key_for("acme")).await.api_key.unwrap();
         let mut client = KeyFeedClient::new(common::channel(server.running().admin_addr).await);
-        let record = |method: &str, path: &str, decision: &str| UsageRecord {
+        let record = |method: &str, path: &str, decision: &str, requests: u32| UsageRecord {
             key_id: key.id.clone(),
             at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp(), nanos: 0 }),
             ip: "203.0.113.9".into(),
             method: method.into(),
             path: path.into(),
             decision: decision.into(),
+            requests,
         };
+        // A record a request (0, as a reporter that does not coalesce sends),
+        // and records the module coalesced: 40 allowed requests, 2 denied.
         let report = UsageReport { records: vec![
-            record("GET", "/v1/orders/1?expand=items", "allowed"),
-            record("GET", "/v1/orders/2", "allowed"),
-            record("POST", "/v1/orders", "insufficient_ability"),
+            record("GET", "/v1/orders/1?expand=items", "allowed", 0),
+            record("GET", "/v1/orders/{id}", "allowed", 40),
+            record("POST", "/v1/orders", "insufficient_ability", 2),
         ] };
         let taken = client.report_usage(report).await.expect("ReportUsage").into_inner();
-        assert_eq!((taken.accepted, taken.dropped), (3, 0));
+        assert_eq!((taken.accepted, taken.dropped), (3, 0), "records, not requests");
 
         let request = GetKeyUsageRequest { owner_id: "acme".into(), id: key.id.clone(), recent_limit: 0 };
         let flushed = eventually(PATIENCE, async || {
             let usage = server.admin.clone().get_key_usage(request.clone()).await.unwrap().into_inner();
-            usage.recent_logs.iter().map(|log| log.count).sum::<u64>() == 3
+            usage.recent_logs.iter().map(|log| log.count).sum::<u64>() == 43
         })
         .await;
         assert!(flushed, "the reported usage was not written");
         let usage = server.admin.clone().get_key_usage(request).await.unwrap().into_inner();
-        assert_eq!(usage.request_count, 2, "only allowed requests count");
+        assert_eq!(usage.request_count, 41, "only allowed requests count");
         assert_eq!(usage.last_used_ip, "203.0.113.9");
         assert_eq!(usage.top_endpoints[0].endpoint, "/v1/orders/{id}");
-        assert_eq!(usage.top_endpoints[0].count, 2);
+        assert_eq!(usage.top_endpoints[0].count, 41);
+        let denied: Vec<_> = usage.recent_logs.iter()
+            .filter(|log| log.decision == "insufficient_ability")
+            .map(|log| (log.endpoint.as_str(), log.count))
+            .collect();
+        assert_eq!(denied, [("/v1/orders", 2)]);
     }
 
     async fn a_report_with_a_bad_record_is_refused_whole_and_says_which(backend) {

@@ -108,6 +108,7 @@ fn two_events_per_key(ids: &[Uuid]) -> Vec<UsageEvent> {
                 endpoint: format!("/v1/e{n}").into(),
                 decision: "allowed",
                 allowed: true,
+                requests: 1,
             })
         })
         .collect()
@@ -329,6 +330,7 @@ on_both_backends! {
             endpoint: "/v1/x".into(),
             decision: "allowed",
             allowed: true,
+            requests: 1,
         };
         store.record_usage(&[event(40), event(1)], true).await.unwrap();
         store.close().await;

@@ -79,6 +79,7 @@ pub async fn run(args: UsageFlushArgs) -> anyhow::Result<()> {
                     endpoint: endpoints[(seq / key_ids.len()) % endpoints.len()].clone(),
                     decision: "allowed",
                     allowed: true,
+                    requests: 1,
                 }
             })
             .collect();
