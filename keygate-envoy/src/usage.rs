@@ -37,22 +37,28 @@ use crate::{
     filter::Stream,
 };
 
-/// Records waiting to be sent. The queue is sent as soon as it holds
-/// [`MAX_RECORDS`], so it fills only when keygate takes reports more slowly
-/// than Envoy decides requests (or not at all, for a while).
+/// Requests waiting for the feed's thread. It takes them into its batch as
+/// soon as the queue holds [`MAX_RECORDS`], so the queue fills only when
+/// the batch is full and keygate takes reports more slowly than Envoy
+/// decides requests (or not at all, for a while).
 const QUEUED: usize = 65_536;
-/// How often the queue is sent when it holds less than a whole call.
+/// How often the batch is sent when it holds less than a whole call.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// keygate's limit of records per `ReportUsage` call.
 const MAX_RECORDS: usize = 10_000;
-/// Encoded bytes per call, well below what keygate decodes (8 MiB).
+/// Encoded bytes per call, well below what keygate decodes (8 MiB). A
+/// safeguard: [`MAX_RECORDS`] records of the longest endpoint keygate
+/// stores (256 bytes) stay below it.
 const MAX_REPORT_BYTES: usize = 4 << 20;
-/// The most one record takes encoded, besides its path: a 36-character
+/// How long a report may take before it is given up and sent again.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most one record takes encoded, besides its endpoint: a 36-character
 /// key id, a timestamp, an IPv6 address written out in full (45), the
-/// longest method label and decision code, and the tags and lengths of
-/// the fields and of the record. A batch counts records by this bound so
-/// that it keeps the records themselves, not their encoding.
-const RECORD_BOUND_BESIDES_PATH: usize = 160;
+/// longest method label and decision code, the number of requests, and
+/// the tags and lengths of the fields and of the record. A batch counts
+/// records by this bound so that it keeps the records themselves, not their
+/// encoding.
+const RECORD_BOUND_BESIDES_ENDPOINT: usize = 160;
 
 /// One decided request, as Check's usage event holds it.
 #[derive(Debug)]
@@ -141,8 +147,8 @@ impl UsageQueue {
             return false;
         }
         // An atomic load. Every record past the mark wakes the thread again
-        // (a wake-up is kept for it when it is busy sending), so none is
-        // missed and none waits for the next second.
+        // (a wake-up is kept for it when it is busy sending), so a filling
+        // queue is always taken into the batch.
         if self.sender.capacity() <= self.call_ready_at {
             self.call_ready.notify_one();
         }
@@ -154,9 +160,14 @@ impl UsageQueue {
 /// an overloaded keygate drops some from call after call.
 const DROPPED_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Sends the queue to keygate every [`REPORT_EVERY`], and whenever it
-/// holds a whole call, until the queue's senders are gone (the last filter
-/// config using the feed was destroyed).
+/// Takes the queue into a batch whenever it holds a whole call, and sends
+/// the batch to keygate every [`REPORT_EVERY`] and whenever it is full,
+/// until the queue's senders are gone (the last filter config using the
+/// feed was destroyed).
+///
+/// Reports are sent at least once: a batch whose call failed in a way that
+/// leaves open whether keygate took it (a timeout, a lost connection) is
+/// sent again.
 pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
     let mut client =
         KeyFeedClient::new(source.endpoint.connect_lazy()).max_decoding_message_size(1 << 20);
@@ -168,31 +179,28 @@ pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
     let mut tick = tokio::time::interval(queued.every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        // While keygate refuses, once a second only: a full queue must not
-        // turn into a call per record.
-        let tick_due = if failing {
-            tick.tick().await;
-            true
-        } else {
-            tokio::select! {
-                _ = tick.tick() => true,
-                () = queued.call_ready.notified() => false,
-            }
+        // Woken by a filling queue, the thread counts what is queued into
+        // the batch, which goes with the tick unless it holds a whole call:
+        // one busy route makes one call a second, not one per 10,000
+        // requests. While keygate refuses, still into the batch (an outage
+        // costs nothing while the batch has room), but sent once a second
+        // only; a full batch waits for the tick.
+        let tick_due = tokio::select! {
+            _ = tick.tick() => true,
+            () = queued.call_ready.notified(), if !batch.is_full(queued) => false,
         };
-        // Woken by a filling queue, the thread counts what is queued into the
-        // batch, which goes with the tick unless it holds a whole call: one
-        // busy route makes one call a second, not one per 10,000 requests.
         // Batch after batch until the queue is empty or keygate refuses.
         loop {
             let Some(full) = batch.fill(queued) else {
                 return;
             };
-            if batch.is_empty() || !(full || tick_due) {
+            if batch.is_empty() || !(tick_due || full && !failing) {
                 break;
             }
             // Built for each call from the counts kept, so that a batch sent
             // again needs no copy kept aside (and counts what came since).
-            let request = source.request(batch.report());
+            let mut request = source.request(batch.report());
+            request.set_timeout(REPORT_TIMEOUT);
             match client.report_usage(request).await {
                 Ok(response) => {
                     batch.clear();
@@ -313,7 +321,7 @@ impl Batch {
     /// [`MAX_REPORT_BYTES`]: whether the batch is full, `None` once the
     /// queue's senders are gone.
     fn fill(&mut self, queued: &mut Queued) -> Option<bool> {
-        while self.records.len() < queued.per_call && self.bytes < MAX_REPORT_BYTES {
+        while !self.is_full(queued) {
             match queued.receiver.try_recv() {
                 Ok(used) => self.add(used),
                 Err(mpsc::error::TryRecvError::Empty) => return Some(false),
@@ -348,7 +356,7 @@ impl Batch {
         match self.index.entry(alike) {
             Entry::Occupied(position) => *position.get(),
             Entry::Vacant(position) => {
-                self.bytes += RECORD_BOUND_BESIDES_PATH + position.key().endpoint.len();
+                self.bytes += RECORD_BOUND_BESIDES_ENDPOINT + position.key().endpoint.len();
                 let requests = Requests {
                     latest: used.at,
                     count: 0,
@@ -361,6 +369,12 @@ impl Batch {
 
     fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// Whether the batch holds a whole call: the queue's records per call,
+    /// or [`MAX_REPORT_BYTES`].
+    fn is_full(&self, queued: &Queued) -> bool {
+        self.records.len() >= queued.per_call || self.bytes >= MAX_REPORT_BYTES
     }
 
     fn clear(&mut self) {
@@ -453,6 +467,21 @@ mod tests {
             "{encoded} encoded > {} counted",
             batch.bytes
         );
+    }
+
+    #[test]
+    fn a_cleared_batch_counts_from_nothing() {
+        let key_id = Uuid::new_v4();
+        let mut batch = batch_of([
+            used(key_id, "/orders", None, "allowed"),
+            used(key_id, "/orders", None, "allowed"),
+        ]);
+        batch.clear();
+        assert!(batch.is_empty());
+        assert_eq!(batch.bytes, 0);
+        batch.add(used(key_id, "/orders", None, "allowed"));
+        let counts: Vec<_> = batch.report().records.iter().map(|r| r.requests).collect();
+        assert_eq!(counts, [1]);
     }
 
     #[test]
@@ -571,7 +600,11 @@ mod tests {
     /// Many more records than the queue holds, pushed well within one report
     /// interval (3 s here; the push takes about 0.4 s): without taking the
     /// queue in as soon as a whole call is queued, the queue would fill and
-    /// drop. Alike, they are one record a second, sent with the interval.
+    /// drop. Alike, they are one record a second, sent with the interval:
+    /// keygate logs a row for each second they span (at most two), and one
+    /// more if the interval's first tick, at the start, found some queued;
+    /// sent as they were taken in (80 calls), they would make a row for
+    /// each of keygate's 50 ms flushes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queue_filling_faster_than_the_report_interval_loses_nothing() {
         const CAPACITY: usize = 4_000;
@@ -614,19 +647,27 @@ mod tests {
         let request = GetKeyUsageRequest {
             owner_id: "acme".into(),
             id,
-            recent_limit: 0,
+            recent_limit: 100,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut counted = 0;
+        let mut usage = Default::default();
         while Instant::now() < deadline {
-            let usage = admin.get_key_usage(request.clone()).await.unwrap();
-            counted = usage.into_inner().request_count;
-            if counted == RECORDS as u64 {
+            usage = admin
+                .get_key_usage(request.clone())
+                .await
+                .unwrap()
+                .into_inner();
+            if usage.request_count == RECORDS as u64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(counted, RECORDS as u64, "requests keygate recorded");
+        assert_eq!(
+            usage.request_count, RECORDS as u64,
+            "requests keygate recorded"
+        );
+        let rows: Vec<_> = usage.recent_logs.iter().map(|row| row.count).collect();
+        assert!(rows.len() <= 3, "one row a second, not a call: {rows:?}");
         reporting.abort();
         running.stop().await;
     }

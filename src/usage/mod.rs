@@ -81,15 +81,13 @@ pub struct UsageSender {
 }
 
 impl UsageSender {
-    /// Records an event without waiting; drops it when the buffer is full
-    /// by count or by bytes, counting the requests it stood for. Whether it
-    /// was taken.
+    /// Records an event without waiting; drops and counts it when the
+    /// buffer is full by count or by bytes. Whether it was taken.
     pub fn record(&self, event: CheckEvent) -> bool {
         let size = event.footprint();
-        let requests = u64::from(event.requests);
         if self.bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_bytes {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
-            self.dropped.increment(requests);
+            self.dropped.increment(1);
             return false;
         }
         match self.tx.try_send(event) {
@@ -102,7 +100,7 @@ impl UsageSender {
             }
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
                 self.bytes.fetch_sub(size, Ordering::AcqRel);
-                self.dropped.increment(requests);
+                self.dropped.increment(1);
                 false
             }
         }

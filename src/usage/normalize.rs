@@ -114,7 +114,10 @@ mod tests {
     }
 
     /// The Envoy module reports endpoints it normalised (docs/envoy-module.md,
-    /// "Usage"); keygate normalises them again.
+    /// "Usage"); keygate normalises them again. It holds for every path:
+    /// each segment is mapped on its own, kept or replaced by `{id}` /
+    /// `{key}`, which are neither ids nor keys, and the length cut has
+    /// already been made.
     #[test]
     fn a_normalised_endpoint_normalises_to_itself() {
         let long = format!("/v1/{}", "segment/".repeat(40));
