@@ -85,8 +85,10 @@ const CLAIM_SQLITE: &str = claim_sql!("");
 /// session 12), and on Postgres it locks nothing.
 const ANY_DUE: &str = concat!("SELECT EXISTS (SELECT 1 ", due_deliveries!("$1"), ")");
 
-const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.event_type, d.payload, \
-     d.attempts, d.retry_from, e.url, e.sealed_secret FROM webhook_deliveries d \
+/// Read back as a tuple, by position: a derived `FromRow` looks each
+/// column up by name, per row.
+const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts, \
+     d.retry_from, e.url, e.sealed_secret FROM webhook_deliveries d \
      JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
 
 /// A round's attempts are recorded in two statements, whatever its size:
@@ -106,11 +108,14 @@ const RECORD_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
      WHERE true ON CONFLICT DO NOTHING";
 
 /// Each outcome, on deliveries this claim still holds (the claim id is
-/// bound last).
+/// bound last). The attempt's time is bound once: it is also the next
+/// attempt's time (bound as NULL) of a finished delivery, and a delivered
+/// one's `delivered_at`; each time bound is one more text encoding on SQLite.
 const RECORD_OUTCOMES_HEAD: &str =
-    "WITH o (event_id, endpoint_id, status, next_attempt_at, delivered_at, status_code, error) AS (";
+    "WITH o (event_id, endpoint_id, status, next_attempt_at, at, status_code, error) AS (";
 const RECORD_OUTCOMES_TAIL: &str = ") UPDATE webhook_deliveries SET status = o.status, \
-     next_attempt_at = o.next_attempt_at, delivered_at = o.delivered_at, \
+     next_attempt_at = COALESCE(o.next_attempt_at, o.at), \
+     delivered_at = CASE WHEN o.status = 'delivered' THEN o.at END, \
      last_status_code = o.status_code, last_error = o.error, claim_id = NULL, \
      claimed_until = NULL FROM o WHERE webhook_deliveries.event_id = o.event_id \
      AND webhook_deliveries.endpoint_id = o.endpoint_id AND webhook_deliveries.claim_id = ";
@@ -229,17 +234,34 @@ pub struct WebhookChanges {
 }
 
 /// A delivery this replica has claimed: what it needs to send it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
     pub event_id: Uuid,
     pub endpoint_id: Uuid,
-    pub event_type: String,
     pub payload: String,
     /// This attempt's number, counting from 1.
     pub attempts: i32,
     pub retry_from: DateTime<Utc>,
     pub url: String,
     pub sealed_secret: Vec<u8>,
+}
+
+/// [`SELECT_CLAIMED`]'s columns, in order.
+type ClaimedRow = (Uuid, Uuid, String, i32, DateTime<Utc>, String, Vec<u8>);
+
+impl From<ClaimedRow> for ClaimedDelivery {
+    fn from(row: ClaimedRow) -> Self {
+        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret) = row;
+        ClaimedDelivery {
+            event_id,
+            endpoint_id,
+            payload,
+            attempts,
+            retry_from,
+            url,
+            sealed_secret,
+        }
+    }
 }
 
 /// What became of an attempt, as the dispatcher decided.
@@ -507,10 +529,11 @@ impl Store {
             if claimed.rows_affected() == 0 {
                 return Ok(Vec::new());
             }
-            Ok(sqlx::query_as::<_, ClaimedDelivery>(SELECT_CLAIMED)
+            let rows: Vec<ClaimedRow> = sqlx::query_as(SELECT_CLAIMED)
                 .bind(claim_id)
                 .fetch_all(pool)
-                .await?)
+                .await?;
+            Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
         })
     }
 
@@ -544,12 +567,13 @@ impl Store {
                 insert.build().execute(&mut *tx).await?;
                 let mut update = sqlx::QueryBuilder::new(RECORD_OUTCOMES_HEAD);
                 update.push_values(chunk, |mut row, (claimed, outcome)| {
-                    let delivered = outcome.status == DeliveryStatus::Delivered;
+                    let next_attempt_at =
+                        (outcome.next_attempt_at != outcome.at).then_some(outcome.next_attempt_at);
                     row.push_bind(claimed.event_id)
                         .push_bind(claimed.endpoint_id)
                         .push_bind(outcome.status.as_str())
-                        .push_bind(outcome.next_attempt_at)
-                        .push_bind(delivered.then_some(outcome.at))
+                        .push_bind(next_attempt_at)
+                        .push_bind(outcome.at)
                         .push_bind(outcome.status_code.map(i32::from))
                         .push_bind(outcome.error.as_deref());
                 });

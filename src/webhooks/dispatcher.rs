@@ -211,8 +211,10 @@ impl Dispatcher {
             .seal_key
             .get_or_try_init(|| SealKey::load(&self.store, self.clock.now()))
             .await?;
-        let attempts = futures::future::join_all(claimed.into_iter().map(|delivery| async move {
-            let outcome = self.attempt(seal_key, &delivery).await;
+        let attempts = futures::future::join_all(claimed.into_iter().map(|mut delivery| async move {
+            // The body is sent, not copied: nothing after the attempt reads it.
+            let payload = std::mem::take(&mut delivery.payload);
+            let outcome = self.attempt(seal_key, &delivery, payload).await;
             metrics::counter!("keygate_webhook_deliveries_total", "outcome" => outcome_label(&outcome))
                 .increment(1);
             (delivery, outcome)
@@ -225,9 +227,14 @@ impl Dispatcher {
         Ok(count)
     }
 
-    async fn attempt(&self, seal_key: &SealKey, delivery: &ClaimedDelivery) -> AttemptOutcome {
+    async fn attempt(
+        &self,
+        seal_key: &SealKey,
+        delivery: &ClaimedDelivery,
+        payload: String,
+    ) -> AttemptOutcome {
         let started = Instant::now();
-        let sent = self.send(seal_key, delivery).await;
+        let sent = self.send(seal_key, delivery, payload).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let at = self.clock.now();
         let (status_code, error) = match sent {
@@ -270,11 +277,13 @@ impl Dispatcher {
         }
     }
 
-    /// One signed POST. Redirects are answers, not followed.
+    /// One signed POST of `payload` (the delivery's). Redirects are
+    /// answers, not followed.
     async fn send(
         &self,
         seal_key: &SealKey,
         delivery: &ClaimedDelivery,
+        payload: String,
     ) -> Result<reqwest::StatusCode, String> {
         let endpoint = delivery.endpoint_id;
         let url = self
@@ -296,7 +305,7 @@ impl Dispatcher {
         // The receiver compares this with its own clock to refuse replays:
         // it is the wall clock's, whatever a test set `self.clock` to.
         let timestamp = Utc::now().timestamp().to_string();
-        let signature = key.sign(&id, &timestamp, &delivery.payload);
+        let signature = key.sign(&id, &timestamp, &payload);
         // Owned strings and static names become headers without a copy.
         let response = self
             .client
@@ -305,7 +314,7 @@ impl Dispatcher {
             .header(WEBHOOK_ID, id)
             .header(WEBHOOK_TIMESTAMP, timestamp)
             .header(WEBHOOK_SIGNATURE, signature)
-            .body(delivery.payload.clone())
+            .body(payload)
             .send()
             .await
             // The URL is the owner's and may carry a token: kept out.
