@@ -10,11 +10,13 @@
 //! resolves elsewhere (DNS rebinding) is refused where it matters.
 
 use std::{
+    future::Future,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
+    pin::Pin,
+    task::{Context, Poll},
 };
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use hyper_util::client::legacy::connect::dns::Name;
 
 /// The SSRF switches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,7 +47,7 @@ const REGISTRATION_LOOKUP: std::time::Duration = std::time::Duration::from_secs(
 impl TargetPolicy {
     /// Checks a URL's shape, scheme and, when the host is an address
     /// literal or a name that resolves now, its addresses.
-    pub async fn check_url(&self, raw: &str) -> Result<reqwest::Url, TargetError> {
+    pub async fn check_url(&self, raw: &str) -> Result<url::Url, TargetError> {
         let url = self.check_shape(raw)?;
         let Some(host) = url.host_str() else {
             return Err(TargetError::NotAUrl);
@@ -69,11 +71,11 @@ impl TargetPolicy {
 
     /// The checks that need no DNS: parse, scheme, no credentials, and an
     /// address literal's address.
-    pub fn check_shape(&self, raw: &str) -> Result<reqwest::Url, TargetError> {
+    pub fn check_shape(&self, raw: &str) -> Result<url::Url, TargetError> {
         if raw.chars().count() > MAX_URL_CHARS {
             return Err(TargetError::NotAUrl);
         }
-        let url = reqwest::Url::parse(raw.trim()).map_err(|_| TargetError::NotAUrl)?;
+        let url = url::Url::parse(raw.trim()).map_err(|_| TargetError::NotAUrl)?;
         match url.scheme() {
             "https" => {}
             "http" if self.allow_http => {}
@@ -89,6 +91,15 @@ impl TargetPolicy {
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)).map(|()| url),
             Some(url::Host::Domain(_)) => Ok(url),
         }
+    }
+
+    /// [`check_shape`](Self::check_shape)'s URL as the request URI the
+    /// HTTP client takes.
+    pub fn check_uri(&self, raw: &str) -> Result<http::Uri, TargetError> {
+        let url = self.check_shape(raw)?;
+        url.as_str()
+            .parse::<http::Uri>()
+            .map_err(|_| TargetError::NotAUrl)
     }
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), TargetError> {
@@ -144,16 +155,28 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a >= 240) // reserved
 }
 
-/// The HTTP client's resolver: resolves with the system resolver, then
-/// keeps only the addresses the policy allows, so the connection is made to
-/// an address that was checked.
+/// The HTTP client's resolver (hyper-util's `HttpConnector` calls it for
+/// every name; an address literal was checked by `check_shape`): resolves
+/// with the system resolver, then keeps only the addresses the policy
+/// allows, so the connection is made to an address that was checked.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     pub policy: TargetPolicy,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy;
         Box::pin(async move {
             let host = name.as_str().to_owned();
@@ -164,19 +187,11 @@ impl Resolve for GuardedResolver {
                 .filter(|addr| policy.check_ip(addr.ip()).is_ok())
                 .collect();
             if allowed.is_empty() {
-                let refused: Box<dyn std::error::Error + Send + Sync> =
-                    Box::new(TargetError::NoAllowedAddress(host));
+                let refused: ResolveError = Box::new(TargetError::NoAllowedAddress(host));
                 return Err(refused);
             }
-            let addrs: Addrs = Box::new(allowed.into_iter());
-            Ok(addrs)
+            Ok(allowed.into_iter())
         })
-    }
-}
-
-impl GuardedResolver {
-    pub fn shared(policy: TargetPolicy) -> Arc<GuardedResolver> {
-        Arc::new(GuardedResolver { policy })
     }
 }
 

@@ -488,6 +488,24 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn an_https_endpoint_is_called_over_tls_and_an_untrusted_certificate_refused(backend) {
+        let tls = SelfSignedTlsServer::start();
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let url = format!("https://127.0.0.1:{}/hook", tls.port);
+        let (webhook_id, _) = register(&mut server.admin, &url, &["webhook.test"]).await;
+        let test = server.admin.send_test_webhook(SendTestWebhookRequest {
+            owner_id: OWNER.into(), webhook_id: webhook_id.clone(),
+        }).await.unwrap().into_inner();
+        let refused = delivery_where(&mut server.admin, &webhook_id, &test.event_id, |d| !d.attempt_log.is_empty()).await;
+        assert_eq!(refused.status, DeliveryStatus::Pending as i32);
+        assert_eq!(refused.attempt_log[0].status_code, 0);
+        // The handshake was made, and a certificate no webpki root signed
+        // was refused.
+        assert!(refused.attempt_log[0].error.contains("invalid peer certificate"),
+            "{:?}", refused.attempt_log[0].error);
+        server.stop().await;
+    }
+
     async fn a_name_that_resolves_to_loopback_is_refused_at_delivery(backend) {
         let receiver = Receiver::start().await;
         let db = TestDb::new(backend).await;
@@ -511,6 +529,65 @@ on_both_backends! {
             "{:?}", refused.attempt_log[0].error);
         assert!(receiver.received().is_empty(), "nothing reached the loopback receiver");
         strict.stop().await;
+    }
+}
+
+/// `openssl s_server` on a loopback port with a self-signed certificate for
+/// 127.0.0.1, which no webpki root signed; stopped on drop.
+struct SelfSignedTlsServer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SelfSignedTlsServer {
+    fn start() -> SelfSignedTlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
+            ])
+            .args(["-out", "cert.pem", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-cert", "cert.pem", "-key", "key.pem"])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server starts");
+        let listening = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(25));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(listening, "openssl s_server listens on {port}");
+        SelfSignedTlsServer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SelfSignedTlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
