@@ -21,20 +21,16 @@ use http::{
     Method, Request, StatusCode, Uri,
 };
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
-};
 use rand::Rng;
 use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
 
 use super::{
+    client::{self, HttpClient},
     endpoint_cache::EndpointCache,
     secret::SealKey,
     signature::SigningKey,
-    target::{GuardedResolver, TargetPolicy},
+    target::TargetPolicy,
 };
 use crate::{
     clock::Clock,
@@ -97,20 +93,6 @@ const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 const USER_AGENT_VALUE: &str = concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION"));
-/// TCP keep-alive on idle pooled connections (what reqwest, the client
-/// before this one, set).
-const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
-
-/// hyper-util's pooling client, without reqwest's layers above it (its
-/// redirect and retry services, and the two URL parses per request they
-/// brought, were a sixth of a delivery's instructions; BENCHMARKS.md,
-/// session 13). What reqwest was set to do is done here: no redirect is
-/// followed (hyper follows none), no proxy is used (hyper-util's connector
-/// knows none, so none from the environment connects on our behalf), every
-/// name goes through [`GuardedResolver`], plain http only when the policy
-/// allows it, rustls with the webpki roots, and a timeout per attempt.
-type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
-
 pub struct Dispatcher {
     store: Store,
     settings: DispatchSettings,
@@ -126,7 +108,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Store, settings: DispatchSettings) -> anyhow::Result<Dispatcher> {
-        let client = http_client(&settings)?;
+        let client = client::http_client(settings.policy, settings.timeout)?;
         Ok(Dispatcher {
             store,
             settings,
@@ -406,36 +388,6 @@ impl Dispatcher {
             }
         }
     }
-}
-
-/// The delivering client: see [`HttpClient`].
-fn http_client(settings: &DispatchSettings) -> anyhow::Result<HttpClient> {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
-        policy: settings.policy,
-    });
-    // The TLS connector decides which schemes are allowed.
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(settings.timeout));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(TCP_KEEPALIVE));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-    let https = if settings.policy.allow_http {
-        https.https_or_http()
-    } else {
-        https.https_only()
-    };
-    let connector = https.enable_http1().enable_http2().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build(connector))
 }
 
 fn outcome_label(outcome: &AttemptOutcome) -> &'static str {

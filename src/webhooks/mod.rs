@@ -7,6 +7,7 @@
 //! KeyAdmin transactions (`store::webhooks`), and the dispatcher reads them
 //! from there on its own task and its own connections.
 
+mod client;
 pub mod dispatcher;
 mod endpoint_cache;
 pub mod secret;
