@@ -126,6 +126,14 @@ pub fn is_public(ip: IpAddr) -> bool {
                 let [c, d] = segments[7].to_be_bytes();
                 return is_public_v4(Ipv4Addr::new(a, b, c, d));
             }
+            // 6to4 (2002::/16) carries the IPv4 address it reaches in its
+            // second and third segments: a relay would take 2002:7f00:1::
+            // to 127.0.0.1.
+            if segments[0] == 0x2002 {
+                let [a, b] = segments[1].to_be_bytes();
+                let [c, d] = segments[2].to_be_bytes();
+                return is_public_v4(Ipv4Addr::new(a, b, c, d));
+            }
             !(ip.is_loopback()
                 || ip.is_unspecified()
                 || ip.is_multicast()
@@ -133,6 +141,10 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (segments[0] & 0xffc0) == 0xfe80 // link-local
                 || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+                // Teredo (2001::/32) and local-use NAT64 (64:ff9b:1::/48)
+                // reach IPv4 addresses this check cannot read reliably.
+                || (segments[0] == 0x2001 && segments[1] == 0)
+                || (segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1)
                 || segments[0] == 0 // IPv4-compatible and other reserved ::/16
                 || (segments[0] == 0x100 && segments[1..4] == [0; 3])) // discard-only
         }
@@ -222,10 +234,19 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a9fe:a9fe",
         ] {
             assert!(!is_public(refused.parse().unwrap()), "{refused}");
         }
-        for allowed in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for allowed in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "2002:5db8:d822::1",
+        ] {
             assert!(is_public(allowed.parse().unwrap()), "{allowed}");
         }
     }
