@@ -14,7 +14,8 @@ use std::{
 
 use axum::{
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::{header::LOCATION, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
     routing::post,
     Router,
 };
@@ -44,6 +45,8 @@ enum Reply {
     Status(u16),
     /// Never answers (the sender's timeout or death ends the request).
     Hang,
+    /// 307 to this same `/hook`: a sender following it would post again.
+    RedirectToSelf,
 }
 
 #[derive(Clone, Debug)]
@@ -127,7 +130,7 @@ async fn receive(
     State(state): State<Arc<ReceiverState>>,
     headers: HeaderMap,
     body: String,
-) -> StatusCode {
+) -> Response {
     let header = |name: &str| {
         headers
             .get(name)
@@ -149,8 +152,11 @@ async fn receive(
         .or(*state.otherwise.lock().unwrap())
         .unwrap_or(Reply::Status(200));
     match reply {
-        Reply::Status(code) => StatusCode::from_u16(code).unwrap(),
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
         Reply::Hang => std::future::pending().await,
+        Reply::RedirectToSelf => {
+            (StatusCode::TEMPORARY_REDIRECT, [(LOCATION, "/hook")]).into_response()
+        }
     }
 }
 
@@ -322,6 +328,33 @@ on_both_backends! {
         assert_eq!(delivery.attempt_log[0].error, "HTTP 500 Internal Server Error");
         // Delivered means done: no third request.
         assert_eq!(receiver.received().len(), 2);
+        server.stop().await;
+    }
+
+    async fn a_timed_out_attempt_and_a_redirect_are_recorded_and_retried(backend) {
+        // The attempt that times out and the redirect are both failed
+        // attempts, recorded as such; the redirect is not followed (a
+        // followed 307 would post to the receiver a fourth time).
+        let receiver = Receiver::start().await;
+        receiver.script(&[Reply::Hang, Reply::RedirectToSelf]);
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, _) = register(&mut server.admin, &receiver.url(), &["api_key.created"]).await;
+        create_key(&mut server.admin, "patient").await;
+
+        let received = receiver.wait_for(3).await;
+        let delivery = delivery_where(&mut server.admin, &webhook_id, &received[0].id, |d| {
+            d.status == DeliveryStatus::Delivered as i32
+        }).await;
+        let attempts: Vec<(u32, &str)> = delivery.attempt_log.iter()
+            .map(|a| (a.status_code, a.error.as_str()))
+            .collect();
+        assert_eq!(attempts.len(), 3, "{attempts:?}");
+        assert_eq!(attempts[0], (0, "operation timed out"));
+        assert_eq!(attempts[1].0, 307);
+        assert!(attempts[1].1.starts_with("HTTP 307"), "{attempts:?}");
+        assert_eq!(attempts[2], (200, ""));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(receiver.received().len(), 3, "the redirect was not followed");
         server.stop().await;
     }
 
