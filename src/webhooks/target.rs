@@ -46,9 +46,15 @@ const REGISTRATION_LOOKUP: std::time::Duration = std::time::Duration::from_secs(
 
 impl TargetPolicy {
     /// Checks a URL's shape, scheme and, when the host is an address
-    /// literal or a name that resolves now, its addresses.
+    /// literal or a name that resolves now, its addresses; and that the
+    /// HTTP client can send to it (`url` takes hosts with `{`, `"` or a
+    /// backtick that `http::Uri` refuses: such an endpoint would fail every
+    /// attempt for the whole retry window).
     pub async fn check_url(&self, raw: &str) -> Result<url::Url, TargetError> {
         let url = self.check_shape(raw)?;
+        url.as_str()
+            .parse::<http::Uri>()
+            .map_err(|_| TargetError::NotAUrl)?;
         let Some(host) = url.host_str() else {
             return Err(TargetError::NotAUrl);
         };
@@ -281,5 +287,20 @@ mod tests {
             allow_http: true,
         };
         assert!(open.check_shape("http://127.0.0.1:9/hook").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_url_the_http_client_cannot_send_to_is_refused_at_registration() {
+        for host in ["exa{mple.com", "exa\"mple.com", "exa`mple.com"] {
+            let raw = format!("https://{host}/hook");
+            // `url` takes it ...
+            assert!(STRICT.check_shape(&raw).is_ok(), "{raw}");
+            // ... the client does not, so neither does registration.
+            assert_eq!(
+                STRICT.check_url(&raw).await.unwrap_err(),
+                TargetError::NotAUrl,
+                "{raw}"
+            );
+        }
     }
 }
