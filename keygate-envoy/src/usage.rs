@@ -191,9 +191,10 @@ pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
         };
         // Batch after batch until the queue is empty or keygate refuses.
         loop {
-            let Some(full) = batch.fill(queued) else {
+            if !batch.fill(queued) {
                 return;
-            };
+            }
+            let full = batch.is_full(queued);
             if batch.is_empty() || !(tick_due || full && !failing) {
                 break;
             }
@@ -240,8 +241,9 @@ pub async fn report(queued: &mut Queued, source: &Source, log: Log) {
                     }
                     // A report keygate refused as it is will never be taken:
                     // dropped. Any other is kept and sent again with the next
-                    // tick; meanwhile new records queue up, and are dropped
-                    // once the queue is full.
+                    // tick; meanwhile new requests are counted into it until
+                    // it is full, then queue up, and are dropped once the
+                    // queue is full too.
                     if matches!(
                         status.code(),
                         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted
@@ -317,18 +319,17 @@ impl Used {
 }
 
 impl Batch {
-    /// Moves queued records in, up to the queue's records per call and
-    /// [`MAX_REPORT_BYTES`]: whether the batch is full, `None` once the
-    /// queue's senders are gone.
-    fn fill(&mut self, queued: &mut Queued) -> Option<bool> {
+    /// Moves queued records in until the queue is empty or the batch full;
+    /// `false` once the queue's senders are gone.
+    fn fill(&mut self, queued: &mut Queued) -> bool {
         while !self.is_full(queued) {
             match queued.receiver.try_recv() {
                 Ok(used) => self.add(used),
-                Err(mpsc::error::TryRecvError::Empty) => return Some(false),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
             }
         }
-        Some(true)
+        true
     }
 
     /// Counts one request in the record of its kind.

@@ -93,6 +93,7 @@ const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 const USER_AGENT_VALUE: &str = concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION"));
+
 pub struct Dispatcher {
     store: Store,
     settings: DispatchSettings,

@@ -12,7 +12,8 @@ use keygate::proto::{key_admin_client::KeyAdminClient, CreateKeyRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs the openssl CLI in `dir`; panics with its error output if it fails.
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
         .current_dir(dir)

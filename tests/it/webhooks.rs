@@ -261,6 +261,30 @@ async fn delivery_where(
     last.unwrap()
 }
 
+/// Sends the endpoint's test event and waits for its first attempt, which
+/// must have been refused before any answer (left pending for a retry): the
+/// attempt's recorded error.
+async fn first_test_attempt_refused(
+    admin: &mut KeyAdminClient<Channel>,
+    webhook_id: &str,
+) -> String {
+    let test = admin
+        .send_test_webhook(SendTestWebhookRequest {
+            owner_id: OWNER.into(),
+            webhook_id: webhook_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = delivery_where(admin, webhook_id, &test.event_id, |d| {
+        !d.attempt_log.is_empty()
+    })
+    .await;
+    assert_eq!(refused.status, DeliveryStatus::Pending as i32);
+    assert_eq!(refused.attempt_log[0].status_code, 0);
+    refused.attempt_log[0].error.clone()
+}
+
 fn body_of(received: &Received) -> serde_json::Value {
     serde_json::from_str(&received.body).expect("JSON body")
 }
@@ -526,16 +550,10 @@ on_both_backends! {
         let mut server = TestServer::start_with(backend, fast_webhooks).await;
         let url = format!("https://127.0.0.1:{}/hook", tls.port);
         let (webhook_id, _) = register(&mut server.admin, &url, &["webhook.test"]).await;
-        let test = server.admin.send_test_webhook(SendTestWebhookRequest {
-            owner_id: OWNER.into(), webhook_id: webhook_id.clone(),
-        }).await.unwrap().into_inner();
-        let refused = delivery_where(&mut server.admin, &webhook_id, &test.event_id, |d| !d.attempt_log.is_empty()).await;
-        assert_eq!(refused.status, DeliveryStatus::Pending as i32);
-        assert_eq!(refused.attempt_log[0].status_code, 0);
+        let error = first_test_attempt_refused(&mut server.admin, &webhook_id).await;
         // The handshake was made, and a certificate no webpki root signed
         // was refused.
-        assert!(refused.attempt_log[0].error.contains("invalid peer certificate"),
-            "{:?}", refused.attempt_log[0].error);
+        assert!(error.contains("invalid peer certificate"), "{error:?}");
         server.stop().await;
     }
 
@@ -552,14 +570,8 @@ on_both_backends! {
             fast_webhooks(s);
             s.webhook_allow_private = Some(false);
         }).await;
-        let test = strict.admin.send_test_webhook(SendTestWebhookRequest {
-            owner_id: OWNER.into(), webhook_id: webhook_id.clone(),
-        }).await.unwrap().into_inner();
-        let refused = delivery_where(&mut strict.admin, &webhook_id, &test.event_id, |d| !d.attempt_log.is_empty()).await;
-        assert_eq!(refused.status, DeliveryStatus::Pending as i32);
-        assert_eq!(refused.attempt_log[0].status_code, 0);
-        assert!(refused.attempt_log[0].error.contains("resolves to no address that may be called"),
-            "{:?}", refused.attempt_log[0].error);
+        let error = first_test_attempt_refused(&mut strict.admin, &webhook_id).await;
+        assert!(error.contains("resolves to no address that may be called"), "{error:?}");
         assert!(receiver.received().is_empty(), "nothing reached the loopback receiver");
         strict.stop().await;
     }
@@ -576,19 +588,25 @@ struct SelfSignedTlsServer {
 impl SelfSignedTlsServer {
     fn start() -> SelfSignedTlsServer {
         let dir = tempfile::tempdir().unwrap();
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
-            ])
-            .args(["-out", "cert.pem", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-            .current_dir(dir.path())
-            .output()
-            .expect("openssl is installed");
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
+        crate::tls::openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
