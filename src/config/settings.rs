@@ -229,7 +229,8 @@ pub struct Settings {
     #[arg(long, env = "KEYGATE_WEBHOOK_TIMEOUT")]
     pub webhook_timeout: Option<String>,
     /// How long a replica's claim on a delivery holds before another may
-    /// take it; must exceed the timeout. [default: 60s]
+    /// take it (PostgreSQL; on SQLite, one process, nothing is claimed);
+    /// must exceed the timeout. [default: 60s]
     #[arg(long, env = "KEYGATE_WEBHOOK_LEASE")]
     pub webhook_lease: Option<String>,
     /// How often each replica looks for due deliveries. [default: 1s]

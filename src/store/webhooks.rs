@@ -2,12 +2,15 @@
 //!
 //! Deliveries are written by [`enqueue_event!`] inside the transaction of
 //! the change they report (through `insert_audit!`), so an event exists if
-//! and only if its change committed. The dispatcher claims due rows with a
-//! lease (`claim_id`, `claimed_until`; `FOR UPDATE SKIP LOCKED` on
-//! Postgres, so replicas never take the same row), delivers with no
+//! and only if its change committed. On Postgres the dispatcher claims due
+//! rows with a lease (`claim_id`, `claimed_until`; `FOR UPDATE SKIP
+//! LOCKED`, so replicas never take the same row), delivers with no
 //! transaction open, and records the outcome only while its claim holds:
 //! a replica that dies mid-delivery leaves the row to be claimed again once
-//! the lease lapses.
+//! the lease lapses. On SQLite (one keygate process per database file) it
+//! reads due rows instead, and records an outcome only while the row is as
+//! it read it; a process that dies mid-delivery finds the row due again
+//! when it restarts.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -76,8 +79,22 @@ macro_rules! claim_sql {
 }
 /// Postgres: rows another replica is claiming are skipped, not waited for.
 const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF d SKIP LOCKED");
-/// SQLite: one process, one writer.
-const CLAIM_SQLITE: &str = claim_sql!("");
+
+/// SQLite: due rows are read, not claimed. One keygate process uses a
+/// database file and its dispatcher runs one round at a time, so nothing
+/// else can take a row between its read and its outcome. A claim rewrote
+/// every row, payload included, in a write transaction of its own each
+/// round (BENCHMARKS.md, session 14). The attempt's number is the count so
+/// far plus one; `next_attempt_at` comes back as the text stored, the
+/// version the outcome is recorded against ([`RECORD_OUTCOMES_SQLITE_GUARD`]).
+/// Rows a claim of an older keygate still holds wait for its lease, as
+/// before.
+const READ_DUE_SQLITE: &str = concat!(
+    "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts + 1, d.retry_from, e.url, \
+     e.sealed_secret, d.next_attempt_at ",
+    due_deliveries!("$1"),
+    " ORDER BY d.next_attempt_at LIMIT $2"
+);
 
 /// Whether the claim would find anything: its condition, read only. On
 /// SQLite the claim is a write transaction with a temporary table for its
@@ -107,20 +124,39 @@ const RECORD_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
      FROM o JOIN webhook_deliveries d ON d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id \
      WHERE true ON CONFLICT DO NOTHING";
 
-/// Each outcome, on deliveries this claim still holds (the claim id is
-/// bound last). The attempt's time is bound once: it is also the next
+/// Each outcome, on deliveries still as the round found them (a guard per
+/// backend follows). The attempt's time is bound once: it is also the next
 /// attempt's time (bound as NULL) of a finished delivery, and a delivered
-/// one's `delivered_at`; each time bound is one more text encoding on SQLite.
-const RECORD_OUTCOMES_HEAD: &str =
-    "WITH o (event_id, endpoint_id, status, next_attempt_at, at, status_code, error) AS (";
+/// one's `delivered_at`; each time bound is one more text encoding on
+/// SQLite. `attempts` is the attempt's number: on Postgres the claim has
+/// counted it already, on SQLite this counts it.
+const RECORD_OUTCOMES_HEAD: &str = "WITH o (event_id, endpoint_id, status, next_attempt_at, at, \
+     status_code, error, attempt, read_due) AS (";
 const RECORD_OUTCOMES_TAIL: &str = ") UPDATE webhook_deliveries SET status = o.status, \
-     next_attempt_at = COALESCE(o.next_attempt_at, o.at), \
+     attempts = o.attempt, next_attempt_at = COALESCE(o.next_attempt_at, o.at), \
      delivered_at = CASE WHEN o.status = 'delivered' THEN o.at END, \
      last_status_code = o.status_code, last_error = o.error, claim_id = NULL, \
      claimed_until = NULL FROM o WHERE webhook_deliveries.event_id = o.event_id \
-     AND webhook_deliveries.endpoint_id = o.endpoint_id AND webhook_deliveries.claim_id = ";
+     AND webhook_deliveries.endpoint_id = o.endpoint_id AND ";
+/// Postgres: while this round's claim (bound after it) still holds; a
+/// lapsed one may have passed to another replica, whose outcome stands.
+const RECORD_OUTCOMES_POSTGRES_GUARD: &str = "webhook_deliveries.claim_id = ";
+/// SQLite: while no attempt was counted since the read and the due time is
+/// the one read; a `RedeliverWebhook` meanwhile (due now, a fresh retry
+/// window) wins over the outcome, as a redelivery drops a claim on
+/// Postgres.
+const RECORD_OUTCOMES_SQLITE_GUARD: &str = "webhook_deliveries.attempts = o.attempt - 1 \
+     AND webhook_deliveries.next_attempt_at = o.read_due";
 
-/// Rows per recording statement: 7 parameters each, well inside both
+/// SQLite, for outcomes the guard kept out: the attempt's number is spent
+/// all the same, so that the next attempt's record does not collide with
+/// this one's (the claim counted it on Postgres).
+const SPEND_ATTEMPT_NUMBERS_SQLITE_HEAD: &str = "WITH o (event_id, endpoint_id, attempt) AS (";
+const SPEND_ATTEMPT_NUMBERS_SQLITE_TAIL: &str = ") UPDATE webhook_deliveries \
+     SET attempts = o.attempt FROM o WHERE webhook_deliveries.event_id = o.event_id \
+     AND webhook_deliveries.endpoint_id = o.endpoint_id AND webhook_deliveries.attempts < o.attempt";
+
+/// Rows per recording statement: up to 9 parameters each, well inside both
 /// backends' limits (SQLite 32,766, Postgres 65,535).
 const RECORD_ROWS_PER_STATEMENT: usize = 256;
 
@@ -233,8 +269,9 @@ pub struct WebhookChanges {
     pub enabled: Option<bool>,
 }
 
-/// A delivery this replica has claimed: what it needs to send it.
-#[derive(Debug, Clone)]
+/// A delivery this replica has claimed (Postgres) or found due (SQLite):
+/// what it needs to send it.
+#[derive(Clone)]
 pub struct ClaimedDelivery {
     pub event_id: Uuid,
     pub endpoint_id: Uuid,
@@ -244,10 +281,37 @@ pub struct ClaimedDelivery {
     pub retry_from: DateTime<Utc>,
     pub url: String,
     pub sealed_secret: Vec<u8>,
+    /// SQLite: `next_attempt_at` as the text read, which the outcome is
+    /// recorded against. Postgres guards with the claim: `None`.
+    read_due: Option<String>,
 }
 
-/// [`SELECT_CLAIMED`]'s columns, in order.
+/// Without the URL (an owner's, which may carry a token), the payload or
+/// the sealed secret.
+impl std::fmt::Debug for ClaimedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedDelivery")
+            .field("event_id", &self.event_id)
+            .field("endpoint_id", &self.endpoint_id)
+            .field("attempts", &self.attempts)
+            .field("retry_from", &self.retry_from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`SELECT_CLAIMED`]'s columns, in order; [`READ_DUE_SQLITE`]'s add
+/// `next_attempt_at` as text.
 type ClaimedRow = (Uuid, Uuid, String, i32, DateTime<Utc>, String, Vec<u8>);
+type DueRow = (
+    Uuid,
+    Uuid,
+    String,
+    i32,
+    DateTime<Utc>,
+    String,
+    Vec<u8>,
+    String,
+);
 
 impl From<ClaimedRow> for ClaimedDelivery {
     fn from(row: ClaimedRow) -> Self {
@@ -260,7 +324,25 @@ impl From<ClaimedRow> for ClaimedDelivery {
             retry_from,
             url,
             sealed_secret,
+            read_due: None,
         }
+    }
+}
+
+impl From<DueRow> for ClaimedDelivery {
+    fn from(row: DueRow) -> Self {
+        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret, due) = row;
+        let mut delivery = ClaimedDelivery::from((
+            event_id,
+            endpoint_id,
+            payload,
+            attempts,
+            retry_from,
+            url,
+            sealed_secret,
+        ));
+        delivery.read_due = Some(due);
+        delivery
     }
 }
 
@@ -505,8 +587,11 @@ impl Store {
         })
     }
 
-    /// Claims up to `limit` due deliveries for `lease` (until `lease_until`)
-    /// under `claim_id`. One statement: no transaction stays open after it.
+    /// Up to `limit` deliveries due at `now`, oldest due first. On
+    /// Postgres they are claimed for `lease` (until `lease_until`) under
+    /// `claim_id`, in one statement: no transaction stays open after it. On
+    /// SQLite they are read ([`READ_DUE_SQLITE`]); the claim's arguments
+    /// are not used.
     pub async fn claim_deliveries(
         &self,
         claim_id: Uuid,
@@ -514,34 +599,43 @@ impl Store {
         lease_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let claim = match &self.main {
-            DbPool::Postgres(_) => CLAIM_POSTGRES,
-            DbPool::Sqlite(_) => CLAIM_SQLITE,
-        };
-        with_pool!(&self.main, pool => {
-            let claimed = sqlx::query(claim)
-                .bind(claim_id)
-                .bind(lease_until)
-                .bind(now)
-                .bind(i64::from(limit))
-                .execute(pool)
-                .await?;
-            if claimed.rows_affected() == 0 {
-                return Ok(Vec::new());
+        let limit = i64::from(limit);
+        match &self.main {
+            DbPool::Postgres(pool) => {
+                let claimed = sqlx::query(CLAIM_POSTGRES)
+                    .bind(claim_id)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .execute(pool)
+                    .await?;
+                if claimed.rows_affected() == 0 {
+                    return Ok(Vec::new());
+                }
+                let rows: Vec<ClaimedRow> = sqlx::query_as(SELECT_CLAIMED)
+                    .bind(claim_id)
+                    .fetch_all(pool)
+                    .await?;
+                Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
             }
-            let rows: Vec<ClaimedRow> = sqlx::query_as(SELECT_CLAIMED)
-                .bind(claim_id)
-                .fetch_all(pool)
-                .await?;
-            Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
-        })
+            DbPool::Sqlite(pool) => {
+                let rows: Vec<DueRow> = sqlx::query_as(READ_DUE_SQLITE)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?;
+                Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
+            }
+        }
     }
 
     /// Records a round's attempts, always, and each outcome on its delivery
-    /// while `claim_id` still holds it (a lapsed claim may have passed to
-    /// another replica, whose outcome then stands). One transaction for the
-    /// round: a write per delivery would cost the replica's Check path a
-    /// commit per event (docs/behaviour.md §9).
+    /// while the delivery is still as the round found it: on Postgres while
+    /// `claim_id` holds it (a lapsed claim may have passed to another
+    /// replica, whose outcome then stands), on SQLite while no redelivery
+    /// changed it. One transaction for the round: a write per delivery
+    /// would cost the replica's Check path a commit per event
+    /// (docs/behaviour.md §9).
     pub async fn record_attempts(
         &self,
         claim_id: Uuid,
@@ -550,6 +644,12 @@ impl Store {
         if attempts.is_empty() {
             return Ok(());
         }
+        let by_claim = self.is_postgres();
+        let guard = if by_claim {
+            RECORD_OUTCOMES_POSTGRES_GUARD
+        } else {
+            RECORD_OUTCOMES_SQLITE_GUARD
+        };
         with_pool!(&self.main, pool => {
             let mut tx = pool.begin_write().await?;
             for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
@@ -575,10 +675,25 @@ impl Store {
                         .push_bind(next_attempt_at)
                         .push_bind(outcome.at)
                         .push_bind(outcome.status_code.map(i32::from))
-                        .push_bind(outcome.error.as_deref());
+                        .push_bind(outcome.error.as_deref())
+                        .push_bind(claimed.attempts)
+                        .push_bind(claimed.read_due.as_deref());
                 });
-                update.push(RECORD_OUTCOMES_TAIL).push_bind(claim_id);
-                update.build().execute(&mut *tx).await?;
+                update.push(RECORD_OUTCOMES_TAIL).push(guard);
+                if by_claim {
+                    update.push_bind(claim_id);
+                }
+                let recorded = update.build().execute(&mut *tx).await?.rows_affected();
+                if !by_claim && recorded < chunk.len() as u64 {
+                    let mut spend = sqlx::QueryBuilder::new(SPEND_ATTEMPT_NUMBERS_SQLITE_HEAD);
+                    spend.push_values(chunk, |mut row, (claimed, _)| {
+                        row.push_bind(claimed.event_id)
+                            .push_bind(claimed.endpoint_id)
+                            .push_bind(claimed.attempts);
+                    });
+                    spend.push(SPEND_ATTEMPT_NUMBERS_SQLITE_TAIL);
+                    spend.build().execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
         });

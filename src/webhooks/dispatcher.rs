@@ -2,12 +2,14 @@
 //!
 //! Each round claims a batch of due deliveries for a lease (one statement;
 //! `FOR UPDATE SKIP LOCKED` on Postgres, so two replicas never claim the same
-//! row), sends them concurrently with no transaction open, and records each
-//! attempt and its outcome. A failed attempt is retried after an exponential
-//! backoff with jitter until the retry window (24 h by default) has passed,
-//! then the delivery is marked failed. A replica that dies mid-delivery
-//! holds nothing: its lease lapses and another replica (or the restarted
-//! one) claims the row again, and the receiver sees the same `webhook-id`.
+//! row; on SQLite, one process, a read), sends them concurrently with no
+//! transaction open, and records each attempt and its outcome. A failed
+//! attempt is retried after an exponential backoff with jitter until the
+//! retry window (24 h by default) has passed, then the delivery is marked
+//! failed. A replica that dies mid-delivery holds nothing: its lease lapses
+//! and another replica (or the restarted one) claims the row again (on
+//! SQLite the restarted process finds it due), and the receiver sees the
+//! same `webhook-id`.
 //!
 //! The same task, every five seconds, reports the outbox gauges and emits
 //! the `api_key.expiring` warnings that have come due.
@@ -56,7 +58,10 @@ pub struct DispatchSettings {
     pub retry_max_delay: Duration,
     /// How long after an event a failed delivery is still retried.
     pub retry_for: Duration,
-    /// Deliveries claimed (and sent concurrently) per round.
+    /// Deliveries claimed (and sent concurrently) per round: 128, so that
+    /// a busy outbox costs one recording transaction per 128 deliveries (a
+    /// quarter less CPU on the SQLite writer per delivery than 32;
+    /// BENCHMARKS.md, session 14).
     pub batch: u32,
     /// When `api_key.expiring` is sent, before `expires_at`.
     pub expiry_warnings: Vec<Duration>,
@@ -72,7 +77,7 @@ impl Default for DispatchSettings {
             retry_base: Duration::from_secs(10),
             retry_max_delay: Duration::from_secs(60 * 60),
             retry_for: Duration::from_secs(24 * 60 * 60),
-            batch: 32,
+            batch: 128,
             expiry_warnings: vec![
                 Duration::from_secs(7 * 24 * 60 * 60),
                 Duration::from_secs(24 * 60 * 60),
@@ -157,13 +162,13 @@ impl Dispatcher {
     }
 
     /// Delivers rounds until one finds less than a full batch due, and
-    /// returns whether any round claimed something. After a poll that found
-    /// nothing (`after_idle`), a read asks first whether anything is due:
-    /// an idle replica polls every `poll_interval`, and on SQLite the claim
-    /// is a write transaction even when it finds nothing. A busy outbox
-    /// goes straight to the claim.
+    /// returns whether any round claimed something. On Postgres, after a
+    /// poll that found nothing (`after_idle`), a read asks first whether
+    /// anything is due: an idle replica polls every `poll_interval`, and a
+    /// claim locks what it finds. A busy outbox goes straight to the claim,
+    /// and on SQLite the round's own read of due rows is that question.
     async fn drain_due(&self, after_idle: bool) -> bool {
-        if after_idle {
+        if after_idle && self.store.is_postgres() {
             match self.store.any_due(self.clock.now()).await {
                 Ok(true) => {}
                 Ok(false) => return false,

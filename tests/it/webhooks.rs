@@ -575,6 +575,66 @@ on_both_backends! {
         assert!(receiver.received().is_empty(), "nothing reached the loopback receiver");
         strict.stop().await;
     }
+
+    async fn a_redelivery_asked_for_during_an_attempt_wins_and_no_attempt_number_is_reused(backend) {
+        use keygate::{
+            domain::webhook::{DeliveryStatus, Webhook},
+            store::{AttemptOutcome, NewWebhook, Store, StoreOptions},
+        };
+        use chrono::{SubsecRound, TimeDelta};
+
+        let db = TestDb::new(backend).await;
+        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+        store.migrate().await.unwrap();
+        // Whole seconds: each backend keeps its own sub-second precision.
+        let now = chrono::Utc::now().trunc_subsecs(0);
+        let seconds = |n| now + TimeDelta::seconds(n);
+        let hook = Webhook {
+            id: uuid::Uuid::now_v7(),
+            owner_id: OWNER.into(),
+            url: "https://hooks.example/in".into(),
+            events: Vec::new(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+        };
+        let new = NewWebhook { webhook: hook, sealed_secret: vec![7; 44] };
+        let hook = store.insert_webhook(&new, 10).await.unwrap();
+        let event_id = uuid::Uuid::now_v7();
+        store.enqueue_for_endpoint(hook.id, event_id, "webhook.test", "{}", now).await.unwrap();
+        let delivered = |at| AttemptOutcome {
+            at,
+            status_code: Some(200),
+            latency_ms: 3,
+            error: None,
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: at,
+        };
+
+        let first_claim = uuid::Uuid::now_v7();
+        let first = store.claim_deliveries(first_claim, now, seconds(60), 32).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].attempts, 1);
+        // The owner asks for a redelivery while that attempt is under way.
+        store.redeliver(event_id, hook.id, seconds(1)).await.unwrap();
+        store.record_attempts(first_claim, &[(first[0].clone(), delivered(seconds(2)))]).await.unwrap();
+        let after = store.get_delivery(event_id, hook.id).await.unwrap();
+        assert_eq!(after.status, DeliveryStatus::Pending, "the redelivery wins: {after:?}");
+        assert_eq!(after.next_attempt_at, seconds(1));
+        assert_eq!(after.attempt_log.len(), 1, "the attempt is recorded all the same");
+
+        let second_claim = uuid::Uuid::now_v7();
+        let second = store.claim_deliveries(second_claim, seconds(3), seconds(63), 32).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].attempts, 2, "attempt 1's number is spent");
+        store.record_attempts(second_claim, &[(second[0].clone(), delivered(seconds(4)))]).await.unwrap();
+        let done = store.get_delivery(event_id, hook.id).await.unwrap();
+        assert_eq!(done.status, DeliveryStatus::Delivered);
+        assert_eq!(done.attempts, 2);
+        let numbers: Vec<u32> = done.attempt_log.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, [1, 2]);
+        store.close().await;
+    }
 }
 
 /// `openssl s_server` on a loopback port with a self-signed certificate for
@@ -734,6 +794,48 @@ async fn a_replica_killed_mid_delivery_leaves_the_event_to_another() {
         "the killed attempt counts: {delivered:?}"
     );
     survivor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_keygate_killed_mid_delivery_delivers_the_event_when_restarted() {
+    let receiver = Receiver::start().await;
+    // The first request hangs: the process that sent it dies waiting.
+    receiver.script(&[Reply::Hang]);
+    let db = TestDb::new(Backend::Sqlite).await;
+    // The default lease (60 s): were the row claimed on SQLite, the
+    // restarted process would wait that long for it.
+    let doomed = KeygateProcess::spawn(
+        &db.url,
+        &[
+            ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
+            ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
+            ("KEYGATE_WEBHOOK_TIMEOUT", "5s"),
+        ],
+    )
+    .await;
+    let mut admin = KeyAdminClient::new(common::channel(doomed.admin_addr).await);
+    let (webhook_id, secret) = register(&mut admin, &receiver.url(), &["api_key.created"]).await;
+    create_key(&mut admin, "orphaned").await;
+    let first = receiver.wait_for(1).await;
+    drop(doomed); // SIGKILL, mid-request.
+
+    let mut restarted = TestServer::start_on(db, fast_webhooks).await;
+    let received = receiver.wait_for(2).await;
+    assert_eq!(
+        received[1].id, first[0].id,
+        "the redelivery carries the same webhook-id"
+    );
+    assert!(verify(&secret, &received[1]));
+    let delivered = delivery_where(&mut restarted.admin, &webhook_id, &first[0].id, |d| {
+        d.status == DeliveryStatus::Delivered as i32
+    })
+    .await;
+    assert_eq!(
+        delivered.attempts, 1,
+        "the attempt the crash cut short is not counted on SQLite: {delivered:?}"
+    );
+    restarted.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
