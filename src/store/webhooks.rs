@@ -96,10 +96,9 @@ const READ_DUE_SQLITE: &str = concat!(
     " ORDER BY d.next_attempt_at LIMIT $2"
 );
 
-/// Whether the claim would find anything: its condition, read only. On
-/// SQLite the claim is a write transaction with a temporary table for its
-/// `IN` list even when nothing is due; this read is neither (BENCHMARKS.md,
-/// session 12), and on Postgres it locks nothing.
+/// Whether the claim would find anything: its condition, read only, locking
+/// nothing (BENCHMARKS.md, session 12). Postgres only: on SQLite the round's
+/// own read of due rows is that question.
 const ANY_DUE: &str = concat!("SELECT EXISTS (SELECT 1 ", due_deliveries!("$1"), ")");
 
 /// Read back as a tuple, by position: a derived `FromRow` looks each

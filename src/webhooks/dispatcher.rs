@@ -110,6 +110,12 @@ pub struct Dispatcher {
     /// Endpoints' URLs, parsed and checked once per URL text.
     urls: EndpointCache<Uri>,
     clock: Clock,
+    /// SQLite: until when no round runs after one whose outcomes could not
+    /// be recorded. Nothing claimed those deliveries, so they are still due:
+    /// delivered again at once, they would be repeated as fast as the
+    /// receiver answers for as long as the database refuses writes. A
+    /// lease's time, as a claim holds them back on Postgres.
+    held_back_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Dispatcher {
@@ -123,6 +129,7 @@ impl Dispatcher {
             keys: EndpointCache::default(),
             urls: EndpointCache::default(),
             clock: Clock::system(),
+            held_back_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -133,7 +140,8 @@ impl Dispatcher {
     }
 
     /// Runs until `stop` resolves. A round cut short by `stop` leaves its
-    /// claims to lapse: those events are delivered later, not lost.
+    /// claims to lapse (on SQLite its rows were never claimed): those
+    /// events are delivered later, not lost.
     pub async fn run(self: Arc<Self>, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let mut poll = tokio::time::interval(self.settings.poll_interval);
@@ -168,6 +176,9 @@ impl Dispatcher {
     /// claim locks what it finds. A busy outbox goes straight to the claim,
     /// and on SQLite the round's own read of due rows is that question.
     async fn drain_due(&self, after_idle: bool) -> bool {
+        if self.held_back() {
+            return false;
+        }
         if after_idle && self.store.is_postgres() {
             match self.store.any_due(self.clock.now()).await {
                 Ok(true) => {}
@@ -183,7 +194,7 @@ impl Dispatcher {
             match self.deliver_round().await {
                 Ok(claimed) => {
                     claimed_any |= claimed > 0;
-                    if claimed < self.settings.batch as usize {
+                    if claimed < self.settings.batch as usize || self.held_back() {
                         return claimed_any;
                     }
                 }
@@ -223,10 +234,35 @@ impl Dispatcher {
         }))
         .await;
         if let Err(error) = self.store.record_attempts(claim_id, &attempts).await {
-            // The claims lapse and these deliveries are attempted again.
+            // These deliveries are attempted again once the claims lapse;
+            // on SQLite, once the dispatcher stops holding back.
             tracing::warn!(error = %chain(&error), deliveries = count, "cannot record a round of webhook attempts");
+            if !self.store.is_postgres() {
+                let until = Instant::now() + self.settings.lease;
+                *self
+                    .held_back_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(until);
+            }
         }
         Ok(count)
+    }
+
+    /// Whether rounds wait, after one whose outcomes could not be recorded
+    /// (SQLite).
+    fn held_back(&self) -> bool {
+        let mut until = self
+            .held_back_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match *until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
     }
 
     async fn attempt(

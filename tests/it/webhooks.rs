@@ -285,6 +285,18 @@ async fn first_test_attempt_refused(
     refused.attempt_log[0].error.clone()
 }
 
+/// A change to test settings that a server then runs with.
+type Tighten = fn(&mut Settings);
+
+/// Runs each statement on the test database.
+async fn run_sql(db: &TestDb, statements: &[&str]) {
+    with_test_pool!(db, pool => {
+        for statement in statements {
+            sqlx::query(statement).execute(&pool).await.expect(statement);
+        }
+    })
+}
+
 fn body_of(received: &Received) -> serde_json::Value {
     serde_json::from_str(&received.body).expect("JSON body")
 }
@@ -542,6 +554,83 @@ on_both_backends! {
             events: vec!["api_key.exploded".into()], enabled: None,
         }).await.unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+        server.stop().await;
+    }
+
+    async fn an_endpoint_registered_while_allowed_is_refused_at_delivery_once_no_longer_allowed(backend) {
+        // Registered on a server that allows plain HTTP to loopback, with a
+        // token in its query as some receivers want.
+        let receiver = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let url = format!("{}?token=tok-in-the-url-8fd1", receiver.url());
+        let (webhook_id, _) = register(&mut server.admin, &url, &[]).await;
+        server.stop().await;
+
+        // The same database under stricter servers: each rule is checked
+        // again at delivery, before any connection.
+        let stricter: [(Tighten, &str); 2] = [
+            (|s| s.webhook_allow_http = Some(false), "url must use https"),
+            (|s| s.webhook_allow_private = Some(false), "url points at 127.0.0.1"),
+        ];
+        let mut db = server.db;
+        for (tighten, refusal) in stricter {
+            let mut server = TestServer::start_on(db, |s| {
+                fast_webhooks(s);
+                tighten(s);
+            })
+            .await;
+            let error = first_test_attempt_refused(&mut server.admin, &webhook_id).await;
+            assert!(error.starts_with(refusal), "{error}");
+            assert!(!error.contains("tok-in-the-url"), "the URL's token is not recorded: {error}");
+            server.stop().await;
+            db = server.db;
+        }
+        assert!(receiver.received().is_empty(), "nothing was sent: {:?}", receiver.received());
+    }
+
+    async fn a_round_whose_outcomes_cannot_be_recorded_is_not_repeated_before_the_lease(backend) {
+        let receiver = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, _) = register(&mut server.admin, &receiver.url(), &["api_key.created"]).await;
+        // The database refuses to record a delivery, as a full disk would.
+        let refuse: &[&str] = match backend {
+            Backend::Sqlite => &["CREATE TRIGGER refuse_outcomes BEFORE UPDATE OF status \
+                ON webhook_deliveries WHEN NEW.status = 'delivered' \
+                BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"],
+            Backend::Postgres => &[
+                "CREATE FUNCTION refuse_outcomes() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$",
+                "CREATE TRIGGER refuse_outcomes BEFORE UPDATE OF status ON webhook_deliveries \
+                 FOR EACH ROW WHEN (NEW.status = 'delivered') EXECUTE FUNCTION refuse_outcomes()",
+            ],
+        };
+        run_sql(&server.db, refuse).await;
+        create_key(&mut server.admin, "unrecorded").await;
+        let first = receiver.wait_for(1).await;
+        // Polls every 50 ms: were the round run again at once, the receiver
+        // would hear the event again and again (lease 2 s).
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(receiver.received().len(), 1, "sent again before the lease");
+
+        let allow: &[&str] = match backend {
+            Backend::Sqlite => &["DROP TRIGGER refuse_outcomes"],
+            Backend::Postgres => &[
+                "DROP TRIGGER refuse_outcomes ON webhook_deliveries",
+                "DROP FUNCTION refuse_outcomes()",
+            ],
+        };
+        run_sql(&server.db, allow).await;
+        let received = receiver.wait_for(2).await;
+        assert_eq!(received[1].id, first[0].id, "the same event, attempted again");
+        let delivered = delivery_where(&mut server.admin, &webhook_id, &first[0].id, |d| {
+            d.status == DeliveryStatus::Delivered as i32
+        })
+        .await;
+        // The unrecorded attempt left no record; on Postgres its claim
+        // counted it.
+        assert_eq!(delivered.attempt_log.len(), 1, "{delivered:?}");
+        let counted = if backend == Backend::Postgres { 2 } else { 1 };
+        assert_eq!(delivered.attempts, counted, "{delivered:?}");
         server.stop().await;
     }
 
