@@ -101,10 +101,11 @@ const READ_DUE_SQLITE: &str = concat!(
 /// own read of due rows is that question.
 const ANY_DUE: &str = concat!("SELECT EXISTS (SELECT 1 ", due_deliveries!("$1"), ")");
 
-/// Read back as a tuple, by position: a derived `FromRow` looks each
-/// column up by name, per row.
+/// Postgres: the rows a claim took, read back as a tuple, by position (a
+/// derived `FromRow` looks each column up by name, per row); no `read_due`,
+/// the claim guards the outcome.
 const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts, \
-     d.retry_from, e.url, e.sealed_secret FROM webhook_deliveries d \
+     d.retry_from, e.url, e.sealed_secret, NULL::text FROM webhook_deliveries d \
      JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
 
 /// A round's attempts are recorded in two statements, whatever its size:
@@ -298,10 +299,9 @@ impl std::fmt::Debug for ClaimedDelivery {
     }
 }
 
-/// [`SELECT_CLAIMED`]'s columns, in order; [`READ_DUE_SQLITE`]'s add
-/// `next_attempt_at` as text.
-type ClaimedRow = (Uuid, Uuid, String, i32, DateTime<Utc>, String, Vec<u8>);
-type DueRow = (
+/// [`SELECT_CLAIMED`]'s and [`READ_DUE_SQLITE`]'s columns, in order; the
+/// last is `read_due` (NULL from Postgres).
+type ClaimedRow = (
     Uuid,
     Uuid,
     String,
@@ -309,12 +309,13 @@ type DueRow = (
     DateTime<Utc>,
     String,
     Vec<u8>,
-    String,
+    Option<String>,
 );
 
 impl From<ClaimedRow> for ClaimedDelivery {
     fn from(row: ClaimedRow) -> Self {
-        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret) = row;
+        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret, read_due) =
+            row;
         ClaimedDelivery {
             event_id,
             endpoint_id,
@@ -323,25 +324,8 @@ impl From<ClaimedRow> for ClaimedDelivery {
             retry_from,
             url,
             sealed_secret,
-            read_due: None,
+            read_due,
         }
-    }
-}
-
-impl From<DueRow> for ClaimedDelivery {
-    fn from(row: DueRow) -> Self {
-        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret, due) = row;
-        let mut delivery = ClaimedDelivery::from((
-            event_id,
-            endpoint_id,
-            payload,
-            attempts,
-            retry_from,
-            url,
-            sealed_secret,
-        ));
-        delivery.read_due = Some(due);
-        delivery
     }
 }
 
@@ -618,7 +602,7 @@ impl Store {
                 Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
             }
             DbPool::Sqlite(pool) => {
-                let rows: Vec<DueRow> = sqlx::query_as(READ_DUE_SQLITE)
+                let rows: Vec<ClaimedRow> = sqlx::query_as(READ_DUE_SQLITE)
                     .bind(now)
                     .bind(limit)
                     .fetch_all(pool)

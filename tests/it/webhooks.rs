@@ -791,6 +791,36 @@ impl Drop for SelfSignedTlsServer {
     }
 }
 
+/// After a crash cut the first request short: the event's second request,
+/// with the first's `webhook-id` and a valid signature, and its delivery
+/// once recorded as delivered.
+async fn delivered_again(
+    receiver: &Receiver,
+    admin: &mut KeyAdminClient<Channel>,
+    webhook_id: &str,
+    secret: &str,
+) -> WebhookDelivery {
+    let received = receiver.wait_for(2).await;
+    assert_eq!(
+        received[1].id, received[0].id,
+        "the redelivery carries the same webhook-id"
+    );
+    assert!(verify(secret, &received[1]));
+    delivery_where(admin, webhook_id, &received[0].id, |d| {
+        d.status == DeliveryStatus::Delivered as i32
+    })
+    .await
+}
+
+/// A keygate process's settings for a fast dispatcher allowed to call the
+/// loopback receiver over plain HTTP (as `fast_webhooks` for in-process
+/// servers).
+const PROCESS_WEBHOOKS: [(&str, &str); 3] = [
+    ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+    ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
+    ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
+];
+
 /// A second replica on an existing database.
 async fn replica(db: &TestDb) -> (app::Running, KeyAdminClient<Channel>) {
     let mut settings = common::test_settings(db);
@@ -854,30 +884,22 @@ async fn a_replica_killed_mid_delivery_leaves_the_event_to_another() {
     let doomed = KeygateProcess::spawn(
         &survivor.db.url,
         &[
-            ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
-            ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
-            ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
-            ("KEYGATE_WEBHOOK_TIMEOUT", "5s"),
-            ("KEYGATE_WEBHOOK_LEASE", "6s"),
-        ],
+            PROCESS_WEBHOOKS.as_slice(),
+            &[
+                ("KEYGATE_WEBHOOK_TIMEOUT", "5s"),
+                ("KEYGATE_WEBHOOK_LEASE", "6s"),
+            ],
+        ]
+        .concat(),
     )
     .await;
     create_key(&mut survivor.admin, "orphaned").await;
-    let first = receiver.wait_for(1).await;
+    receiver.wait_for(1).await;
     drop(doomed); // SIGKILL, mid-request.
     survivor.stop().await;
 
     let mut survivor = TestServer::start_on(survivor.db, fast_webhooks).await;
-    let received = receiver.wait_for(2).await;
-    assert_eq!(
-        received[1].id, first[0].id,
-        "the redelivery carries the same webhook-id"
-    );
-    assert!(verify(&secret, &received[1]));
-    let delivered = delivery_where(&mut survivor.admin, &webhook_id, &first[0].id, |d| {
-        d.status == DeliveryStatus::Delivered as i32
-    })
-    .await;
+    let delivered = delivered_again(&receiver, &mut survivor.admin, &webhook_id, &secret).await;
     assert_eq!(
         delivered.attempts, 2,
         "the killed attempt counts: {delivered:?}"
@@ -896,30 +918,20 @@ async fn a_sqlite_keygate_killed_mid_delivery_delivers_the_event_when_restarted(
     let doomed = KeygateProcess::spawn(
         &db.url,
         &[
-            ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
-            ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
-            ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
-            ("KEYGATE_WEBHOOK_TIMEOUT", "5s"),
-        ],
+            PROCESS_WEBHOOKS.as_slice(),
+            &[("KEYGATE_WEBHOOK_TIMEOUT", "5s")],
+        ]
+        .concat(),
     )
     .await;
     let mut admin = KeyAdminClient::new(common::channel(doomed.admin_addr).await);
     let (webhook_id, secret) = register(&mut admin, &receiver.url(), &["api_key.created"]).await;
     create_key(&mut admin, "orphaned").await;
-    let first = receiver.wait_for(1).await;
+    receiver.wait_for(1).await;
     drop(doomed); // SIGKILL, mid-request.
 
     let mut restarted = TestServer::start_on(db, fast_webhooks).await;
-    let received = receiver.wait_for(2).await;
-    assert_eq!(
-        received[1].id, first[0].id,
-        "the redelivery carries the same webhook-id"
-    );
-    assert!(verify(&secret, &received[1]));
-    let delivered = delivery_where(&mut restarted.admin, &webhook_id, &first[0].id, |d| {
-        d.status == DeliveryStatus::Delivered as i32
-    })
-    .await;
+    let delivered = delivered_again(&receiver, &mut restarted.admin, &webhook_id, &secret).await;
     assert_eq!(
         delivered.attempts, 1,
         "the attempt the crash cut short is not counted on SQLite: {delivered:?}"
@@ -935,11 +947,10 @@ async fn deliveries_and_the_outbox_are_reported_as_metrics() {
     let process = KeygateProcess::spawn(
         &db.url,
         &[
-            ("KEYGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
-            ("KEYGATE_WEBHOOK_ALLOW_HTTP", "true"),
-            ("KEYGATE_WEBHOOK_POLL_INTERVAL", "50ms"),
-            ("KEYGATE_WEBHOOK_RETRY_BASE", "100ms"),
-        ],
+            PROCESS_WEBHOOKS.as_slice(),
+            &[("KEYGATE_WEBHOOK_RETRY_BASE", "100ms")],
+        ]
+        .concat(),
     )
     .await;
     let mut admin = KeyAdminClient::new(common::channel(process.admin_addr).await);
