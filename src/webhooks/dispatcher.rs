@@ -251,18 +251,10 @@ impl Dispatcher {
     /// Whether rounds wait, after one whose outcomes could not be recorded
     /// (SQLite).
     fn held_back(&self) -> bool {
-        let mut until = self
-            .held_back_until
+        self.held_back_until
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match *until {
-            Some(at) if Instant::now() < at => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
-        }
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until)
     }
 
     async fn attempt(
