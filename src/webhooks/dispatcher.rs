@@ -2,8 +2,9 @@
 //!
 //! Each round claims a batch of due deliveries for a lease (one statement;
 //! `FOR UPDATE SKIP LOCKED` on Postgres, so two replicas never claim the same
-//! row; on SQLite, one process, a read), sends them concurrently with no
-//! transaction open, and records each attempt and its outcome. A failed
+//! row; on SQLite, one process, a read), sends them with no transaction
+//! open (every endpoint's at once, a few at a time to any one endpoint), and
+//! records each attempt and its outcome. A failed
 //! attempt is retried after an exponential backoff with jitter until the
 //! retry window (24 h by default) has passed, then the delivery is marked
 //! failed. A replica that dies mid-delivery holds nothing: its lease lapses
@@ -18,6 +19,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::Utc;
+use futures::{future::join_all, stream, StreamExt};
 use http::{
     header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, USER_AGENT},
     Method, Request, StatusCode, Uri,
@@ -86,6 +88,14 @@ impl Default for DispatchSettings {
     }
 }
 
+/// Requests in flight to one endpoint at once, at most, unless a round of
+/// timed-out attempts would then outlast its lease ([`in_flight_per_endpoint`]).
+/// A round of 128 due deliveries to one receiver over 16 connections, each
+/// used again as soon as it answers, costs the replica's core a quarter less
+/// than over 128 connections, each touched once a round with cold caches
+/// (BENCHMARKS.md, session 15); and no receiver hears 128 requests at once
+/// from one replica.
+pub const IN_FLIGHT_PER_ENDPOINT: usize = 16;
 /// How often the gauges are read and expiry warnings looked for: two
 /// indexed reads per warning threshold.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
@@ -109,6 +119,8 @@ pub struct Dispatcher {
     keys: EndpointCache<SigningKey>,
     /// Endpoints' URLs, parsed and checked once per URL text.
     urls: EndpointCache<Uri>,
+    /// Requests in flight to one endpoint at once ([`in_flight_per_endpoint`]).
+    per_endpoint: usize,
     clock: Clock,
     /// SQLite: until when no round runs after one whose outcomes could not
     /// be recorded. Nothing claimed those deliveries, so they are still due:
@@ -121,6 +133,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(store: Store, settings: DispatchSettings) -> anyhow::Result<Dispatcher> {
         let client = client::http_client(settings.policy, settings.timeout)?;
+        let per_endpoint = in_flight_per_endpoint(settings.batch, settings.timeout, settings.lease);
         Ok(Dispatcher {
             store,
             settings,
@@ -128,6 +141,7 @@ impl Dispatcher {
             seal_key: tokio::sync::OnceCell::new(),
             keys: EndpointCache::default(),
             urls: EndpointCache::default(),
+            per_endpoint,
             clock: Clock::system(),
             held_back_until: std::sync::Mutex::new(None),
         })
@@ -206,8 +220,8 @@ impl Dispatcher {
         }
     }
 
-    /// One round: claim, deliver concurrently, record. Returns how many
-    /// deliveries it claimed.
+    /// One round: claim, deliver ([`Self::attempt_all`]), record. Returns how
+    /// many deliveries it claimed.
     pub async fn deliver_round(&self) -> StoreResult<usize> {
         let claim_id = Uuid::now_v7();
         let now = self.clock.now();
@@ -224,15 +238,8 @@ impl Dispatcher {
             .seal_key
             .get_or_try_init(|| SealKey::load(&self.store, self.clock.now()))
             .await?;
-        let attempts = futures::future::join_all(claimed.into_iter().map(|mut delivery| async move {
-            // The body is sent, not copied: nothing after the attempt reads it.
-            let payload = std::mem::take(&mut delivery.payload);
-            let outcome = self.attempt(seal_key, &delivery, payload).await;
-            metrics::counter!("keygate_webhook_deliveries_total", "outcome" => outcome_label(&outcome))
-                .increment(1);
-            (delivery, outcome)
-        }))
-        .await;
+        let attempts = self.attempt_all(seal_key, claimed).await;
+        count_outcomes(&attempts);
         if let Err(error) = self.store.record_attempts(claim_id, &attempts).await {
             // These deliveries are attempted again once the claims lapse;
             // on SQLite, once the dispatcher stops holding back.
@@ -246,6 +253,39 @@ impl Dispatcher {
             }
         }
         Ok(count)
+    }
+
+    /// Attempts a round's deliveries: every endpoint's at once, and to each
+    /// endpoint up to `per_endpoint` at a time, oldest due first, the next
+    /// one sent as soon as one is answered.
+    async fn attempt_all(
+        &self,
+        seal_key: &SealKey,
+        claimed: Vec<ClaimedDelivery>,
+    ) -> Vec<(ClaimedDelivery, AttemptOutcome)> {
+        let mut by_endpoint: Vec<Vec<ClaimedDelivery>> = Vec::new();
+        for delivery in claimed {
+            match by_endpoint
+                .iter_mut()
+                .find(|group| group[0].endpoint_id == delivery.endpoint_id)
+            {
+                Some(group) => group.push(delivery),
+                None => by_endpoint.push(vec![delivery]),
+            }
+        }
+        let endpoints = by_endpoint.into_iter().map(|deliveries| {
+            stream::iter(deliveries)
+                .map(|mut delivery| async move {
+                    // The body is sent, not copied: nothing after the attempt
+                    // reads it.
+                    let payload = std::mem::take(&mut delivery.payload);
+                    let outcome = self.attempt(seal_key, &delivery, payload).await;
+                    (delivery, outcome)
+                })
+                .buffer_unordered(self.per_endpoint)
+                .collect::<Vec<_>>()
+        });
+        join_all(endpoints).await.into_iter().flatten().collect()
     }
 
     /// Whether rounds wait, after one whose outcomes could not be recorded
@@ -424,12 +464,42 @@ impl Dispatcher {
     }
 }
 
-fn outcome_label(outcome: &AttemptOutcome) -> &'static str {
-    match outcome.status {
+/// A round's outcomes, added to `keygate_webhook_deliveries_total` once per
+/// outcome rather than once per delivery (each is a look-up of the labelled
+/// counter).
+fn count_outcomes(attempts: &[(ClaimedDelivery, AttemptOutcome)]) {
+    for status in [
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Pending,
+        DeliveryStatus::Failed,
+    ] {
+        let count = attempts.iter().filter(|(_, o)| o.status == status).count() as u64;
+        if count > 0 {
+            metrics::counter!("keygate_webhook_deliveries_total", "outcome" => outcome_label(status))
+                .increment(count);
+        }
+    }
+}
+
+fn outcome_label(status: DeliveryStatus) -> &'static str {
+    match status {
         DeliveryStatus::Delivered => "delivered",
         DeliveryStatus::Pending => "retrying",
         DeliveryStatus::Failed => "failed",
     }
+}
+
+/// Requests in flight to one endpoint at once: [`IN_FLIGHT_PER_ENDPOINT`],
+/// or as many as it takes for a round of `batch` deliveries to one endpoint,
+/// every one of them timing out, to end within the `lease` (each slot's
+/// attempts run one after another; the lease outlasts one attempt, as the
+/// configuration requires). A claim must not lapse while its replica is
+/// still delivering, or another replica would deliver the event too.
+pub fn in_flight_per_endpoint(batch: u32, timeout: Duration, lease: Duration) -> usize {
+    // Timeouts that fit one after another strictly inside the lease.
+    let in_turn = (lease.as_nanos().div_ceil(timeout.as_nanos().max(1)) - 1).max(1);
+    let needed = u128::from(batch).div_ceil(in_turn);
+    IN_FLIGHT_PER_ENDPOINT.max(usize::try_from(needed).unwrap_or(usize::MAX))
 }
 
 /// The delay before attempt `attempt + 1`: `base · 2^(attempt-1)`, capped at
@@ -445,6 +515,29 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, random: f64) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_of_timeouts_to_one_endpoint_ends_within_the_lease() {
+        let s = Duration::from_secs;
+        // Defaults: 10 s attempts, a 60 s lease: five in turn, so 26 at once.
+        assert_eq!(in_flight_per_endpoint(128, s(10), s(60)), 26);
+        // A long lease leaves the floor.
+        assert_eq!(
+            in_flight_per_endpoint(128, s(1), s(30)),
+            IN_FLIGHT_PER_ENDPOINT
+        );
+        // Room for one attempt only: the whole round at once.
+        assert_eq!(in_flight_per_endpoint(128, s(10), s(11)), 128);
+        assert_eq!(in_flight_per_endpoint(128, s(1), s(2)), 128);
+        for (batch, timeout, lease) in [(128, 10, 60), (128, 10, 21), (40, 3, 100), (128, 7, 30)] {
+            let at_once = in_flight_per_endpoint(batch, s(timeout), s(lease));
+            let in_turn = u64::from(batch).div_ceil(at_once as u64);
+            assert!(
+                in_turn * timeout < lease,
+                "{batch} {timeout} {lease}: {at_once}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_keeps_half_and_never_shrinks() {

@@ -6,10 +6,10 @@
 use crate::common;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -38,6 +38,9 @@ const OWNER: &str = "org_hooks";
 /// The dispatcher's pace in these tests: fast polls and short retries, so
 /// nothing waits on production intervals.
 const RETRY_BASE: Duration = Duration::from_millis(100);
+/// Requests in flight to one endpoint at once, when the lease leaves room
+/// (docs/behaviour.md, "Delivery").
+const IN_FLIGHT_PER_ENDPOINT: usize = 16;
 
 /// What the receiver answers to one request.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +50,8 @@ enum Reply {
     Hang,
     /// 307 to this same `/hook`: a sender following it would post again.
     RedirectToSelf,
+    /// 200 after this long.
+    After(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +68,8 @@ struct ReceiverState {
     /// Replies to the next requests, in order; then `otherwise`.
     script: Mutex<VecDeque<Reply>>,
     otherwise: Mutex<Option<Reply>>,
+    /// When each `After` request arrived and was answered.
+    spans: Mutex<Vec<(Instant, Instant)>>,
 }
 
 /// An HTTP server on a loopback port that records every webhook request.
@@ -106,6 +113,10 @@ impl Receiver {
         self.state.received.lock().unwrap().clone()
     }
 
+    fn spans(&self) -> Vec<(Instant, Instant)> {
+        self.state.spans.lock().unwrap().clone()
+    }
+
     async fn wait_for(&self, count: usize) -> Vec<Received> {
         let arrived = eventually(Duration::from_secs(30), async || {
             self.received().len() >= count
@@ -131,6 +142,7 @@ async fn receive(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    let arrived = Instant::now();
     let header = |name: &str| {
         headers
             .get(name)
@@ -157,7 +169,28 @@ async fn receive(
         Reply::RedirectToSelf => {
             (StatusCode::TEMPORARY_REDIRECT, [(LOCATION, "/hook")]).into_response()
         }
+        Reply::After(delay) => {
+            tokio::time::sleep(delay).await;
+            state.spans.lock().unwrap().push((arrived, Instant::now()));
+            StatusCode::OK.into_response()
+        }
     }
+}
+
+/// The most requests open at one moment, of these (arrival, answer) spans.
+fn most_at_once(spans: &[(Instant, Instant)]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = spans
+        .iter()
+        .flat_map(|&(arrived, answered)| [(arrived, 1), (answered, -1)])
+        .collect();
+    // An answer at the instant of an arrival closes first.
+    edges.sort();
+    let (mut open, mut most) = (0, 0);
+    for (_, change) in edges {
+        open += change;
+        most = most.max(open);
+    }
+    most as usize
 }
 
 /// The Standard Webhooks verification, from the specification: the secret
@@ -631,6 +664,55 @@ on_both_backends! {
         assert_eq!(delivered.attempt_log.len(), 1, "{delivered:?}");
         let counted = if backend == Backend::Postgres { 2 } else { 1 };
         assert_eq!(delivered.attempts, counted, "{delivered:?}");
+        server.stop().await;
+    }
+
+    async fn a_round_sends_each_endpoint_a_few_requests_at_a_time(backend) {
+        const EVENTS: usize = 40;
+        let receivers = [Receiver::start().await, Receiver::start().await];
+        let mut server = TestServer::start_with(backend, |s| {
+            fast_webhooks(s);
+            // Off while the events are made, so that one round finds them
+            // all due.
+            s.webhooks_enabled = Some(false);
+        })
+        .await;
+        for receiver in &receivers {
+            receiver.answer_otherwise(Reply::After(Duration::from_millis(200)));
+            register(&mut server.admin, &receiver.url(), &["api_key.created"]).await;
+        }
+        for i in 0..EVENTS {
+            create_key(&mut server.admin, &format!("key {i}")).await;
+        }
+        server.stop().await;
+        // A lease that leaves room for rounds of timeouts one after another:
+        // the floor applies (in_flight_per_endpoint).
+        let mut server = TestServer::start_on(server.db, |s| {
+            fast_webhooks(s);
+            s.webhook_lease = Some("30s".into());
+        })
+        .await;
+
+        let mut all_spans = Vec::new();
+        for receiver in &receivers {
+            let received = receiver.wait_for(EVENTS).await;
+            let ids: HashSet<_> = received.iter().map(|r| r.id.clone()).collect();
+            assert_eq!(ids.len(), EVENTS, "each event once to each endpoint");
+            let answered = eventually(Duration::from_secs(10), async || {
+                receiver.spans().len() >= EVENTS
+            })
+            .await;
+            assert!(answered, "{} of {EVENTS} answered", receiver.spans().len());
+            let spans = receiver.spans();
+            assert_eq!(
+                most_at_once(&spans),
+                IN_FLIGHT_PER_ENDPOINT,
+                "at most this many at once, and that many"
+            );
+            all_spans.extend(spans);
+        }
+        // The limit is each endpoint's: both were sent to at once.
+        assert_eq!(most_at_once(&all_spans), 2 * IN_FLIGHT_PER_ENDPOINT);
         server.stop().await;
     }
 
