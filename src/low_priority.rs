@@ -7,7 +7,8 @@
 //! share of the core from Checks whenever both want it. Here it runs on a
 //! single-threaded runtime whose thread has [`LOW_NICE`]: it gets every idle
 //! cycle and a tenth of a default thread's weight when Check wants the core
-//! (the same trade as the SQLite writer's, `store::writer_priority`). If
+//! (the same trade as the SQLite writer's, `store::writer_priority`), and
+//! runs under `SCHED_BATCH` ([`run_as_batch`]). If
 //! delivery falls behind, the outbox holds the events (docs/behaviour.md §9):
 //! nothing is lost, it is delivered later.
 
@@ -80,6 +81,27 @@ fn lower_this_thread(name: &str) {
     if let Err(error) = setpriority_process(None, LOW_NICE) {
         tracing::warn!(%error, thread = name, "could not lower a background thread's priority; it competes with Check at full weight");
     }
+    if let Err(error) = run_as_batch(None) {
+        tracing::warn!(%error, thread = name, "could not put a background thread under SCHED_BATCH; it preempts Check when it wakes");
+    }
+}
+
+/// Puts thread `tid` (`None`: the calling thread) under `SCHED_BATCH`, its
+/// nice value kept. The scheduler then never lets it preempt the running
+/// thread when it wakes: it runs when Check's thread sleeps or its time
+/// slice ends, and does more at a time. Woken by every answer and every
+/// statement under the default policy, the dispatcher and the SQLite
+/// writer preempted Check's thread about 1,000 times in 3 s of delivering
+/// 1,000 webhooks a second; under `SCHED_BATCH` about 630 times, and Check
+/// kept more of the core (BENCHMARKS.md, session 15). Any thread may move
+/// itself or its process's threads between the normal policies without
+/// privilege.
+#[cfg(target_os = "linux")]
+pub(crate) fn run_as_batch(tid: Option<rustix::process::Pid>) -> std::io::Result<()> {
+    let param: uapi::c::sched_param = uapi::pod_zeroed();
+    let tid = tid.map_or(0, |tid| tid.as_raw_nonzero().get());
+    uapi::sched_setscheduler(tid, uapi::c::SCHED_BATCH, &param)?;
+    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -93,24 +115,32 @@ mod tests {
     async fn the_work_runs_on_its_own_lowered_thread_and_the_handle_waits_for_it() {
         let (seen, saw) = std::sync::mpsc::channel();
         let here = rustix::process::getpriority_process(None).unwrap();
+        let policy_here = uapi::sched_getscheduler(0).unwrap();
         let handle = spawn(
             "kg-test-low",
             move || async move {
                 let nice = rustix::process::getpriority_process(None).unwrap();
+                let policy = uapi::sched_getscheduler(0).unwrap();
                 let name = std::thread::current().name().map(str::to_owned);
                 tokio::task::yield_now().await;
-                seen.send((nice, name)).unwrap();
+                seen.send((nice, policy, name)).unwrap();
             },
             std::future::ready(()),
         )
         .unwrap();
         handle.await.unwrap();
-        let (nice, name) = saw
+        let (nice, policy, name) = saw
             .try_recv()
             .expect("the handle resolved before the work ran");
         assert_eq!(name.as_deref(), Some("kg-test-low"));
         // Under `nice -n 19` the thread cannot go lower than it already is.
         assert_eq!(nice, LOW_NICE.max(here));
+        assert_eq!(policy, uapi::c::SCHED_BATCH);
+        assert_eq!(
+            uapi::sched_getscheduler(0).unwrap(),
+            policy_here,
+            "the caller's thread changed policy"
+        );
         assert_eq!(
             rustix::process::getpriority_process(None).unwrap(),
             here,

@@ -8,7 +8,9 @@
 //! 51 ms before this module, 1.6–2.0 ms and 7.5–8.7 ms with it, no usage
 //! dropped either way (BENCHMARKS.md, s4). So the writer's thread runs at
 //! [`WRITER_NICE`]: it still gets every idle cycle, and a tenth of a
-//! default thread's weight when Check wants the core. If it falls behind,
+//! default thread's weight when Check wants the core; and under
+//! `SCHED_BATCH`, so that waking it (a flush, a webhook round's statements)
+//! does not preempt Check's thread (`low_priority::run_as_batch`). If it falls behind,
 //! the usage buffer absorbs the backlog and, when full, drops and counts
 //! events, as it does whenever the store is slow: Check never waits for
 //! usage. KeyAdmin writes share the writer, so under load they wait longer
@@ -34,7 +36,8 @@ pub(super) fn writer_thread_name(id: u64) -> String {
     format!("{WRITER_THREAD_PREFIX}-{id}")
 }
 
-/// Lowers every writer thread of this process to [`WRITER_NICE`]; called
+/// Lowers every writer thread of this process to [`WRITER_NICE`] and puts
+/// it under `SCHED_BATCH`; called
 /// after each writer connection is made, when its thread exists. Returns how
 /// many threads were lowered. Failure costs latency, not correctness, so it
 /// is logged and otherwise ignored.
@@ -58,6 +61,9 @@ fn lower_threads_named(prefix: &str, nice: i32) -> std::io::Result<usize> {
         if below && setpriority_process(Some(tid), nice).is_ok() {
             lowered += 1;
         }
+        // Like the nice value, the policy costs Check throughput if it
+        // cannot be set, not correctness; a thread that exited is skipped.
+        let _ = crate::low_priority::run_as_batch(Some(tid));
     }
     Ok(lowered)
 }
@@ -109,7 +115,7 @@ mod tests {
                 .spawn(move || {
                     named_tx.send(()).unwrap();
                     let _ = done_rx.lock().unwrap().recv();
-                    nice_of_this_thread()
+                    (nice_of_this_thread(), uapi::sched_getscheduler(0).unwrap())
                 })
                 .unwrap()
         };
@@ -127,8 +133,12 @@ mod tests {
 
         done_tx.send(()).unwrap();
         done_tx.send(()).unwrap();
-        assert_eq!(target.join().unwrap(), nice);
-        assert_eq!(bystander.join().unwrap(), nice_of_this_thread());
+        let policy_here = uapi::sched_getscheduler(0).unwrap();
+        assert_eq!(target.join().unwrap(), (nice, uapi::c::SCHED_BATCH));
+        assert_eq!(
+            bystander.join().unwrap(),
+            (nice_of_this_thread(), policy_here)
+        );
     }
 
     /// Nice values of this process's threads whose names start with `prefix`.
@@ -155,6 +165,18 @@ mod tests {
         // lowered by its own connection.
         let lowered = WRITER_NICE.max(nice_of_this_thread());
         assert!(nices_of_threads_named(WRITER_THREAD_PREFIX).contains(&lowered));
+        let policies = |prefix: &str| -> Vec<i32> {
+            threads_named(prefix)
+                .unwrap()
+                .into_iter()
+                .filter_map(|tid| uapi::sched_getscheduler(tid.as_raw_nonzero().get()).ok())
+                .collect()
+        };
+        assert!(policies(WRITER_THREAD_PREFIX).contains(&uapi::c::SCHED_BATCH));
+        let policy_here = uapi::sched_getscheduler(0).unwrap();
+        assert!(policies("sqlx-sqlite-wor")
+            .iter()
+            .all(|p| *p == policy_here));
         let readers = nices_of_threads_named("sqlx-sqlite-wor");
         assert!(!readers.is_empty());
         assert!(readers.iter().all(|nice| *nice == nice_of_this_thread()));
