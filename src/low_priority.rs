@@ -75,11 +75,11 @@ fn lower_this_thread(name: &str) {
     // On Linux a nice value belongs to a thread, and `None` (0) names the
     // calling thread only, not the whole process. Never raised: a keygate
     // started with a higher nice keeps it.
-    if getpriority_process(None).is_ok_and(|current| current >= LOW_NICE) {
-        return;
-    }
-    if let Err(error) = setpriority_process(None, LOW_NICE) {
-        tracing::warn!(%error, thread = name, "could not lower a background thread's priority; it competes with Check at full weight");
+    let already_low = getpriority_process(None).is_ok_and(|current| current >= LOW_NICE);
+    if !already_low {
+        if let Err(error) = setpriority_process(None, LOW_NICE) {
+            tracing::warn!(%error, thread = name, "could not lower a background thread's priority; it competes with Check at full weight");
+        }
     }
     if let Err(error) = run_as_batch(None) {
         tracing::warn!(%error, thread = name, "could not put a background thread under SCHED_BATCH; it preempts Check when it wakes");

@@ -106,7 +106,8 @@ const ANY_DUE: &str = concat!("SELECT EXISTS (SELECT 1 ", due_deliveries!("$1"),
 /// the claim guards the outcome.
 const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts, \
      d.retry_from, e.url, e.sealed_secret, NULL::text FROM webhook_deliveries d \
-     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
+     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1 \
+     ORDER BY d.next_attempt_at";
 
 /// A round's attempts are recorded in two statements, whatever its size:
 /// its attempts, then its outcomes, each from a `VALUES` list of the round's

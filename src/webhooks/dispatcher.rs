@@ -50,7 +50,9 @@ pub struct DispatchSettings {
     /// One HTTP attempt, connection included.
     pub timeout: Duration,
     /// How long a claim holds; longer than `timeout`, so that a live
-    /// replica records its attempt before anyone else may claim the row.
+    /// replica records its attempt before anyone else may claim the row
+    /// (a round's attempts to one endpoint, taken in turn, end a timeout
+    /// before it: [`in_flight_per_endpoint`]).
     pub lease: Duration,
     /// How often the outbox is polled when it had nothing due.
     pub poll_interval: Duration,
@@ -60,7 +62,8 @@ pub struct DispatchSettings {
     pub retry_max_delay: Duration,
     /// How long after an event a failed delivery is still retried.
     pub retry_for: Duration,
-    /// Deliveries claimed (and sent concurrently) per round: 128, so that
+    /// Deliveries claimed per round (and sent at once, up to
+    /// [`in_flight_per_endpoint`] to one endpoint): 128, so that
     /// a busy outbox costs one recording transaction per 128 deliveries (a
     /// quarter less CPU on the SQLite writer per delivery than 32;
     /// BENCHMARKS.md, session 14).
@@ -89,12 +92,12 @@ impl Default for DispatchSettings {
 }
 
 /// Requests in flight to one endpoint at once, at most, unless a round of
-/// timed-out attempts would then outlast its lease ([`in_flight_per_endpoint`]).
-/// A round of 128 due deliveries to one receiver over 16 connections, each
-/// used again as soon as it answers, costs the replica's core a quarter less
-/// than over 128 connections, each touched once a round with cold caches
-/// (BENCHMARKS.md, session 15); and no receiver hears 128 requests at once
-/// from one replica.
+/// timed-out attempts would then outlast its lease ([`in_flight_per_endpoint`]:
+/// 26 with the default timeout and lease). A round of 128 due deliveries to
+/// one receiver over 16 connections, each used again as soon as it answers,
+/// costs the replica's core a quarter less than over 128 connections, each
+/// touched once a round with cold caches (BENCHMARKS.md, session 15); and
+/// one endpoint no longer hears a whole round at once.
 pub const IN_FLIGHT_PER_ENDPOINT: usize = 16;
 /// How often the gauges are read and expiry warnings looked for: two
 /// indexed reads per warning threshold.
@@ -491,13 +494,15 @@ fn outcome_label(status: DeliveryStatus) -> &'static str {
 
 /// Requests in flight to one endpoint at once: [`IN_FLIGHT_PER_ENDPOINT`],
 /// or as many as it takes for a round of `batch` deliveries to one endpoint,
-/// every one of them timing out, to end within the `lease` (each slot's
-/// attempts run one after another; the lease outlasts one attempt, as the
-/// configuration requires). A claim must not lapse while its replica is
-/// still delivering, or another replica would deliver the event too.
+/// every one of them timing out, to end a whole timeout before the `lease`
+/// does (each slot's attempts run one after another; that last timeout's
+/// worth is for the claim, the recording and a late timer). A lease shorter
+/// than two timeouts sends the whole round at once, as before this limit.
+/// A claim must not lapse while its replica is still delivering, or another
+/// replica would deliver the event too.
 pub fn in_flight_per_endpoint(batch: u32, timeout: Duration, lease: Duration) -> usize {
-    // Timeouts that fit one after another strictly inside the lease.
-    let in_turn = (lease.as_nanos().div_ceil(timeout.as_nanos().max(1)) - 1).max(1);
+    // Timeouts that fit one after another, one timeout short of the lease.
+    let in_turn = (lease.saturating_sub(timeout).as_nanos() / timeout.as_nanos().max(1)).max(1);
     let needed = u128::from(batch).div_ceil(in_turn);
     IN_FLIGHT_PER_ENDPOINT.max(usize::try_from(needed).unwrap_or(usize::MAX))
 }
@@ -529,11 +534,15 @@ mod tests {
         // Room for one attempt only: the whole round at once.
         assert_eq!(in_flight_per_endpoint(128, s(10), s(11)), 128);
         assert_eq!(in_flight_per_endpoint(128, s(1), s(2)), 128);
-        for (batch, timeout, lease) in [(128, 10, 60), (128, 10, 21), (40, 3, 100), (128, 7, 30)] {
+        // Just over two timeouts: no wave would leave a timeout spare.
+        let just_over = Duration::from_millis(20_001);
+        assert_eq!(in_flight_per_endpoint(128, s(10), just_over), 128);
+        assert_eq!(in_flight_per_endpoint(128, s(10), s(0)), 128);
+        for (batch, timeout, lease) in [(128, 10, 60), (128, 10, 30), (40, 3, 100), (128, 7, 30)] {
             let at_once = in_flight_per_endpoint(batch, s(timeout), s(lease));
             let in_turn = u64::from(batch).div_ceil(at_once as u64);
             assert!(
-                in_turn * timeout < lease,
+                at_once == batch as usize || in_turn * timeout + timeout <= lease,
                 "{batch} {timeout} {lease}: {at_once}"
             );
         }

@@ -678,7 +678,9 @@ on_both_backends! {
         })
         .await;
         for receiver in &receivers {
-            receiver.answer_otherwise(Reply::After(Duration::from_millis(200)));
+            // Long enough that a wave's requests are all open at once, even
+            // on a loaded machine.
+            receiver.answer_otherwise(Reply::After(Duration::from_secs(1)));
             register(&mut server.admin, &receiver.url(), &["api_key.created"]).await;
         }
         for i in 0..EVENTS {
@@ -689,7 +691,8 @@ on_both_backends! {
         // the floor applies (in_flight_per_endpoint).
         let mut server = TestServer::start_on(server.db, |s| {
             fast_webhooks(s);
-            s.webhook_lease = Some("30s".into());
+            s.webhook_timeout = Some("5s".into());
+            s.webhook_lease = Some("120s".into());
         })
         .await;
 
@@ -697,7 +700,8 @@ on_both_backends! {
         for receiver in &receivers {
             let received = receiver.wait_for(EVENTS).await;
             let ids: HashSet<_> = received.iter().map(|r| r.id.clone()).collect();
-            assert_eq!(ids.len(), EVENTS, "each event once to each endpoint");
+            assert_eq!(ids.len(), EVENTS, "each event to each endpoint");
+            assert_eq!(received.len(), EVENTS, "and once");
             let answered = eventually(Duration::from_secs(10), async || {
                 receiver.spans().len() >= EVENTS
             })
