@@ -10,10 +10,10 @@
 //! [`WRITER_NICE`]: it still gets every idle cycle, and a tenth of a
 //! default thread's weight when Check wants the core; and under
 //! `SCHED_BATCH`, so that waking it (a flush, a webhook round's statements)
-//! does not preempt Check's thread (`low_priority::run_as_batch`). If it falls behind,
-//! the usage buffer absorbs the backlog and, when full, drops and counts
-//! events, as it does whenever the store is slow: Check never waits for
-//! usage. KeyAdmin writes share the writer, so under load they wait longer
+//! does not preempt Check's thread (`low_priority::run_as_batch`). If it
+//! falls behind, the usage buffer absorbs the backlog and, when full, drops
+//! and counts events, as it does whenever the store is slow: Check never
+//! waits for usage. KeyAdmin writes share the writer, so under load they wait longer
 //! too (a revoke up to 1.3–2.2 s instead of 0.35–0.38 s; BENCHMARKS.md).
 //!
 //! Threads on Linux have a nice value each, so only the writer's thread is

@@ -497,7 +497,8 @@ fn outcome_label(status: DeliveryStatus) -> &'static str {
 /// every one of them timing out, to end a whole timeout before the `lease`
 /// does (each slot's attempts run one after another; that last timeout's
 /// worth is for the claim, the recording and a late timer). A lease shorter
-/// than two timeouts sends the whole round at once, as before this limit.
+/// than three timeouts leaves room for one attempt in turn: the whole round
+/// goes at once, as before this limit.
 /// A claim must not lapse while its replica is still delivering, or another
 /// replica would deliver the event too.
 pub fn in_flight_per_endpoint(batch: u32, timeout: Duration, lease: Duration) -> usize {
@@ -531,12 +532,14 @@ mod tests {
             in_flight_per_endpoint(128, s(1), s(30)),
             IN_FLIGHT_PER_ENDPOINT
         );
-        // Room for one attempt only: the whole round at once.
+        // Under three timeouts, one attempt in turn with a timeout spare:
+        // the whole round at once.
         assert_eq!(in_flight_per_endpoint(128, s(10), s(11)), 128);
         assert_eq!(in_flight_per_endpoint(128, s(1), s(2)), 128);
-        // Just over two timeouts: no wave would leave a timeout spare.
-        let just_over = Duration::from_millis(20_001);
-        assert_eq!(in_flight_per_endpoint(128, s(10), just_over), 128);
+        let just_under = Duration::from_millis(29_999);
+        assert_eq!(in_flight_per_endpoint(128, s(10), just_under), 128);
+        // Three timeouts: two in turn.
+        assert_eq!(in_flight_per_endpoint(128, s(10), s(30)), 64);
         assert_eq!(in_flight_per_endpoint(128, s(10), s(0)), 128);
         for (batch, timeout, lease) in [(128, 10, 60), (128, 10, 30), (40, 3, 100), (128, 7, 30)] {
             let at_once = in_flight_per_endpoint(batch, s(timeout), s(lease));
