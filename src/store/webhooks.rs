@@ -157,6 +157,18 @@ const SPEND_ATTEMPT_NUMBERS_SQLITE_TAIL: &str = ") UPDATE webhook_deliveries \
      SET attempts = o.attempt FROM o WHERE webhook_deliveries.event_id = o.event_id \
      AND webhook_deliveries.endpoint_id = o.endpoint_id AND webhook_deliveries.attempts < o.attempt";
 
+/// Deliveries a round sent nothing for, because their endpoint stopped
+/// answering in that round: due again at `o.next_attempt_at`, with no
+/// attempt counted (the Postgres claim counted one: `attempt - 1` takes it
+/// back; on SQLite it is the count as read) and no claim held; guarded as
+/// outcomes are.
+const PUT_BACK_HEAD: &str =
+    "WITH o (event_id, endpoint_id, next_attempt_at, attempt, read_due) AS (";
+const PUT_BACK_TAIL: &str = ") UPDATE webhook_deliveries SET next_attempt_at = o.next_attempt_at, \
+     attempts = o.attempt - 1, claim_id = NULL, claimed_until = NULL FROM o \
+     WHERE webhook_deliveries.event_id = o.event_id \
+     AND webhook_deliveries.endpoint_id = o.endpoint_id AND ";
+
 /// Rows per recording statement: up to 9 parameters each, well inside both
 /// backends' limits (SQLite 32,766, Postgres 65,535).
 const RECORD_ROWS_PER_STATEMENT: usize = 256;
@@ -617,15 +629,18 @@ impl Store {
     /// while the delivery is still as the round found it: on Postgres while
     /// `claim_id` holds it (a lapsed claim may have passed to another
     /// replica, whose outcome then stands), on SQLite while no redelivery
-    /// changed it. One transaction for the round: a write per delivery
+    /// changed it. The deliveries in `put_back` were not attempted: each is
+    /// due again at the time given, its attempt not counted, under the
+    /// same guard. One transaction for the round: a write per delivery
     /// would cost the replica's Check path a commit per event
     /// (docs/behaviour.md §9).
     pub async fn record_attempts(
         &self,
         claim_id: Uuid,
         attempts: &[(ClaimedDelivery, AttemptOutcome)],
+        put_back: &[(ClaimedDelivery, DateTime<Utc>)],
     ) -> StoreResult<()> {
-        if attempts.is_empty() {
+        if attempts.is_empty() && put_back.is_empty() {
             return Ok(());
         }
         let by_claim = self.is_postgres();
@@ -678,6 +693,21 @@ impl Store {
                     spend.push(SPEND_ATTEMPT_NUMBERS_SQLITE_TAIL);
                     spend.build().execute(&mut *tx).await?;
                 }
+            }
+            for chunk in put_back.chunks(RECORD_ROWS_PER_STATEMENT) {
+                let mut update = sqlx::QueryBuilder::new(PUT_BACK_HEAD);
+                update.push_values(chunk, |mut row, (claimed, due)| {
+                    row.push_bind(claimed.event_id)
+                        .push_bind(claimed.endpoint_id)
+                        .push_bind(*due)
+                        .push_bind(claimed.attempts)
+                        .push_bind(claimed.read_due.as_deref());
+                });
+                update.push(PUT_BACK_TAIL).push(guard);
+                if by_claim {
+                    update.push_bind(claim_id);
+                }
+                update.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

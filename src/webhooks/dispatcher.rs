@@ -3,11 +3,12 @@
 //! Each round claims a batch of due deliveries for a lease (one statement;
 //! `FOR UPDATE SKIP LOCKED` on Postgres, so two replicas never claim the same
 //! row; on SQLite, one process, a read), sends them with no transaction
-//! open (every endpoint's at once, a few at a time to any one endpoint), and
-//! records each attempt and its outcome. A failed
-//! attempt is retried after an exponential backoff with jitter until the
-//! retry window (24 h by default) has passed, then the delivery is marked
-//! failed. A replica that dies mid-delivery holds nothing: its lease lapses
+//! open (every endpoint's at once, a few at a time to any one endpoint; an
+//! endpoint found unreachable hears no more of the round, the rest of its
+//! deliveries put back unsent), and records each attempt and its outcome.
+//! A failed attempt is retried after an exponential backoff with jitter
+//! until the retry window (24 h by default) has passed, then the delivery
+//! is marked failed. A replica that dies mid-delivery holds nothing: its lease lapses
 //! and another replica (or the restarted one) claims the row again (on
 //! SQLite the restarted process finds it due), and the receiver sees the
 //! same `webhook-id`.
@@ -15,10 +16,17 @@
 //! The same task, every five seconds, reports the outbox gauges and emits
 //! the `api_key.expiring` warnings that have come due.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::{future::join_all, stream, StreamExt};
 use http::{
     header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, USER_AGENT},
@@ -241,9 +249,14 @@ impl Dispatcher {
             .seal_key
             .get_or_try_init(|| SealKey::load(&self.store, self.clock.now()))
             .await?;
-        let attempts = self.attempt_all(seal_key, claimed).await;
+        let (attempts, unsent) = self.attempt_all(seal_key, claimed).await;
         count_outcomes(&attempts);
-        if let Err(error) = self.store.record_attempts(claim_id, &attempts).await {
+        let put_back = self.put_back(unsent);
+        if let Err(error) = self
+            .store
+            .record_attempts(claim_id, &attempts, &put_back)
+            .await
+        {
             // These deliveries are attempted again once the claims lapse;
             // on SQLite, once the dispatcher stops holding back.
             tracing::warn!(error = %chain(&error), deliveries = count, "cannot record a round of webhook attempts");
@@ -260,12 +273,16 @@ impl Dispatcher {
 
     /// Attempts a round's deliveries: every endpoint's at once, and to each
     /// endpoint up to `per_endpoint` at a time, oldest due first, the next
-    /// one sent as soon as one is answered.
+    /// one sent as soon as one is answered. Once an attempt to an endpoint
+    /// has found it unreachable (no connection, or no answer in time), the
+    /// endpoint's deliveries not yet sent are returned unsent: a round with
+    /// an endpoint that never answers ends about one timeout after it
+    /// began, rather than one per wave of attempts to it.
     async fn attempt_all(
         &self,
         seal_key: &SealKey,
         claimed: Vec<ClaimedDelivery>,
-    ) -> Vec<(ClaimedDelivery, AttemptOutcome)> {
+    ) -> (Vec<(ClaimedDelivery, AttemptOutcome)>, Vec<ClaimedDelivery>) {
         let mut by_endpoint: Vec<Vec<ClaimedDelivery>> = Vec::new();
         for delivery in claimed {
             match by_endpoint
@@ -276,19 +293,70 @@ impl Dispatcher {
                 None => by_endpoint.push(vec![delivery]),
             }
         }
-        let endpoints = by_endpoint.into_iter().map(|deliveries| {
+        let endpoints = by_endpoint.into_iter().map(|deliveries| async move {
+            let unreachable = AtomicBool::new(false);
+            let unreachable = &unreachable;
             stream::iter(deliveries)
                 .map(|mut delivery| async move {
+                    if unreachable.load(Ordering::Relaxed) {
+                        return (delivery, None);
+                    }
                     // The body is sent, not copied: nothing after the attempt
                     // reads it.
                     let payload = std::mem::take(&mut delivery.payload);
-                    let outcome = self.attempt(seal_key, &delivery, payload).await;
-                    (delivery, outcome)
+                    let (outcome, reached) = self.attempt(seal_key, &delivery, payload).await;
+                    if !reached {
+                        unreachable.store(true, Ordering::Relaxed);
+                    }
+                    (delivery, Some(outcome))
                 })
                 .buffer_unordered(self.per_endpoint)
                 .collect::<Vec<_>>()
+                .await
         });
-        join_all(endpoints).await.into_iter().flatten().collect()
+        let mut attempted = Vec::new();
+        let mut unsent = Vec::new();
+        for (delivery, outcome) in join_all(endpoints).await.into_iter().flatten() {
+            match outcome {
+                Some(outcome) => attempted.push((delivery, outcome)),
+                None => unsent.push(delivery),
+            }
+        }
+        (attempted, unsent)
+    }
+
+    /// When the deliveries a round did not send to an unreachable endpoint
+    /// are due again: as a first retry would be (`retry_base`, half of it
+    /// kept at random), so that the endpoint hears one wave of attempts
+    /// at a time while it is down, and the other endpoints' deliveries, due
+    /// meanwhile, come first in the next rounds.
+    fn put_back(&self, unsent: Vec<ClaimedDelivery>) -> Vec<(ClaimedDelivery, DateTime<Utc>)> {
+        if unsent.is_empty() {
+            return Vec::new();
+        }
+        let now = self.clock.now();
+        let mut endpoints: Vec<Uuid> = unsent.iter().map(|d| d.endpoint_id).collect();
+        endpoints.dedup();
+        tracing::info!(
+            deliveries = unsent.len(),
+            ?endpoints,
+            "webhook endpoint unreachable: its other due deliveries wait for a later round"
+        );
+        unsent
+            .into_iter()
+            .map(|delivery| {
+                let delay = backoff(
+                    1,
+                    self.settings.retry_base,
+                    self.settings.retry_max_delay,
+                    rand::rng().random::<f64>(),
+                );
+                (
+                    delivery,
+                    now + chrono::Duration::from_std(delay).unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     /// Whether rounds wait, after one whose outcomes could not be recorded
@@ -300,29 +368,40 @@ impl Dispatcher {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// One attempt and its outcome, and whether the endpoint was reached
+    /// (it answered, whatever the answer, or the attempt failed before any
+    /// connection was needed).
     async fn attempt(
         &self,
         seal_key: &SealKey,
         delivery: &ClaimedDelivery,
         payload: String,
-    ) -> AttemptOutcome {
+    ) -> (AttemptOutcome, bool) {
         let started = Instant::now();
         let sent = self.send(seal_key, delivery, payload).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let at = self.clock.now();
+        let reached = !matches!(
+            sent,
+            Err(NoAnswer {
+                unreachable: true,
+                ..
+            })
+        );
         let (status_code, error) = match sent {
             Ok(status) if status.is_success() => {
-                return AttemptOutcome {
+                let outcome = AttemptOutcome {
                     at,
                     status_code: Some(status.as_u16()),
                     latency_ms,
                     error: None,
                     status: DeliveryStatus::Delivered,
                     next_attempt_at: at,
-                }
+                };
+                return (outcome, reached);
             }
             Ok(status) => (Some(status.as_u16()), format!("HTTP {status}")),
-            Err(error) => (None, error),
+            Err(NoAnswer { error, .. }) => (None, error),
         };
         let retry_for = chrono::Duration::from_std(self.settings.retry_for).unwrap_or_default();
         let (status, next_attempt_at) = if at - delivery.retry_from >= retry_for {
@@ -340,14 +419,15 @@ impl Dispatcher {
             )
         };
         tracing::debug!(event_id = %delivery.event_id, attempt = delivery.attempts, ?status_code, %error, "webhook attempt failed");
-        AttemptOutcome {
+        let outcome = AttemptOutcome {
             at,
             status_code,
             latency_ms,
             error: Some(error),
             status,
             next_attempt_at,
-        }
+        };
+        (outcome, reached)
     }
 
     /// One signed POST of `payload` (the delivery's). Redirects are
@@ -359,14 +439,14 @@ impl Dispatcher {
         seal_key: &SealKey,
         delivery: &ClaimedDelivery,
         payload: String,
-    ) -> Result<StatusCode, String> {
+    ) -> Result<StatusCode, NoAnswer> {
         let endpoint = delivery.endpoint_id;
         let uri = self
             .urls
             .get(endpoint, delivery.url.as_bytes(), || {
                 self.settings.policy.check_uri(&delivery.url)
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NoAnswer::before_sending(e.to_string()))?;
         let sealed = &delivery.sealed_secret;
         let key = self
             .keys
@@ -375,7 +455,7 @@ impl Dispatcher {
                     .open(endpoint, sealed)
                     .map(|secret| SigningKey::new(&secret))
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NoAnswer::before_sending(e.to_string()))?;
         let id = delivery.event_id.to_string();
         // The receiver compares this with its own clock to refuse replays:
         // it is the wall clock's, whatever a test set `self.clock` to.
@@ -398,15 +478,22 @@ impl Dispatcher {
         ] {
             headers.insert(
                 name,
-                HeaderValue::try_from(value).map_err(|e| e.to_string())?,
+                HeaderValue::try_from(value)
+                    .map_err(|e| NoAnswer::before_sending(e.to_string()))?,
             );
         }
         // hyper-util's errors name no URL (the owner's, which may carry a
         // token).
         let response = tokio::time::timeout(self.settings.timeout, self.client.request(request))
             .await
-            .map_err(|_| "operation timed out".to_string())?
-            .map_err(|e| chain(&e))?;
+            .map_err(|_| NoAnswer {
+                error: "operation timed out".to_string(),
+                unreachable: true,
+            })?
+            .map_err(|e| NoAnswer {
+                error: chain(&e),
+                unreachable: e.is_connect(),
+            })?;
         Ok(response.status())
     }
 
@@ -463,6 +550,25 @@ impl Dispatcher {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Why an attempt got no HTTP answer.
+struct NoAnswer {
+    error: String,
+    /// No connection could be made, or no answer came in time: the
+    /// endpoint's other deliveries in the round are not sent.
+    unreachable: bool,
+}
+
+impl NoAnswer {
+    /// The delivery could not be sent at all (its URL refused, its secret
+    /// unreadable): nothing about the endpoint is learnt.
+    fn before_sending(error: String) -> Self {
+        NoAnswer {
+            error,
+            unreachable: false,
         }
     }
 }

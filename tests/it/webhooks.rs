@@ -720,6 +720,85 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn an_endpoint_that_never_answers_hears_one_wave_a_round_and_holds_no_other(backend) {
+        const EVENTS: usize = 40;
+        let silent = Receiver::start().await;
+        silent.answer_otherwise(Reply::Hang);
+        let healthy = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, |s| {
+            fast_webhooks(s);
+            // Off while the events are made, so that one round finds them
+            // all due.
+            s.webhooks_enabled = Some(false);
+        })
+        .await;
+        let (silent_id, _) = register(&mut server.admin, &silent.url(), &["api_key.created"]).await;
+        let (healthy_id, _) = register(&mut server.admin, &healthy.url(), &["api_key.created"]).await;
+        for i in 0..EVENTS {
+            create_key(&mut server.admin, &format!("key {i}")).await;
+        }
+        server.stop().await;
+        let round_began = std::time::SystemTime::now();
+        let mut server = TestServer::start_on(server.db, |s| {
+            fast_webhooks(s);
+            // A lease that leaves the floor of 16 at once (1 s timeouts).
+            s.webhook_lease = Some("120s".into());
+            // Nothing is tried again while the test looks.
+            s.webhook_retry_base = Some("10m".into());
+        })
+        .await;
+
+        healthy.wait_for(EVENTS).await;
+        let healthy_done = eventually(Duration::from_secs(30), async || {
+            deliveries(&mut server.admin, &healthy_id).await.iter()
+                .filter(|d| d.status == DeliveryStatus::Delivered as i32)
+                .count() == EVENTS
+        })
+        .await;
+        assert!(healthy_done, "the endpoint that answers had every event delivered");
+        // The round that held both endpoints' deliveries is recorded: the
+        // silent endpoint's first wave timed out, and the rest of its
+        // deliveries were put back unsent (before this, two more waves
+        // would have been sent, each waiting a timeout).
+        let settled = eventually(Duration::from_secs(30), async || {
+            deliveries(&mut server.admin, &silent_id).await.iter()
+                .filter(|d| d.attempts == 1)
+                .count() == IN_FLIGHT_PER_ENDPOINT
+        })
+        .await;
+        assert!(settled, "one wave of attempts to the silent endpoint recorded");
+        let silent_deliveries = deliveries(&mut server.admin, &silent_id).await;
+        assert_eq!(silent_deliveries.len(), EVENTS);
+        let (tried, unsent): (Vec<_>, Vec<_>) =
+            silent_deliveries.iter().partition(|d| d.attempts == 1);
+        assert_eq!(tried.len(), IN_FLIGHT_PER_ENDPOINT);
+        for delivery in &tried {
+            assert_eq!(delivery.status, DeliveryStatus::Pending as i32, "{delivery:?}");
+            assert_eq!(delivery.attempt_log.len(), 1, "{delivery:?}");
+            assert_eq!(delivery.attempt_log[0].error, "operation timed out");
+        }
+        // Half of the 10 min first retry is kept, at least: due 5 min
+        // after the round, not before.
+        let not_before = round_began + Duration::from_secs(5 * 60);
+        for delivery in &unsent {
+            assert_eq!(delivery.attempts, 0, "no attempt counted: {delivery:?}");
+            assert!(delivery.attempt_log.is_empty(), "none recorded: {delivery:?}");
+            assert_eq!(delivery.status, DeliveryStatus::Pending as i32);
+            let due = delivery.next_attempt_at.as_ref().expect("due again");
+            let due = std::time::UNIX_EPOCH
+                + Duration::from_secs(due.seconds as u64)
+                + Duration::from_nanos(due.nanos as u64);
+            assert!(due >= not_before, "put back for a first retry's delay: {delivery:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            silent.received().len(),
+            IN_FLIGHT_PER_ENDPOINT,
+            "the silent endpoint heard one wave, not the round"
+        );
+        server.stop().await;
+    }
+
     async fn an_https_endpoint_is_called_over_tls_and_an_untrusted_certificate_refused(backend) {
         let tls = SelfSignedTlsServer::start();
         let mut server = TestServer::start_with(backend, fast_webhooks).await;
@@ -792,7 +871,7 @@ on_both_backends! {
         assert_eq!(first[0].attempts, 1);
         // The owner asks for a redelivery while that attempt is under way.
         store.redeliver(event_id, hook.id, seconds(1)).await.unwrap();
-        store.record_attempts(first_claim, &[(first[0].clone(), delivered(seconds(2)))]).await.unwrap();
+        store.record_attempts(first_claim, &[(first[0].clone(), delivered(seconds(2)))], &[]).await.unwrap();
         let after = store.get_delivery(event_id, hook.id).await.unwrap();
         assert_eq!(after.status, DeliveryStatus::Pending, "the redelivery wins: {after:?}");
         assert_eq!(after.next_attempt_at, seconds(1));
@@ -802,7 +881,7 @@ on_both_backends! {
         let second = store.claim_deliveries(second_claim, seconds(3), seconds(63), 32).await.unwrap();
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].attempts, 2, "attempt 1's number is spent");
-        store.record_attempts(second_claim, &[(second[0].clone(), delivered(seconds(4)))]).await.unwrap();
+        store.record_attempts(second_claim, &[(second[0].clone(), delivered(seconds(4)))], &[]).await.unwrap();
         let done = store.get_delivery(event_id, hook.id).await.unwrap();
         assert_eq!(done.status, DeliveryStatus::Delivered);
         assert_eq!(done.attempts, 2);
