@@ -34,7 +34,9 @@
 #        order above; e.g. `instructions` alone fills only the events it
 #        needs and skips the other two)
 # Env:   BENCH_WEBHOOK_EVENTS (default 20000), BENCH_WEBHOOK_RATE (events/s
-#        delivered during a Check round, default 1000), BENCH_CALLGRIND=0 (skip
+#        delivered during a Check round, default 1000), BENCH_WEBHOOK_POLL
+#        (KEYGATE_WEBHOOK_POLL_INTERVAL, default 100ms, as in every earlier
+#        figure; keygate's own default is 1s), BENCH_CALLGRIND=0 (skip
 #        the instructions), BENCH_CALLGRIND_EVENTS, BENCH_H2LOAD_DURATION (seconds
 #        per Check round, default 5), BENCH_H2LOAD_ROUNDS (default 3),
 #        BENCH_NO_BUILD, BENCH_BIN, BENCH_SERVER_CPU / BENCH_CLIENT_CPU.
@@ -44,6 +46,7 @@ cd "$BENCH_ROOT"
 
 EVENTS="${BENCH_WEBHOOK_EVENTS:-20000}"
 RATE="${BENCH_WEBHOOK_RATE:-1000}"
+POLL="${BENCH_WEBHOOK_POLL:-100ms}"
 DURATION="${BENCH_H2LOAD_DURATION:-5}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
 PARTS=" ${*:-deliveries instructions check} "
@@ -76,7 +79,7 @@ serve() {
     KEYGATE_DATABASE_URL="$DB" KEYGATE_HTTP_ADDR="127.0.0.1:$HTTP" \
     KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS" KEYGATE_MAX_KEYS_PER_OWNER=10000000 \
     KEYGATE_WEBHOOKS_ENABLED="$1" KEYGATE_WEBHOOK_ALLOW_PRIVATE=true \
-    KEYGATE_WEBHOOK_ALLOW_HTTP=true KEYGATE_WEBHOOK_POLL_INTERVAL=100ms
+    KEYGATE_WEBHOOK_ALLOW_HTTP=true KEYGATE_WEBHOOK_POLL_INTERVAL="$POLL"
   wait_port "$HTTP" 2400
 }
 
@@ -215,7 +218,7 @@ fi
 want check || exit 0
 RESULTS="$BENCH_WORK/results.txt"
 : >"$RESULTS"
-log "check: ${DURATION}s rounds, dispatcher off vs delivering $RATE events/s"
+log "check: ${DURATION}s rounds, dispatcher off vs delivering $RATE events/s (poll $POLL)"
 for round in $(seq 1 "$ROUNDS"); do
   serve false
   check_round no-delivery | tee -a "$RESULTS"

@@ -109,6 +109,23 @@ impl tower_service::Service<Uri> for TimedConnector {
     }
 }
 
+/// Whether a client error is [`TimedConnector`]'s deadline, the
+/// connection not set up in time, rather than a failure that came fast
+/// (refused, a name that resolves to nothing allowed, a bad certificate).
+pub fn set_up_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if error
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
@@ -138,6 +155,7 @@ mod tests {
             panic!("a connection without a handshake");
         };
         assert!(error.to_string().contains("timed out"), "{error}");
+        assert!(set_up_timed_out(&*error), "the deadline is told apart");
         // The client's ClientHello, then the end of the stream: the socket
         // was dropped with the attempt.
         let mut read = Vec::new();
@@ -146,5 +164,24 @@ mod tests {
             .expect("the client closed its socket")
             .unwrap();
         assert_eq!(read.first(), Some(&0x16), "a TLS handshake record was sent");
+    }
+
+    /// A refused connection fails fast: not the deadline.
+    #[tokio::test]
+    async fn a_refused_connection_is_not_taken_for_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let policy = TargetPolicy {
+            allow_private: true,
+            allow_http: true,
+        };
+        let client = http_client(policy, Duration::from_secs(10)).unwrap();
+        let request = http::Request::post(format!("http://127.0.0.1:{port}/hook"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let error = client.request(request).await.unwrap_err();
+        assert!(error.is_connect(), "{error}");
+        assert!(!set_up_timed_out(&error), "{error:?}");
     }
 }

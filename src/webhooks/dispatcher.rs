@@ -4,8 +4,9 @@
 //! `FOR UPDATE SKIP LOCKED` on Postgres, so two replicas never claim the same
 //! row; on SQLite, one process, a read), sends them with no transaction
 //! open (every endpoint's at once, a few at a time to any one endpoint; an
-//! endpoint found unreachable hears no more of the round, the rest of its
-//! deliveries put back unsent), and records each attempt and its outcome.
+//! endpoint that lets an attempt time out hears no more of the round, the
+//! rest of its deliveries put back unsent), and records each attempt and
+//! its outcome.
 //! A failed attempt is retried after an exponential backoff with jitter
 //! until the retry window (24 h by default) has passed, then the delivery
 //! is marked failed. A replica that dies mid-delivery holds nothing: its lease lapses
@@ -273,11 +274,15 @@ impl Dispatcher {
 
     /// Attempts a round's deliveries: every endpoint's at once, and to each
     /// endpoint up to `per_endpoint` at a time, oldest due first, the next
-    /// one sent as soon as one is answered. Once an attempt to an endpoint
-    /// has found it unreachable (no connection, or no answer in time), the
-    /// endpoint's deliveries not yet sent are returned unsent: a round with
-    /// an endpoint that never answers ends about one timeout after it
-    /// began, rather than one per wave of attempts to it.
+    /// one sent as soon as one is answered, oldest event first (the time
+    /// its retries count from: a delivery put back by an earlier round
+    /// goes before the endpoint's newer ones). Once an attempt to an
+    /// endpoint has timed out (no connection or no answer within the
+    /// timeout), the endpoint's deliveries not yet sent are returned
+    /// unsent: a round with an endpoint that never answers ends about one
+    /// timeout after it began, rather than one per wave of attempts to it.
+    /// Failures that come fast (refused, an HTTP error) hold no round, and
+    /// change nothing.
     async fn attempt_all(
         &self,
         seal_key: &SealKey,
@@ -293,20 +298,24 @@ impl Dispatcher {
                 None => by_endpoint.push(vec![delivery]),
             }
         }
+        for deliveries in &mut by_endpoint {
+            deliveries.sort_by_key(|delivery| delivery.retry_from);
+        }
         let endpoints = by_endpoint.into_iter().map(|deliveries| async move {
-            let unreachable = AtomicBool::new(false);
-            let unreachable = &unreachable;
+            let timed_out = AtomicBool::new(false);
+            let timed_out = &timed_out;
             stream::iter(deliveries)
                 .map(|mut delivery| async move {
-                    if unreachable.load(Ordering::Relaxed) {
+                    if timed_out.load(Ordering::Relaxed) {
                         return (delivery, None);
                     }
                     // The body is sent, not copied: nothing after the attempt
                     // reads it.
                     let payload = std::mem::take(&mut delivery.payload);
-                    let (outcome, reached) = self.attempt(seal_key, &delivery, payload).await;
-                    if !reached {
-                        unreachable.store(true, Ordering::Relaxed);
+                    let (outcome, answered_in_time) =
+                        self.attempt(seal_key, &delivery, payload).await;
+                    if !answered_in_time {
+                        timed_out.store(true, Ordering::Relaxed);
                     }
                     (delivery, Some(outcome))
                 })
@@ -325,8 +334,8 @@ impl Dispatcher {
         (attempted, unsent)
     }
 
-    /// When the deliveries a round did not send to an unreachable endpoint
-    /// are due again: as a first retry would be (`retry_base`, half of it
+    /// When the deliveries a round did not send to an endpoint that let an
+    /// attempt time out are due again: as a first retry would be (`retry_base`, half of it
     /// kept at random), so that the endpoint hears one wave of attempts
     /// at a time while it is down, and the other endpoints' deliveries, due
     /// meanwhile, come first in the next rounds.
@@ -340,7 +349,7 @@ impl Dispatcher {
         tracing::info!(
             deliveries = unsent.len(),
             ?endpoints,
-            "webhook endpoint unreachable: its other due deliveries wait for a later round"
+            "webhook endpoint timed out: its other due deliveries wait for a later round"
         );
         unsent
             .into_iter()
@@ -368,9 +377,8 @@ impl Dispatcher {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    /// One attempt and its outcome, and whether the endpoint was reached
-    /// (it answered, whatever the answer, or the attempt failed before any
-    /// connection was needed).
+    /// One attempt and its outcome, and whether it ended within the timeout
+    /// (with an answer, whatever it was, or a failure that came fast).
     async fn attempt(
         &self,
         seal_key: &SealKey,
@@ -381,10 +389,10 @@ impl Dispatcher {
         let sent = self.send(seal_key, delivery, payload).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let at = self.clock.now();
-        let reached = !matches!(
+        let in_time = !matches!(
             sent,
             Err(NoAnswer {
-                unreachable: true,
+                timed_out: true,
                 ..
             })
         );
@@ -398,7 +406,7 @@ impl Dispatcher {
                     status: DeliveryStatus::Delivered,
                     next_attempt_at: at,
                 };
-                return (outcome, reached);
+                return (outcome, in_time);
             }
             Ok(status) => (Some(status.as_u16()), format!("HTTP {status}")),
             Err(NoAnswer { error, .. }) => (None, error),
@@ -427,7 +435,7 @@ impl Dispatcher {
             status,
             next_attempt_at,
         };
-        (outcome, reached)
+        (outcome, in_time)
     }
 
     /// One signed POST of `payload` (the delivery's). Redirects are
@@ -488,11 +496,11 @@ impl Dispatcher {
             .await
             .map_err(|_| NoAnswer {
                 error: "operation timed out".to_string(),
-                unreachable: true,
+                timed_out: true,
             })?
             .map_err(|e| NoAnswer {
                 error: chain(&e),
-                unreachable: e.is_connect(),
+                timed_out: client::set_up_timed_out(&e),
             })?;
         Ok(response.status())
     }
@@ -557,9 +565,9 @@ impl Dispatcher {
 /// Why an attempt got no HTTP answer.
 struct NoAnswer {
     error: String,
-    /// No connection could be made, or no answer came in time: the
+    /// No connection was made, or no answer came, within the timeout: the
     /// endpoint's other deliveries in the round are not sent.
-    unreachable: bool,
+    timed_out: bool,
 }
 
 impl NoAnswer {
@@ -568,7 +576,7 @@ impl NoAnswer {
     fn before_sending(error: String) -> Self {
         NoAnswer {
             error,
-            unreachable: false,
+            timed_out: false,
         }
     }
 }

@@ -799,6 +799,44 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn an_endpoint_that_refuses_connections_is_sent_the_whole_round(backend) {
+        // A refusal comes at once: it holds no round, so nothing is put
+        // back (only a timeout puts the rest of a round back).
+        const EVENTS: usize = 40;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", closed.local_addr().unwrap());
+        drop(closed);
+        let mut server = TestServer::start_with(backend, |s| {
+            fast_webhooks(s);
+            s.webhooks_enabled = Some(false);
+        })
+        .await;
+        let (webhook_id, _) = register(&mut server.admin, &url, &["api_key.created"]).await;
+        for i in 0..EVENTS {
+            create_key(&mut server.admin, &format!("key {i}")).await;
+        }
+        server.stop().await;
+        let mut server = TestServer::start_on(server.db, |s| {
+            fast_webhooks(s);
+            s.webhook_lease = Some("120s".into());
+            s.webhook_retry_base = Some("10m".into());
+        })
+        .await;
+        let all_tried = eventually(Duration::from_secs(30), async || {
+            deliveries(&mut server.admin, &webhook_id).await.iter()
+                .filter(|d| d.attempts == 1)
+                .count() == EVENTS
+        })
+        .await;
+        assert!(all_tried, "{:?}", deliveries(&mut server.admin, &webhook_id).await);
+        for delivery in deliveries(&mut server.admin, &webhook_id).await {
+            assert_eq!(delivery.attempt_log.len(), 1, "{delivery:?}");
+            assert_eq!(delivery.attempt_log[0].status_code, 0, "no answer: {delivery:?}");
+            assert_ne!(delivery.attempt_log[0].error, "operation timed out");
+        }
+        server.stop().await;
+    }
+
     async fn an_https_endpoint_is_called_over_tls_and_an_untrusted_certificate_refused(backend) {
         let tls = SelfSignedTlsServer::start();
         let mut server = TestServer::start_with(backend, fast_webhooks).await;
