@@ -257,6 +257,35 @@ async fn create_key(
         .into_inner()
 }
 
+/// `events` keys made for endpoints at `urls` (one `api_key.created` to
+/// each) while the dispatcher is off, then the server stopped: the first
+/// round of the next server on the database finds all their deliveries
+/// due. Returns the database and the endpoints' ids, in order.
+async fn deliveries_due_at_once(
+    backend: Backend,
+    urls: &[String],
+    events: usize,
+) -> (TestDb, Vec<String>) {
+    let mut server = TestServer::start_with(backend, |s| {
+        fast_webhooks(s);
+        s.webhooks_enabled = Some(false);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for url in urls {
+        ids.push(
+            register(&mut server.admin, url, &["api_key.created"])
+                .await
+                .0,
+        );
+    }
+    for i in 0..events {
+        create_key(&mut server.admin, &format!("key {i}")).await;
+    }
+    server.stop().await;
+    (server.db, ids)
+}
+
 async fn deliveries(admin: &mut KeyAdminClient<Channel>, webhook_id: &str) -> Vec<WebhookDelivery> {
     admin
         .list_webhook_deliveries(ListWebhookDeliveriesRequest {
@@ -670,26 +699,16 @@ on_both_backends! {
     async fn a_round_sends_each_endpoint_a_few_requests_at_a_time(backend) {
         const EVENTS: usize = 40;
         let receivers = [Receiver::start().await, Receiver::start().await];
-        let mut server = TestServer::start_with(backend, |s| {
-            fast_webhooks(s);
-            // Off while the events are made, so that one round finds them
-            // all due.
-            s.webhooks_enabled = Some(false);
-        })
-        .await;
         for receiver in &receivers {
             // Long enough that a wave's requests are all open at once, even
             // on a loaded machine.
             receiver.answer_otherwise(Reply::After(Duration::from_secs(1)));
-            register(&mut server.admin, &receiver.url(), &["api_key.created"]).await;
         }
-        for i in 0..EVENTS {
-            create_key(&mut server.admin, &format!("key {i}")).await;
-        }
-        server.stop().await;
+        let urls = receivers.iter().map(Receiver::url).collect::<Vec<_>>();
+        let (db, _) = deliveries_due_at_once(backend, &urls, EVENTS).await;
         // A lease that leaves room for rounds of timeouts one after another:
         // the floor applies (in_flight_per_endpoint).
-        let mut server = TestServer::start_on(server.db, |s| {
+        let mut server = TestServer::start_on(db, |s| {
             fast_webhooks(s);
             s.webhook_timeout = Some("5s".into());
             s.webhook_lease = Some("120s".into());
@@ -725,21 +744,10 @@ on_both_backends! {
         let silent = Receiver::start().await;
         silent.answer_otherwise(Reply::Hang);
         let healthy = Receiver::start().await;
-        let mut server = TestServer::start_with(backend, |s| {
-            fast_webhooks(s);
-            // Off while the events are made, so that one round finds them
-            // all due.
-            s.webhooks_enabled = Some(false);
-        })
-        .await;
-        let (silent_id, _) = register(&mut server.admin, &silent.url(), &["api_key.created"]).await;
-        let (healthy_id, _) = register(&mut server.admin, &healthy.url(), &["api_key.created"]).await;
-        for i in 0..EVENTS {
-            create_key(&mut server.admin, &format!("key {i}")).await;
-        }
-        server.stop().await;
+        let (db, ids) = deliveries_due_at_once(backend, &[silent.url(), healthy.url()], EVENTS).await;
+        let [silent_id, healthy_id] = <[String; 2]>::try_from(ids).unwrap();
         let round_began = std::time::SystemTime::now();
-        let mut server = TestServer::start_on(server.db, |s| {
+        let mut server = TestServer::start_on(db, |s| {
             fast_webhooks(s);
             // A lease that leaves the floor of 16 at once (1 s timeouts).
             s.webhook_lease = Some("120s".into());
@@ -806,17 +814,9 @@ on_both_backends! {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", closed.local_addr().unwrap());
         drop(closed);
-        let mut server = TestServer::start_with(backend, |s| {
-            fast_webhooks(s);
-            s.webhooks_enabled = Some(false);
-        })
-        .await;
-        let (webhook_id, _) = register(&mut server.admin, &url, &["api_key.created"]).await;
-        for i in 0..EVENTS {
-            create_key(&mut server.admin, &format!("key {i}")).await;
-        }
-        server.stop().await;
-        let mut server = TestServer::start_on(server.db, |s| {
+        let (db, ids) = deliveries_due_at_once(backend, &[url], EVENTS).await;
+        let webhook_id = ids[0].clone();
+        let mut server = TestServer::start_on(db, |s| {
             fast_webhooks(s);
             s.webhook_lease = Some("120s".into());
             s.webhook_retry_base = Some("10m".into());
