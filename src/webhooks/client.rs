@@ -109,9 +109,12 @@ impl tower_service::Service<Uri> for TimedConnector {
     }
 }
 
-/// Whether a client error is [`TimedConnector`]'s deadline, the
-/// connection not set up in time, rather than a failure that came fast
-/// (refused, a name that resolves to nothing allowed, a bad certificate).
+/// Whether a client error is a deadline: an `io::Error` of kind
+/// `TimedOut` anywhere in its chain, which in practice is
+/// [`TimedConnector`]'s (the connection not set up in time; the kernel's
+/// own connect timeout comes long after any attempt's), rather than a
+/// failure that came fast (refused, a name that resolves to nothing
+/// allowed, a bad certificate).
 pub fn set_up_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {

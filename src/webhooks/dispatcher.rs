@@ -273,10 +273,10 @@ impl Dispatcher {
     }
 
     /// Attempts a round's deliveries: every endpoint's at once, and to each
-    /// endpoint up to `per_endpoint` at a time, oldest due first, the next
-    /// one sent as soon as one is answered, oldest event first (the time
-    /// its retries count from: a delivery put back by an earlier round
-    /// goes before the endpoint's newer ones). Once an attempt to an
+    /// endpoint up to `per_endpoint` at a time, the next one sent as soon
+    /// as one is answered, oldest event first (`retry_from`, the time its
+    /// retries count from: a delivery put back by an earlier round goes
+    /// before the endpoint's newer ones claimed with it). Once an attempt to an
     /// endpoint has timed out (no connection or no answer within the
     /// timeout), the endpoint's deliveries not yet sent are returned
     /// unsent: a round with an endpoint that never answers ends about one

@@ -739,7 +739,7 @@ on_both_backends! {
         server.stop().await;
     }
 
-    async fn an_endpoint_that_never_answers_hears_one_wave_a_round_and_holds_no_other(backend) {
+    async fn an_endpoint_that_never_answers_hears_one_wave_and_the_rest_is_put_back(backend) {
         const EVENTS: usize = 40;
         let silent = Receiver::start().await;
         silent.answer_otherwise(Reply::Hang);
@@ -783,11 +783,15 @@ on_both_backends! {
         for delivery in &tried {
             assert_eq!(delivery.status, DeliveryStatus::Pending as i32, "{delivery:?}");
             assert_eq!(delivery.attempt_log.len(), 1, "{delivery:?}");
-            assert_eq!(delivery.attempt_log[0].error, "operation timed out");
+            // The attempt's timeout, or the connector's (the same 1 s) on a
+            // slow machine: a timeout either way.
+            let error = &delivery.attempt_log[0].error;
+            assert!(error.contains("timed out"), "{delivery:?}");
         }
-        // Half of the 10 min first retry is kept, at least: due 5 min
-        // after the round, not before.
+        // Half of the 10 min first retry is kept, at least, and all of it
+        // at most: due 5 to 10 min after the round.
         let not_before = round_began + Duration::from_secs(5 * 60);
+        let not_after = std::time::SystemTime::now() + Duration::from_secs(10 * 60);
         for delivery in &unsent {
             assert_eq!(delivery.attempts, 0, "no attempt counted: {delivery:?}");
             assert!(delivery.attempt_log.is_empty(), "none recorded: {delivery:?}");
@@ -796,7 +800,10 @@ on_both_backends! {
             let due = std::time::UNIX_EPOCH
                 + Duration::from_secs(due.seconds as u64)
                 + Duration::from_nanos(due.nanos as u64);
-            assert!(due >= not_before, "put back for a first retry's delay: {delivery:?}");
+            assert!(
+                due >= not_before && due <= not_after,
+                "put back for a first retry's delay: {delivery:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
