@@ -103,11 +103,11 @@ const ANY_DUE: &str = concat!("SELECT EXISTS (SELECT 1 ", due_deliveries!("$1"),
 
 /// Postgres: the rows a claim took, read back as a tuple, by position (a
 /// derived `FromRow` looks each column up by name, per row); no `read_due`,
-/// the claim guards the outcome.
+/// the claim guards the outcome. In no order: the dispatcher sends each
+/// endpoint's share oldest event first.
 const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts, \
      d.retry_from, e.url, e.sealed_secret, NULL::text FROM webhook_deliveries d \
-     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1 \
-     ORDER BY d.next_attempt_at";
+     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
 
 /// A round's attempts are recorded in two statements, whatever its size:
 /// its attempts, then its outcomes, each from a `VALUES` list of the round's
@@ -583,7 +583,7 @@ impl Store {
         })
     }
 
-    /// Up to `limit` deliveries due at `now`, oldest due first. On
+    /// The `limit` deliveries due at `now` that fell due first. On
     /// Postgres they are claimed for `lease` (until `lease_until`) under
     /// `claim_id`, in one statement: no transaction stays open after it. On
     /// SQLite they are read ([`READ_DUE_SQLITE`]); the claim's arguments

@@ -276,8 +276,8 @@ impl Dispatcher {
     /// endpoint up to `per_endpoint` at a time, the next one sent as soon
     /// as one is answered, oldest event first (`retry_from`, the time its
     /// retries count from: a delivery put back by an earlier round goes
-    /// before the endpoint's newer ones claimed with it). Once an attempt to an
-    /// endpoint has timed out (no connection or no answer within the
+    /// before the endpoint's newer ones claimed with it). Once an attempt
+    /// to an endpoint has timed out (no connection or no answer within the
     /// timeout), the endpoint's deliveries not yet sent are returned
     /// unsent: a round with an endpoint that never answers ends about one
     /// timeout after it began, rather than one per wave of attempts to it.
@@ -335,10 +335,10 @@ impl Dispatcher {
     }
 
     /// When the deliveries a round did not send to an endpoint that let an
-    /// attempt time out are due again: as a first retry would be (`retry_base`, half of it
-    /// kept at random), so that the endpoint hears one wave of attempts
-    /// at a time while it is down, and the other endpoints' deliveries, due
-    /// meanwhile, come first in the next rounds.
+    /// attempt time out are due again: as a first retry would be
+    /// (`retry_base`, half of it kept at random), so that the endpoint hears
+    /// one wave of attempts at a time while it is down, and the other
+    /// endpoints' deliveries, due meanwhile, come first in the next rounds.
     fn put_back(&self, unsent: Vec<ClaimedDelivery>) -> Vec<(ClaimedDelivery, DateTime<Utc>)> {
         if unsent.is_empty() {
             return Vec::new();
