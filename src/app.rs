@@ -40,7 +40,7 @@ use crate::{
     ratelimit::{RateLimitStore, RateLimiters, SharedLimiter},
     replica_state::ReplicaKeyState,
     rest::{self, principal::Authenticator, RestState},
-    store::Store,
+    store::{SqliteOwner, Store},
     usage, webhooks,
 };
 
@@ -135,6 +135,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// the time from `clock`: what a test of expiry, overlaps or dormancy
 /// moves instead of waiting.
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Running> {
+    // Held until the server has stopped: a second server of the same SQLite
+    // file would serve keys this one revoked (store::sqlite_owner).
+    let sqlite_owner = SqliteOwner::claim(&config.store_options().url)?;
     let store = Store::connect(&config.store_options())
         .await
         .context("cannot open the database")?;
@@ -387,6 +390,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             bounded("background task", deadline, task).await;
         }
         lifecycle_store.close().await;
+        drop(sqlite_owner);
         pools_closed.cancel();
         // Last: connections the pool opened from admin requests are driven
         // by the admin runtime until the pool is closed.

@@ -17,6 +17,7 @@ mod owners_audit;
 mod reuse;
 mod rows;
 mod secrets;
+mod sqlite_owner;
 mod usage;
 pub(crate) mod webhooks;
 mod writer_priority;
@@ -36,6 +37,7 @@ pub use issued::heartbeat;
 pub use key_table::TableKey;
 pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
 pub use owners_audit::{AuditFilter, AuditRecord};
+pub use sqlite_owner::{OwnerError, SqliteOwner};
 pub use usage::{PruneSummary, UsageEvent};
 pub use webhooks::{AttemptOutcome, ClaimedDelivery, NewWebhook, OutboxStats, WebhookChanges};
 

@@ -7,8 +7,8 @@ use crate::common;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use common::{
-    check_request, eventually, metric_value, proxy::CuttableProxy, replica::Replica, Backend,
-    Decision, TestDb,
+    check_request, eventually, metric_value, process::KeygateProcess, proxy::CuttableProxy,
+    replica::Replica, Backend, Decision, TestDb,
 };
 use keygate::proto::{
     CreateKeyRequest, RateLimit, RevokeKeyRequest, RotateKeyRequest, SuspendOwnerRequest,
@@ -242,4 +242,32 @@ async fn a_revoke_reaches_a_replica_whose_listener_died_silently_within_seconds(
     let metrics = b.metrics();
     assert!(metric_value(&metrics, "keygate_listener_reconnects_total").unwrap_or_default() >= 1.0);
     assert!(metric_value(&metrics, "keygate_listener_heartbeat_age_seconds").is_some());
+}
+
+/// A SQLite database serves one keygate process (README, Configuration):
+/// a second server of the same file would keep serving keys the first
+/// revoked, and send every webhook again. It refuses to start, and says
+/// why; a process that was killed leaves the file free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_keygate_on_one_sqlite_file_refuses_to_start_and_a_killed_ones_file_is_free() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let refused_because = |logs: &str| {
+        assert!(
+            logs.contains("another keygate process is serving the SQLite database")
+                && logs.contains("keygate.db.lock")
+                && logs.contains("run replicas on PostgreSQL"),
+            "{logs}"
+        );
+    };
+    let first = KeygateProcess::spawn(&db.url, &[]).await;
+    refused_because(&KeygateProcess::refused(&db.url, &[]).await);
+    drop(first); // SIGKILL: the lock goes with the process.
+
+    let second = KeygateProcess::spawn(&db.url, &[]).await;
+    refused_because(&KeygateProcess::refused(&db.url, &[]).await);
+    let (status, logs) = second.terminate().await;
+    assert!(
+        status.success(),
+        "the server that held the file stops cleanly:\n{logs}"
+    );
 }

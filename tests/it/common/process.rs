@@ -43,6 +43,18 @@ impl KeygateProcess {
         Self::start(database_url, env, true).await
     }
 
+    /// Starts `keygate serve` expecting it to exit before it serves, and
+    /// returns its logs (with the exit status).
+    pub async fn refused(database_url: &str, env: &[(&str, &str)]) -> String {
+        match Self::try_start(database_url, env, false).await {
+            Ok(process) => panic!(
+                "keygate served where it should have refused:\n{}",
+                process.logs()
+            ),
+            Err(logs) => logs,
+        }
+    }
+
     /// Another test can take a port between `free_addr` and the child's
     /// bind; such a start is retried with new ports, any other early exit
     /// fails the test.
