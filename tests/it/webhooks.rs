@@ -814,6 +814,49 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn an_endpoint_hears_its_oldest_event_first_whatever_came_due_first(backend) {
+        // One endpoint, more due deliveries than go to it at once, and the
+        // one due last given the oldest retry window's start (as a
+        // delivery put back by an earlier round is: due late, owed
+        // longest). It goes in the first wave; the endpoint never answers,
+        // so the first wave is all it hears. SQLite reads due rows in due
+        // order, so without the dispatcher's sort this fails there; a
+        // Postgres claim's rows come back in no set order, so there it may
+        // pass by chance.
+        const EVENTS: usize = IN_FLIGHT_PER_ENDPOINT + 8;
+        let silent = Receiver::start().await;
+        silent.answer_otherwise(Reply::Hang);
+        let (db, _) = deliveries_due_at_once(backend, &[silent.url()], EVENTS).await;
+        let sqlite = backend == Backend::Sqlite;
+        let id_bytes = if sqlite { "event_id" } else { "uuid_send(event_id)" };
+        let due_last = common::scalar_bytes(&db, &format!(
+            "SELECT {id_bytes} FROM webhook_deliveries WHERE $1 = $1 ORDER BY next_attempt_at DESC LIMIT 1"
+        ), "").await;
+        let due_last = uuid::Uuid::from_slice(&due_last).unwrap();
+        let (literal, long_ago) = if sqlite {
+            (format!("X'{}'", due_last.simple()), "'2020-01-01T00:00:00+00:00'")
+        } else {
+            (format!("'{due_last}'"), "'2020-01-01T00:00:00Z'")
+        };
+        common::execute(&db, &format!(
+            "UPDATE webhook_deliveries SET retry_from = {long_ago} WHERE event_id = {literal}"
+        )).await;
+        let mut server = TestServer::start_on(db, |s| {
+            fast_webhooks(s);
+            s.webhook_lease = Some("120s".into());
+            s.webhook_retry_base = Some("10m".into());
+        })
+        .await;
+        let heard = silent.wait_for(IN_FLIGHT_PER_ENDPOINT).await;
+        assert!(
+            heard.iter().any(|r| r.id == due_last.to_string()),
+            "the event owed longest went in the first wave"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(silent.received().len(), IN_FLIGHT_PER_ENDPOINT, "one wave, not the round");
+        server.stop().await;
+    }
+
     async fn an_endpoint_that_refuses_connections_is_sent_the_whole_round(backend) {
         // A refusal comes at once: it holds no round, so nothing is put
         // back (only a timeout puts the rest of a round back).
