@@ -167,10 +167,14 @@ for part in "${PARTS[@]}"; do
     instructions)
       command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null
       counts="$BENCH_WORK/instructions.txt"
+      # A copy of the running keygate's database, with the key in it: a
+      # SQLite file serves one keygate process.
+      python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))' \
+        "$BENCH_WORK/forward-auth-h2load.db" "$BENCH_WORK/forward-auth-callgrind-copy.db"
       BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=$BENCH_WORK/forward-auth.callgrind" \
         start_keygate forward-auth-callgrind $((KG_AUTHZ + 100)) $((KG_ADMIN + 100)) $((KG_METRICS + 100)) \
         KEYGATE_FORWARD_AUTH_ADDR="127.0.0.1:$((KG_FA + 100))" KEYGATE_HTTP_ADDR="127.0.0.1:$((KG_HTTP + 100))" \
-        KEYGATE_DATABASE_URL="sqlite://$BENCH_WORK/forward-auth-h2load.db" \
+        KEYGATE_DATABASE_URL="sqlite://$BENCH_WORK/forward-auth-callgrind-copy.db" \
         KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS" ${BENCH_KEYGATE_ENV:-}
       wait_port $((KG_FA + 100)) 2400
       fa_url="http://127.0.0.1:$((KG_FA + 100))/v1/orders/42"

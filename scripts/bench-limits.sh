@@ -7,7 +7,8 @@
 #                 counted), and the CPU time the Redis server spent per Check
 #                 in Redis mode (from /proc: it runs outside keygate)
 #   h2load        h2load (-c 4 -m 25) on BENCH_CLIENT_CPU against three
-#                 keygate processes on BENCH_SERVER_CPU, one per mode, the
+#                 keygate processes on BENCH_SERVER_CPU, one per mode (each
+#                 on its own copy of the database, holding the one key), the
 #                 modes alternating round by round; then the same Redis
 #                 rounds again with the Redis server pinned to the client's
 #                 CPU (as a Redis on its own host would leave keygate's core
@@ -52,9 +53,12 @@ ensure_h2load
 
 MODES=(none local redis)
 eval "$("$BIN/keygate" admin-token --name bench --role admin --format env)"
-DB="sqlite://$BENCH_WORK/keys.db"
 LIMIT=KEYGATE_DEFAULT_RATE_LIMIT=1000000000/1
-COMMON=(KEYGATE_DATABASE_URL="$DB" KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS")
+COMMON=(KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS")
+
+# db MODE: each mode's keygate has its own copy of the database (a SQLite
+# file serves one keygate process), made once the key is in it.
+db() { echo "$BENCH_WORK/keys-$1.db"; }
 
 # port MODE OFFSET: each mode's keygate has its own ports.
 port() {
@@ -79,17 +83,19 @@ serve() {
   local mode="$1"; shift
   # shellcheck disable=SC2046 # settings are words by design
   BENCH_WRAP="$*" start_keygate "$mode" "$(port "$mode" 51)" "$(port "$mode" 52)" "$(port "$mode" 90)" \
-    "${COMMON[@]}" KEYGATE_HTTP_ADDR="127.0.0.1:$(port "$mode" 80)" $(settings "$mode")
+    "${COMMON[@]}" KEYGATE_DATABASE_URL="sqlite://$(db "$mode")" \
+    KEYGATE_HTTP_ADDR="127.0.0.1:$(port "$mode" 80)" $(settings "$mode")
   wait_port "$(port "$mode" 80)" 2400
   printf -v "PID_${mode}" '%s' "$KG_PID"
 }
 
-# One key, created over REST by the first keygate before the others start
-# (a keygate on SQLite learns of issued keys when it starts); its plaintext
-# stays in files.
+# One key, created over REST by the first keygate, whose database is then
+# copied for the others (a keygate on SQLite learns of issued keys when it
+# starts); its plaintext stays in files.
 key_ready() {
   [[ ! -f "$BENCH_WORK/check.body" ]] || return 0
-  env "${COMMON[@]}" "$BIN/keygate" migrate >"$BENCH_WORK/migrate.log" 2>&1
+  env "${COMMON[@]}" KEYGATE_DATABASE_URL="sqlite://$(db none)" "$BIN/keygate" migrate \
+    >"$BENCH_WORK/migrate.log" 2>&1
   serve none
   curl -sf -X POST "http://127.0.0.1:$(port none 80)/v1/api-keys" -H "authorization: Bearer $ADMIN_TOKEN" \
     -H 'content-type: application/json' -d '{"owner_id":"bench","name":"limits","abilities":["read:orders"]}' \
@@ -97,6 +103,11 @@ key_ready() {
   json "$BENCH_WORK/key.json" 'd["data"]["key"]' >"$BENCH_WORK/check.key"
   "$BIN/keygate-bench" grpc-body --token-file "$BENCH_WORK/check.key" --out "$BENCH_WORK/check.body"
   stop_pid "$KG_PID"
+  local mode
+  for mode in local redis; do
+    python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))' \
+      "$(db none)" "$(db "$mode")"
+  done
 }
 
 # checks MODE OUT [h2load options...]: Checks to MODE's keygate.

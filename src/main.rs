@@ -3,6 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 mod import_file;
 
@@ -15,7 +16,7 @@ use keygate::{
     credits::CreditLedger,
     ratelimit::RateLimiters,
     replica_state::ReplicaKeyState,
-    store::Store,
+    store::{SqliteOwner, Store},
     telemetry,
 };
 
@@ -149,6 +150,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let config = server.load()?;
             telemetry::init_logging(config.log_format);
             let rows = import_file::read(&file)?;
+            // A server of the same SQLite file would not know of the keys
+            // until it restarts: its issued-key set is filled at start.
+            let _sqlite_owner = SqliteOwner::claim(&config.store_options().url).context(
+                "keygate import cannot add keys beside a running server: send them through its \
+                 ImportKeys RPC, or stop it first",
+            )?;
             let store = open_store(&config).await?;
             let admin = offline_admin(&config, &store);
             let caller = Caller {

@@ -11,13 +11,17 @@
 //!   process's own issuing.
 //!
 //! So `keygate serve` takes an exclusive lock on `<database>.lock` beside
-//! the file before it opens it (on Linux, where keygate is deployed), holds it until it has stopped, and a second
-//! server of the same file refuses to start and says why. The lock is the
-//! operating system's (`flock`): a process that dies, even killed, releases
-//! it, so no stale lock outlives a crash. The lock file itself is left in
-//! place (removing it would let two processes each lock a different file of
-//! the same name). Commands other than `serve` (`migrate`, imports) do not
-//! take it: SQLite serialises their writes, and they serve no cache.
+//! the file before it opens it (on Linux, where keygate is deployed),
+//! holds it until it has stopped, and a second server of the same file
+//! refuses to start and says why; one started while the old one still
+//! drains exits too, rather than wait. The lock is the operating system's
+//! (`flock`): a process that dies, even killed, releases it, so no stale
+//! lock outlives a crash. The lock file itself is left in place (removing
+//! it would let two processes each lock a different file of the same
+//! name). Two names of one file (a symbolic link) lock two files.
+//! `keygate import` takes the lock as well: the keys it adds would be
+//! missing from a running server's issued-key set. `migrate` and `prune`
+//! do not: SQLite serialises their writes, and they serve no cache.
 
 use std::{
     fs::{File, OpenOptions},
@@ -86,8 +90,14 @@ fn database_file(url: &str) -> Option<PathBuf> {
         return None;
     }
     let options = SqliteConnectOptions::from_str(url).ok()?;
-    let file = options.get_filename();
-    (!file.as_os_str().is_empty()).then(|| file.to_path_buf())
+    let file = options.get_filename().to_str()?;
+    // SQLite opens `sqlite:file:…` as a URI filename (sqlx asks for URI
+    // names): the path is what follows the scheme and any empty authority.
+    let file = file
+        .strip_prefix("file://")
+        .or_else(|| file.strip_prefix("file:"))
+        .unwrap_or(file);
+    (!file.is_empty()).then(|| PathBuf::from(file))
 }
 
 /// Takes the exclusive lock on `file` if no other open file holds it.
@@ -132,6 +142,26 @@ mod tests {
         assert!(message.contains("another keygate process"), "{message}");
         drop(first);
         assert!(SqliteOwner::claim(&url).unwrap().is_some());
+    }
+
+    #[test]
+    fn each_form_of_a_sqlite_url_locks_the_file_sqlite_opens() {
+        for (url, file) in [
+            ("sqlite:keygate.db", "keygate.db"),
+            ("sqlite://keygate.db", "keygate.db"),
+            ("sqlite:///srv/keygate.db", "/srv/keygate.db"),
+            ("sqlite:///srv/keygate.db?mode=rwc", "/srv/keygate.db"),
+            ("sqlite:///srv/my%20keys.db", "/srv/my keys.db"),
+            ("sqlite:file:/srv/keygate.db", "/srv/keygate.db"),
+            ("sqlite:file:///srv/keygate.db", "/srv/keygate.db"),
+            ("sqlite:file:keygate.db", "keygate.db"),
+        ] {
+            assert_eq!(database_file(url), Some(PathBuf::from(file)), "{url}");
+        }
+        assert_eq!(
+            lock_path(Path::new("/srv/keygate.db")),
+            Path::new("/srv/keygate.db.lock")
+        );
     }
 
     #[test]

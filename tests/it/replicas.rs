@@ -265,6 +265,21 @@ async fn a_second_keygate_on_one_sqlite_file_refuses_to_start_and_a_killed_ones_
 
     let second = KeygateProcess::spawn(&db.url, &[]).await;
     refused_because(&KeygateProcess::refused(&db.url, &[]).await);
+    // `keygate import` would add keys the server's issued-key set, filled
+    // at start, does not hold: it is refused too, and told where to go.
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("keys.jsonl");
+    std::fs::write(&rows, "").unwrap();
+    let import = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("import")
+        .arg(&rows)
+        .env("KEYGATE_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&import.stderr);
+    assert!(!import.status.success(), "{said}");
+    refused_because(&said);
+    assert!(said.contains("ImportKeys"), "{said}");
     let (status, logs) = second.terminate().await;
     assert!(
         status.success(),
