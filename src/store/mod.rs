@@ -39,7 +39,9 @@ pub use keys::{Cursor, KeyChanges, KeyFilter, NewKey};
 pub use owners_audit::{AuditFilter, AuditRecord};
 pub use sqlite_owner::{OwnerError, SqliteOwner};
 pub use usage::{PruneSummary, UsageEvent};
-pub use webhooks::{AttemptOutcome, ClaimedDelivery, NewWebhook, OutboxStats, WebhookChanges};
+pub use webhooks::{
+    AttemptOutcome, ClaimedDelivery, EndpointPause, NewWebhook, OutboxStats, WebhookChanges,
+};
 
 pub(crate) static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("migrations/postgres");

@@ -169,6 +169,14 @@ const PUT_BACK_TAIL: &str = ") UPDATE webhook_deliveries SET next_attempt_at = o
      WHERE webhook_deliveries.event_id = o.event_id \
      AND webhook_deliveries.endpoint_id = o.endpoint_id AND ";
 
+/// An endpoint's other deliveries that were due when a round of its
+/// timed out: due again at `$1`, as the round's unsent ones are. Not
+/// attempted, so nothing else changes; rows another replica has claimed
+/// (Postgres) are its own.
+const PAUSE_ENDPOINT: &str = "UPDATE webhook_deliveries SET next_attempt_at = $1 \
+     WHERE endpoint_id = $2 AND status = 'pending' AND next_attempt_at <= $3 \
+     AND (claimed_until IS NULL OR claimed_until <= $3)";
+
 /// Rows per recording statement: up to 9 parameters each, well inside both
 /// backends' limits (SQLite 32,766, Postgres 65,535).
 const RECORD_ROWS_PER_STATEMENT: usize = 256;
@@ -352,6 +360,15 @@ pub struct AttemptOutcome {
     pub status: DeliveryStatus,
     /// When the next attempt is due (pending only).
     pub next_attempt_at: DateTime<Utc>,
+}
+
+/// An endpoint that let an attempt time out in a round: every delivery to it
+/// that was due at `at` and not in the round waits until `until` as well.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointPause {
+    pub endpoint_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub until: DateTime<Utc>,
 }
 
 /// Pending deliveries: how many, and since when the oldest waits.
@@ -631,18 +648,22 @@ impl Store {
     /// replica, whose outcome then stands), on SQLite while no redelivery
     /// changed it. The deliveries in `put_back` were not attempted: each is
     /// due again at the time given, its attempt not counted, under the
-    /// same guard. One transaction for the round: a write per delivery
-    /// would cost the replica's Check path a commit per event
-    /// (docs/behaviour.md §9).
+    /// same guard. Each of `holds` then holds back the rest of its
+    /// endpoint's due deliveries, those the round did not take
+    /// ([`EndpointPause`]); how many is returned. One transaction for the
+    /// round: a write per delivery would cost the replica's Check path a
+    /// commit per event (docs/behaviour.md §9).
     pub async fn record_attempts(
         &self,
         claim_id: Uuid,
         attempts: &[(ClaimedDelivery, AttemptOutcome)],
         put_back: &[(ClaimedDelivery, DateTime<Utc>)],
-    ) -> StoreResult<()> {
-        if attempts.is_empty() && put_back.is_empty() {
-            return Ok(());
+        holds: &[EndpointPause],
+    ) -> StoreResult<u64> {
+        if attempts.is_empty() && put_back.is_empty() && holds.is_empty() {
+            return Ok(0);
         }
+        let mut held_back = 0;
         let by_claim = self.is_postgres();
         let guard = if by_claim {
             RECORD_OUTCOMES_POSTGRES_GUARD
@@ -709,9 +730,18 @@ impl Store {
                 }
                 update.build().execute(&mut *tx).await?;
             }
+            for hold in holds {
+                held_back += sqlx::query(PAUSE_ENDPOINT)
+                    .bind(hold.until)
+                    .bind(hold.endpoint_id)
+                    .bind(hold.at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
             tx.commit().await?;
         });
-        Ok(())
+        Ok(held_back)
     }
 
     pub async fn outbox_stats(&self) -> StoreResult<OutboxStats> {

@@ -49,7 +49,7 @@ use crate::{
     clock::Clock,
     domain::webhook::DeliveryStatus,
     grpc::status::chain,
-    store::{AttemptOutcome, ClaimedDelivery, Store, StoreResult},
+    store::{AttemptOutcome, ClaimedDelivery, EndpointPause, Store, StoreResult},
 };
 
 /// How the dispatcher delivers.
@@ -120,6 +120,16 @@ const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 const USER_AGENT_VALUE: &str = concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// What a round's sending came to.
+#[derive(Default)]
+struct Sent {
+    attempted: Vec<(ClaimedDelivery, AttemptOutcome)>,
+    /// Not sent: their endpoint had let an attempt time out.
+    unsent: Vec<ClaimedDelivery>,
+    /// The endpoints that let an attempt time out.
+    timed_out: Vec<Uuid>,
+}
 
 pub struct Dispatcher {
     store: Store,
@@ -250,23 +260,35 @@ impl Dispatcher {
             .seal_key
             .get_or_try_init(|| SealKey::load(&self.store, self.clock.now()))
             .await?;
-        let (attempts, unsent) = self.attempt_all(seal_key, claimed).await;
-        count_outcomes(&attempts);
-        let put_back = self.put_back(unsent);
-        if let Err(error) = self
+        let sent = self.attempt_all(seal_key, claimed).await;
+        count_outcomes(&sent.attempted);
+        let (put_back, pauses) = self.put_back(sent.unsent, &sent.timed_out);
+        match self
             .store
-            .record_attempts(claim_id, &attempts, &put_back)
+            .record_attempts(claim_id, &sent.attempted, &put_back, &pauses)
             .await
         {
-            // These deliveries are attempted again once the claims lapse;
-            // on SQLite, once the dispatcher stops holding back.
-            tracing::warn!(error = %chain(&error), deliveries = count, "cannot record a round of webhook attempts");
-            if !self.store.is_postgres() {
-                let until = Instant::now() + self.settings.lease;
-                *self
-                    .held_back_until
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(until);
+            Ok(paused) => {
+                if !sent.timed_out.is_empty() {
+                    tracing::info!(
+                        put_back = put_back.len(),
+                        paused,
+                        endpoints = ?sent.timed_out,
+                        "webhook endpoint timed out: its other due deliveries wait for a later round"
+                    );
+                }
+            }
+            Err(error) => {
+                // These deliveries are attempted again once the claims
+                // lapse; on SQLite, once the dispatcher stops holding back.
+                tracing::warn!(error = %chain(&error), deliveries = count, "cannot record a round of webhook attempts");
+                if !self.store.is_postgres() {
+                    let until = Instant::now() + self.settings.lease;
+                    *self
+                        .held_back_until
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(until);
+                }
             }
         }
         Ok(count)
@@ -283,11 +305,7 @@ impl Dispatcher {
     /// timeout after it began, rather than one per wave of attempts to it.
     /// Failures that come fast (refused, an HTTP error) hold no round, and
     /// change nothing.
-    async fn attempt_all(
-        &self,
-        seal_key: &SealKey,
-        claimed: Vec<ClaimedDelivery>,
-    ) -> (Vec<(ClaimedDelivery, AttemptOutcome)>, Vec<ClaimedDelivery>) {
+    async fn attempt_all(&self, seal_key: &SealKey, claimed: Vec<ClaimedDelivery>) -> Sent {
         let mut by_endpoint: Vec<Vec<ClaimedDelivery>> = Vec::new();
         for delivery in claimed {
             match by_endpoint
@@ -302,9 +320,10 @@ impl Dispatcher {
             deliveries.sort_by_key(|delivery| delivery.retry_from);
         }
         let endpoints = by_endpoint.into_iter().map(|deliveries| async move {
+            let endpoint_id = deliveries[0].endpoint_id;
             let timed_out = AtomicBool::new(false);
             let timed_out = &timed_out;
-            stream::iter(deliveries)
+            let done = stream::iter(deliveries)
                 .map(|mut delivery| async move {
                     if timed_out.load(Ordering::Relaxed) {
                         return (delivery, None);
@@ -321,17 +340,23 @@ impl Dispatcher {
                 })
                 .buffer_unordered(self.per_endpoint)
                 .collect::<Vec<_>>()
-                .await
+                .await;
+            (
+                done,
+                timed_out.load(Ordering::Relaxed).then_some(endpoint_id),
+            )
         });
-        let mut attempted = Vec::new();
-        let mut unsent = Vec::new();
-        for (delivery, outcome) in join_all(endpoints).await.into_iter().flatten() {
-            match outcome {
-                Some(outcome) => attempted.push((delivery, outcome)),
-                None => unsent.push(delivery),
+        let mut sent = Sent::default();
+        for (done, timed_out) in join_all(endpoints).await {
+            sent.timed_out.extend(timed_out);
+            for (delivery, outcome) in done {
+                match outcome {
+                    Some(outcome) => sent.attempted.push((delivery, outcome)),
+                    None => sent.unsent.push(delivery),
+                }
             }
         }
-        (attempted, unsent)
+        sent
     }
 
     /// When the deliveries a round did not send to an endpoint that let an
@@ -339,33 +364,39 @@ impl Dispatcher {
     /// (`retry_base`, half of it kept at random), so that the endpoint hears
     /// one wave of attempts at a time while it is down, and the other
     /// endpoints' deliveries, due meanwhile, come first in the next rounds.
-    fn put_back(&self, unsent: Vec<ClaimedDelivery>) -> Vec<(ClaimedDelivery, DateTime<Utc>)> {
-        if unsent.is_empty() {
-            return Vec::new();
-        }
+    /// Its deliveries that were due but not in the round (a backlog larger
+    /// than a round, or a round full of others') wait as long
+    /// ([`EndpointPause`]): else each later round would take a full batch of
+    /// them and hold every other endpoint's deliveries for a timeout, until
+    /// the backlog had all been through a round once.
+    fn put_back(
+        &self,
+        unsent: Vec<ClaimedDelivery>,
+        timed_out: &[Uuid],
+    ) -> (Vec<(ClaimedDelivery, DateTime<Utc>)>, Vec<EndpointPause>) {
         let now = self.clock.now();
-        let mut endpoints: Vec<Uuid> = unsent.iter().map(|d| d.endpoint_id).collect();
-        endpoints.dedup();
-        tracing::info!(
-            deliveries = unsent.len(),
-            ?endpoints,
-            "webhook endpoint timed out: its other due deliveries wait for a later round"
-        );
-        unsent
+        let first_retry = || {
+            let delay = backoff(
+                1,
+                self.settings.retry_base,
+                self.settings.retry_max_delay,
+                rand::rng().random::<f64>(),
+            );
+            now + chrono::Duration::from_std(delay).unwrap_or_default()
+        };
+        let put_back = unsent
             .into_iter()
-            .map(|delivery| {
-                let delay = backoff(
-                    1,
-                    self.settings.retry_base,
-                    self.settings.retry_max_delay,
-                    rand::rng().random::<f64>(),
-                );
-                (
-                    delivery,
-                    now + chrono::Duration::from_std(delay).unwrap_or_default(),
-                )
+            .map(|delivery| (delivery, first_retry()))
+            .collect();
+        let pauses = timed_out
+            .iter()
+            .map(|&endpoint_id| EndpointPause {
+                endpoint_id,
+                at: now,
+                until: first_retry(),
             })
-            .collect()
+            .collect();
+        (put_back, pauses)
     }
 
     /// Whether rounds wait, after one whose outcomes could not be recorded

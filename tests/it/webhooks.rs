@@ -814,6 +814,68 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn a_silent_endpoints_backlog_waits_and_holds_no_other_endpoint_back(backend) {
+        // More deliveries due to a silent endpoint than two rounds take
+        // (128 each), all older than a healthy endpoint's. The first round
+        // takes 128 of them, hears one wave time out, and the rest of the
+        // endpoint's due deliveries wait as its unsent ones do: the next
+        // round is the healthy endpoint's. (Before, each of the next rounds
+        // took 128 more of the backlog and waited a timeout on them.)
+        const BACKLOG: usize = 300;
+        const FRESH: usize = 10;
+        let silent = Receiver::start().await;
+        silent.answer_otherwise(Reply::Hang);
+        let healthy = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, |s| {
+            fast_webhooks(s);
+            s.webhooks_enabled = Some(false);
+            s.max_keys_per_owner = Some(1_000);
+        })
+        .await;
+        let silent_id = register(&mut server.admin, &silent.url(), &["api_key.created"]).await.0;
+        for i in 0..BACKLOG {
+            create_key(&mut server.admin, &format!("old {i}")).await;
+        }
+        let healthy_id = register(&mut server.admin, &healthy.url(), &["api_key.created"]).await.0;
+        for i in 0..FRESH {
+            create_key(&mut server.admin, &format!("new {i}")).await;
+        }
+        server.stop().await;
+        let mut server = TestServer::start_on(server.db, |s| {
+            fast_webhooks(s);
+            s.webhook_lease = Some("120s".into());
+            s.webhook_retry_base = Some("10m".into());
+        })
+        .await;
+
+        healthy.wait_for(FRESH).await;
+        assert_eq!(
+            silent.received().len(),
+            IN_FLIGHT_PER_ENDPOINT,
+            "the healthy endpoint's events came in the round after the silent one's first wave"
+        );
+        let healthy_done = eventually(Duration::from_secs(30), async || {
+            deliveries(&mut server.admin, &healthy_id).await.iter()
+                .filter(|d| d.status == DeliveryStatus::Delivered as i32)
+                .count() == FRESH
+        })
+        .await;
+        assert!(healthy_done, "the healthy endpoint had every event delivered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(silent.received().len(), IN_FLIGHT_PER_ENDPOINT, "one wave, not one a round");
+        // Its page of the newest deliveries: none attempted, each due again
+        // after a first retry's delay (5 to 10 min with a 10 min base).
+        let not_before = std::time::SystemTime::now() + Duration::from_secs(4 * 60);
+        for delivery in deliveries(&mut server.admin, &silent_id).await {
+            assert_eq!(delivery.attempts, 0, "{delivery:?}");
+            assert_eq!(delivery.status, DeliveryStatus::Pending as i32, "{delivery:?}");
+            let due = delivery.next_attempt_at.as_ref().expect("due again");
+            let due = std::time::UNIX_EPOCH + Duration::from_secs(due.seconds as u64);
+            assert!(due >= not_before, "waits a first retry's delay: {delivery:?}");
+        }
+        server.stop().await;
+    }
+
     async fn an_endpoint_hears_its_oldest_event_first_whatever_came_due_first(backend) {
         // One endpoint, more due deliveries than go to it at once, and the
         // one due last given the oldest retry window's start (as a
@@ -959,7 +1021,7 @@ on_both_backends! {
         assert_eq!(first[0].attempts, 1);
         // The owner asks for a redelivery while that attempt is under way.
         store.redeliver(event_id, hook.id, seconds(1)).await.unwrap();
-        store.record_attempts(first_claim, &[(first[0].clone(), delivered(seconds(2)))], &[]).await.unwrap();
+        store.record_attempts(first_claim, &[(first[0].clone(), delivered(seconds(2)))], &[], &[]).await.unwrap();
         let after = store.get_delivery(event_id, hook.id).await.unwrap();
         assert_eq!(after.status, DeliveryStatus::Pending, "the redelivery wins: {after:?}");
         assert_eq!(after.next_attempt_at, seconds(1));
@@ -969,7 +1031,7 @@ on_both_backends! {
         let second = store.claim_deliveries(second_claim, seconds(3), seconds(63), 32).await.unwrap();
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].attempts, 2, "attempt 1's number is spent");
-        store.record_attempts(second_claim, &[(second[0].clone(), delivered(seconds(4)))], &[]).await.unwrap();
+        store.record_attempts(second_claim, &[(second[0].clone(), delivered(seconds(4)))], &[], &[]).await.unwrap();
         let done = store.get_delivery(event_id, hook.id).await.unwrap();
         assert_eq!(done.status, DeliveryStatus::Delivered);
         assert_eq!(done.attempts, 2);
