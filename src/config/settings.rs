@@ -225,6 +225,11 @@ pub struct Settings {
     /// Allow `http://` webhook URLs (otherwise `https` only). [default: false]
     #[arg(long, env = "KEYGATE_WEBHOOK_ALLOW_HTTP")]
     pub webhook_allow_http: Option<bool>,
+    /// PEM file of CA certificates that sign webhook endpoints' TLS
+    /// certificates, trusted besides the public (webpki) roots: receivers
+    /// behind a private CA. [default: none]
+    #[arg(long, env = "KEYGATE_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// Time allowed for one webhook delivery attempt. [default: 10s]
     #[arg(long, env = "KEYGATE_WEBHOOK_TIMEOUT")]
     pub webhook_timeout: Option<String>,

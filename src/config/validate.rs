@@ -304,6 +304,7 @@ impl Settings {
             webhooks: webhook_settings(
                 self.webhook_allow_private,
                 self.webhook_allow_http,
+                self.webhook_ca_file,
                 self.webhook_timeout,
                 self.webhook_lease,
                 self.webhook_poll_interval,
@@ -341,6 +342,7 @@ impl Settings {
 fn webhook_settings(
     allow_private: Option<bool>,
     allow_http: Option<bool>,
+    ca_file: Option<std::path::PathBuf>,
     timeout: Option<String>,
     lease: Option<String>,
     poll_interval: Option<String>,
@@ -368,6 +370,7 @@ fn webhook_settings(
             allow_private: allow_private.unwrap_or(false),
             allow_http: allow_http.unwrap_or(false),
         },
+        ca_file,
         timeout,
         lease,
         poll_interval: nonzero_duration(

@@ -12,12 +12,14 @@
 use std::{
     future::Future,
     io,
+    path::Path,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::Full;
@@ -38,15 +40,23 @@ pub type HttpClient = Client<TimedConnector, Full<Bytes>>;
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client for `policy`, a connection given `connect_within` to be set
-/// up.
-pub fn http_client(policy: TargetPolicy, connect_within: Duration) -> anyhow::Result<HttpClient> {
+/// The client for `policy`, trusting the CAs in `ca_file` besides the
+/// webpki roots, a connection given `connect_within` to be set up.
+pub fn http_client(
+    policy: TargetPolicy,
+    ca_file: Option<&Path>,
+    connect_within: Duration,
+) -> anyhow::Result<HttpClient> {
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .build(connector(policy, connect_within)?))
+        .build(connector(policy, ca_file, connect_within)?))
 }
 
-fn connector(policy: TargetPolicy, connect_within: Duration) -> anyhow::Result<TimedConnector> {
+fn connector(
+    policy: TargetPolicy,
+    ca_file: Option<&Path>,
+    connect_within: Duration,
+) -> anyhow::Result<TimedConnector> {
     let mut http = HttpConnector::new_with_resolver(GuardedResolver { policy });
     // The TLS connector decides which schemes are allowed.
     http.enforce_http(false);
@@ -54,6 +64,9 @@ fn connector(policy: TargetPolicy, connect_within: Duration) -> anyhow::Result<T
     http.set_keepalive(Some(TCP_KEEPALIVE));
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(file) = ca_file {
+        add_private_roots(&mut roots, file)?;
+    }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -70,6 +83,27 @@ fn connector(policy: TargetPolicy, connect_within: Duration) -> anyhow::Result<T
         inner: https.enable_http1().enable_http2().wrap_connector(http),
         within: connect_within,
     })
+}
+
+/// Adds every certificate of the PEM file `file` (KEYGATE_WEBHOOK_CA_FILE)
+/// as a trust anchor. A file that cannot be read, holds no certificate or
+/// a certificate that is not a usable CA stops the start: deliveries to
+/// the endpoints it was meant for would all fail.
+fn add_private_roots(roots: &mut rustls::RootCertStore, file: &Path) -> anyhow::Result<()> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let shown = file.display();
+    let certificates = CertificateDer::pem_file_iter(file)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read KEYGATE_WEBHOOK_CA_FILE {shown}"))?;
+    if certificates.is_empty() {
+        anyhow::bail!("KEYGATE_WEBHOOK_CA_FILE {shown} holds no PEM certificate");
+    }
+    for certificate in certificates {
+        roots.add(certificate).with_context(|| {
+            format!("KEYGATE_WEBHOOK_CA_FILE {shown} holds a certificate that cannot be a root")
+        })?;
+    }
+    Ok(())
 }
 
 /// The connector with one deadline over setting up a connection: the TCP
@@ -136,6 +170,34 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_ca_file_that_cannot_be_used_stops_the_client_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let not_der = dir.path().join("garbled.pem");
+        std::fs::write(
+            &not_der,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (file, says) in [
+            (&missing, "cannot read KEYGATE_WEBHOOK_CA_FILE"),
+            (&empty, "holds no PEM certificate"),
+            (&not_der, "cannot be a root"),
+        ] {
+            let Err(error) =
+                http_client(TargetPolicy::default(), Some(file), Duration::from_secs(1))
+            else {
+                panic!("{} was taken", file.display());
+            };
+            let message = format!("{error:#}");
+            assert!(message.contains(says), "{message}");
+            assert!(message.contains(&file.display().to_string()), "{message}");
+        }
+    }
+
     /// A target that accepts and never answers the TLS handshake: the
     /// connection attempt ends at the deadline, and the socket is closed.
     #[tokio::test]
@@ -146,7 +208,7 @@ mod tests {
             allow_private: true,
             allow_http: false,
         };
-        let mut connector = connector(policy, Duration::from_millis(300)).unwrap();
+        let mut connector = connector(policy, None, Duration::from_millis(300)).unwrap();
         let uri: Uri = format!("https://127.0.0.1:{port}/hook").parse().unwrap();
         let connecting = tokio::spawn(async move { connector.call(uri).await });
         let (mut accepted, _) = listener.accept().await.unwrap();
@@ -179,7 +241,7 @@ mod tests {
             allow_private: true,
             allow_http: true,
         };
-        let client = http_client(policy, Duration::from_secs(10)).unwrap();
+        let client = http_client(policy, None, Duration::from_secs(10)).unwrap();
         let request = http::Request::post(format!("http://127.0.0.1:{port}/hook"))
             .body(Full::new(Bytes::new()))
             .unwrap();

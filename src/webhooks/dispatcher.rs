@@ -56,6 +56,9 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
     pub policy: TargetPolicy,
+    /// CA certificates (PEM) trusted for endpoints besides the webpki
+    /// roots, read when the client is built.
+    pub ca_file: Option<std::path::PathBuf>,
     /// One HTTP attempt, connection included.
     pub timeout: Duration,
     /// How long a claim holds; longer than `timeout`, so that a live
@@ -85,6 +88,7 @@ impl Default for DispatchSettings {
     fn default() -> Self {
         Self {
             policy: TargetPolicy::default(),
+            ca_file: None,
             timeout: Duration::from_secs(10),
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
@@ -154,7 +158,11 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Store, settings: DispatchSettings) -> anyhow::Result<Dispatcher> {
-        let client = client::http_client(settings.policy, settings.timeout)?;
+        let client = client::http_client(
+            settings.policy,
+            settings.ca_file.as_deref(),
+            settings.timeout,
+        )?;
         let per_endpoint = in_flight_per_endpoint(settings.batch, settings.timeout, settings.lease);
         Ok(Dispatcher {
             store,

@@ -28,7 +28,7 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for localhost / 127.0.0.1 and a client
 /// certificate, all signed by the CA.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     openssl(
         dir,
         &[

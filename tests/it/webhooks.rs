@@ -300,6 +300,24 @@ async fn deliveries(admin: &mut KeyAdminClient<Channel>, webhook_id: &str) -> Ve
         .deliveries
 }
 
+/// Waits until `count` deliveries to `webhook_id` are delivered; whether
+/// they were within 30 s.
+async fn all_delivered(
+    admin: &mut KeyAdminClient<Channel>,
+    webhook_id: &str,
+    count: usize,
+) -> bool {
+    eventually(Duration::from_secs(30), async || {
+        deliveries(admin, webhook_id)
+            .await
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Delivered as i32)
+            .count()
+            == count
+    })
+    .await
+}
+
 /// Waits until the delivery of `event_id` satisfies `done`.
 async fn delivery_where(
     admin: &mut KeyAdminClient<Channel>,
@@ -757,12 +775,7 @@ on_both_backends! {
         .await;
 
         healthy.wait_for(EVENTS).await;
-        let healthy_done = eventually(Duration::from_secs(30), async || {
-            deliveries(&mut server.admin, &healthy_id).await.iter()
-                .filter(|d| d.status == DeliveryStatus::Delivered as i32)
-                .count() == EVENTS
-        })
-        .await;
+        let healthy_done = all_delivered(&mut server.admin, &healthy_id, EVENTS).await;
         assert!(healthy_done, "the endpoint that answers had every event delivered");
         // The round that held both endpoints' deliveries is recorded: the
         // silent endpoint's first wave timed out, and the rest of its
@@ -854,12 +867,7 @@ on_both_backends! {
             IN_FLIGHT_PER_ENDPOINT,
             "the healthy endpoint's events came in the round after the silent one's first wave"
         );
-        let healthy_done = eventually(Duration::from_secs(30), async || {
-            deliveries(&mut server.admin, &healthy_id).await.iter()
-                .filter(|d| d.status == DeliveryStatus::Delivered as i32)
-                .count() == FRESH
-        })
-        .await;
+        let healthy_done = all_delivered(&mut server.admin, &healthy_id, FRESH).await;
         assert!(healthy_done, "the healthy endpoint had every event delivered");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(silent.received().len(), IN_FLIGHT_PER_ENDPOINT, "one wave, not one a round");
@@ -959,6 +967,28 @@ on_both_backends! {
         // was refused.
         assert!(error.contains("invalid peer certificate"), "{error:?}");
         server.stop().await;
+    }
+
+    async fn an_https_endpoint_signed_by_a_ca_in_the_ca_file_is_delivered_to(backend) {
+        // A receiver behind a private CA: trusted once KEYGATE_WEBHOOK_CA_FILE
+        // names the CA, refused without it.
+        let tls = PrivateCaTlsReceiver::start();
+        let url = format!("https://127.0.0.1:{}/hook", tls.port);
+        let mut server = TestServer::start_with(backend, |s| {
+            fast_webhooks(s);
+            s.webhook_ca_file = Some(tls.ca_file());
+        })
+        .await;
+        let (webhook_id, _) = register(&mut server.admin, &url, &["api_key.created"]).await;
+        create_key(&mut server.admin, "over tls").await;
+        assert!(all_delivered(&mut server.admin, &webhook_id, 1).await, "delivered over TLS");
+        assert_eq!(tls.posts(), 1, "the receiver answered one POST");
+        server.stop().await;
+
+        let mut without = TestServer::start_on(server.db, fast_webhooks).await;
+        let error = first_test_attempt_refused(&mut without.admin, &webhook_id).await;
+        assert!(error.contains("invalid peer certificate"), "{error:?}");
+        without.stop().await;
     }
 
     async fn a_name_that_resolves_to_loopback_is_refused_at_delivery(backend) {
@@ -1100,6 +1130,76 @@ impl SelfSignedTlsServer {
 }
 
 impl Drop for SelfSignedTlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS receiver on a loopback port (python3's `http.server` over
+/// `ssl`) whose certificate, for 127.0.0.1, a private CA signed
+/// (`tls::make_certificates`); it answers every POST with 204 and counts
+/// them in a file. Stopped on drop.
+struct PrivateCaTlsReceiver {
+    port: u16,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateCaTlsReceiver {
+    const SERVER: &str = r#"
+import http.server, ssl, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        with open("posts", "a") as posts:
+            posts.write("post\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain("server.crt", "server.key")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+    fn start() -> PrivateCaTlsReceiver {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        crate::tls::make_certificates(dir.path());
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", Self::SERVER])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("python3 starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the receiver's port, not {line:?}"));
+        PrivateCaTlsReceiver { port, child, dir }
+    }
+
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn posts(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("posts"))
+            .map_or(0, |posts| posts.lines().count())
+    }
+}
+
+impl Drop for PrivateCaTlsReceiver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
