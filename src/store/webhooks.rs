@@ -57,6 +57,9 @@ macro_rules! due_deliveries {
             "FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= ",
             $at,
+            " AND (e.paused_until IS NULL OR e.paused_until <= ",
+            $at,
+            ")",
             " AND (d.claimed_until IS NULL OR d.claimed_until <= ",
             $at,
             ")"
@@ -169,13 +172,15 @@ const PUT_BACK_TAIL: &str = ") UPDATE webhook_deliveries SET next_attempt_at = o
      WHERE webhook_deliveries.event_id = o.event_id \
      AND webhook_deliveries.endpoint_id = o.endpoint_id AND ";
 
-/// An endpoint's other deliveries that were due when a round of its
-/// timed out: due again at `$1`, as the round's unsent ones are. Not
-/// attempted, so nothing else changes; rows another replica has claimed
-/// (Postgres) are its own.
-const PAUSE_ENDPOINT: &str = "UPDATE webhook_deliveries SET next_attempt_at = $1 \
-     WHERE endpoint_id = $2 AND status = 'pending' AND next_attempt_at <= $3 \
-     AND (claimed_until IS NULL OR claimed_until <= $3)";
+/// An endpoint that let an attempt time out: none of its deliveries is due
+/// before `$1` (`due_deliveries!`). One row per endpoint, whatever its
+/// backlog: its deliveries' own due times are left as they are.
+const PAUSE_ENDPOINT: &str = "UPDATE webhook_endpoints SET paused_until = $1 WHERE id = $2";
+/// An owner's redelivery or test event goes out now, not after a pause;
+/// the endpoint's backlog comes due with it (an update of the endpoint
+/// clears the pause too).
+const UNPAUSE_ENDPOINT: &str =
+    "UPDATE webhook_endpoints SET paused_until = NULL WHERE id = $1 AND paused_until IS NOT NULL";
 
 /// Rows per recording statement: up to 9 parameters each, well inside both
 /// backends' limits (SQLite 32,766, Postgres 65,535).
@@ -362,12 +367,11 @@ pub struct AttemptOutcome {
     pub next_attempt_at: DateTime<Utc>,
 }
 
-/// An endpoint that let an attempt time out in a round: every delivery to it
-/// that was due at `at` and not in the round waits until `until` as well.
+/// An endpoint that let an attempt time out in a round: none of its
+/// deliveries is due before `until`.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointPause {
     pub endpoint_id: Uuid,
-    pub at: DateTime<Utc>,
     pub until: DateTime<Utc>,
 }
 
@@ -448,8 +452,8 @@ impl Store {
         with_pool!(&self.main, pool => {
             let updated = sqlx::query(
                 "UPDATE webhook_endpoints SET url = COALESCE($2, url), \
-                 events = COALESCE($3, events), enabled = COALESCE($4, enabled), updated_at = $5 \
-                 WHERE id = $1",
+                 events = COALESCE($3, events), enabled = COALESCE($4, enabled), updated_at = $5, \
+                 paused_until = NULL WHERE id = $1",
             )
             .bind(id)
             .bind(changes.url.as_deref())
@@ -562,6 +566,7 @@ impl Store {
             if updated.rows_affected() == 0 {
                 return Err(StoreError::NotFound);
             }
+            sqlx::query(UNPAUSE_ENDPOINT).bind(webhook_id).execute(pool).await?;
         });
         self.get_delivery(event_id, webhook_id).await
     }
@@ -589,6 +594,7 @@ impl Store {
             .bind(webhook_id)
             .execute(pool)
             .await?;
+            sqlx::query(UNPAUSE_ENDPOINT).bind(webhook_id).execute(pool).await?;
         });
         self.get_delivery(event_id, webhook_id).await
     }
@@ -648,22 +654,23 @@ impl Store {
     /// replica, whose outcome then stands), on SQLite while no redelivery
     /// changed it. The deliveries in `put_back` were not attempted: each is
     /// due again at the time given, its attempt not counted, under the
-    /// same guard. Each of `holds` then holds back the rest of its
-    /// endpoint's due deliveries, those the round did not take
-    /// ([`EndpointPause`]); how many is returned. One transaction for the
-    /// round: a write per delivery would cost the replica's Check path a
-    /// commit per event (docs/behaviour.md §9).
+    /// same guard. Each endpoint of `pauses` is then paused
+    /// ([`EndpointPause`]), in the order of their ids, so that two replicas
+    /// pausing the same endpoints cannot wait on each other. One
+    /// transaction for the round: a write per delivery would cost the
+    /// replica's Check path a commit per event (docs/behaviour.md §9).
     pub async fn record_attempts(
         &self,
         claim_id: Uuid,
         attempts: &[(ClaimedDelivery, AttemptOutcome)],
         put_back: &[(ClaimedDelivery, DateTime<Utc>)],
-        holds: &[EndpointPause],
-    ) -> StoreResult<u64> {
-        if attempts.is_empty() && put_back.is_empty() && holds.is_empty() {
-            return Ok(0);
+        pauses: &[EndpointPause],
+    ) -> StoreResult<()> {
+        if attempts.is_empty() && put_back.is_empty() && pauses.is_empty() {
+            return Ok(());
         }
-        let mut held_back = 0;
+        let mut pauses = pauses.to_vec();
+        pauses.sort_by_key(|pause| pause.endpoint_id);
         let by_claim = self.is_postgres();
         let guard = if by_claim {
             RECORD_OUTCOMES_POSTGRES_GUARD
@@ -730,18 +737,16 @@ impl Store {
                 }
                 update.build().execute(&mut *tx).await?;
             }
-            for hold in holds {
-                held_back += sqlx::query(PAUSE_ENDPOINT)
-                    .bind(hold.until)
-                    .bind(hold.endpoint_id)
-                    .bind(hold.at)
+            for pause in &pauses {
+                sqlx::query(PAUSE_ENDPOINT)
+                    .bind(pause.until)
+                    .bind(pause.endpoint_id)
                     .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                    .await?;
             }
             tx.commit().await?;
         });
-        Ok(held_back)
+        Ok(())
     }
 
     pub async fn outbox_stats(&self) -> StoreResult<OutboxStats> {

@@ -276,13 +276,12 @@ impl Dispatcher {
             .record_attempts(claim_id, &sent.attempted, &put_back, &pauses)
             .await
         {
-            Ok(paused) => {
+            Ok(()) => {
                 if !sent.timed_out.is_empty() {
                     tracing::info!(
                         put_back = put_back.len(),
-                        paused,
                         endpoints = ?sent.timed_out,
-                        "webhook endpoint timed out: its other due deliveries wait for a later round"
+                        "webhook endpoint timed out: paused, its deliveries wait for a later round"
                     );
                 }
             }
@@ -372,11 +371,11 @@ impl Dispatcher {
     /// (`retry_base`, half of it kept at random), so that the endpoint hears
     /// one wave of attempts at a time while it is down, and the other
     /// endpoints' deliveries, due meanwhile, come first in the next rounds.
-    /// Its deliveries that were due but not in the round (a backlog larger
-    /// than a round, or a round full of others') wait as long
-    /// ([`EndpointPause`]): else each later round would take a full batch of
-    /// them and hold every other endpoint's deliveries for a timeout, until
-    /// the backlog had all been through a round once.
+    /// The endpoint itself is paused as long ([`EndpointPause`]): none of
+    /// its deliveries is due meanwhile, else a backlog larger than a round
+    /// would fill the next rounds one after the other, each holding every
+    /// other endpoint's deliveries for a timeout, until all of it had been
+    /// through a round once.
     fn put_back(
         &self,
         unsent: Vec<ClaimedDelivery>,
@@ -400,7 +399,6 @@ impl Dispatcher {
             .iter()
             .map(|&endpoint_id| EndpointPause {
                 endpoint_id,
-                at: now,
                 until: first_retry(),
             })
             .collect();
