@@ -175,10 +175,13 @@ const PUT_BACK_TAIL: &str = ") UPDATE webhook_deliveries SET next_attempt_at = o
 /// An endpoint that let an attempt time out: none of its deliveries is due
 /// before `$1` (`due_deliveries!`). One row per endpoint, whatever its
 /// backlog: its deliveries' own due times are left as they are.
-const PAUSE_ENDPOINT: &str = "UPDATE webhook_endpoints SET paused_until = $1 WHERE id = $2";
-/// An owner's redelivery or test event goes out now, not after a pause;
-/// the endpoint's backlog comes due with it (an update of the endpoint
-/// clears the pause too).
+/// A later pause stands: two replicas pausing one endpoint keep the longer.
+const PAUSE_ENDPOINT: &str = "UPDATE webhook_endpoints SET paused_until = CASE \
+     WHEN paused_until IS NULL OR paused_until < $1 THEN $1 ELSE paused_until END WHERE id = $2";
+/// An owner's redelivery or test event goes out now, not after a pause,
+/// and so do the endpoint's deliveries whose own due time has come (those
+/// a round put back keep theirs); an update of the endpoint clears the
+/// pause too.
 const UNPAUSE_ENDPOINT: &str =
     "UPDATE webhook_endpoints SET paused_until = NULL WHERE id = $1 AND paused_until IS NOT NULL";
 
@@ -654,9 +657,11 @@ impl Store {
     /// replica, whose outcome then stands), on SQLite while no redelivery
     /// changed it. The deliveries in `put_back` were not attempted: each is
     /// due again at the time given, its attempt not counted, under the
-    /// same guard. Each endpoint of `pauses` is then paused
-    /// ([`EndpointPause`]), in the order of their ids, so that two replicas
-    /// pausing the same endpoints cannot wait on each other. One
+    /// same guard. Each endpoint of `pauses` is paused ([`EndpointPause`])
+    /// first, in the order of their ids: a transaction that deletes an
+    /// endpoint locks its row before its deliveries', and two replicas
+    /// pausing the same endpoints lock them in one order, so neither can
+    /// wait on the other in a cycle (Postgres). One
     /// transaction for the round: a write per delivery would cost the
     /// replica's Check path a commit per event (docs/behaviour.md §9).
     pub async fn record_attempts(
@@ -679,6 +684,13 @@ impl Store {
         };
         with_pool!(&self.main, pool => {
             let mut tx = pool.begin_write().await?;
+            for pause in &pauses {
+                sqlx::query(PAUSE_ENDPOINT)
+                    .bind(pause.until)
+                    .bind(pause.endpoint_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
                 let mut insert = sqlx::QueryBuilder::new(RECORD_ATTEMPTS_HEAD);
                 insert.push_values(chunk, |mut row, (claimed, outcome)| {
@@ -736,13 +748,6 @@ impl Store {
                     update.push_bind(claim_id);
                 }
                 update.build().execute(&mut *tx).await?;
-            }
-            for pause in &pauses {
-                sqlx::query(PAUSE_ENDPOINT)
-                    .bind(pause.until)
-                    .bind(pause.endpoint_id)
-                    .execute(&mut *tx)
-                    .await?;
             }
             tx.commit().await?;
         });

@@ -87,8 +87,9 @@ fn connector(
 
 /// Adds every certificate of the PEM file `file` (KEYGATE_WEBHOOK_CA_FILE)
 /// as a trust anchor. A file that cannot be read, holds no certificate or
-/// a certificate that is not a usable CA stops the start: deliveries to
-/// the endpoints it was meant for would all fail.
+/// one that does not parse stops the start: deliveries to the endpoints it
+/// was meant for would all fail. What a certificate may sign (its basic
+/// constraints, its validity) is judged at each handshake, not here.
 fn add_private_roots(roots: &mut rustls::RootCertStore, file: &Path) -> anyhow::Result<()> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let shown = file.display();

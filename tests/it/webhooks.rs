@@ -874,7 +874,11 @@ on_both_backends! {
         // The endpoint is paused, not its deliveries rescheduled: its page
         // of the newest is unattempted and due as it was.
         let page = deliveries(&mut server.admin, &silent_id).await;
-        assert!(page.iter().all(|d| d.attempts == 0 && d.status == DeliveryStatus::Pending as i32));
+        for delivery in &page {
+            assert_eq!(delivery.attempts, 0, "{delivery:?}");
+            assert_eq!(delivery.status, DeliveryStatus::Pending as i32, "{delivery:?}");
+            assert_eq!(delivery.next_attempt_at, delivery.created_at, "due as created: {delivery:?}");
+        }
         // An owner's redelivery lifts the pause: the backlog is due again,
         // and the next round sends the endpoint its next wave.
         server.admin.redeliver_webhook(RedeliverWebhookRequest {
