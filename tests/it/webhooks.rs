@@ -879,14 +879,48 @@ on_both_backends! {
             assert_eq!(delivery.status, DeliveryStatus::Pending as i32, "{delivery:?}");
             assert_eq!(delivery.next_attempt_at, delivery.created_at, "due as created: {delivery:?}");
         }
-        // An owner's redelivery lifts the pause: the backlog is due again,
-        // and the next round sends the endpoint its next wave.
+        // What an owner does to a paused endpoint lifts the pause: the
+        // backlog is due again, and the next round sends the endpoint its
+        // next wave (and pauses it again once that times out).
+        // Each lift comes after the round that paused the endpoint again
+        // is recorded: one made while a round still waits on the endpoint
+        // is undone when that round pauses it.
+        let endpoint = uuid::Uuid::parse_str(&silent_id).unwrap();
+        let recorded = async |waves: usize| {
+            let attempts = "SELECT COUNT(*) FROM webhook_attempts WHERE endpoint_id = $1";
+            let done = eventually(Duration::from_secs(30), async || {
+                common::scalar_i64(&server.db, attempts, endpoint).await == (waves * IN_FLIGHT_PER_ENDPOINT) as i64
+            }).await;
+            assert!(done, "wave {waves} recorded");
+        };
+        recorded(1).await;
+        server.admin.send_test_webhook(SendTestWebhookRequest {
+            owner_id: OWNER.into(),
+            webhook_id: silent_id.clone(),
+        }).await.expect("test event sent");
+        silent.wait_for(2 * IN_FLIGHT_PER_ENDPOINT).await;
+        recorded(2).await;
+        server.admin.update_webhook(keygate::proto::UpdateWebhookRequest {
+            owner_id: OWNER.into(),
+            id: silent_id.clone(),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+            enabled: true,
+            ..Default::default()
+        }).await.expect("endpoint updated");
+        silent.wait_for(3 * IN_FLIGHT_PER_ENDPOINT).await;
+        recorded(3).await;
         server.admin.redeliver_webhook(RedeliverWebhookRequest {
             owner_id: OWNER.into(),
             webhook_id: silent_id.clone(),
             event_id: page[0].event_id.clone(),
         }).await.expect("redelivery asked for");
-        silent.wait_for(2 * IN_FLIGHT_PER_ENDPOINT).await;
+        // By now three rounds have taken all 311 (the test event too) and
+        // put back what they did not send: the redelivered event alone is
+        // due.
+        let heard = silent.wait_for(3 * IN_FLIGHT_PER_ENDPOINT + 1).await;
+        assert_eq!(heard.last().unwrap().id, page[0].event_id, "the redelivery went out");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(silent.received().len(), 3 * IN_FLIGHT_PER_ENDPOINT + 1, "no more than each lift let go");
         server.stop().await;
     }
 
