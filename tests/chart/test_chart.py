@@ -647,6 +647,23 @@ def test_no_scanning_keys_are_mounted_by_default(default_docs: list[dict[str, An
     assert all(v["name"] != "github-scanning" for v in pod["volumes"])
 
 
+def test_a_webhook_ca_is_mounted_from_a_config_map() -> None:
+    values = merged(REQUIRED, {"config": {"webhookCaConfigMap": "partner-ca", "webhookCaKey": "bundle.pem"}})
+    pod = the(manifests(values), "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert env_of(c)["KEYGATE_WEBHOOK_CA_FILE"] == "/etc/keygate/webhook-ca/ca.crt"
+    volume = next(v for v in pod["volumes"] if v["name"] == "webhook-ca")
+    assert volume["configMap"] == {"name": "partner-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "webhook-ca")
+    assert mount == {"name": "webhook-ca", "mountPath": "/etc/keygate/webhook-ca", "readOnly": True}
+
+
+def test_no_webhook_ca_is_mounted_by_default(default_docs: list[dict[str, Any]]) -> None:
+    pod = the(default_docs, "Deployment")["spec"]["template"]["spec"]
+    assert "KEYGATE_WEBHOOK_CA_FILE" not in env_of(pod["containers"][0])
+    assert all(v["name"] != "webhook-ca" for v in pod["volumes"])
+
+
 def test_scanning_keys_without_the_rest_listener_fail_to_render() -> None:
     values = merged(REQUIRED, {"config": {"githubScanningKeysConfigMap": "github-keys"}})
     assert "config.githubScanningKeysConfigMap needs rest.enabled" in render_error(values)
