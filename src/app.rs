@@ -137,8 +137,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Running> {
     // Held until the server has stopped: a second server of the same SQLite
     // file would serve keys this one revoked (store::sqlite_owner).
-    let sqlite_owner = SqliteOwner::claim(&config.store_options().url)?;
-    let store = Store::connect(&config.store_options())
+    let store_options = config.store_options();
+    let sqlite_owner = SqliteOwner::claim(&store_options.url)?;
+    let store = Store::connect(&store_options)
         .await
         .context("cannot open the database")?;
     if config.migrate_on_start {

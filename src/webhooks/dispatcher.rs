@@ -270,7 +270,7 @@ impl Dispatcher {
             .await?;
         let sent = self.attempt_all(seal_key, claimed).await;
         count_outcomes(&sent.attempted);
-        let (put_back, pauses) = self.put_back(sent.unsent, &sent.timed_out);
+        let (put_back, pauses) = self.put_back_and_pause(sent.unsent, &sent.timed_out);
         match self
             .store
             .record_attempts(claim_id, &sent.attempted, &put_back, &pauses)
@@ -376,7 +376,7 @@ impl Dispatcher {
     /// would fill the next rounds one after the other, each holding every
     /// other endpoint's deliveries for a timeout, until all of it had been
     /// through a round once.
-    fn put_back(
+    fn put_back_and_pause(
         &self,
         unsent: Vec<ClaimedDelivery>,
         timed_out: &[Uuid],

@@ -631,37 +631,37 @@ GITHUB_SCANNING = {"rest": {"enabled": True},
                    "config": {"githubScanningKeysConfigMap": "github-keys", "githubScanningKeysKey": "meta.json"}}
 
 
-def test_githubs_scanning_keys_are_mounted_from_a_config_map() -> None:
-    pod = the(manifests(merged(REQUIRED, GITHUB_SCANNING)), "Deployment")["spec"]["template"]["spec"]
+# A file from a ConfigMap you keep: the values that name it, the variable
+# that points keygate at it, the volume, the ConfigMap's key, and where it
+# is mounted.
+CONFIG_MAP_FILES = {
+    "GitHub's scanning keys": (GITHUB_SCANNING, "KEYGATE_GITHUB_SCANNING_KEYS", "github-scanning",
+                               "github-keys", "meta.json", "/etc/keygate/github-scanning", "keys.json"),
+    "a webhook CA": ({"config": {"webhookCaConfigMap": "partner-ca", "webhookCaKey": "bundle.pem"}},
+                     "KEYGATE_WEBHOOK_CA_FILE", "webhook-ca", "partner-ca", "bundle.pem",
+                     "/etc/keygate/webhook-ca", "ca.crt"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_MAP_FILES.values(), ids=CONFIG_MAP_FILES.keys())
+def test_a_file_from_a_config_map_is_mounted_and_named(case: tuple[Any, ...]) -> None:
+    values, env, volume_name, config_map, key, directory, path = case
+    pod = the(manifests(merged(REQUIRED, values)), "Deployment")["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert env_of(c)["KEYGATE_GITHUB_SCANNING_KEYS"] == "/etc/keygate/github-scanning/keys.json"
-    volume = next(v for v in pod["volumes"] if v["name"] == "github-scanning")
-    assert volume["configMap"] == {"name": "github-keys", "items": [{"key": "meta.json", "path": "keys.json"}]}
-    mount = next(m for m in c["volumeMounts"] if m["name"] == "github-scanning")
-    assert mount == {"name": "github-scanning", "mountPath": "/etc/keygate/github-scanning", "readOnly": True}
+    assert env_of(c)[env] == f"{directory}/{path}"
+    volume = next(v for v in pod["volumes"] if v["name"] == volume_name)
+    assert volume["configMap"] == {"name": config_map, "items": [{"key": key, "path": path}]}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == volume_name)
+    assert mount == {"name": volume_name, "mountPath": directory, "readOnly": True}
 
 
-def test_no_scanning_keys_are_mounted_by_default(default_docs: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("case", CONFIG_MAP_FILES.values(), ids=CONFIG_MAP_FILES.keys())
+def test_no_file_from_a_config_map_is_mounted_by_default(
+        default_docs: list[dict[str, Any]], case: tuple[Any, ...]) -> None:
+    _, env, volume_name, *_ = case
     pod = the(default_docs, "Deployment")["spec"]["template"]["spec"]
-    assert "KEYGATE_GITHUB_SCANNING_KEYS" not in env_of(pod["containers"][0])
-    assert all(v["name"] != "github-scanning" for v in pod["volumes"])
-
-
-def test_a_webhook_ca_is_mounted_from_a_config_map() -> None:
-    values = merged(REQUIRED, {"config": {"webhookCaConfigMap": "partner-ca", "webhookCaKey": "bundle.pem"}})
-    pod = the(manifests(values), "Deployment")["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    assert env_of(c)["KEYGATE_WEBHOOK_CA_FILE"] == "/etc/keygate/webhook-ca/ca.crt"
-    volume = next(v for v in pod["volumes"] if v["name"] == "webhook-ca")
-    assert volume["configMap"] == {"name": "partner-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
-    mount = next(m for m in c["volumeMounts"] if m["name"] == "webhook-ca")
-    assert mount == {"name": "webhook-ca", "mountPath": "/etc/keygate/webhook-ca", "readOnly": True}
-
-
-def test_no_webhook_ca_is_mounted_by_default(default_docs: list[dict[str, Any]]) -> None:
-    pod = the(default_docs, "Deployment")["spec"]["template"]["spec"]
-    assert "KEYGATE_WEBHOOK_CA_FILE" not in env_of(pod["containers"][0])
-    assert all(v["name"] != "webhook-ca" for v in pod["volumes"])
+    assert env not in env_of(pod["containers"][0])
+    assert all(v["name"] != volume_name for v in pod["volumes"])
 
 
 def test_scanning_keys_without_the_rest_listener_fail_to_render() -> None:
