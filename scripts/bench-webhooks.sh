@@ -17,6 +17,14 @@
 #                first section are made pending again, each due 1/RATE s
 #                after the one before (keygate stopped, sqlite3), so that
 #                the dispatcher finds them due at that rate.
+#                BENCH_WEBHOOK_BUILDS="name=DIR ..." runs a delivering
+#                round of each build (DIR/keygate, e.g. a wrapper that sets
+#                an environment variable) after each no-delivery round, in
+#                one run, each on its own copy of the outbox (a build may
+#                migrate it); BENCH_PERF_STAT=1 attaches `perf stat
+#                --per-thread` (CPU time, thread switches) to keygate for
+#                3 s in the middle of every round, one file a round in
+#                target/bench-results/.
 #   instructions instructions keygate's process spends per delivery and per
 #                Check (callgrind): BENCH_CALLGRIND_EVENTS (default 2000)
 #                events made due at once 60 s after keygate starts, its
@@ -64,7 +72,6 @@ ensure_h2load
 [[ "${BENCH_NO_BUILD:-}" == 1 ]] || cargo build --release --bins >&2
 
 AUTHZ=58051 ADMIN=58052 METRICS=58090 HTTP=58080 RECEIVER=58082
-DB="sqlite://$BENCH_WORK/webhooks.db"
 eval "$("$BIN/keygate" admin-token --name bench --role admin --format env)"
 
 taskset -c "$CLIENT_CPU" "$BIN/keygate-bench" noop-http-server --listen "127.0.0.1:$RECEIVER" \
@@ -76,7 +83,7 @@ wait_port "$RECEIVER"
 # (BENCH_WRAP, e.g. valgrind, before the binary).
 serve() {
   start_keygate "webhooks-$1" "$AUTHZ" "$ADMIN" "$METRICS" \
-    KEYGATE_DATABASE_URL="$DB" KEYGATE_HTTP_ADDR="127.0.0.1:$HTTP" \
+    KEYGATE_DATABASE_URL="sqlite://${OUTBOX:-$BENCH_WORK/webhooks.db}" KEYGATE_HTTP_ADDR="127.0.0.1:$HTTP" \
     KEYGATE_ADMIN_TOKENS="$KEYGATE_ADMIN_TOKENS" KEYGATE_MAX_KEYS_PER_OWNER=10000000 \
     KEYGATE_WEBHOOKS_ENABLED="$1" KEYGATE_WEBHOOK_ALLOW_PRIVATE=true \
     KEYGATE_WEBHOOK_ALLOW_HTTP=true KEYGATE_WEBHOOK_POLL_INTERVAL="$POLL"
@@ -135,6 +142,11 @@ fi
 check_round() {
   local out="$BENCH_WORK/$1.txt"
   note_load "$1" "$BENCH_WORK/load.txt"
+  if [[ "${BENCH_PERF_STAT:-}" == 1 ]]; then
+    local stat="$PERF_DIR/$1-$(date +%H%M%S).txt"
+    ( sleep "$(( DURATION / 2 ))"; perf stat --per-thread -e task-clock,context-switches \
+        -p "$KG_PID" -o "$stat" -- sleep 3 >/dev/null 2>&1 ) &
+  fi
   taskset -c "$CLIENT_CPU" h2load -D "$DURATION" --warm-up-time 1 -c 4 -m 25 \
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$BENCH_WORK/check.body" \
     "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" >"$out" 2>&1
@@ -148,7 +160,7 @@ check_round() {
 # are delivered; keygate must be stopped.
 reschedule() {
   local rate="${1:-$RATE}" count="${2:-$(( RATE * (DURATION + 3) ))}" after="${3:-1}"
-  python3 - "$BENCH_WORK/webhooks.db" "$rate" "$count" "$after" <<'PY'
+  python3 - "${OUTBOX:-$BENCH_WORK/webhooks.db}" "$rate" "$count" "$after" <<'PY'
 import sqlite3, sys
 from datetime import datetime, timedelta, timezone
 db, rate, count, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -164,10 +176,19 @@ conn.execute(
     "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = ?, claim_id = NULL, "
     "claimed_until = NULL WHERE status = 'pending' AND rowid > ?",
     (due(0), rows[-1] if rows else 0))
+# Fresh events, as a replica's new ones are: no attempt made yet (an event
+# delivered in an earlier round would otherwise be sent as a retry, its
+# earlier attempt moved to the log).
 conn.executemany(
     "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, delivered_at = NULL, "
-    "claim_id = NULL, claimed_until = NULL WHERE rowid = ?",
+    "claim_id = NULL, claimed_until = NULL, attempts = 0 WHERE rowid = ?",
     [(due(i), rowid) for i, rowid in enumerate(rows)])
+conn.execute("DELETE FROM webhook_attempts")
+# Builds from before the latest attempt moved into the delivery's row
+# (BENCH_BIN) lack these columns.
+if any(column[1] == "last_attempt" for column in conn.execute("PRAGMA table_info(webhook_deliveries)")):
+    conn.execute("UPDATE webhook_deliveries SET last_attempt = NULL, last_attempt_at = NULL, "
+                 "last_latency_ms = NULL, last_status_code = NULL, last_error = NULL")
 conn.commit()
 PY
 }
@@ -218,17 +239,32 @@ fi
 want check || exit 0
 RESULTS="$BENCH_WORK/results.txt"
 : >"$RESULTS"
+BUILDS="${BENCH_WEBHOOK_BUILDS:-delivering=$BIN}"
+if [[ "${BENCH_PERF_STAT:-}" == 1 ]]; then
+  command -v perf >/dev/null || apt-get install -y -qq linux-perf >/dev/null
+  PERF_DIR="$BENCH_ROOT/target/bench-results/webhooks-check-$(date +%Y%m%d-%H%M%S)"
+  mkdir -p "$PERF_DIR"
+fi
 log "check: ${DURATION}s rounds, dispatcher off vs delivering $RATE events/s (poll $POLL)"
 for round in $(seq 1 "$ROUNDS"); do
   serve false
   check_round no-delivery | tee -a "$RESULTS"
   stop_pid "$KG_PID"
-  reschedule
-  serve true
-  before="$(delivered)"
-  check_round delivering | tee -a "$RESULTS"
-  after="$(delivered)"
-  echo "  delivered during the run: $((after - before)) ($RATE/s offered over ${DURATION}s + 1s warm-up)"
-  stop_pid "$KG_PID"
+  for build in $BUILDS; do
+    name="${build%%=*}"
+    OUTBOX="$BENCH_WORK/webhooks-$name.db"
+    [[ -f "$OUTBOX" ]] || python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
+      "$BENCH_WORK/webhooks.db" "$OUTBOX"
+    reschedule
+    BIN="${build#*=}" serve true
+    before="$(delivered)"
+    check_round "$name" | tee -a "$RESULTS"
+    after="$(delivered)"
+    echo "  delivered during the run: $((after - before)) ($RATE/s offered over ${DURATION}s + 1s warm-up)"
+    stop_pid "$KG_PID"
+    unset OUTBOX
+  done
 done
-round_ratios "$RESULTS" no-delivery delivering
+# shellcheck disable=SC2046
+round_ratios "$RESULTS" no-delivery $(for build in $BUILDS; do echo "${build%%=*}"; done)
+[[ "${BENCH_PERF_STAT:-}" != 1 ]] || log "per-thread CPU of each round: $PERF_DIR"

@@ -206,6 +206,12 @@ pub struct Store {
 ///   hold old snapshots), and the `-wal` file is truncated back to 64 MiB
 ///   after a checkpoint rather than kept at its high-water mark.
 ///
+/// A round of the webhook dispatcher reads up to 128 due rows on this
+/// connection: the row buffer holds them all, so that the worker thread
+/// hands them over at once instead of stopping after sqlx's default of 50
+/// until the caller drains them (each stop two more thread switches on the
+/// replica's core; BENCHMARKS.md, session 18).
+///
 /// `temp_store` covers every statement on this connection (KeyAdmin and
 /// pruning too); the page cache is a ceiling, not allocated up front.
 ///
@@ -218,7 +224,11 @@ fn writer_tuning(connect: SqliteConnectOptions) -> SqliteConnectOptions {
         .pragma("cache_size", "-65536")
         .pragma("wal_autocheckpoint", "10000")
         .pragma("journal_size_limit", "67108864")
+        .row_buffer_size(WRITER_ROW_BUFFER)
 }
+
+/// More than a dispatcher round's rows (`DispatchSettings::batch`, 128).
+const WRITER_ROW_BUFFER: usize = 256;
 
 impl Store {
     /// Opens the pools. Connections are made lazily, so a server can start

@@ -112,33 +112,47 @@ const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.att
      d.retry_from, e.url, e.sealed_secret, NULL::text FROM webhook_deliveries d \
      JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
 
-/// A round's attempts are recorded in two statements, whatever its size:
-/// its attempts, then its outcomes, each from a `VALUES` list of the round's
-/// rows (`o`). A statement per delivery cost more than the writes
-/// themselves (on SQLite each is a hop to the writer's worker thread;
-/// BENCHMARKS.md, session 12). An attempt is recorded only while its
-/// delivery exists (its endpoint may have been deleted meanwhile); `WHERE
-/// true` is SQLite's: an `INSERT … SELECT` with a join needs a `WHERE` before
-/// `ON CONFLICT`.
-const RECORD_ATTEMPTS_HEAD: &str =
-    "WITH o (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) AS (";
-const RECORD_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
+/// A delivery's latest attempt lives in its own row (`last_attempt` and
+/// the `last_*` columns), the earlier ones in `webhook_attempts`: a
+/// delivery answered at its first attempt, most of them, is one row
+/// written once per round rather than a row and a log entry (the log's
+/// `INSERT` and the transaction around both cost the SQLite writer about a
+/// third of its work per delivery; BENCHMARKS.md, session 18). A row whose
+/// `last_attempt` is NULL holds none (rows written before the column
+/// existed keep all of theirs in the log).
+///
+/// A round is recorded from `VALUES` lists of its rows (`o`), a few
+/// statements whatever its size: a statement per delivery cost more than
+/// the writes themselves (on SQLite each is a hop to the writer's worker
+/// thread; BENCHMARKS.md, session 12).
+///
+/// Before an outcome replaces a row's latest attempt, that attempt moves to
+/// the log: for the round's retries only (attempt 2 and later), under the
+/// outcome's own guard (a guard per backend follows), in the outcome's
+/// transaction. An attempt is logged only while its delivery exists (its
+/// endpoint may have been deleted meanwhile).
+const LOG_PREVIOUS_ATTEMPTS_HEAD: &str = "WITH o (event_id, endpoint_id, attempt, read_due) AS (";
+const LOG_PREVIOUS_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
      (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) \
-     SELECT o.event_id, o.endpoint_id, o.attempt, o.at, o.status_code, o.latency_ms, o.error \
-     FROM o JOIN webhook_deliveries d ON d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id \
-     WHERE true ON CONFLICT DO NOTHING";
+     SELECT webhook_deliveries.event_id, webhook_deliveries.endpoint_id, \
+     webhook_deliveries.last_attempt, webhook_deliveries.last_attempt_at, \
+     webhook_deliveries.last_status_code, webhook_deliveries.last_latency_ms, \
+     webhook_deliveries.last_error FROM o JOIN webhook_deliveries \
+     ON webhook_deliveries.event_id = o.event_id AND webhook_deliveries.endpoint_id = o.endpoint_id \
+     WHERE webhook_deliveries.last_attempt IS NOT NULL AND ";
 
-/// Each outcome, on deliveries still as the round found them (a guard per
-/// backend follows). The attempt's time is bound once: it is also the next
-/// attempt's time (bound as NULL) of a finished delivery, and a delivered
-/// one's `delivered_at`; each time bound is one more text encoding on
-/// SQLite. `attempts` is the attempt's number: on Postgres the claim has
-/// counted it already, on SQLite this counts it.
+/// Each outcome, with its attempt, on deliveries still as the round found
+/// them (the guard follows). The attempt's time is bound once: it is also
+/// the next attempt's time (bound as NULL) of a finished delivery, and a
+/// delivered one's `delivered_at`; each time bound is one more text
+/// encoding on SQLite. `attempts` is the attempt's number: on Postgres the
+/// claim has counted it already, on SQLite this counts it.
 const RECORD_OUTCOMES_HEAD: &str = "WITH o (event_id, endpoint_id, status, next_attempt_at, at, \
-     status_code, error, attempt, read_due) AS (";
+     status_code, error, attempt, read_due, latency_ms) AS (";
 const RECORD_OUTCOMES_TAIL: &str = ") UPDATE webhook_deliveries SET status = o.status, \
      attempts = o.attempt, next_attempt_at = COALESCE(o.next_attempt_at, o.at), \
      delivered_at = CASE WHEN o.status = 'delivered' THEN o.at END, \
+     last_attempt = o.attempt, last_attempt_at = o.at, last_latency_ms = o.latency_ms, \
      last_status_code = o.status_code, last_error = o.error, claim_id = NULL, \
      claimed_until = NULL FROM o WHERE webhook_deliveries.event_id = o.event_id \
      AND webhook_deliveries.endpoint_id = o.endpoint_id AND ";
@@ -151,6 +165,17 @@ const RECORD_OUTCOMES_POSTGRES_GUARD: &str = "webhook_deliveries.claim_id = ";
 /// Postgres.
 const RECORD_OUTCOMES_SQLITE_GUARD: &str = "webhook_deliveries.attempts = o.attempt - 1 \
      AND webhook_deliveries.next_attempt_at = o.read_due";
+
+/// The attempts whose outcome the guard kept out (another replica's or a
+/// redelivery's stands): into the log all the same, since their row does
+/// not hold them.
+const LOG_OVERTAKEN_ATTEMPTS_HEAD: &str =
+    "WITH o (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) AS (";
+const LOG_OVERTAKEN_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
+     (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) \
+     SELECT o.event_id, o.endpoint_id, o.attempt, o.at, o.status_code, o.latency_ms, o.error \
+     FROM o JOIN webhook_deliveries d ON d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id \
+     WHERE d.last_attempt IS NULL OR d.last_attempt <> o.attempt ON CONFLICT DO NOTHING";
 
 /// SQLite, for outcomes the guard kept out: the attempt's number is spent
 /// all the same, so that the next attempt's record does not collide with
@@ -185,12 +210,13 @@ const PAUSE_ENDPOINT: &str = "UPDATE webhook_endpoints SET paused_until = CASE \
 const UNPAUSE_ENDPOINT: &str =
     "UPDATE webhook_endpoints SET paused_until = NULL WHERE id = $1 AND paused_until IS NOT NULL";
 
-/// Rows per recording statement: up to 9 parameters each, well inside both
+/// Rows per recording statement: up to 10 parameters each, well inside both
 /// backends' limits (SQLite 32,766, Postgres 65,535).
 const RECORD_ROWS_PER_STATEMENT: usize = 256;
 
 const DELIVERY_COLUMNS: &str = "event_id, endpoint_id, event_type, payload, status, attempts, \
-     next_attempt_at, last_status_code, last_error, created_at, delivered_at";
+     next_attempt_at, last_status_code, last_error, created_at, delivered_at, last_attempt, \
+     last_attempt_at, last_latency_ms";
 
 /// Keys expiring within a warning window that have not had that warning.
 const SELECT_EXPIRING: &str =
@@ -240,10 +266,30 @@ struct DeliveryRow {
     last_error: Option<String>,
     created_at: DateTime<Utc>,
     delivered_at: Option<DateTime<Utc>>,
+    last_attempt: Option<i32>,
+    last_attempt_at: Option<DateTime<Utc>>,
+    last_latency_ms: Option<i64>,
 }
 
 impl DeliveryRow {
-    fn into_delivery(self, attempt_log: Vec<Attempt>) -> StoreResult<Delivery> {
+    /// The delivery, with its attempts: the earlier ones from the log, the
+    /// latest from the row when it holds it ([`LOG_PREVIOUS_ATTEMPTS_HEAD`]).
+    fn into_delivery(self, mut attempt_log: Vec<Attempt>) -> StoreResult<Delivery> {
+        if let (Some(attempt), Some(at)) = (self.last_attempt, self.last_attempt_at) {
+            attempt_log.push(Attempt {
+                attempt: u32::try_from(attempt).unwrap_or_default(),
+                at,
+                status_code: self.last_status_code.and_then(|c| u16::try_from(c).ok()),
+                latency_ms: self
+                    .last_latency_ms
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .unwrap_or_default(),
+                error: self.last_error.clone(),
+            });
+            // An attempt whose outcome a redelivery overtook is logged with
+            // a number above the row's until the next outcome.
+            attempt_log.sort_by_key(|logged| logged.attempt);
+        }
         Ok(Delivery {
             status: DeliveryStatus::parse(&self.status)
                 .ok_or_else(|| StoreError::Corrupt(format!("delivery status {:?}", self.status)))?,
@@ -661,9 +707,14 @@ impl Store {
     /// first, in the order of their ids: a transaction that deletes an
     /// endpoint locks its row before its deliveries', and two replicas
     /// pausing the same endpoints lock them in one order, so neither can
-    /// wait on the other in a cycle (Postgres). One
-    /// transaction for the round: a write per delivery would cost the
-    /// replica's Check path a commit per event (docs/behaviour.md §9).
+    /// wait on the other in a cycle (Postgres).
+    ///
+    /// A round of first attempts, nothing put back or paused (a healthy
+    /// outbox), is one statement: its outcomes and attempts go into the
+    /// deliveries' rows ([`RECORD_OUTCOMES_HEAD`]), with no transaction
+    /// around it. Anything more is one transaction for the round: a write
+    /// per delivery would cost the replica's Check path a commit per event
+    /// (docs/behaviour.md §9).
     pub async fn record_attempts(
         &self,
         claim_id: Uuid,
@@ -674,38 +725,40 @@ impl Store {
         if attempts.is_empty() && put_back.is_empty() && pauses.is_empty() {
             return Ok(());
         }
-        let mut pauses = pauses.to_vec();
-        pauses.sort_by_key(|pause| pause.endpoint_id);
         let by_claim = self.is_postgres();
         let guard = if by_claim {
             RECORD_OUTCOMES_POSTGRES_GUARD
         } else {
             RECORD_OUTCOMES_SQLITE_GUARD
         };
-        with_pool!(&self.main, pool => {
-            let mut tx = pool.begin_write().await?;
-            for pause in &pauses {
-                sqlx::query(PAUSE_ENDPOINT)
-                    .bind(pause.until)
-                    .bind(pause.endpoint_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
-                let mut insert = sqlx::QueryBuilder::new(RECORD_ATTEMPTS_HEAD);
-                insert.push_values(chunk, |mut row, (claimed, outcome)| {
+        // The statements, each over a chunk of the round.
+        macro_rules! guarded {
+            ($statement:expr) => {{
+                let mut statement = $statement;
+                statement.push(guard);
+                if by_claim {
+                    statement.push_bind(claim_id);
+                }
+                statement
+            }};
+        }
+        macro_rules! log_previous_attempts {
+            ($retries:expr) => {{
+                let mut insert = sqlx::QueryBuilder::new(LOG_PREVIOUS_ATTEMPTS_HEAD);
+                insert.push_values($retries, |mut row, (claimed, _)| {
                     row.push_bind(claimed.event_id)
                         .push_bind(claimed.endpoint_id)
                         .push_bind(claimed.attempts)
-                        .push_bind(outcome.at)
-                        .push_bind(outcome.status_code.map(i32::from))
-                        .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
-                        .push_bind(outcome.error.as_deref());
+                        .push_bind(claimed.read_due.as_deref());
                 });
-                insert.push(RECORD_ATTEMPTS_TAIL);
-                insert.build().execute(&mut *tx).await?;
+                insert.push(LOG_PREVIOUS_ATTEMPTS_TAIL);
+                guarded!(insert)
+            }};
+        }
+        macro_rules! record_outcomes {
+            ($chunk:expr) => {{
                 let mut update = sqlx::QueryBuilder::new(RECORD_OUTCOMES_HEAD);
-                update.push_values(chunk, |mut row, (claimed, outcome)| {
+                update.push_values($chunk, |mut row, (claimed, outcome)| {
                     let next_attempt_at =
                         (outcome.next_attempt_at != outcome.at).then_some(outcome.next_attempt_at);
                     row.push_bind(claimed.event_id)
@@ -716,22 +769,74 @@ impl Store {
                         .push_bind(outcome.status_code.map(i32::from))
                         .push_bind(outcome.error.as_deref())
                         .push_bind(claimed.attempts)
-                        .push_bind(claimed.read_due.as_deref());
+                        .push_bind(claimed.read_due.as_deref())
+                        .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
                 });
-                update.push(RECORD_OUTCOMES_TAIL).push(guard);
-                if by_claim {
-                    update.push_bind(claim_id);
-                }
-                let recorded = update.build().execute(&mut *tx).await?.rows_affected();
-                if !by_claim && recorded < chunk.len() as u64 {
+                update.push(RECORD_OUTCOMES_TAIL);
+                guarded!(update)
+            }};
+        }
+        // For outcomes the guard kept out: their attempts into the log; on
+        // SQLite their numbers spent, so that the next attempt's record does
+        // not collide (the claim counted them on Postgres).
+        macro_rules! record_overtaken {
+            ($tx:expr, $chunk:expr) => {{
+                let mut insert = sqlx::QueryBuilder::new(LOG_OVERTAKEN_ATTEMPTS_HEAD);
+                insert.push_values($chunk, |mut row, (claimed, outcome)| {
+                    row.push_bind(claimed.event_id)
+                        .push_bind(claimed.endpoint_id)
+                        .push_bind(claimed.attempts)
+                        .push_bind(outcome.at)
+                        .push_bind(outcome.status_code.map(i32::from))
+                        .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
+                        .push_bind(outcome.error.as_deref());
+                });
+                insert.push(LOG_OVERTAKEN_ATTEMPTS_TAIL);
+                insert.build().execute(&mut *$tx).await?;
+                if !by_claim {
                     let mut spend = sqlx::QueryBuilder::new(SPEND_ATTEMPT_NUMBERS_SQLITE_HEAD);
-                    spend.push_values(chunk, |mut row, (claimed, _)| {
+                    spend.push_values($chunk, |mut row, (claimed, _)| {
                         row.push_bind(claimed.event_id)
                             .push_bind(claimed.endpoint_id)
                             .push_bind(claimed.attempts);
                     });
                     spend.push(SPEND_ATTEMPT_NUMBERS_SQLITE_TAIL);
-                    spend.build().execute(&mut *tx).await?;
+                    spend.build().execute(&mut *$tx).await?;
+                }
+            }};
+        }
+        let first_attempts_only = pauses.is_empty()
+            && put_back.is_empty()
+            && attempts.len() <= RECORD_ROWS_PER_STATEMENT
+            && attempts.iter().all(|(claimed, _)| claimed.attempts <= 1);
+        with_pool!(&self.main, pool => {
+            if first_attempts_only {
+                let recorded = record_outcomes!(attempts).build().execute(pool).await?.rows_affected();
+                if recorded < attempts.len() as u64 {
+                    let mut tx = pool.begin_write().await?;
+                    record_overtaken!(tx, attempts);
+                    tx.commit().await?;
+                }
+                return Ok(());
+            }
+            let mut pauses = pauses.to_vec();
+            pauses.sort_by_key(|pause| pause.endpoint_id);
+            let mut tx = pool.begin_write().await?;
+            for pause in &pauses {
+                sqlx::query(PAUSE_ENDPOINT)
+                    .bind(pause.until)
+                    .bind(pause.endpoint_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
+                let retries: Vec<_> = chunk.iter().filter(|(claimed, _)| claimed.attempts > 1).collect();
+                if !retries.is_empty() {
+                    log_previous_attempts!(retries).build().execute(&mut *tx).await?;
+                }
+                let recorded = record_outcomes!(chunk).build().execute(&mut *tx).await?.rows_affected();
+                if recorded < chunk.len() as u64 {
+                    record_overtaken!(tx, chunk);
                 }
             }
             for chunk in put_back.chunks(RECORD_ROWS_PER_STATEMENT) {
@@ -743,11 +848,8 @@ impl Store {
                         .push_bind(claimed.attempts)
                         .push_bind(claimed.read_due.as_deref());
                 });
-                update.push(PUT_BACK_TAIL).push(guard);
-                if by_claim {
-                    update.push_bind(claim_id);
-                }
-                update.build().execute(&mut *tx).await?;
+                update.push(PUT_BACK_TAIL);
+                guarded!(update).build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

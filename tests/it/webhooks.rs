@@ -887,7 +887,11 @@ on_both_backends! {
         // is undone when that round pauses it.
         let endpoint = uuid::Uuid::parse_str(&silent_id).unwrap();
         let recorded = async |waves: usize| {
-            let attempts = "SELECT COUNT(*) FROM webhook_attempts WHERE endpoint_id = $1";
+            // The latest attempt of each delivery is in its row, the
+            // earlier ones in the log.
+            let attempts = "SELECT (SELECT COUNT(*) FROM webhook_attempts WHERE endpoint_id = $1) \
+                 + (SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1 \
+                 AND last_attempt IS NOT NULL)";
             let done = eventually(Duration::from_secs(30), async || {
                 common::scalar_i64(&server.db, attempts, endpoint).await == (waves * IN_FLIGHT_PER_ENDPOINT) as i64
             }).await;
@@ -1107,6 +1111,79 @@ on_both_backends! {
         assert_eq!(done.attempts, 2);
         let numbers: Vec<u32> = done.attempt_log.iter().map(|a| a.attempt).collect();
         assert_eq!(numbers, [1, 2]);
+        store.close().await;
+    }
+
+    async fn a_delivery_whose_attempts_were_all_logged_before_the_upgrade_lists_each_once(backend) {
+        // Before migration 0008 (SQLite) / 0009 (Postgres) every attempt
+        // went to webhook_attempts and the row held none; the next attempt
+        // on such a row goes into the row, and the listing reads both.
+        use keygate::{
+            domain::webhook::{DeliveryStatus, Webhook},
+            store::{AttemptOutcome, NewWebhook, Store, StoreOptions},
+        };
+        use chrono::{SubsecRound, TimeDelta};
+
+        let db = TestDb::new(backend).await;
+        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = chrono::Utc::now().trunc_subsecs(0);
+        let seconds = |n| now + TimeDelta::seconds(n);
+        let hook = Webhook {
+            id: uuid::Uuid::now_v7(),
+            owner_id: OWNER.into(),
+            url: "https://hooks.example/in".into(),
+            events: Vec::new(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+        };
+        let new = NewWebhook { webhook: hook, sealed_secret: vec![7; 44] };
+        let hook = store.insert_webhook(&new, 10).await.unwrap();
+        let event_id = uuid::Uuid::now_v7();
+        store.enqueue_for_endpoint(hook.id, event_id, "webhook.test", "{}", now).await.unwrap();
+
+        let claim = uuid::Uuid::now_v7();
+        let first = store.claim_deliveries(claim, now, seconds(60), 32).await.unwrap();
+        let refused = AttemptOutcome {
+            at: seconds(1),
+            status_code: Some(500),
+            latency_ms: 4,
+            error: Some("HTTP 500 Internal Server Error".into()),
+            status: DeliveryStatus::Pending,
+            next_attempt_at: seconds(2),
+        };
+        store.record_attempts(claim, &[(first[0].clone(), refused)], &[], &[]).await.unwrap();
+        run_sql(&db, &[
+            "INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, at, status_code, \
+             latency_ms, error) SELECT event_id, endpoint_id, last_attempt, last_attempt_at, \
+             last_status_code, last_latency_ms, last_error FROM webhook_deliveries",
+            "UPDATE webhook_deliveries SET last_attempt = NULL, last_attempt_at = NULL, \
+             last_latency_ms = NULL",
+        ]).await;
+        let logged = store.get_delivery(event_id, hook.id).await.unwrap();
+        let listed = |log: &[keygate::domain::webhook::Attempt]| -> Vec<(u32, Option<u16>, u64)> {
+            log.iter().map(|a| (a.attempt, a.status_code, a.latency_ms)).collect()
+        };
+        assert_eq!(listed(&logged.attempt_log), [(1, Some(500), 4)]);
+
+        let claim = uuid::Uuid::now_v7();
+        let second = store.claim_deliveries(claim, seconds(3), seconds(63), 32).await.unwrap();
+        assert_eq!(second[0].attempts, 2);
+        let accepted = AttemptOutcome {
+            at: seconds(4),
+            status_code: Some(200),
+            latency_ms: 6,
+            error: None,
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: seconds(4),
+        };
+        store.record_attempts(claim, &[(second[0].clone(), accepted)], &[], &[]).await.unwrap();
+        let done = store.get_delivery(event_id, hook.id).await.unwrap();
+        assert_eq!(done.status, DeliveryStatus::Delivered);
+        assert_eq!(listed(&done.attempt_log), [(1, Some(500), 4), (2, Some(200), 6)]);
+        assert_eq!(done.attempt_log[0].error.as_deref(), Some("HTTP 500 Internal Server Error"));
+        assert_eq!(done.attempt_log[1].at, seconds(4));
         store.close().await;
     }
 }
