@@ -21,7 +21,9 @@
 #                round of each build (DIR/keygate, e.g. a wrapper that sets
 #                an environment variable) after each no-delivery round, in
 #                one run, each on its own copy of the outbox (a build may
-#                migrate it); BENCH_PERF_STAT=1 attaches `perf stat
+#                migrate it; BENCH_BIN, which fills the outbox and runs the
+#                no-delivery rounds, must be the oldest of them, since a
+#                build refuses a database a newer one migrated); BENCH_PERF_STAT=1 attaches `perf stat
 #                --per-thread` (CPU time, thread switches) to keygate for
 #                3 s in the middle of every round, one file a round in
 #                target/bench-results/.
