@@ -1,10 +1,9 @@
--- A delivery's latest attempt is kept in its own row (`last_attempt`, its
--- number; `last_attempt_at`, `last_latency_ms`, with `last_status_code` and
--- `last_error` as before); `webhook_attempts` holds the earlier ones. A
--- delivery answered at its first attempt, most of them, is then one row
--- written once, not a row and a log entry (docs/behaviour.md §9). A row
--- whose `last_attempt` is NULL holds no attempt: rows from before this
--- migration have all of theirs in `webhook_attempts`.
+-- The columns SQLite keeps a delivery's latest attempt in (its migration
+-- 0008). On Postgres they stay NULL: every attempt goes to
+-- `webhook_attempts`, since replicas of two versions may record attempts
+-- side by side during a rolling upgrade, and one that did not know these
+-- columns would leave a row's attempt out of date. They exist here so that
+-- both backends read deliveries with one statement.
 ALTER TABLE webhook_deliveries ADD COLUMN last_attempt INTEGER;
 ALTER TABLE webhook_deliveries ADD COLUMN last_attempt_at TIMESTAMPTZ;
 ALTER TABLE webhook_deliveries ADD COLUMN last_latency_ms BIGINT;

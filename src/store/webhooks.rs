@@ -112,84 +112,84 @@ const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.att
      d.retry_from, e.url, e.sealed_secret, NULL::text FROM webhook_deliveries d \
      JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
 
-/// A delivery's latest attempt lives in its own row (`last_attempt` and
-/// the `last_*` columns), the earlier ones in `webhook_attempts`: a
-/// delivery answered at its first attempt, most of them, is one row
-/// written once per round rather than a row and a log entry (the log's
-/// `INSERT` and the transaction around both cost the SQLite writer about a
-/// third of its work per delivery; BENCHMARKS.md, session 18). A row whose
-/// `last_attempt` is NULL holds none (rows written before the column
-/// existed keep all of theirs in the log).
-///
 /// A round is recorded from `VALUES` lists of its rows (`o`), a few
 /// statements whatever its size: a statement per delivery cost more than
 /// the writes themselves (on SQLite each is a hop to the writer's worker
 /// thread; BENCHMARKS.md, session 12).
 ///
-/// Before an outcome replaces a row's latest attempt, that attempt moves to
-/// the log: for the round's retries only (attempt 2 and later), under the
-/// outcome's own guard (a guard per backend follows), in the outcome's
-/// transaction. An attempt is logged only while its delivery exists (its
+/// Postgres: every attempt goes to `webhook_attempts`, and each outcome onto
+/// its delivery while this round's claim (bound after the guard) still
+/// holds it; a lapsed claim may have passed to another replica, whose
+/// outcome stands. An attempt is logged only while its delivery exists (its
 /// endpoint may have been deleted meanwhile).
-const LOG_PREVIOUS_ATTEMPTS_HEAD: &str = "WITH o (event_id, endpoint_id, attempt, read_due) AS (";
-const LOG_PREVIOUS_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
-     (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) \
-     SELECT webhook_deliveries.event_id, webhook_deliveries.endpoint_id, \
-     webhook_deliveries.last_attempt, webhook_deliveries.last_attempt_at, \
-     webhook_deliveries.last_status_code, webhook_deliveries.last_latency_ms, \
-     webhook_deliveries.last_error FROM o JOIN webhook_deliveries \
-     ON webhook_deliveries.event_id = o.event_id AND webhook_deliveries.endpoint_id = o.endpoint_id \
-     WHERE webhook_deliveries.last_attempt IS NOT NULL AND ";
-
-/// Each outcome, with its attempt, on deliveries still as the round found
-/// them (the guard follows). The attempt's time is bound once: it is also
-/// the next attempt's time (bound as NULL) of a finished delivery, and a
-/// delivered one's `delivered_at`; each time bound is one more text
-/// encoding on SQLite. `attempts` is the attempt's number: on Postgres the
-/// claim has counted it already, on SQLite this counts it.
-const RECORD_OUTCOMES_HEAD: &str = "WITH o (event_id, endpoint_id, status, next_attempt_at, at, \
-     status_code, error, attempt, read_due, latency_ms) AS (";
-const RECORD_OUTCOMES_TAIL: &str = ") UPDATE webhook_deliveries SET status = o.status, \
-     attempts = o.attempt, next_attempt_at = COALESCE(o.next_attempt_at, o.at), \
-     delivered_at = CASE WHEN o.status = 'delivered' THEN o.at END, \
-     last_attempt = o.attempt, last_attempt_at = o.at, last_latency_ms = o.latency_ms, \
-     last_status_code = o.status_code, last_error = o.error, claim_id = NULL, \
-     claimed_until = NULL FROM o WHERE webhook_deliveries.event_id = o.event_id \
-     AND webhook_deliveries.endpoint_id = o.endpoint_id AND ";
-/// Postgres: while this round's claim (bound after it) still holds; a
-/// lapsed one may have passed to another replica, whose outcome stands.
-const RECORD_OUTCOMES_POSTGRES_GUARD: &str = "webhook_deliveries.claim_id = ";
-/// SQLite: while no attempt was counted since the read and the due time is
-/// the one read; a `RedeliverWebhook` meanwhile (due now, a fresh retry
-/// window) wins over the outcome, as a redelivery drops a claim on
-/// Postgres.
-const RECORD_OUTCOMES_SQLITE_GUARD: &str = "webhook_deliveries.attempts = o.attempt - 1 \
-     AND webhook_deliveries.next_attempt_at = o.read_due";
-
-/// The attempts whose outcome the guard kept out (another replica's or a
-/// redelivery's stands): into the log all the same, since their row does
-/// not hold them.
-const LOG_OVERTAKEN_ATTEMPTS_HEAD: &str =
+const LOG_ATTEMPTS_POSTGRES_HEAD: &str =
     "WITH o (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) AS (";
-const LOG_OVERTAKEN_ATTEMPTS_TAIL: &str = ") INSERT INTO webhook_attempts \
+const LOG_ATTEMPTS_POSTGRES_TAIL: &str = ") INSERT INTO webhook_attempts \
      (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) \
      SELECT o.event_id, o.endpoint_id, o.attempt, o.at, o.status_code, o.latency_ms, o.error \
      FROM o JOIN webhook_deliveries d ON d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id \
-     WHERE d.last_attempt IS NULL OR d.last_attempt <> o.attempt ON CONFLICT DO NOTHING";
+     ON CONFLICT DO NOTHING";
 
-/// SQLite, for outcomes the guard kept out: the attempt's number is spent
-/// all the same, so that the next attempt's record does not collide with
-/// this one's (the claim counted it on Postgres).
-const SPEND_ATTEMPT_NUMBERS_SQLITE_HEAD: &str = "WITH o (event_id, endpoint_id, attempt) AS (";
-const SPEND_ATTEMPT_NUMBERS_SQLITE_TAIL: &str = ") UPDATE webhook_deliveries \
-     SET attempts = o.attempt FROM o WHERE webhook_deliveries.event_id = o.event_id \
-     AND webhook_deliveries.endpoint_id = o.endpoint_id AND webhook_deliveries.attempts < o.attempt";
+/// Postgres: each outcome. The attempt's time is bound once: it is also
+/// the next attempt's time (bound as NULL) of a finished delivery, and a
+/// delivered one's `delivered_at`. `attempts` is the attempt's number, as
+/// the claim counted it.
+const RECORD_OUTCOMES_POSTGRES_HEAD: &str = "WITH o (event_id, endpoint_id, status, \
+     next_attempt_at, at, status_code, error, attempt) AS (";
+const RECORD_OUTCOMES_POSTGRES_TAIL: &str = ") UPDATE webhook_deliveries SET status = o.status, \
+     attempts = o.attempt, next_attempt_at = COALESCE(o.next_attempt_at, o.at), \
+     delivered_at = CASE WHEN o.status = 'delivered' THEN o.at END, \
+     last_status_code = o.status_code, last_error = o.error, claim_id = NULL, \
+     claimed_until = NULL FROM o WHERE webhook_deliveries.event_id = o.event_id \
+     AND webhook_deliveries.endpoint_id = o.endpoint_id AND webhook_deliveries.claim_id = ";
+
+/// SQLite keeps a delivery's latest attempt in its own row (`last_attempt`,
+/// `last_attempt_at`, `last_status_code`, `last_latency_ms`, `last_error`)
+/// and the earlier ones in `webhook_attempts`: a delivery answered at its
+/// first attempt, most of them, is one row written once per round rather
+/// than a row and a log entry in a transaction (the log's `INSERT` and the
+/// transaction cost the writer about a fifth of its work per delivery;
+/// BENCHMARKS.md, session 18). One process writes the file and its
+/// dispatcher runs one round at a time, so no attempt is recorded between
+/// a round's read and its record: the round's attempt is always the
+/// delivery's latest. Before it replaces the row's, that one moves to the
+/// log (retries only: a first attempt's row holds none). Rows written before
+/// the columns existed hold none either (`last_attempt` NULL): all of
+/// theirs are in the log.
+const LOG_PREVIOUS_ATTEMPTS_SQLITE_HEAD: &str = "WITH o (event_id, endpoint_id) AS (";
+const LOG_PREVIOUS_ATTEMPTS_SQLITE_TAIL: &str = ") INSERT INTO webhook_attempts \
+     (event_id, endpoint_id, attempt, at, status_code, latency_ms, error) \
+     SELECT d.event_id, d.endpoint_id, d.last_attempt, d.last_attempt_at, d.last_status_code, \
+     d.last_latency_ms, d.last_error FROM o JOIN webhook_deliveries d \
+     ON d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id \
+     WHERE d.last_attempt IS NOT NULL ON CONFLICT DO NOTHING";
+
+/// SQLite: each attempt into its delivery's row, and its outcome too while
+/// the due time is the one the round read: a `RedeliverWebhook` meanwhile
+/// (due now, a fresh retry window) wins over the outcome, as a redelivery
+/// drops a claim on Postgres; the attempt is recorded and its number spent
+/// either way. One statement, so a round of first attempts needs no
+/// transaction. (Every right-hand side reads the row as it was.)
+const RECORD_ATTEMPTS_SQLITE_HEAD: &str = "WITH o (event_id, endpoint_id, status, \
+     next_attempt_at, at, status_code, error, attempt, read_due, latency_ms) AS (";
+const RECORD_ATTEMPTS_SQLITE_TAIL: &str = ") UPDATE webhook_deliveries SET \
+     attempts = o.attempt, last_attempt = o.attempt, last_attempt_at = o.at, \
+     last_status_code = o.status_code, last_latency_ms = o.latency_ms, last_error = o.error, \
+     status = CASE WHEN webhook_deliveries.next_attempt_at = o.read_due \
+       THEN o.status ELSE webhook_deliveries.status END, \
+     next_attempt_at = CASE WHEN webhook_deliveries.next_attempt_at = o.read_due \
+       THEN COALESCE(o.next_attempt_at, o.at) ELSE webhook_deliveries.next_attempt_at END, \
+     delivered_at = CASE WHEN webhook_deliveries.next_attempt_at = o.read_due \
+       THEN CASE WHEN o.status = 'delivered' THEN o.at END ELSE webhook_deliveries.delivered_at END, \
+     claim_id = NULL, claimed_until = NULL \
+     FROM o WHERE webhook_deliveries.event_id = o.event_id \
+     AND webhook_deliveries.endpoint_id = o.endpoint_id";
 
 /// Deliveries a round sent nothing for, because their endpoint stopped
 /// answering in that round: due again at `o.next_attempt_at`, with no
 /// attempt counted (the Postgres claim counted one: `attempt - 1` takes it
-/// back; on SQLite it is the count as read) and no claim held; guarded as
-/// outcomes are.
+/// back; on SQLite it is the count as read) and no claim held; under a
+/// guard per backend.
 const PUT_BACK_HEAD: &str =
     "WITH o (event_id, endpoint_id, next_attempt_at, attempt, read_due) AS (";
 const PUT_BACK_TAIL: &str = ") UPDATE webhook_deliveries SET next_attempt_at = o.next_attempt_at, \
@@ -209,6 +209,19 @@ const PAUSE_ENDPOINT: &str = "UPDATE webhook_endpoints SET paused_until = CASE \
 /// pause too.
 const UNPAUSE_ENDPOINT: &str =
     "UPDATE webhook_endpoints SET paused_until = NULL WHERE id = $1 AND paused_until IS NOT NULL";
+
+/// Put back while this round's claim holds the delivery (Postgres; the
+/// claim is bound after it), or while no attempt was counted since the
+/// read and the due time is the one read (SQLite).
+const PUT_BACK_POSTGRES_GUARD: &str = "webhook_deliveries.claim_id = ";
+const PUT_BACK_SQLITE_GUARD: &str = "webhook_deliveries.attempts = o.attempt - 1 \
+     AND webhook_deliveries.next_attempt_at = o.read_due";
+
+/// An outcome's next attempt time as bound: NULL for a finished delivery,
+/// whose next attempt time is the attempt's own (bound once, as `at`).
+fn next_attempt_bound(outcome: &AttemptOutcome) -> Option<DateTime<Utc>> {
+    (outcome.next_attempt_at != outcome.at).then_some(outcome.next_attempt_at)
+}
 
 /// Rows per recording statement: up to 10 parameters each, well inside both
 /// backends' limits (SQLite 32,766, Postgres 65,535).
@@ -272,8 +285,9 @@ struct DeliveryRow {
 }
 
 impl DeliveryRow {
-    /// The delivery, with its attempts: the earlier ones from the log, the
-    /// latest from the row when it holds it ([`LOG_PREVIOUS_ATTEMPTS_HEAD`]).
+    /// The delivery, with its attempts: those of the log (read in order),
+    /// then the row's when it holds one, the latest
+    /// ([`LOG_PREVIOUS_ATTEMPTS_SQLITE_HEAD`]; on Postgres the row holds none).
     fn into_delivery(self, mut attempt_log: Vec<Attempt>) -> StoreResult<Delivery> {
         if let (Some(attempt), Some(at)) = (self.last_attempt, self.last_attempt_at) {
             attempt_log.push(Attempt {
@@ -286,9 +300,6 @@ impl DeliveryRow {
                     .unwrap_or_default(),
                 error: self.last_error.clone(),
             });
-            // An attempt whose outcome a redelivery overtook is logged with
-            // a number above the row's until the next outcome.
-            attempt_log.sort_by_key(|logged| logged.attempt);
         }
         Ok(Delivery {
             status: DeliveryStatus::parse(&self.status)
@@ -707,14 +718,11 @@ impl Store {
     /// first, in the order of their ids: a transaction that deletes an
     /// endpoint locks its row before its deliveries', and two replicas
     /// pausing the same endpoints lock them in one order, so neither can
-    /// wait on the other in a cycle (Postgres).
-    ///
-    /// A round of first attempts, nothing put back or paused (a healthy
-    /// outbox), is one statement: its outcomes and attempts go into the
-    /// deliveries' rows ([`RECORD_OUTCOMES_HEAD`]), with no transaction
-    /// around it. Anything more is one transaction for the round: a write
-    /// per delivery would cost the replica's Check path a commit per event
-    /// (docs/behaviour.md §9).
+    /// wait on the other in a cycle (Postgres). One transaction for the
+    /// round, or on SQLite a single statement for a round of first attempts
+    /// with nothing put back or paused ([`RECORD_ATTEMPTS_SQLITE_HEAD`]): a
+    /// write per delivery would cost the replica's Check path a commit per
+    /// event (docs/behaviour.md §9).
     pub async fn record_attempts(
         &self,
         claim_id: Uuid,
@@ -725,134 +733,131 @@ impl Store {
         if attempts.is_empty() && put_back.is_empty() && pauses.is_empty() {
             return Ok(());
         }
-        let by_claim = self.is_postgres();
-        let guard = if by_claim {
-            RECORD_OUTCOMES_POSTGRES_GUARD
-        } else {
-            RECORD_OUTCOMES_SQLITE_GUARD
-        };
-        // The statements, each over a chunk of the round.
-        macro_rules! guarded {
-            ($statement:expr) => {{
-                let mut statement = $statement;
-                statement.push(guard);
-                if by_claim {
-                    statement.push_bind(claim_id);
+        let mut pauses = pauses.to_vec();
+        pauses.sort_by_key(|pause| pause.endpoint_id);
+        // The pauses, then (after the attempts) the put-backs, in the
+        // round's transaction `$tx`, guarded by `$guard` (and on Postgres
+        // the claim bound after it).
+        macro_rules! pause_endpoints {
+            ($tx:expr) => {
+                for pause in &pauses {
+                    sqlx::query(PAUSE_ENDPOINT)
+                        .bind(pause.until)
+                        .bind(pause.endpoint_id)
+                        .execute(&mut *$tx)
+                        .await?;
                 }
-                statement
-            }};
+            };
         }
-        macro_rules! log_previous_attempts {
-            ($retries:expr) => {{
-                let mut insert = sqlx::QueryBuilder::new(LOG_PREVIOUS_ATTEMPTS_HEAD);
-                insert.push_values($retries, |mut row, (claimed, _)| {
-                    row.push_bind(claimed.event_id)
-                        .push_bind(claimed.endpoint_id)
-                        .push_bind(claimed.attempts)
-                        .push_bind(claimed.read_due.as_deref());
-                });
-                insert.push(LOG_PREVIOUS_ATTEMPTS_TAIL);
-                guarded!(insert)
-            }};
-        }
-        macro_rules! record_outcomes {
-            ($chunk:expr) => {{
-                let mut update = sqlx::QueryBuilder::new(RECORD_OUTCOMES_HEAD);
-                update.push_values($chunk, |mut row, (claimed, outcome)| {
-                    let next_attempt_at =
-                        (outcome.next_attempt_at != outcome.at).then_some(outcome.next_attempt_at);
-                    row.push_bind(claimed.event_id)
-                        .push_bind(claimed.endpoint_id)
-                        .push_bind(outcome.status.as_str())
-                        .push_bind(next_attempt_at)
-                        .push_bind(outcome.at)
-                        .push_bind(outcome.status_code.map(i32::from))
-                        .push_bind(outcome.error.as_deref())
-                        .push_bind(claimed.attempts)
-                        .push_bind(claimed.read_due.as_deref())
-                        .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
-                });
-                update.push(RECORD_OUTCOMES_TAIL);
-                guarded!(update)
-            }};
-        }
-        // For outcomes the guard kept out: their attempts into the log; on
-        // SQLite their numbers spent, so that the next attempt's record does
-        // not collide (the claim counted them on Postgres).
-        macro_rules! record_overtaken {
-            ($tx:expr, $chunk:expr) => {{
-                let mut insert = sqlx::QueryBuilder::new(LOG_OVERTAKEN_ATTEMPTS_HEAD);
-                insert.push_values($chunk, |mut row, (claimed, outcome)| {
-                    row.push_bind(claimed.event_id)
-                        .push_bind(claimed.endpoint_id)
-                        .push_bind(claimed.attempts)
-                        .push_bind(outcome.at)
-                        .push_bind(outcome.status_code.map(i32::from))
-                        .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
-                        .push_bind(outcome.error.as_deref());
-                });
-                insert.push(LOG_OVERTAKEN_ATTEMPTS_TAIL);
-                insert.build().execute(&mut *$tx).await?;
-                if !by_claim {
-                    let mut spend = sqlx::QueryBuilder::new(SPEND_ATTEMPT_NUMBERS_SQLITE_HEAD);
-                    spend.push_values($chunk, |mut row, (claimed, _)| {
+        macro_rules! put_back {
+            ($tx:expr, $guard:expr, $claim:expr) => {
+                for chunk in put_back.chunks(RECORD_ROWS_PER_STATEMENT) {
+                    let mut update = sqlx::QueryBuilder::new(PUT_BACK_HEAD);
+                    update.push_values(chunk, |mut row, (claimed, due)| {
                         row.push_bind(claimed.event_id)
                             .push_bind(claimed.endpoint_id)
+                            .push_bind(*due)
+                            .push_bind(claimed.attempts)
+                            .push_bind(claimed.read_due.as_deref());
+                    });
+                    update.push(PUT_BACK_TAIL).push($guard);
+                    if let Some(claim) = $claim {
+                        update.push_bind(claim);
+                    }
+                    update.build().execute(&mut *$tx).await?;
+                }
+            };
+        }
+        match &self.main {
+            DbPool::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                pause_endpoints!(tx);
+                for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
+                    let mut insert = sqlx::QueryBuilder::new(LOG_ATTEMPTS_POSTGRES_HEAD);
+                    insert.push_values(chunk, |mut row, (claimed, outcome)| {
+                        row.push_bind(claimed.event_id)
+                            .push_bind(claimed.endpoint_id)
+                            .push_bind(claimed.attempts)
+                            .push_bind(outcome.at)
+                            .push_bind(outcome.status_code.map(i32::from))
+                            .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
+                            .push_bind(outcome.error.as_deref());
+                    });
+                    insert.push(LOG_ATTEMPTS_POSTGRES_TAIL);
+                    insert.build().execute(&mut *tx).await?;
+                    let mut update = sqlx::QueryBuilder::new(RECORD_OUTCOMES_POSTGRES_HEAD);
+                    update.push_values(chunk, |mut row, (claimed, outcome)| {
+                        row.push_bind(claimed.event_id)
+                            .push_bind(claimed.endpoint_id)
+                            .push_bind(outcome.status.as_str())
+                            .push_bind(next_attempt_bound(outcome))
+                            .push_bind(outcome.at)
+                            .push_bind(outcome.status_code.map(i32::from))
+                            .push_bind(outcome.error.as_deref())
                             .push_bind(claimed.attempts);
                     });
-                    spend.push(SPEND_ATTEMPT_NUMBERS_SQLITE_TAIL);
-                    spend.build().execute(&mut *$tx).await?;
+                    update
+                        .push(RECORD_OUTCOMES_POSTGRES_TAIL)
+                        .push_bind(claim_id);
+                    update.build().execute(&mut *tx).await?;
                 }
-            }};
+                put_back!(tx, PUT_BACK_POSTGRES_GUARD, Some(claim_id));
+                tx.commit().await?;
+            }
+            DbPool::Sqlite(pool) => {
+                // Each chunk's attempts into their rows, the retries'
+                // earlier attempts moved to the log first.
+                macro_rules! record_chunk {
+                    ($executor:expr, $chunk:expr) => {{
+                        let retries: Vec<_> = $chunk
+                            .iter()
+                            .filter(|(claimed, _)| claimed.attempts > 1)
+                            .collect();
+                        if !retries.is_empty() {
+                            let mut insert =
+                                sqlx::QueryBuilder::new(LOG_PREVIOUS_ATTEMPTS_SQLITE_HEAD);
+                            insert.push_values(retries, |mut row, (claimed, _)| {
+                                row.push_bind(claimed.event_id)
+                                    .push_bind(claimed.endpoint_id);
+                            });
+                            insert.push(LOG_PREVIOUS_ATTEMPTS_SQLITE_TAIL);
+                            insert.build().execute(&mut *$executor).await?;
+                        }
+                        let mut update = sqlx::QueryBuilder::new(RECORD_ATTEMPTS_SQLITE_HEAD);
+                        update.push_values($chunk, |mut row, (claimed, outcome)| {
+                            row.push_bind(claimed.event_id)
+                                .push_bind(claimed.endpoint_id)
+                                .push_bind(outcome.status.as_str())
+                                .push_bind(next_attempt_bound(outcome))
+                                .push_bind(outcome.at)
+                                .push_bind(outcome.status_code.map(i32::from))
+                                .push_bind(outcome.error.as_deref())
+                                .push_bind(claimed.attempts)
+                                .push_bind(claimed.read_due.as_deref())
+                                .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
+                        });
+                        update.push(RECORD_ATTEMPTS_SQLITE_TAIL);
+                        update.build().execute(&mut *$executor).await?;
+                    }};
+                }
+                let one_statement = pauses.is_empty()
+                    && put_back.is_empty()
+                    && attempts.len() <= RECORD_ROWS_PER_STATEMENT
+                    && attempts.iter().all(|(claimed, _)| claimed.attempts <= 1);
+                if one_statement {
+                    let mut connection = pool.acquire().await?;
+                    record_chunk!(connection, attempts);
+                    return Ok(());
+                }
+                let mut tx = pool.begin_write().await?;
+                pause_endpoints!(tx);
+                for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
+                    record_chunk!(tx, chunk);
+                }
+                put_back!(tx, PUT_BACK_SQLITE_GUARD, None::<Uuid>);
+                tx.commit().await?;
+            }
         }
-        let first_attempts_only = pauses.is_empty()
-            && put_back.is_empty()
-            && attempts.len() <= RECORD_ROWS_PER_STATEMENT
-            && attempts.iter().all(|(claimed, _)| claimed.attempts <= 1);
-        with_pool!(&self.main, pool => {
-            if first_attempts_only {
-                let recorded = record_outcomes!(attempts).build().execute(pool).await?.rows_affected();
-                if recorded < attempts.len() as u64 {
-                    let mut tx = pool.begin_write().await?;
-                    record_overtaken!(tx, attempts);
-                    tx.commit().await?;
-                }
-                return Ok(());
-            }
-            let mut pauses = pauses.to_vec();
-            pauses.sort_by_key(|pause| pause.endpoint_id);
-            let mut tx = pool.begin_write().await?;
-            for pause in &pauses {
-                sqlx::query(PAUSE_ENDPOINT)
-                    .bind(pause.until)
-                    .bind(pause.endpoint_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for chunk in attempts.chunks(RECORD_ROWS_PER_STATEMENT) {
-                let retries: Vec<_> = chunk.iter().filter(|(claimed, _)| claimed.attempts > 1).collect();
-                if !retries.is_empty() {
-                    log_previous_attempts!(retries).build().execute(&mut *tx).await?;
-                }
-                let recorded = record_outcomes!(chunk).build().execute(&mut *tx).await?.rows_affected();
-                if recorded < chunk.len() as u64 {
-                    record_overtaken!(tx, chunk);
-                }
-            }
-            for chunk in put_back.chunks(RECORD_ROWS_PER_STATEMENT) {
-                let mut update = sqlx::QueryBuilder::new(PUT_BACK_HEAD);
-                update.push_values(chunk, |mut row, (claimed, due)| {
-                    row.push_bind(claimed.event_id)
-                        .push_bind(claimed.endpoint_id)
-                        .push_bind(*due)
-                        .push_bind(claimed.attempts)
-                        .push_bind(claimed.read_due.as_deref());
-                });
-                update.push(PUT_BACK_TAIL);
-                guarded!(update).build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-        });
         Ok(())
     }
 

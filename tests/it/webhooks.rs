@@ -1114,12 +1114,15 @@ on_both_backends! {
         store.close().await;
     }
 
-    async fn a_delivery_whose_attempts_were_all_logged_before_the_upgrade_lists_each_once(backend) {
-        // Before migration 0008 (SQLite) / 0009 (Postgres) every attempt
-        // went to webhook_attempts and the row held none; the next attempt
-        // on such a row goes into the row, and the listing reads both.
+    async fn every_attempt_is_listed_once_in_order_across_the_upgrade_retries_and_a_redelivery(backend) {
+        // SQLite keeps a delivery's latest attempt in its row and moves it
+        // to the log when the next one is recorded; rows from before that
+        // (migration 0008) hold none, all of theirs in the log. Postgres
+        // logs every attempt. Either way the listing is every attempt,
+        // once, in order: through an attempt on such a row, a retry, a
+        // retry whose outcome a redelivery overtakes, and the last one.
         use keygate::{
-            domain::webhook::{DeliveryStatus, Webhook},
+            domain::webhook::{Attempt, DeliveryStatus, Webhook},
             store::{AttemptOutcome, NewWebhook, Store, StoreOptions},
         };
         use chrono::{SubsecRound, TimeDelta};
@@ -1142,48 +1145,73 @@ on_both_backends! {
         let hook = store.insert_webhook(&new, 10).await.unwrap();
         let event_id = uuid::Uuid::now_v7();
         store.enqueue_for_endpoint(hook.id, event_id, "webhook.test", "{}", now).await.unwrap();
-
-        let claim = uuid::Uuid::now_v7();
-        let first = store.claim_deliveries(claim, now, seconds(60), 32).await.unwrap();
-        let refused = AttemptOutcome {
-            at: seconds(1),
-            status_code: Some(500),
-            latency_ms: 4,
-            error: Some("HTTP 500 Internal Server Error".into()),
-            status: DeliveryStatus::Pending,
-            next_attempt_at: seconds(2),
+        let answered = |at, code: u16, latency_ms| AttemptOutcome {
+            at,
+            status_code: Some(code),
+            latency_ms,
+            error: (code >= 300).then(|| format!("HTTP {code}")),
+            status: if code < 300 { DeliveryStatus::Delivered } else { DeliveryStatus::Pending },
+            next_attempt_at: if code < 300 { at } else { at + TimeDelta::seconds(1) },
         };
-        store.record_attempts(claim, &[(first[0].clone(), refused)], &[], &[]).await.unwrap();
+        // Claims what is due at `at` (one delivery), records `outcome` for it.
+        let attempt = async |at, outcome: AttemptOutcome, redelivered_meanwhile: bool| {
+            let claim = uuid::Uuid::now_v7();
+            let claimed = store.claim_deliveries(claim, at, at + TimeDelta::seconds(60), 32).await.unwrap();
+            assert_eq!(claimed.len(), 1, "due at {at}");
+            if redelivered_meanwhile {
+                store.redeliver(event_id, hook.id, at).await.unwrap();
+            }
+            store.record_attempts(claim, &[(claimed[0].clone(), outcome)], &[], &[]).await.unwrap();
+            claimed[0].attempts
+        };
+        let listed = |log: &[Attempt]| -> Vec<(u32, Option<u16>, u64, Option<String>)> {
+            log.iter().map(|a| (a.attempt, a.status_code, a.latency_ms, a.error.clone())).collect()
+        };
+        let failed = |n, code: u16, ms| (n, Some(code), ms, Some(format!("HTTP {code}")));
+
+        assert_eq!(attempt(now, answered(seconds(1), 500, 4), false).await, 1);
+        // As a row from before the upgrade: its attempt in the log alone.
         run_sql(&db, &[
             "INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, at, status_code, \
              latency_ms, error) SELECT event_id, endpoint_id, last_attempt, last_attempt_at, \
-             last_status_code, last_latency_ms, last_error FROM webhook_deliveries",
+             last_status_code, last_latency_ms, last_error FROM webhook_deliveries \
+             WHERE last_attempt IS NOT NULL",
             "UPDATE webhook_deliveries SET last_attempt = NULL, last_attempt_at = NULL, \
              last_latency_ms = NULL",
         ]).await;
         let logged = store.get_delivery(event_id, hook.id).await.unwrap();
-        let listed = |log: &[keygate::domain::webhook::Attempt]| -> Vec<(u32, Option<u16>, u64)> {
-            log.iter().map(|a| (a.attempt, a.status_code, a.latency_ms)).collect()
-        };
-        assert_eq!(listed(&logged.attempt_log), [(1, Some(500), 4)]);
+        assert_eq!(listed(&logged.attempt_log), [failed(1, 500, 4)]);
 
-        let claim = uuid::Uuid::now_v7();
-        let second = store.claim_deliveries(claim, seconds(3), seconds(63), 32).await.unwrap();
-        assert_eq!(second[0].attempts, 2);
-        let accepted = AttemptOutcome {
-            at: seconds(4),
-            status_code: Some(200),
-            latency_ms: 6,
-            error: None,
-            status: DeliveryStatus::Delivered,
-            next_attempt_at: seconds(4),
-        };
-        store.record_attempts(claim, &[(second[0].clone(), accepted)], &[], &[]).await.unwrap();
+        assert_eq!(attempt(seconds(3), answered(seconds(4), 503, 5), false).await, 2);
+        // Redelivered while attempt 3 is under way: its 200 is recorded,
+        // the delivery stays pending, due at the redelivery's time.
+        assert_eq!(attempt(seconds(6), answered(seconds(7), 200, 6), true).await, 3);
+        let overtaken = store.get_delivery(event_id, hook.id).await.unwrap();
+        assert_eq!(overtaken.status, DeliveryStatus::Pending, "{overtaken:?}");
+        assert_eq!(overtaken.next_attempt_at, seconds(6));
+        assert_eq!(listed(&overtaken.attempt_log), [
+            failed(1, 500, 4),
+            failed(2, 503, 5),
+            (3, Some(200), 6, None),
+        ]);
+
+        assert_eq!(attempt(seconds(8), answered(seconds(9), 204, 7), false).await, 4);
         let done = store.get_delivery(event_id, hook.id).await.unwrap();
         assert_eq!(done.status, DeliveryStatus::Delivered);
-        assert_eq!(listed(&done.attempt_log), [(1, Some(500), 4), (2, Some(200), 6)]);
-        assert_eq!(done.attempt_log[0].error.as_deref(), Some("HTTP 500 Internal Server Error"));
-        assert_eq!(done.attempt_log[1].at, seconds(4));
+        assert_eq!(done.attempts, 4);
+        assert_eq!(listed(&done.attempt_log), [
+            failed(1, 500, 4),
+            failed(2, 503, 5),
+            (3, Some(200), 6, None),
+            (4, Some(204), 7, None),
+        ]);
+        let at: Vec<_> = done.attempt_log.iter().map(|a| a.at).collect();
+        assert_eq!(at, [seconds(1), seconds(4), seconds(7), seconds(9)]);
+        assert_eq!(
+            store.list_deliveries(hook.id, None, 10).await.unwrap()[0].attempt_log,
+            done.attempt_log,
+            "the listing reads attempts as a single delivery's read does"
+        );
         store.close().await;
     }
 }
