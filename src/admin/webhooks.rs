@@ -98,7 +98,7 @@ impl KeyAdmin {
         if hook.owner_id != owner_id {
             return Err(AdminError::OtherOwnersWebhook);
         }
-        Ok(hook)
+        Ok(hook.as_of(self.now()))
     }
 
     pub async fn create_webhook(
@@ -126,6 +126,7 @@ impl KeyAdmin {
                 enabled: request.enabled.unwrap_or(true),
                 created_at: now,
                 updated_at: now,
+                paused_until: None,
             },
             sealed_secret,
         };
@@ -138,7 +139,9 @@ impl KeyAdmin {
 
     pub async fn list_webhooks(&self, owner_id: &str) -> AdminResult<Vec<Webhook>> {
         let owner_id = validate::owner_id(owner_id)?;
-        Ok(self.store.list_webhooks(owner_id).await?)
+        let now = self.now();
+        let hooks = self.store.list_webhooks(owner_id).await?;
+        Ok(hooks.into_iter().map(|hook| hook.as_of(now)).collect())
     }
 
     pub async fn get_webhook(&self, owner_id: &str, id: &str) -> AdminResult<Webhook> {
@@ -160,7 +163,7 @@ impl KeyAdmin {
                 "url" => changes.url = Some(self.webhook_url(&update.url).await?),
                 "events" => changes.events = Some(Self::event_filter(&update.events)?),
                 "enabled" => changes.enabled = Some(update.enabled),
-                "id" | "owner_id" | "created_at" | "updated_at" => {
+                "id" | "owner_id" | "created_at" | "updated_at" | "paused_until" => {
                     return Err(AdminError::ImmutableField(Echo::of(path)))
                 }
                 other => return Err(AdminError::UnknownField(Echo::of(other))),

@@ -46,6 +46,17 @@ pub struct Webhook {
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Until when none of its deliveries is sent, after an attempt to it
+    /// timed out (docs/behaviour.md §9); `None` when it is not paused.
+    pub paused_until: Option<DateTime<Utc>>,
+}
+
+impl Webhook {
+    /// As an owner sees it at `now`: a pause that has run out is none.
+    pub fn as_of(mut self, now: DateTime<Utc>) -> Self {
+        self.paused_until = self.paused_until.filter(|until| *until > now);
+        self
+    }
 }
 
 /// Where a delivery stands.
@@ -175,6 +186,28 @@ pub fn events_from_column(column: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_is_shown_paused_only_until_its_pause_runs_out() {
+        let at = |seconds: i64| DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap();
+        let hook = Webhook {
+            id: Uuid::nil(),
+            owner_id: "org_1".into(),
+            url: "https://hooks.example/in".into(),
+            events: Vec::new(),
+            enabled: true,
+            created_at: at(0),
+            updated_at: at(0),
+            paused_until: Some(at(60)),
+        };
+        assert_eq!(hook.clone().as_of(at(59)).paused_until, Some(at(60)));
+        assert_eq!(
+            hook.clone().as_of(at(60)).paused_until,
+            None,
+            "due again at its end"
+        );
+        assert_eq!(hook.as_of(at(61)).paused_until, None);
+    }
 
     fn facts<'a>(event: &'a str, metadata: &'a BTreeMap<String, String>) -> EventFacts<'a> {
         EventFacts {

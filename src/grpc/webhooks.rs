@@ -140,6 +140,7 @@ fn webhook(hook: Webhook) -> proto::Webhook {
         enabled: hook.enabled,
         created_at: Some(convert::timestamp(hook.created_at)),
         updated_at: Some(convert::timestamp(hook.updated_at)),
+        paused_until: hook.paused_until.map(convert::timestamp),
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Webhook {
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set while the endpoint is paused: an attempt to it timed out, and
+    /// none of its deliveries is sent before this time.
+    pub paused_until: Option<DateTime<Utc>>,
 }
 
 impl From<webhook::Webhook> for Webhook {
@@ -51,6 +54,7 @@ impl From<webhook::Webhook> for Webhook {
             enabled: hook.enabled,
             created_at: hook.created_at,
             updated_at: hook.updated_at,
+            paused_until: hook.paused_until,
         }
     }
 }

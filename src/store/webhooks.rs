@@ -47,7 +47,8 @@ macro_rules! enqueue_event {
 }
 pub(crate) use enqueue_event;
 
-const WEBHOOK_COLUMNS: &str = "id, owner_id, url, events, enabled, created_at, updated_at";
+const WEBHOOK_COLUMNS: &str =
+    "id, owner_id, url, events, enabled, created_at, updated_at, paused_until";
 
 /// The deliveries due at the time bound as `$at` (a placeholder such as
 /// `"$3"`): the claim's condition, and `ANY_DUE`'s.
@@ -250,6 +251,7 @@ struct WebhookRow {
     enabled: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    paused_until: Option<DateTime<Utc>>,
 }
 
 impl From<WebhookRow> for Webhook {
@@ -262,6 +264,7 @@ impl From<WebhookRow> for Webhook {
             enabled: row.enabled,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            paused_until: row.paused_until,
         }
     }
 }

@@ -898,19 +898,31 @@ on_both_backends! {
             assert!(done, "wave {waves} recorded");
         };
         recorded(1).await;
+        // The owner sees the pause: the silent endpoint paused for a first
+        // retry's delay (between half and all of the 10 minutes), the
+        // healthy one not.
+        let listed = server.admin.list_webhooks(keygate::proto::ListWebhooksRequest {
+            owner_id: OWNER.into(),
+        }).await.expect("endpoints listed").into_inner().webhooks;
+        let paused_until = |id: &str| listed.iter().find(|hook| hook.id == id).unwrap().paused_until;
+        let until = paused_until(&silent_id).expect("the silent endpoint is shown paused");
+        let ahead = until.seconds - chrono::Utc::now().timestamp();
+        assert!((4 * 60..=10 * 60).contains(&ahead), "paused for {ahead} s");
+        assert_eq!(paused_until(&healthy_id), None, "the healthy endpoint is not paused");
         server.admin.send_test_webhook(SendTestWebhookRequest {
             owner_id: OWNER.into(),
             webhook_id: silent_id.clone(),
         }).await.expect("test event sent");
         silent.wait_for(2 * IN_FLIGHT_PER_ENDPOINT).await;
         recorded(2).await;
-        server.admin.update_webhook(keygate::proto::UpdateWebhookRequest {
+        let updated = server.admin.update_webhook(keygate::proto::UpdateWebhookRequest {
             owner_id: OWNER.into(),
             id: silent_id.clone(),
             update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
             enabled: true,
             ..Default::default()
-        }).await.expect("endpoint updated");
+        }).await.expect("endpoint updated").into_inner();
+        assert_eq!(updated.paused_until, None, "the update lifted the pause");
         silent.wait_for(3 * IN_FLIGHT_PER_ENDPOINT).await;
         recorded(3).await;
         server.admin.redeliver_webhook(RedeliverWebhookRequest {
@@ -1075,6 +1087,7 @@ on_both_backends! {
             enabled: true,
             created_at: now,
             updated_at: now,
+            paused_until: None,
         };
         let new = NewWebhook { webhook: hook, sealed_secret: vec![7; 44] };
         let hook = store.insert_webhook(&new, 10).await.unwrap();
@@ -1140,6 +1153,7 @@ on_both_backends! {
             enabled: true,
             created_at: now,
             updated_at: now,
+            paused_until: None,
         };
         let new = NewWebhook { webhook: hook, sealed_secret: vec![7; 44] };
         let hook = store.insert_webhook(&new, 10).await.unwrap();
