@@ -90,7 +90,7 @@ const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF d SKIP LOCKED");
 /// every row, payload included, in a write transaction of its own each
 /// round (BENCHMARKS.md, session 14). The attempt's number is the count so
 /// far plus one; `next_attempt_at` comes back as the text stored, the
-/// version the outcome is recorded against ([`RECORD_OUTCOMES_SQLITE_GUARD`]).
+/// version the outcome is recorded against ([`RECORD_ATTEMPTS_SQLITE_HEAD`]).
 /// Rows a claim of an older keygate still holds wait for its lease, as
 /// before.
 const READ_DUE_SQLITE: &str = concat!(
@@ -752,6 +752,20 @@ impl Store {
                 }
             };
         }
+        // An outcome's first columns, as both backends' `o` lists them
+        // (`RECORD_OUTCOMES_POSTGRES_HEAD`, `RECORD_ATTEMPTS_SQLITE_HEAD`).
+        macro_rules! bind_outcome {
+            ($row:expr, $claimed:expr, $outcome:expr) => {
+                $row.push_bind($claimed.event_id)
+                    .push_bind($claimed.endpoint_id)
+                    .push_bind($outcome.status.as_str())
+                    .push_bind(next_attempt_bound($outcome))
+                    .push_bind($outcome.at)
+                    .push_bind($outcome.status_code.map(i32::from))
+                    .push_bind($outcome.error.as_deref())
+                    .push_bind($claimed.attempts)
+            };
+        }
         macro_rules! put_back {
             ($tx:expr, $guard:expr, $claim:expr) => {
                 for chunk in put_back.chunks(RECORD_ROWS_PER_STATEMENT) {
@@ -790,14 +804,7 @@ impl Store {
                     insert.build().execute(&mut *tx).await?;
                     let mut update = sqlx::QueryBuilder::new(RECORD_OUTCOMES_POSTGRES_HEAD);
                     update.push_values(chunk, |mut row, (claimed, outcome)| {
-                        row.push_bind(claimed.event_id)
-                            .push_bind(claimed.endpoint_id)
-                            .push_bind(outcome.status.as_str())
-                            .push_bind(next_attempt_bound(outcome))
-                            .push_bind(outcome.at)
-                            .push_bind(outcome.status_code.map(i32::from))
-                            .push_bind(outcome.error.as_deref())
-                            .push_bind(claimed.attempts);
+                        bind_outcome!(row, claimed, outcome);
                     });
                     update
                         .push(RECORD_OUTCOMES_POSTGRES_TAIL)
@@ -828,14 +835,7 @@ impl Store {
                         }
                         let mut update = sqlx::QueryBuilder::new(RECORD_ATTEMPTS_SQLITE_HEAD);
                         update.push_values($chunk, |mut row, (claimed, outcome)| {
-                            row.push_bind(claimed.event_id)
-                                .push_bind(claimed.endpoint_id)
-                                .push_bind(outcome.status.as_str())
-                                .push_bind(next_attempt_bound(outcome))
-                                .push_bind(outcome.at)
-                                .push_bind(outcome.status_code.map(i32::from))
-                                .push_bind(outcome.error.as_deref())
-                                .push_bind(claimed.attempts)
+                            bind_outcome!(row, claimed, outcome)
                                 .push_bind(claimed.read_due.as_deref())
                                 .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
                         });

@@ -368,6 +368,60 @@ async fn first_test_attempt_refused(
 /// A change to test settings that a server then runs with.
 type Tighten = fn(&mut Settings);
 
+/// A store on a fresh database with one endpoint and one event queued for
+/// it at `now` (whole seconds: each backend keeps its own sub-second
+/// precision), for tests that drive the dispatcher's store calls by hand.
+struct OneDelivery {
+    db: TestDb,
+    store: keygate::store::Store,
+    hook: keygate::domain::webhook::Webhook,
+    event_id: uuid::Uuid,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl OneDelivery {
+    async fn queued(backend: Backend) -> OneDelivery {
+        use chrono::SubsecRound;
+        use keygate::{
+            domain::webhook::Webhook,
+            store::{NewWebhook, Store, StoreOptions},
+        };
+        let db = TestDb::new(backend).await;
+        let store = Store::connect(&StoreOptions::new(db.url.clone()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let now = chrono::Utc::now().trunc_subsecs(0);
+        let hook = Webhook {
+            id: uuid::Uuid::now_v7(),
+            owner_id: OWNER.into(),
+            url: "https://hooks.example/in".into(),
+            events: Vec::new(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            paused_until: None,
+        };
+        let new = NewWebhook {
+            webhook: hook,
+            sealed_secret: vec![7; 44],
+        };
+        let hook = store.insert_webhook(&new, 10).await.unwrap();
+        let event_id = uuid::Uuid::now_v7();
+        store
+            .enqueue_for_endpoint(hook.id, event_id, "webhook.test", "{}", now)
+            .await
+            .unwrap();
+        OneDelivery {
+            db,
+            store,
+            hook,
+            event_id,
+            now,
+        }
+    }
+}
+
 /// Runs each statement on the test database.
 async fn run_sql(db: &TestDb, statements: &[&str]) {
     with_test_pool!(db, pool => {
@@ -1067,32 +1121,11 @@ on_both_backends! {
     }
 
     async fn a_redelivery_asked_for_during_an_attempt_wins_and_no_attempt_number_is_reused(backend) {
-        use keygate::{
-            domain::webhook::{DeliveryStatus, Webhook},
-            store::{AttemptOutcome, NewWebhook, Store, StoreOptions},
-        };
-        use chrono::{SubsecRound, TimeDelta};
+        use keygate::{domain::webhook::DeliveryStatus, store::AttemptOutcome};
+        use chrono::TimeDelta;
 
-        let db = TestDb::new(backend).await;
-        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
-        store.migrate().await.unwrap();
-        // Whole seconds: each backend keeps its own sub-second precision.
-        let now = chrono::Utc::now().trunc_subsecs(0);
+        let OneDelivery { db: _db, store, hook, event_id, now } = OneDelivery::queued(backend).await;
         let seconds = |n| now + TimeDelta::seconds(n);
-        let hook = Webhook {
-            id: uuid::Uuid::now_v7(),
-            owner_id: OWNER.into(),
-            url: "https://hooks.example/in".into(),
-            events: Vec::new(),
-            enabled: true,
-            created_at: now,
-            updated_at: now,
-            paused_until: None,
-        };
-        let new = NewWebhook { webhook: hook, sealed_secret: vec![7; 44] };
-        let hook = store.insert_webhook(&new, 10).await.unwrap();
-        let event_id = uuid::Uuid::now_v7();
-        store.enqueue_for_endpoint(hook.id, event_id, "webhook.test", "{}", now).await.unwrap();
         let delivered = |at| AttemptOutcome {
             at,
             status_code: Some(200),
@@ -1134,31 +1167,11 @@ on_both_backends! {
         // logs every attempt. Either way the listing is every attempt,
         // once, in order: through an attempt on such a row, a retry, a
         // retry whose outcome a redelivery overtakes, and the last one.
-        use keygate::{
-            domain::webhook::{Attempt, DeliveryStatus, Webhook},
-            store::{AttemptOutcome, NewWebhook, Store, StoreOptions},
-        };
-        use chrono::{SubsecRound, TimeDelta};
+        use keygate::{domain::webhook::{Attempt, DeliveryStatus}, store::AttemptOutcome};
+        use chrono::TimeDelta;
 
-        let db = TestDb::new(backend).await;
-        let store = Store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
-        store.migrate().await.unwrap();
-        let now = chrono::Utc::now().trunc_subsecs(0);
+        let OneDelivery { db, store, hook, event_id, now } = OneDelivery::queued(backend).await;
         let seconds = |n| now + TimeDelta::seconds(n);
-        let hook = Webhook {
-            id: uuid::Uuid::now_v7(),
-            owner_id: OWNER.into(),
-            url: "https://hooks.example/in".into(),
-            events: Vec::new(),
-            enabled: true,
-            created_at: now,
-            updated_at: now,
-            paused_until: None,
-        };
-        let new = NewWebhook { webhook: hook, sealed_secret: vec![7; 44] };
-        let hook = store.insert_webhook(&new, 10).await.unwrap();
-        let event_id = uuid::Uuid::now_v7();
-        store.enqueue_for_endpoint(hook.id, event_id, "webhook.test", "{}", now).await.unwrap();
         let answered = |at, code: u16, latency_ms| AttemptOutcome {
             at,
             status_code: Some(code),
@@ -1221,6 +1234,11 @@ on_both_backends! {
         ]);
         let at: Vec<_> = done.attempt_log.iter().map(|a| a.at).collect();
         assert_eq!(at, [seconds(1), seconds(4), seconds(7), seconds(9)]);
+        // Where they are: SQLite's row holds the last, Postgres logs all.
+        let logged = common::scalar_i64(&db, "SELECT COUNT(*) FROM webhook_attempts WHERE endpoint_id = $1", hook.id).await;
+        let in_row = common::scalar_i64(&db, "SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND last_attempt IS NOT NULL", hook.id).await;
+        let expected = if backend == Backend::Sqlite { (3, 1) } else { (4, 0) };
+        assert_eq!((logged, in_row), expected);
         assert_eq!(
             store.list_deliveries(hook.id, None, 10).await.unwrap()[0].attempt_log,
             done.attempt_log,
