@@ -1160,6 +1160,78 @@ on_both_backends! {
         store.close().await;
     }
 
+    async fn a_round_of_first_attempts_retries_and_put_backs_records_each_on_its_own_delivery(backend) {
+        // One round holding all a round can: a retry delivered, a first
+        // attempt delivered, a second endpoint's retry put back unsent and
+        // that endpoint paused (SQLite records this round in a
+        // transaction, moving the retry's first attempt to the log).
+        use keygate::{
+            domain::webhook::{DeliveryStatus, Webhook},
+            store::{AttemptOutcome, EndpointPause, NewWebhook},
+        };
+        use chrono::TimeDelta;
+
+        let OneDelivery { db: _db, store, hook: a, event_id: a1, now } = OneDelivery::queued(backend).await;
+        let seconds = |n| now + TimeDelta::seconds(n);
+        let b = store.insert_webhook(&NewWebhook {
+            webhook: Webhook { id: uuid::Uuid::now_v7(), url: "https://other.example/in".into(), ..a.clone() },
+            sealed_secret: vec![8; 44],
+        }, 10).await.unwrap();
+        let (a2, b1, b2) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        store.enqueue_for_endpoint(a.id, a2, "webhook.test", "{}", now).await.unwrap();
+        store.enqueue_for_endpoint(b.id, b1, "webhook.test", "{}", now).await.unwrap();
+        let answered = |at, code: u16| AttemptOutcome {
+            at,
+            status_code: Some(code),
+            latency_ms: u64::from(code),
+            error: (code >= 300).then(|| format!("HTTP {code}")),
+            status: if code < 300 { DeliveryStatus::Delivered } else { DeliveryStatus::Pending },
+            next_attempt_at: if code < 300 { at } else { at + TimeDelta::seconds(1) },
+        };
+        let claimed = |round: &[keygate::store::ClaimedDelivery], id| {
+            round.iter().find(|c| c.event_id == id).unwrap_or_else(|| panic!("{id} claimed")).clone()
+        };
+
+        let claim = uuid::Uuid::now_v7();
+        let first = store.claim_deliveries(claim, now, seconds(60), 32).await.unwrap();
+        assert_eq!(first.len(), 3);
+        store.record_attempts(claim, &[
+            (claimed(&first, a1), answered(seconds(1), 500)),
+            (claimed(&first, a2), answered(seconds(1), 200)),
+            (claimed(&first, b1), answered(seconds(1), 502)),
+        ], &[], &[]).await.unwrap();
+        store.enqueue_for_endpoint(b.id, b2, "webhook.test", "{}", seconds(2)).await.unwrap();
+
+        let claim = uuid::Uuid::now_v7();
+        let second = store.claim_deliveries(claim, seconds(3), seconds(63), 32).await.unwrap();
+        assert_eq!(second.len(), 3, "a1 and b1 retried, b2 new");
+        let put_back_due = seconds(30);
+        store.record_attempts(claim, &[
+            (claimed(&second, a1), answered(seconds(4), 200)),
+            (claimed(&second, b2), answered(seconds(4), 204)),
+        ], &[(claimed(&second, b1), put_back_due)], &[EndpointPause {
+            endpoint_id: b.id,
+            until: seconds(30),
+        }]).await.unwrap();
+
+        let codes = |d: &keygate::domain::webhook::Delivery| -> Vec<(u32, Option<u16>)> {
+            d.attempt_log.iter().map(|a| (a.attempt, a.status_code)).collect()
+        };
+        let get = async |event, hook: &Webhook| store.get_delivery(event, hook.id).await.unwrap();
+        let d = get(a1, &a).await;
+        assert_eq!((d.status, d.attempts, codes(&d)), (DeliveryStatus::Delivered, 2, vec![(1, Some(500)), (2, Some(200))]));
+        let d = get(a2, &a).await;
+        assert_eq!((d.status, d.attempts, codes(&d)), (DeliveryStatus::Delivered, 1, vec![(1, Some(200))]));
+        let d = get(b2, &b).await;
+        assert_eq!((d.status, d.attempts, codes(&d)), (DeliveryStatus::Delivered, 1, vec![(1, Some(204))]));
+        let d = get(b1, &b).await;
+        assert_eq!((d.status, d.attempts, codes(&d)), (DeliveryStatus::Pending, 1, vec![(1, Some(502))]), "put back, not attempted");
+        assert_eq!(d.next_attempt_at, put_back_due);
+        assert_eq!(store.get_webhook(b.id).await.unwrap().paused_until, Some(seconds(30)));
+        assert_eq!(store.get_webhook(a.id).await.unwrap().paused_until, None);
+        store.close().await;
+    }
+
     async fn every_attempt_is_listed_once_in_order_across_the_upgrade_retries_and_a_redelivery(backend) {
         // SQLite keeps a delivery's latest attempt in its row and moves it
         // to the log when the next one is recorded; rows from before that
