@@ -1232,6 +1232,40 @@ on_both_backends! {
         store.close().await;
     }
 
+    async fn a_round_larger_than_one_recording_statement_records_every_attempt(backend) {
+        // More deliveries than one statement's rows (256): recorded in
+        // chunks, in one transaction, each attempt once.
+        use keygate::{domain::webhook::DeliveryStatus, store::AttemptOutcome};
+        use chrono::TimeDelta;
+
+        const ROUND: usize = 300;
+        let OneDelivery { db: _db, store, hook, event_id: _, now } = OneDelivery::queued(backend).await;
+        for _ in 1..ROUND {
+            store.enqueue_for_endpoint(hook.id, uuid::Uuid::now_v7(), "webhook.test", "{}", now).await.unwrap();
+        }
+        let at = now + TimeDelta::seconds(1);
+        let claim = uuid::Uuid::now_v7();
+        let round = store.claim_deliveries(claim, now, now + TimeDelta::seconds(60), ROUND as u32).await.unwrap();
+        assert_eq!(round.len(), ROUND);
+        let attempts: Vec<_> = round.into_iter().map(|claimed| (claimed, AttemptOutcome {
+            at,
+            status_code: Some(200),
+            latency_ms: 2,
+            error: None,
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: at,
+        })).collect();
+        store.record_attempts(claim, &attempts, &[], &[]).await.unwrap();
+        let listed = store.list_deliveries(hook.id, None, ROUND as u32).await.unwrap();
+        assert_eq!(listed.len(), ROUND);
+        for delivery in &listed {
+            assert_eq!(delivery.status, DeliveryStatus::Delivered, "{delivery:?}");
+            let log: Vec<_> = delivery.attempt_log.iter().map(|a| (a.attempt, a.status_code, a.at)).collect();
+            assert_eq!(log, [(1, Some(200), at)], "{delivery:?}");
+        }
+        store.close().await;
+    }
+
     async fn every_attempt_is_listed_once_in_order_across_the_upgrade_retries_and_a_redelivery(backend) {
         // SQLite keeps a delivery's latest attempt in its row and moves it
         // to the log when the next one is recorded; rows from before that
