@@ -224,6 +224,11 @@ fn next_attempt_bound(outcome: &AttemptOutcome) -> Option<DateTime<Utc>> {
     (outcome.next_attempt_at != outcome.at).then_some(outcome.next_attempt_at)
 }
 
+/// An attempt's latency as bound (a signed column on both backends).
+fn latency_bound(outcome: &AttemptOutcome) -> i64 {
+    i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX)
+}
+
 /// Rows per recording statement: up to 10 parameters each, well inside both
 /// backends' limits (SQLite 32,766, Postgres 65,535).
 const RECORD_ROWS_PER_STATEMENT: usize = 256;
@@ -738,9 +743,7 @@ impl Store {
         }
         let mut pauses = pauses.to_vec();
         pauses.sort_by_key(|pause| pause.endpoint_id);
-        // The pauses, then (after the attempts) the put-backs, in the
-        // round's transaction `$tx`, guarded by `$guard` (and on Postgres
-        // the claim bound after it).
+        // The pauses, first in the round's transaction `$tx`.
         macro_rules! pause_endpoints {
             ($tx:expr) => {
                 for pause in &pauses {
@@ -766,6 +769,8 @@ impl Store {
                     .push_bind($claimed.attempts)
             };
         }
+        // The put-backs, last in `$tx`, under `$guard` (on Postgres with
+        // the claim `$claim` bound after it).
         macro_rules! put_back {
             ($tx:expr, $guard:expr, $claim:expr) => {
                 for chunk in put_back.chunks(RECORD_ROWS_PER_STATEMENT) {
@@ -797,7 +802,7 @@ impl Store {
                             .push_bind(claimed.attempts)
                             .push_bind(outcome.at)
                             .push_bind(outcome.status_code.map(i32::from))
-                            .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
+                            .push_bind(latency_bound(outcome))
                             .push_bind(outcome.error.as_deref());
                     });
                     insert.push(LOG_ATTEMPTS_POSTGRES_TAIL);
@@ -837,7 +842,7 @@ impl Store {
                         update.push_values($chunk, |mut row, (claimed, outcome)| {
                             bind_outcome!(row, claimed, outcome)
                                 .push_bind(claimed.read_due.as_deref())
-                                .push_bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
+                                .push_bind(latency_bound(outcome));
                         });
                         update.push(RECORD_ATTEMPTS_SQLITE_TAIL);
                         update.build().execute(&mut *$executor).await?;
