@@ -27,6 +27,26 @@
 #                --per-thread` (CPU time, thread switches) to keygate for
 #                3 s in the middle of every round, one file a round in
 #                target/bench-results/.
+#   windows      Check throughput on ONE keygate, its dispatcher on, under
+#                one h2load run of BENCH_WINDOW_RUN seconds (default 300),
+#                with events due at BENCH_WEBHOOK_RATE/s in every other
+#                window of BENCH_WINDOW_SECONDS (default 0.5) and none in the
+#                windows between. keygate's own count of answered Checks
+#                (keygate_check_decisions_total{code="allowed"}) is read
+#                every 0.25 s from the client's core; each window's rate
+#                (its first quarter left out: the dispatcher's next poll,
+#                a round's tail) is compared with the mean of the two
+#                windows beside it; the median of all, and of the steady
+#                ones (the two off-windows within 3 % of each other). The
+#                samples are kept in target/bench-results/windows-*.txt.
+#                The machine's speed moves by a third
+#                within seconds; rounds of `check` (separate processes,
+#                ~20 s apart) moved with it, where windows half a second
+#                apart of one process mostly move together
+#                (BENCHMARKS.md, session 19). The outbox needs RATE x
+#                WINDOW x windows/2 events: those the API made, copied
+#                under fresh ids as needed. BENCH_WEBHOOK_BUILDS as for
+#                `check`, one run per build.
 #   instructions instructions keygate's process spends per delivery and per
 #                Check (callgrind): BENCH_CALLGRIND_EVENTS (default 2000)
 #                events made due at once 60 s after keygate starts, its
@@ -40,16 +60,18 @@
 # keygate (SQLite) runs on BENCH_SERVER_CPU; h2load and the receiver on
 # BENCH_CLIENT_CPU.
 #
-# Usage: scripts/bench-webhooks.sh [PART...]   (default: all three, in the
-#        order above; e.g. `instructions` alone fills only the events it
-#        needs and skips the other two)
+# Usage: scripts/bench-webhooks.sh [PART...]   (default: deliveries,
+#        instructions and windows; parts run in the order deliveries,
+#        instructions, check, windows; e.g. `instructions` alone fills only
+#        the events it needs and skips the others)
 # Env:   BENCH_WEBHOOK_EVENTS (default 20000), BENCH_WEBHOOK_RATE (events/s
 #        delivered during a Check round, default 1000), BENCH_WEBHOOK_POLL
 #        (KEYGATE_WEBHOOK_POLL_INTERVAL, default 100ms, as in every earlier
 #        figure; keygate's own default is 1s), BENCH_CALLGRIND=0 (skip
 #        the instructions), BENCH_CALLGRIND_EVENTS, BENCH_H2LOAD_DURATION (seconds
 #        per Check round, default 5), BENCH_H2LOAD_ROUNDS (default 3),
-#        BENCH_NO_BUILD, BENCH_BIN, BENCH_SERVER_CPU / BENCH_CLIENT_CPU.
+#        BENCH_WINDOW_SECONDS, BENCH_WINDOW_RUN (`windows`), BENCH_NO_BUILD,
+#        BENCH_BIN, BENCH_SERVER_CPU / BENCH_CLIENT_CPU.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 cd "$BENCH_ROOT"
@@ -59,9 +81,9 @@ RATE="${BENCH_WEBHOOK_RATE:-1000}"
 POLL="${BENCH_WEBHOOK_POLL:-100ms}"
 DURATION="${BENCH_H2LOAD_DURATION:-5}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
-PARTS=" ${*:-deliveries instructions check} "
+PARTS=" ${*:-deliveries instructions windows} "
 for part in $PARTS; do
-  [[ " deliveries instructions check " == *" $part "* ]] || { echo "unknown part: $part" >&2; exit 2; }
+  [[ " deliveries instructions check windows " == *" $part "* ]] || { echo "unknown part: $part" >&2; exit 2; }
 done
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 want instructions && [[ "${BENCH_CALLGRIND:-1}" != 0 ]] || PARTS="${PARTS/ instructions / }"
@@ -125,6 +147,10 @@ fill_count=0
 want deliveries && fill_count="$EVENTS"
 want instructions && (( fill_count < ${BENCH_CALLGRIND_EVENTS:-2000} )) && fill_count="${BENCH_CALLGRIND_EVENTS:-2000}"
 want check && (( fill_count < RATE * (DURATION + 3) )) && fill_count=$(( RATE * (DURATION + 3) ))
+WINDOW="${BENCH_WINDOW_SECONDS:-0.5}"
+WINDOW_RUN="${BENCH_WINDOW_RUN:-300}"
+# The windowed run's events beyond these are copies (copy_events).
+want windows && (( fill_count < RATE * 10 )) && fill_count=$(( RATE * 10 ))
 log "$fill_count events into the outbox, dispatcher off"
 fill "$fill_count"
 stop_pid "$KG_PID"
@@ -155,25 +181,34 @@ check_round() {
   echo "$1 $(h2load_rps "$out")"
 }
 
-# reschedule [RATE COUNT AFTER]: the first COUNT events (default RATE x
-# (DURATION + 3)) pending again, due one after the other at RATE per second
-# from AFTER seconds from now (default 1: the Check round's warm-up); any
-# other event still pending is marked delivered, so that only those COUNT
-# are delivered; keygate must be stopped.
+# reschedule [RATE COUNT AFTER WINDOW]: the first COUNT events (default
+# RATE x (DURATION + 3)) pending again, due one after the other at RATE per
+# second from AFTER seconds from now (default 1: the Check round's
+# warm-up; @T: from the Unix time T), or, given WINDOW seconds, at RATE per second in every other
+# window from AFTER (none in the first, RATE x WINDOW in the second, none
+# in the third...); any other event still pending is marked delivered, so
+# that only those COUNT are delivered; keygate must be stopped.
 reschedule() {
-  local rate="${1:-$RATE}" count="${2:-$(( RATE * (DURATION + 3) ))}" after="${3:-1}"
-  python3 - "${OUTBOX:-$BENCH_WORK/webhooks.db}" "$rate" "$count" "$after" <<'PY'
+  local rate="${1:-$RATE}" count="${2:-$(( RATE * (DURATION + 3) ))}" after="${3:-1}" window="${4:-0}"
+  python3 - "${OUTBOX:-$BENCH_WORK/webhooks.db}" "$rate" "$count" "$after" "$window" <<'PY'
 import sqlite3, sys
 from datetime import datetime, timedelta, timezone
-db, rate, count, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+db, rate, count, window = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[5])
+after = sys.argv[4]
 conn = sqlite3.connect(db)
 rows = [r[0] for r in conn.execute("SELECT rowid FROM webhook_deliveries ORDER BY rowid LIMIT ?", (count,))]
 if len(rows) < count:
     sys.exit(f"the outbox holds {len(rows)} events, {count} needed: raise BENCH_WEBHOOK_EVENTS")
-start = datetime.now(timezone.utc) + timedelta(seconds=after)
+start = (datetime.fromtimestamp(float(after[1:]), timezone.utc) if after.startswith("@")
+         else datetime.now(timezone.utc) + timedelta(seconds=float(after)))
 # keygate's own encoding of a time (RFC 3339, +00:00), so that the
 # dispatcher's text comparison of due times holds.
-due = lambda i: (start + timedelta(seconds=i / rate)).isoformat(timespec="microseconds")
+def offset(i):
+    if not window:
+        return i / rate
+    per_window = int(rate * window)
+    return (2 * (i // per_window) + 1) * window + (i % per_window) / rate
+due = lambda i: (start + timedelta(seconds=offset(i))).isoformat(timespec="microseconds")
 conn.execute(
     "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = ?, claim_id = NULL, "
     "claimed_until = NULL WHERE status = 'pending' AND rowid > ?",
@@ -238,35 +273,129 @@ if want instructions; then
   stop_pid "$KG_PID"
 fi
 
-want check || exit 0
-RESULTS="$BENCH_WORK/results.txt"
-: >"$RESULTS"
-BUILDS="${BENCH_WEBHOOK_BUILDS:-delivering=$BIN}"
-if [[ "${BENCH_PERF_STAT:-}" == 1 ]]; then
-  command -v perf >/dev/null || apt-get install -y -qq linux-perf >/dev/null
-  PERF_DIR="$BENCH_ROOT/target/bench-results/webhooks-check-$(date +%Y%m%d-%H%M%S)"
-  mkdir -p "$PERF_DIR"
+if want check; then
+  RESULTS="$BENCH_WORK/results.txt"
+  : >"$RESULTS"
+  BUILDS="${BENCH_WEBHOOK_BUILDS:-delivering=$BIN}"
+  if [[ "${BENCH_PERF_STAT:-}" == 1 ]]; then
+    command -v perf >/dev/null || apt-get install -y -qq linux-perf >/dev/null
+    PERF_DIR="$BENCH_ROOT/target/bench-results/webhooks-check-$(date +%Y%m%d-%H%M%S)"
+    mkdir -p "$PERF_DIR"
+  fi
+  log "check: ${DURATION}s rounds, dispatcher off vs delivering $RATE events/s (poll $POLL)"
+  for round in $(seq 1 "$ROUNDS"); do
+    serve false
+    check_round no-delivery | tee -a "$RESULTS"
+    stop_pid "$KG_PID"
+    for build in $BUILDS; do
+      name="${build%%=*}"
+      OUTBOX="$BENCH_WORK/webhooks-$name.db"
+      [[ -f "$OUTBOX" ]] || python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
+        "$BENCH_WORK/webhooks.db" "$OUTBOX"
+      reschedule
+      BIN="${build#*=}" serve true
+      before="$(delivered)"
+      check_round "$name" | tee -a "$RESULTS"
+      after="$(delivered)"
+      echo "  delivered during the run: $((after - before)) ($RATE/s offered over ${DURATION}s + 1s warm-up)"
+      stop_pid "$KG_PID"
+      unset OUTBOX
+    done
+  done
+  # shellcheck disable=SC2046
+  round_ratios "$RESULTS" no-delivery $(for build in $BUILDS; do echo "${build%%=*}"; done)
+  [[ "${BENCH_PERF_STAT:-}" != 1 ]] || log "per-thread CPU of each round: $PERF_DIR"
 fi
-log "check: ${DURATION}s rounds, dispatcher off vs delivering $RATE events/s (poll $POLL)"
-for round in $(seq 1 "$ROUNDS"); do
-  serve false
-  check_round no-delivery | tee -a "$RESULTS"
+
+# copy_events N: the outbox's events copied under fresh ids until it holds
+# N (the API's creation of a key slows as its owner's keys grow: making
+# 60,000 with it took over ten minutes); keygate must be stopped.
+copy_events() {
+  python3 - "$BENCH_WORK/webhooks.db" "$1" <<'PY'
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+need = int(sys.argv[2])
+while (have := conn.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]) < need:
+    conn.execute(
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id, owner_id, event_type, payload, status, "
+        "attempts, next_attempt_at, retry_from, created_at) SELECT randomblob(16), endpoint_id, owner_id, "
+        "event_type, payload, status, attempts, next_attempt_at, retry_from, created_at "
+        "FROM webhook_deliveries ORDER BY rowid LIMIT ?", (need - have,))
+    conn.commit()
+PY
+}
+
+# window_run NAME: the windowed run (`windows` above) on the stopped
+# keygate BIN; prints the on/off ratio of each on-window and their median.
+window_run() {
+  local name="$1" start events=$(( RATE * WINDOW_RUN / 2 ))
+  start=$(( $(date +%s) + 10 ))
+  reschedule "$RATE" "$events" "@$start" "$WINDOW"
+  serve true
+  note_load "windows-$name" "$BENCH_WORK/load.txt"
+  local before after
+  before="$(delivered)"
+  taskset -c "$CLIENT_CPU" h2load -D "$(( start + WINDOW_RUN + 2 - $(date +%s) ))" -c 4 -m 25 \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$BENCH_WORK/check.body" \
+    "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" >"$BENCH_WORK/windows-$name-h2load.txt" 2>&1 &
+  local load=$!
+  taskset -c "$CLIENT_CPU" python3 - "$METRICS" "$start" "$WINDOW_RUN" "$BENCH_WORK/windows-$name.txt" <<'PY'
+import sys, time, urllib.request
+port, start, run, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+name = 'keygate_check_decisions_total{code="allowed"}'
+def answered():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return next(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name))
+with open(out, "w") as f:
+    for k in range(int(run / 0.25) + 1):
+        time.sleep(max(0.0, start + k * 0.25 - time.time()))
+        f.write(f"{time.time():.4f} {answered():.0f}\n")
+PY
+  wait "$load" || true
+  after="$(delivered)"
   stop_pid "$KG_PID"
-  for build in $BUILDS; do
+  mkdir -p "$BENCH_ROOT/target/bench-results"
+  cp "$BENCH_WORK/windows-$name.txt" "$BENCH_ROOT/target/bench-results/windows-$name-$(date +%Y%m%d-%H%M%S).txt"
+  echo "$name: delivered $((after - before)) of $events ($RATE/s in every other ${WINDOW}s window)"
+  python3 - "$name" "$BENCH_WORK/windows-$name.txt" "$start" "$WINDOW" <<'PY'
+import statistics, sys
+name, path, start, window = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+samples = [tuple(map(float, line.split())) for line in open(path)]
+per_window = {}
+for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+    w, offset = divmod((t0 + t1) / 2 - start, window)
+    if offset >= 0.25:
+        per_window.setdefault(int(w), []).append((c1 - c0) / (t1 - t0))
+rate = {w: statistics.mean(r) for w, r in per_window.items()}
+rates = list(rate.values())
+# Window 0 is off, 1 on, 2 off...
+triples = [(rate[w - 1], rate[w], rate[w + 1]) for w in sorted(rate)
+           if w % 2 == 1 and w - 1 in rate and w + 1 in rate]
+ratios = [on / ((before + after) / 2) for before, on, after in triples]
+# Steady: the two off-windows within 3 % of each other, the machine's speed
+# unchanged across the three; chosen by the off-windows alone, so that the
+# choice cannot favour an on-window's figure.
+steady = [on / ((before + after) / 2) for before, on, after in triples
+          if abs(before / after - 1) <= 0.03]
+def summary(values):
+    if len(values) < 2:
+        return f"{len(values)} windows"
+    q = statistics.quantiles(values, n=4)
+    return f"median {statistics.median(values):.3f} over {len(values)} (quartiles {q[0]:.3f}-{q[2]:.3f})"
+print(f"{name}: on/off, steady windows {summary(steady)}; all windows {summary(ratios)}; "
+      f"Checks/s by window {min(rates):.0f}-{max(rates):.0f}, median {statistics.median(rates):.0f}")
+PY
+}
+
+if want windows; then
+  copy_events "$(( RATE * WINDOW_RUN / 2 ))"
+  log "windows: ${WINDOW_RUN}s of ${WINDOW}s windows, delivering $RATE events/s in every other (poll $POLL)"
+  for build in ${BENCH_WEBHOOK_BUILDS:-delivering=$BIN}; do
     name="${build%%=*}"
     OUTBOX="$BENCH_WORK/webhooks-$name.db"
     [[ -f "$OUTBOX" ]] || python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
       "$BENCH_WORK/webhooks.db" "$OUTBOX"
-    reschedule
-    BIN="${build#*=}" serve true
-    before="$(delivered)"
-    check_round "$name" | tee -a "$RESULTS"
-    after="$(delivered)"
-    echo "  delivered during the run: $((after - before)) ($RATE/s offered over ${DURATION}s + 1s warm-up)"
-    stop_pid "$KG_PID"
+    BIN="${build#*=}" window_run "$name"
     unset OUTBOX
   done
-done
-# shellcheck disable=SC2046
-round_ratios "$RESULTS" no-delivery $(for build in $BUILDS; do echo "${build%%=*}"; done)
-[[ "${BENCH_PERF_STAT:-}" != 1 ]] || log "per-thread CPU of each round: $PERF_DIR"
+fi

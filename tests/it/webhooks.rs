@@ -1354,6 +1354,61 @@ on_both_backends! {
         );
         store.close().await;
     }
+
+    // The owner deletes an endpoint while a round is sending to it: the
+    // round's attempt, the put-back of what it did not send, and the
+    // endpoint's pause find nothing to record on, fail nothing, and bring
+    // back neither the delivery nor its attempts nor the endpoint.
+    async fn an_endpoint_deleted_during_a_round_is_recorded_on_by_nothing(backend) {
+        use keygate::{domain::webhook::DeliveryStatus, store::{AttemptOutcome, EndpointPause, StoreError}};
+        use chrono::TimeDelta;
+
+        let OneDelivery { db, store, hook, event_id, now } = OneDelivery::queued(backend).await;
+        let seconds = |n| now + TimeDelta::seconds(n);
+        let failed = |at: chrono::DateTime<chrono::Utc>| AttemptOutcome {
+            at,
+            status_code: Some(500),
+            latency_ms: 3,
+            error: Some("HTTP 500".into()),
+            status: DeliveryStatus::Pending,
+            next_attempt_at: at + TimeDelta::seconds(1),
+        };
+        // A first attempt fails, so that the next is a retry (on SQLite, the
+        // round that moves the earlier attempt from the row to the log).
+        let claim = uuid::Uuid::now_v7();
+        let first = store.claim_deliveries(claim, now, seconds(60), 32).await.unwrap();
+        store.record_attempts(claim, &[(first[0].clone(), failed(seconds(1)))], &[], &[]).await.unwrap();
+
+        let claim = uuid::Uuid::now_v7();
+        let second = store.claim_deliveries(claim, seconds(2), seconds(62), 32).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].attempts, 2);
+        store.delete_webhook(hook.id).await.unwrap();
+        let pause = EndpointPause { endpoint_id: hook.id, until: seconds(30) };
+        store
+            .record_attempts(claim, &[(second[0].clone(), failed(seconds(3)))], &[], &[pause])
+            .await
+            .expect("an attempt to a deleted endpoint is recorded on nothing, without error");
+        store
+            .record_attempts(claim, &[], &[(second[0].clone(), seconds(40))], &[pause])
+            .await
+            .expect("a put-back for a deleted endpoint changes nothing, without error");
+
+        assert!(
+            matches!(store.get_delivery(event_id, hook.id).await, Err(StoreError::NotFound)),
+            "the delivery went with its endpoint"
+        );
+        for (table, column) in [
+            ("webhook_deliveries", "endpoint_id"),
+            ("webhook_attempts", "endpoint_id"),
+            ("webhook_endpoints", "id"),
+        ] {
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1");
+            assert_eq!(common::scalar_i64(&db, &sql, hook.id).await, 0, "{table}");
+        }
+        assert!(store.claim_deliveries(uuid::Uuid::now_v7(), seconds(100), seconds(160), 32).await.unwrap().is_empty());
+        store.close().await;
+    }
 }
 
 /// `openssl s_server` on a loopback port with a self-signed certificate for
