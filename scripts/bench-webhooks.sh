@@ -34,7 +34,7 @@
 #                windows between. keygate's own count of answered Checks
 #                (keygate_check_decisions_total{code="allowed"}) is read
 #                every 0.25 s from the client's core; each window's rate
-#                (its first quarter left out: the dispatcher's next poll,
+#                (its first quarter-second left out: the dispatcher's next poll,
 #                a round's tail) is compared with the mean of the two
 #                windows beside it; the median of all, and of the steady
 #                ones (the two off-windows within 3 % of each other). The
@@ -141,6 +141,21 @@ curl -sf -X POST "http://127.0.0.1:$HTTP/v1/webhooks" -H "authorization: Bearer 
 "$BIN/keygate-bench" grpc-body --admin "127.0.0.1:$ADMIN" --admin-token "$ADMIN_TOKEN" \
   --out "$BENCH_WORK/check.body" >/dev/null
 
+# check_load H2LOAD_ARGS...: cache-hit gRPC Checks from the client's core,
+# h2load's report on standard output.
+check_load() {
+  taskset -c "$CLIENT_CPU" h2load "$@" -H 'content-type: application/grpc' -H 'te: trailers' \
+    -d "$BENCH_WORK/check.body" "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check"
+}
+
+# outbox_for NAME: sets OUTBOX to build NAME's own copy of the outbox,
+# made from the filled one on first use (a build may migrate it).
+outbox_for() {
+  OUTBOX="$BENCH_WORK/webhooks-$1.db"
+  [[ -f "$OUTBOX" ]] || python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
+    "$BENCH_WORK/webhooks.db" "$OUTBOX"
+}
+
 # The outbox holds what the parts asked for need: EVENTS for the
 # deliveries, else what the others reschedule.
 fill_count=0
@@ -175,9 +190,7 @@ check_round() {
     ( sleep "$(( DURATION / 2 ))"; perf stat --per-thread -e task-clock,context-switches \
         -p "$KG_PID" -o "$stat" -- sleep 3 >/dev/null 2>&1 ) &
   fi
-  taskset -c "$CLIENT_CPU" h2load -D "$DURATION" --warm-up-time 1 -c 4 -m 25 \
-    -H 'content-type: application/grpc' -H 'te: trailers' -d "$BENCH_WORK/check.body" \
-    "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" >"$out" 2>&1
+  check_load -D "$DURATION" --warm-up-time 1 -c 4 -m 25 >"$out" 2>&1
   echo "$1 $(h2load_rps "$out")"
 }
 
@@ -261,13 +274,10 @@ if want instructions; then
   stop_pid "$KG_PID"
   rm -f "$cg_out" "$cg_out".*
   BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cg_out" serve false
-  taskset -c "$CLIENT_CPU" h2load -n 500 -c 2 -m 10 -H 'content-type: application/grpc' -H 'te: trailers' \
-    -d "$BENCH_WORK/check.body" "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" >/dev/null 2>&1
+  check_load -n 500 -c 2 -m 10 >/dev/null 2>&1
   sleep 1
   callgrind_control -z "$KG_PID" >/dev/null 2>&1
-  taskset -c "$CLIENT_CPU" h2load -n "$CG_EVENTS" -c 2 -m 10 -H 'content-type: application/grpc' -H 'te: trailers' \
-    -d "$BENCH_WORK/check.body" "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" \
-    >"$BENCH_WORK/cg-check.txt" 2>&1
+  check_load -n "$CG_EVENTS" -c 2 -m 10 >"$BENCH_WORK/cg-check.txt" 2>&1
   ir="$(callgrind_ir "$KG_PID" "$cg_out")"
   echo "instructions per cache-hit Check (usage on): $((ir / CG_EVENTS)) ($(h2load_2xx "$BENCH_WORK/cg-check.txt") of $CG_EVENTS answered 2xx)"
   stop_pid "$KG_PID"
@@ -289,9 +299,7 @@ if want check; then
     stop_pid "$KG_PID"
     for build in $BUILDS; do
       name="${build%%=*}"
-      OUTBOX="$BENCH_WORK/webhooks-$name.db"
-      [[ -f "$OUTBOX" ]] || python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
-        "$BENCH_WORK/webhooks.db" "$OUTBOX"
+      outbox_for "$name"
       reschedule
       BIN="${build#*=}" serve true
       before="$(delivered)"
@@ -326,7 +334,8 @@ PY
 }
 
 # window_run NAME: the windowed run (`windows` above) on the stopped
-# keygate BIN; prints the on/off ratio of each on-window and their median.
+# keygate BIN; prints the median on/off ratio of all delivering windows and
+# of the steady ones, with their quartiles.
 window_run() {
   local name="$1" start events=$(( RATE * WINDOW_RUN / 2 ))
   start=$(( $(date +%s) + 10 ))
@@ -335,10 +344,10 @@ window_run() {
   note_load "windows-$name" "$BENCH_WORK/load.txt"
   local before after
   before="$(delivered)"
-  taskset -c "$CLIENT_CPU" h2load -D "$(( start + WINDOW_RUN + 2 - $(date +%s) ))" -c 4 -m 25 \
-    -H 'content-type: application/grpc' -H 'te: trailers' -d "$BENCH_WORK/check.body" \
-    "http://127.0.0.1:$AUTHZ/envoy.service.auth.v3.Authorization/Check" >"$BENCH_WORK/windows-$name-h2load.txt" 2>&1 &
+  check_load -D "$(( start + WINDOW_RUN + 2 - $(date +%s) ))" -c 4 -m 25 \
+    >"$BENCH_WORK/windows-$name-h2load.txt" 2>&1 &
   local load=$!
+  BENCH_PIDS+=("$load")
   taskset -c "$CLIENT_CPU" python3 - "$METRICS" "$start" "$WINDOW_RUN" "$BENCH_WORK/windows-$name.txt" <<'PY'
 import sys, time, urllib.request
 port, start, run, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
@@ -392,9 +401,7 @@ if want windows; then
   log "windows: ${WINDOW_RUN}s of ${WINDOW}s windows, delivering $RATE events/s in every other (poll $POLL)"
   for build in ${BENCH_WEBHOOK_BUILDS:-delivering=$BIN}; do
     name="${build%%=*}"
-    OUTBOX="$BENCH_WORK/webhooks-$name.db"
-    [[ -f "$OUTBOX" ]] || python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
-      "$BENCH_WORK/webhooks.db" "$OUTBOX"
+    outbox_for "$name"
     BIN="${build#*=}" window_run "$name"
     unset OUTBOX
   done
