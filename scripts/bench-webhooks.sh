@@ -9,6 +9,10 @@
 #                {outcome="delivered"} reaches N gives deliveries per second
 #                to a local receiver (keygate-bench noop-http-server: 200 to
 #                every POST).
+#   backlog      `deliveries` again, with BENCH_BLOCKED_BACKLOG (default
+#                100000) deliveries of a disabled endpoint due before all of
+#                them: the outbox's due head held by an endpoint nothing can
+#                be sent to (a round used to step over every one of them).
 #   check        Check throughput (h2load, gRPC, -c 4 -m 25, cache hits) on
 #                a keygate whose dispatcher is off, against the same keygate
 #                delivering BENCH_WEBHOOK_RATE events/s (default 1000) during
@@ -62,7 +66,7 @@
 #
 # Usage: scripts/bench-webhooks.sh [PART...]   (default: deliveries,
 #        instructions and windows; parts run in the order deliveries,
-#        instructions, check, windows; e.g. `instructions` alone fills only
+#        backlog, instructions, check, windows; e.g. `instructions` alone fills only
 #        the events it needs and skips the others)
 # Env:   BENCH_WEBHOOK_EVENTS (default 20000), BENCH_WEBHOOK_RATE (events/s
 #        delivered during a Check round, default 1000), BENCH_WEBHOOK_POLL
@@ -83,7 +87,7 @@ DURATION="${BENCH_H2LOAD_DURATION:-5}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
 PARTS=" ${*:-deliveries instructions windows} "
 for part in $PARTS; do
-  [[ " deliveries instructions check windows " == *" $part "* ]] || { echo "unknown part: $part" >&2; exit 2; }
+  [[ " deliveries backlog instructions check windows " == *" $part "* ]] || { echo "unknown part: $part" >&2; exit 2; }
 done
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 want instructions && [[ "${BENCH_CALLGRIND:-1}" != 0 ]] || PARTS="${PARTS/ instructions / }"
@@ -160,6 +164,7 @@ outbox_for() {
 # deliveries, else what the others reschedule.
 fill_count=0
 want deliveries && fill_count="$EVENTS"
+want backlog && fill_count="$EVENTS"
 want instructions && (( fill_count < ${BENCH_CALLGRIND_EVENTS:-2000} )) && fill_count="${BENCH_CALLGRIND_EVENTS:-2000}"
 want check && (( fill_count < RATE * (DURATION + 3) )) && fill_count=$(( RATE * (DURATION + 3) ))
 WINDOW="${BENCH_WINDOW_SECONDS:-0.5}"
@@ -170,16 +175,22 @@ log "$fill_count events into the outbox, dispatcher off"
 fill "$fill_count"
 stop_pid "$KG_PID"
 
-if want deliveries; then
+# time_deliveries NAME: keygate started with its dispatcher on, and the
+# time until it has delivered EVENTS, as deliveries per second.
+time_deliveries() {
   serve true
-  note_load deliveries "$BENCH_WORK/load.txt"
+  note_load "$1" "$BENCH_WORK/load.txt"
+  local start end
   start=$(date +%s.%N)
   while (( $(delivered) < EVENTS )); do sleep 0.1; done
   end=$(date +%s.%N)
-  python3 -c "import sys; n, s = int(sys.argv[1]), float(sys.argv[2]); print(f'deliveries: {n} in {s:.2f} s = {n / s:.0f}/s')" \
-    "$EVENTS" "$(python3 -c "print($end - $start)")"
+  python3 -c "import sys; n, s = int(sys.argv[2]), float(sys.argv[3]); print(f'{sys.argv[1]}: {n} in {s:.2f} s = {n / s:.0f}/s')" \
+    "$1" "$EVENTS" "$(python3 -c "print($end - $start)")"
   stop_pid "$KG_PID"
-fi
+}
+
+want deliveries && time_deliveries deliveries
+
 
 # check_round NAME: one h2load Check run on the running keygate.
 check_round() {
@@ -242,6 +253,38 @@ if any(column[1] == "last_attempt" for column in conn.execute("PRAGMA table_info
 conn.commit()
 PY
 }
+
+if want backlog; then
+  BLOCKED="${BENCH_BLOCKED_BACKLOG:-100000}"
+  # The delivered events pending again for a second run, and a disabled
+  # endpoint's deliveries, all due a day ago, ahead of them.
+  want deliveries && reschedule 1000000 "$EVENTS" -1
+  python3 - "$BENCH_WORK/webhooks.db" "$BLOCKED" <<'PY'
+import sqlite3, sys, uuid
+from datetime import datetime, timedelta, timezone
+conn = sqlite3.connect(sys.argv[1])
+blocked = int(sys.argv[2])
+endpoint = uuid.uuid4().bytes
+conn.execute(
+    "INSERT INTO webhook_endpoints (id, owner_id, url, events, enabled, sealed_secret, created_at, updated_at) "
+    "SELECT ?, owner_id, url, events, 0, sealed_secret, created_at, updated_at FROM webhook_endpoints LIMIT 1",
+    (endpoint,))
+start = datetime.now(timezone.utc) - timedelta(days=1)
+payload = conn.execute("SELECT payload FROM webhook_deliveries LIMIT 1").fetchone()[0]
+due = lambda i: (start + timedelta(microseconds=i)).isoformat(timespec="microseconds")
+conn.executemany(
+    "INSERT INTO webhook_deliveries (event_id, endpoint_id, owner_id, event_type, payload, status, attempts, "
+    "next_attempt_at, retry_from, created_at) VALUES (?, ?, 'hooked', 'api_key.created', ?, 'pending', 0, ?, ?, ?)",
+    ((uuid.uuid4().bytes, endpoint, payload, due(i), due(i), due(i)) for i in range(blocked)))
+conn.commit()
+PY
+  log "backlog: $EVENTS deliveries behind $BLOCKED of a disabled endpoint"
+  time_deliveries "deliveries behind $BLOCKED blocked"
+  # The parts after this one copy and reschedule the outbox's rows: not
+  # the disabled endpoint's.
+  python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA foreign_keys = ON'); c.execute('DELETE FROM webhook_endpoints WHERE NOT enabled'); c.commit()" \
+    "$BENCH_WORK/webhooks.db"
+fi
 
 if want instructions; then
   command -v callgrind_control >/dev/null || apt-get install -y -qq valgrind >/dev/null

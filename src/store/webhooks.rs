@@ -51,13 +51,15 @@ const WEBHOOK_COLUMNS: &str =
     "id, owner_id, url, events, enabled, created_at, updated_at, paused_until";
 
 /// The deliveries due at the time bound as `$at` (a placeholder such as
-/// `"$3"`): the claim's condition, and `ANY_DUE`'s.
+/// `"$3"`) whose endpoint is enabled and not paused, each due at or before
+/// `$until` (an expression; `$at` itself, or the end of the due head): the
+/// claim's condition.
 macro_rules! due_deliveries {
-    ($at:literal) => {
+    ($at:literal, $until:expr) => {
         concat!(
             "FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= ",
-            $at,
+            $until,
             " AND (e.paused_until IS NULL OR e.paused_until <= ",
             $at,
             ")",
@@ -68,21 +70,85 @@ macro_rules! due_deliveries {
     };
 }
 
+/// The outbox's due head: deliveries due at `$at`, whatever their endpoint,
+/// in due order, unclaimed where `$unclaimed` says so (Postgres: `" AND
+/// (x.claimed_until IS NULL OR x.claimed_until <= $3)"`; SQLite claims
+/// nothing, and reading each row's claim would cost the walk a row per
+/// entry of the index). Followed by ` LIMIT 1 OFFSET n`, the due time of
+/// the head's (n+1)th delivery.
+macro_rules! due_head {
+    ($at:literal, $unclaimed:literal) => {
+        concat!(
+            "SELECT x.next_attempt_at FROM webhook_deliveries x \
+             WHERE x.status = 'pending' AND x.next_attempt_at <= ",
+            $at,
+            $unclaimed,
+            " ORDER BY x.next_attempt_at"
+        )
+    };
+}
+
+/// A round reads the oldest due deliveries by walking the due index in
+/// time order, which is also the order they go out in. A backlog whose
+/// endpoint is paused (it let an attempt time out) or disabled stays in
+/// that index, due, and such a walk steps over every row of it, on every
+/// round: 200,000 of them took a round's read from 0.2 ms to 120 ms
+/// (BENCHMARKS.md, session 20). So the walk stops at the end of the due
+/// head, the first `HEAD_ROUNDS` rounds' worth of due deliveries whatever
+/// their endpoint (`d.next_attempt_at` at most the due time of the head's
+/// last row, `COALESCE`d to `$at` when fewer are due), and a round that
+/// finds too few there while the head is full reads each active endpoint's
+/// oldest due deliveries instead (`webhook_deliveries_due_by_endpoint`): a
+/// cost that follows the number of endpoints, not the backlog.
+const HEAD_ROUNDS: u32 = 4;
+
 macro_rules! claim_sql {
-    ($lock:literal) => {
+    ($from:expr) => {
         concat!(
             "UPDATE webhook_deliveries SET claim_id = $1, claimed_until = $2, \
              attempts = attempts + 1 WHERE (event_id, endpoint_id) IN (\
              SELECT d.event_id, d.endpoint_id ",
-            due_deliveries!("$3"),
-            " ORDER BY d.next_attempt_at LIMIT $4",
-            $lock,
-            ")"
+            $from,
+            " ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED)"
         )
     };
 }
-/// Postgres: rows another replica is claiming are skipped, not waited for.
-const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF d SKIP LOCKED");
+/// Postgres: the due head's oldest active deliveries, claimed; rows another
+/// replica is claiming are skipped, not waited for. `$5`: the head's length
+/// less one.
+const CLAIM_POSTGRES: &str = claim_sql!(due_deliveries!(
+    "$3",
+    concat!(
+        "COALESCE((",
+        due_head!(
+            "$3",
+            " AND (x.claimed_until IS NULL OR x.claimed_until <= $3)"
+        ),
+        " LIMIT 1 OFFSET $5), $3)"
+    )
+));
+/// Postgres: each active endpoint's oldest due deliveries (at most `$4`
+/// of each), and the oldest `$4` of those claimed. The row's conditions
+/// are checked again on `d`, which is what is locked: a row another
+/// replica claimed meanwhile is skipped.
+const CLAIM_BY_ENDPOINT_POSTGRES: &str = claim_sql!(concat!(
+    "FROM webhook_endpoints e CROSS JOIN LATERAL (SELECT x.event_id, x.endpoint_id \
+     FROM webhook_deliveries x WHERE x.endpoint_id = e.id AND x.status = 'pending' \
+     AND x.next_attempt_at <= $3 AND (x.claimed_until IS NULL OR x.claimed_until <= $3) \
+     ORDER BY x.next_attempt_at LIMIT $4) h \
+     JOIN webhook_deliveries d ON d.event_id = h.event_id AND d.endpoint_id = h.endpoint_id \
+     WHERE d.status = 'pending' AND e.enabled AND d.next_attempt_at <= $3 \
+     AND (e.paused_until IS NULL OR e.paused_until <= $3) \
+     AND (d.claimed_until IS NULL OR d.claimed_until <= $3)"
+));
+
+/// What a SQLite round reads of each due delivery ([`ClaimedRow`]).
+macro_rules! read_due_columns_sqlite {
+    () => {
+        "d.event_id, d.endpoint_id, d.payload, d.attempts + 1, d.retry_from, e.url, \
+         e.sealed_secret, d.next_attempt_at"
+    };
+}
 
 /// SQLite: due rows are read, not claimed. One keygate process uses a
 /// database file and its dispatcher runs one round at a time, so nothing
@@ -92,25 +158,81 @@ const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF d SKIP LOCKED");
 /// far plus one; `next_attempt_at` comes back as the text stored, the
 /// version the outcome is recorded against ([`RECORD_ATTEMPTS_SQLITE_HEAD`]).
 /// Rows a claim of an older keygate still holds wait for its lease, as
-/// before.
+/// before. The due head's oldest active deliveries; `$3`: the head's
+/// length less one. Each row says too whether the head is full (one
+/// evaluation for the statement), so that a round that finds some but
+/// fewer than it takes needs no statement of its own to ask
+/// ([`HEAD_FULL_SQLITE`]): another hop to the writer's thread and back,
+/// on the replica's core, every round.
 const READ_DUE_SQLITE: &str = concat!(
-    "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts + 1, d.retry_from, e.url, \
-     e.sealed_secret, d.next_attempt_at ",
-    due_deliveries!("$1"),
+    "SELECT ",
+    read_due_columns_sqlite!(),
+    ", (SELECT EXISTS (",
+    due_head!("$1", ""),
+    " LIMIT 1 OFFSET $3)) ",
+    due_deliveries!(
+        "$1",
+        concat!(
+            "COALESCE((",
+            due_head!("$1", ""),
+            " LIMIT 1 OFFSET $3), $1)"
+        )
+    ),
     " ORDER BY d.next_attempt_at LIMIT $2"
 );
+/// SQLite: each active endpoint's oldest due deliveries (at most `$2` of
+/// each), and the oldest `$2` of those. The subquery chooses the rows, so
+/// their conditions are not repeated on `d` (repeated, they made the
+/// planner build an index of its own for `d` on every read).
+const READ_DUE_BY_ENDPOINT_SQLITE: &str = concat!(
+    "SELECT ",
+    read_due_columns_sqlite!(),
+    ", FALSE FROM webhook_endpoints e JOIN webhook_deliveries d ON d.rowid IN \
+     (SELECT x.rowid FROM webhook_deliveries x WHERE x.endpoint_id = e.id \
+     AND x.status = 'pending' AND x.next_attempt_at <= $1 \
+     AND (x.claimed_until IS NULL OR x.claimed_until <= $1) \
+     ORDER BY x.next_attempt_at LIMIT $2) \
+     WHERE e.enabled AND (e.paused_until IS NULL OR e.paused_until <= $1) \
+     ORDER BY d.next_attempt_at LIMIT $2"
+);
 
-/// Whether the claim would find anything: its condition, read only, locking
-/// nothing (BENCHMARKS.md, session 12). Postgres only: on SQLite the round's
-/// own read of due rows is that question.
-const ANY_DUE: &str = concat!("SELECT EXISTS (SELECT 1 ", due_deliveries!("$1"), ")");
+/// Whether the due head is full: its `$2`+1th delivery exists. Asked only
+/// when a round found fewer than it could take there; if the head is
+/// full, the rest of the due deliveries lie past it, behind blocked ones.
+const HEAD_FULL_SQLITE: &str = concat!(
+    "SELECT EXISTS (",
+    due_head!("$1", ""),
+    " LIMIT 1 OFFSET $2)"
+);
+const HEAD_FULL_POSTGRES: &str = concat!(
+    "SELECT EXISTS (",
+    due_head!(
+        "$1",
+        " AND (x.claimed_until IS NULL OR x.claimed_until <= $1)"
+    ),
+    " LIMIT 1 OFFSET $2)"
+);
+
+/// Whether anything is due at all, whatever its endpoint: one step into
+/// the due index, locking nothing (BENCHMARKS.md, session 12). Postgres
+/// only: on SQLite the round's own read of due rows is that question. A
+/// due delivery of a paused or disabled endpoint makes the round run, and
+/// find nothing to claim at the cost of the due head and the endpoints.
+const ANY_DUE: &str = concat!(
+    "SELECT EXISTS (",
+    due_head!(
+        "$1",
+        " AND (x.claimed_until IS NULL OR x.claimed_until <= $1)"
+    ),
+    ")"
+);
 
 /// Postgres: the rows a claim took, read back as a tuple, by position (a
 /// derived `FromRow` looks each column up by name, per row); no `read_due`,
 /// the claim guards the outcome. In no order: the dispatcher sends each
 /// endpoint's share oldest event first.
 const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts, \
-     d.retry_from, e.url, e.sealed_secret, NULL::text FROM webhook_deliveries d \
+     d.retry_from, e.url, e.sealed_secret, NULL::text, FALSE FROM webhook_deliveries d \
      JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
 
 /// A round is recorded from `VALUES` lists of its rows (`o`), a few
@@ -393,8 +515,9 @@ impl std::fmt::Debug for ClaimedDelivery {
     }
 }
 
-/// [`SELECT_CLAIMED`]'s and [`READ_DUE_SQLITE`]'s columns, in order; the
-/// last is `read_due` (NULL from Postgres).
+/// [`SELECT_CLAIMED`]'s and [`READ_DUE_SQLITE`]'s columns, in order; then
+/// `read_due` (NULL from Postgres), and whether the due head is full (read
+/// by [`READ_DUE_SQLITE`]; the other reads say false).
 type ClaimedRow = (
     Uuid,
     Uuid,
@@ -404,11 +527,12 @@ type ClaimedRow = (
     String,
     Vec<u8>,
     Option<String>,
+    bool,
 );
 
 impl From<ClaimedRow> for ClaimedDelivery {
     fn from(row: ClaimedRow) -> Self {
-        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret, read_due) =
+        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret, read_due, _) =
             row;
         ClaimedDelivery {
             event_id,
@@ -667,18 +791,21 @@ impl Store {
         self.get_delivery(event_id, webhook_id).await
     }
 
-    /// Whether [`Store::claim_deliveries`] would find a delivery due at `now`.
+    /// Whether anything is due at `now`, whatever its endpoint: when this
+    /// says no, [`Store::claim_deliveries`] would find nothing.
     pub async fn any_due(&self, now: DateTime<Utc>) -> StoreResult<bool> {
         with_pool!(&self.main, pool => {
             Ok(sqlx::query_scalar::<_, bool>(ANY_DUE).bind(now).fetch_one(pool).await?)
         })
     }
 
-    /// The `limit` deliveries due at `now` that fell due first. On
-    /// Postgres they are claimed for `lease` (until `lease_until`) under
-    /// `claim_id`, in one statement: no transaction stays open after it. On
-    /// SQLite they are read ([`READ_DUE_SQLITE`]); the claim's arguments
-    /// are not used.
+    /// The `limit` deliveries due at `now` that fell due first, of enabled
+    /// endpoints that are not paused. On Postgres they are claimed for
+    /// `lease` (until `lease_until`) under `claim_id`, a statement at a
+    /// time: no transaction stays open after it. On SQLite they are read
+    /// ([`READ_DUE_SQLITE`]); the claim's arguments are not used. Taken from
+    /// the due head, or, when that is full and holds too few of them,
+    /// endpoint by endpoint ([`HEAD_ROUNDS`]).
     pub async fn claim_deliveries(
         &self,
         claim_id: Uuid,
@@ -686,17 +813,34 @@ impl Store {
         lease_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let head_last = i64::from(limit.saturating_mul(HEAD_ROUNDS)) - 1;
         let limit = i64::from(limit);
         match &self.main {
             DbPool::Postgres(pool) => {
-                let claimed = sqlx::query(CLAIM_POSTGRES)
+                let mut claimed = sqlx::query(CLAIM_POSTGRES)
                     .bind(claim_id)
                     .bind(lease_until)
                     .bind(now)
                     .bind(limit)
+                    .bind(head_last)
                     .execute(pool)
-                    .await?;
-                if claimed.rows_affected() == 0 {
+                    .await?
+                    .rows_affected();
+                let claimed_now = i64::try_from(claimed).unwrap_or(limit);
+                let short = limit - claimed_now;
+                // Those just claimed are no longer due to anyone: the head
+                // was full if what is left of it still is.
+                if short > 0 && self.head_full(now, head_last - claimed_now).await? {
+                    claimed += sqlx::query(CLAIM_BY_ENDPOINT_POSTGRES)
+                        .bind(claim_id)
+                        .bind(lease_until)
+                        .bind(now)
+                        .bind(short)
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                }
+                if claimed == 0 {
                     return Ok(Vec::new());
                 }
                 let rows: Vec<ClaimedRow> = sqlx::query_as(SELECT_CLAIMED)
@@ -706,14 +850,41 @@ impl Store {
                 Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
             }
             DbPool::Sqlite(pool) => {
-                let rows: Vec<ClaimedRow> = sqlx::query_as(READ_DUE_SQLITE)
+                let mut rows: Vec<ClaimedRow> = sqlx::query_as(READ_DUE_SQLITE)
                     .bind(now)
                     .bind(limit)
+                    .bind(head_last)
                     .fetch_all(pool)
                     .await?;
+                let head_full = match rows.first() {
+                    Some(row) => row.8,
+                    None => self.head_full(now, head_last).await?,
+                };
+                if (rows.len() as i64) < limit && head_full {
+                    // Every active endpoint's oldest: those of the head
+                    // among them.
+                    rows = sqlx::query_as(READ_DUE_BY_ENDPOINT_SQLITE)
+                        .bind(now)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?;
+                }
                 Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
             }
         }
+    }
+
+    /// Whether the due head, up to its delivery at `head_last` (from 0),
+    /// is full.
+    async fn head_full(&self, now: DateTime<Utc>, head_last: i64) -> StoreResult<bool> {
+        let sql = if self.is_postgres() {
+            HEAD_FULL_POSTGRES
+        } else {
+            HEAD_FULL_SQLITE
+        };
+        with_pool!(&self.main, pool => {
+            Ok(sqlx::query_scalar::<_, bool>(sql).bind(now).bind(head_last).fetch_one(pool).await?)
+        })
     }
 
     /// Records a round's attempts, always, and each outcome on its delivery

@@ -1,8 +1,10 @@
 //! The dispatcher: a task on every replica that delivers the outbox.
 //!
-//! Each round claims a batch of due deliveries for a lease (one statement;
-//! `FOR UPDATE SKIP LOCKED` on Postgres, so two replicas never claim the same
-//! row; on SQLite, one process, a read), sends them with no transaction
+//! Each round claims a batch of due deliveries for a lease (one statement,
+//! a few more when the outbox's due head is held by paused or disabled
+//! endpoints: `Store::claim_deliveries`; `FOR UPDATE SKIP LOCKED` on
+//! Postgres, so two replicas never claim the same row; on SQLite, one
+//! process, a read), sends them with no transaction
 //! open (every endpoint's at once, a few at a time to any one endpoint; an
 //! endpoint that lets an attempt time out hears no more of the round, the
 //! rest of its deliveries put back unsent), and records each attempt and

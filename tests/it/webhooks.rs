@@ -994,6 +994,79 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn a_due_head_held_by_paused_and_disabled_endpoints_holds_no_other_endpoint_back(backend) {
+        // Three endpoints hear every key event; one is then disabled and one
+        // paused (as a timeout pauses it), so that the outbox's due head,
+        // the first four rounds' worth of due deliveries in time order
+        // (4 x 128), soon holds only theirs. The healthy endpoint's
+        // deliveries interleave with them: the first rounds find theirs in
+        // the head, the later ones past it, endpoint by endpoint
+        // (docs/behaviour.md, "Delivery"). Every one arrives; the blocked
+        // endpoints hear nothing.
+        const EVENTS: usize = 300;
+        let healthy = Receiver::start().await;
+        let disabled = Receiver::start().await;
+        let paused = Receiver::start().await;
+        let mut server = TestServer::start_with(backend, |s| {
+            fast_webhooks(s);
+            s.webhooks_enabled = Some(false);
+            s.max_keys_per_owner = Some(1_000);
+        })
+        .await;
+        let healthy_id = register(&mut server.admin, &healthy.url(), &["api_key.created"]).await.0;
+        let disabled_id = register(&mut server.admin, &disabled.url(), &["api_key.created"]).await.0;
+        register(&mut server.admin, &paused.url(), &["api_key.created"]).await;
+        for i in 0..EVENTS {
+            create_key(&mut server.admin, &format!("key {i}")).await;
+        }
+        server.admin.update_webhook(keygate::proto::UpdateWebhookRequest {
+            owner_id: OWNER.into(),
+            id: disabled_id.clone(),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+            enabled: false,
+            ..Default::default()
+        }).await.expect("endpoint disabled");
+        server.stop().await;
+        let pause = format!(
+            "UPDATE webhook_endpoints SET paused_until = '9999-01-01T00:00:00+00:00' WHERE url = '{}'",
+            paused.url()
+        );
+        run_sql(&server.db, &[&pause]).await;
+        let mut server = TestServer::start_on(server.db, fast_webhooks).await;
+
+        let heard = healthy.wait_for(EVENTS).await;
+        let ids: HashSet<_> = heard.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids.len(), EVENTS, "each event once");
+        let endpoint = uuid::Uuid::parse_str(&healthy_id).unwrap();
+        let delivered = eventually(Duration::from_secs(30), async || {
+            common::scalar_i64(
+                &server.db,
+                "SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'delivered'",
+                endpoint,
+            )
+            .await
+                == EVENTS as i64
+        })
+        .await;
+        assert!(delivered, "every delivery to the healthy endpoint recorded as delivered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(disabled.received().is_empty(), "the disabled endpoint heard nothing");
+        assert!(paused.received().is_empty(), "the paused endpoint heard nothing");
+        let blocked = eventually(Duration::from_secs(5), async || {
+            common::scalar_i64(
+                &server.db,
+                "SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id <> $1 \
+                 AND status = 'pending' AND attempts = 0",
+                endpoint,
+            )
+            .await
+                == 2 * EVENTS as i64
+        })
+        .await;
+        assert!(blocked, "the blocked endpoints' deliveries wait, unattempted");
+        server.stop().await;
+    }
+
     async fn an_endpoint_hears_its_oldest_event_first_whatever_came_due_first(backend) {
         // One endpoint, more due deliveries than go to it at once, and the
         // one due last given the oldest retry window's start (as a
