@@ -71,19 +71,58 @@ macro_rules! due_deliveries {
 }
 
 /// The outbox's due head: deliveries due at `$at`, whatever their endpoint,
-/// in due order, unclaimed where `$unclaimed` says so (Postgres: `" AND
-/// (x.claimed_until IS NULL OR x.claimed_until <= $3)"`; SQLite claims
-/// nothing, and reading each row's claim would cost the walk a row per
-/// entry of the index). Followed by ` LIMIT 1 OFFSET n`, the due time of
-/// the head's (n+1)th delivery.
+/// in due order, unclaimed where `$unclaimed` says so (Postgres:
+/// `unclaimed_on_postgres!`; SQLite claims nothing, and reading each
+/// row's claim would cost the walk a row per entry of the index). Followed
+/// by ` LIMIT 1 OFFSET n`, the due time of the head's (n+1)th delivery.
 macro_rules! due_head {
-    ($at:literal, $unclaimed:literal) => {
+    ($at:literal, $unclaimed:expr) => {
         concat!(
             "SELECT x.next_attempt_at FROM webhook_deliveries x \
              WHERE x.status = 'pending' AND x.next_attempt_at <= ",
             $at,
             $unclaimed,
             " ORDER BY x.next_attempt_at"
+        )
+    };
+}
+
+/// Postgres: the head's rows not claimed at `$at` by a live claim.
+macro_rules! unclaimed_on_postgres {
+    ($at:literal) => {
+        concat!(
+            " AND (x.claimed_until IS NULL OR x.claimed_until <= ",
+            $at,
+            ")"
+        )
+    };
+}
+
+/// The due time of the head's delivery at `$last` (from 0), or `$at` when
+/// fewer are due: how far a round's time-ordered walk goes.
+macro_rules! head_end {
+    ($at:literal, $last:literal, $unclaimed:expr) => {
+        concat!(
+            "COALESCE((",
+            due_head!($at, $unclaimed),
+            " LIMIT 1 OFFSET ",
+            $last,
+            "), ",
+            $at,
+            ")"
+        )
+    };
+}
+
+/// Whether the head's delivery at `$last` (from 0) exists: the head is full.
+macro_rules! head_full {
+    ($at:literal, $last:literal, $unclaimed:expr) => {
+        concat!(
+            "(SELECT EXISTS (",
+            due_head!($at, $unclaimed),
+            " LIMIT 1 OFFSET ",
+            $last,
+            "))"
         )
     };
 }
@@ -118,14 +157,7 @@ macro_rules! claim_sql {
 /// less one.
 const CLAIM_POSTGRES: &str = claim_sql!(due_deliveries!(
     "$3",
-    concat!(
-        "COALESCE((",
-        due_head!(
-            "$3",
-            " AND (x.claimed_until IS NULL OR x.claimed_until <= $3)"
-        ),
-        " LIMIT 1 OFFSET $5), $3)"
-    )
+    head_end!("$3", "$5", unclaimed_on_postgres!("$3"))
 ));
 /// Postgres: each active endpoint's oldest due deliveries (at most `$4`
 /// of each), and the oldest `$4` of those claimed. The row's conditions
@@ -167,17 +199,10 @@ macro_rules! read_due_columns_sqlite {
 const READ_DUE_SQLITE: &str = concat!(
     "SELECT ",
     read_due_columns_sqlite!(),
-    ", (SELECT EXISTS (",
-    due_head!("$1", ""),
-    " LIMIT 1 OFFSET $3)) ",
-    due_deliveries!(
-        "$1",
-        concat!(
-            "COALESCE((",
-            due_head!("$1", ""),
-            " LIMIT 1 OFFSET $3), $1)"
-        )
-    ),
+    ", ",
+    head_full!("$1", "$3", ""),
+    " ",
+    due_deliveries!("$1", head_end!("$1", "$3", "")),
     " ORDER BY d.next_attempt_at LIMIT $2"
 );
 /// SQLite: each active endpoint's oldest due deliveries (at most `$2` of
@@ -199,18 +224,10 @@ const READ_DUE_BY_ENDPOINT_SQLITE: &str = concat!(
 /// Whether the due head is full: its `$2`+1th delivery exists. Asked only
 /// when a round found fewer than it could take there; if the head is
 /// full, the rest of the due deliveries lie past it, behind blocked ones.
-const HEAD_FULL_SQLITE: &str = concat!(
-    "SELECT EXISTS (",
-    due_head!("$1", ""),
-    " LIMIT 1 OFFSET $2)"
-);
+const HEAD_FULL_SQLITE: &str = concat!("SELECT ", head_full!("$1", "$2", ""));
 const HEAD_FULL_POSTGRES: &str = concat!(
-    "SELECT EXISTS (",
-    due_head!(
-        "$1",
-        " AND (x.claimed_until IS NULL OR x.claimed_until <= $1)"
-    ),
-    " LIMIT 1 OFFSET $2)"
+    "SELECT ",
+    head_full!("$1", "$2", unclaimed_on_postgres!("$1"))
 );
 
 /// Whether anything is due at all, whatever its endpoint: one step into
@@ -220,10 +237,7 @@ const HEAD_FULL_POSTGRES: &str = concat!(
 /// find nothing to claim at the cost of the due head and the endpoints.
 const ANY_DUE: &str = concat!(
     "SELECT EXISTS (",
-    due_head!(
-        "$1",
-        " AND (x.claimed_until IS NULL OR x.claimed_until <= $1)"
-    ),
+    due_head!("$1", unclaimed_on_postgres!("$1")),
     ")"
 );
 
