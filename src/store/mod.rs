@@ -200,7 +200,17 @@ pub struct Store {
 /// - multi-row statements inside a transaction keep a statement journal,
 ///   a temporary *file* by default: kept in memory instead;
 /// - a batch dirties more pages than the default 2 MiB page cache holds,
-///   so pages spilled to the WAL mid-transaction: 64 MiB;
+///   so pages spilled to the WAL mid-transaction: a transaction may now
+///   hold up to 64 MiB of dirty pages before it spills (`cache_spill`,
+///   16,384 pages), while the pages kept between transactions are bounded
+///   at 8 MiB (`cache_size`). It was 64 MiB of both until the webhook
+///   dispatcher showed what a large cache costs: a commit after a b-tree
+///   rebalance (a delivered row grows, so most delivering commits have
+///   one) walks every cached page (SQLite's `pcache1TruncateUnsafe`: the
+///   rebalance gives a page the locking page's number for a moment, far
+///   past the file's end, and the commit's truncation then scans the whole
+///   cache), about 0.25 % of the replica's core at 1,000 deliveries a
+///   second with 16,384 pages cached (BENCHMARKS.md, sessions 20 and 21);
 /// - a checkpoint every 1,000 WAL pages rewrote hot index pages again and
 ///   again: every 10,000 (about 40 MiB of 4 KiB pages; more while readers
 ///   hold old snapshots), and the `-wal` file is truncated back to 64 MiB
@@ -221,7 +231,8 @@ fn writer_tuning(connect: SqliteConnectOptions) -> SqliteConnectOptions {
     connect
         .thread_name(writer_priority::writer_thread_name)
         .pragma("temp_store", "memory")
-        .pragma("cache_size", "-65536")
+        .pragma("cache_size", "-8192")
+        .pragma("cache_spill", "16384")
         .pragma("wal_autocheckpoint", "10000")
         .pragma("journal_size_limit", "67108864")
         .row_buffer_size(WRITER_ROW_BUFFER)

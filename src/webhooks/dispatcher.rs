@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use futures::{future::join_all, stream, StreamExt};
 use http::{
     header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, USER_AGENT},
-    Method, Request, StatusCode, Uri,
+    Method, Request, StatusCode,
 };
 use http_body_util::Full;
 use rand::Rng;
@@ -41,7 +41,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
 
 use super::{
-    client::{self, HttpClient},
+    client::{self, Connections, Lane, Target},
     endpoint_cache::EndpointCache,
     secret::SealKey,
     signature::SigningKey,
@@ -140,13 +140,14 @@ struct Sent {
 pub struct Dispatcher {
     store: Store,
     settings: DispatchSettings,
-    client: HttpClient,
+    /// Connections to the endpoints, kept between rounds.
+    connections: Connections,
     seal_key: tokio::sync::OnceCell<SealKey>,
     /// Endpoints' signing keys, opened once per sealed secret rather than
     /// per delivery.
     keys: EndpointCache<SigningKey>,
     /// Endpoints' URLs, parsed and checked once per URL text.
-    urls: EndpointCache<Uri>,
+    urls: EndpointCache<Arc<Target>>,
     /// Requests in flight to one endpoint at once ([`in_flight_per_endpoint`]).
     per_endpoint: usize,
     clock: Clock,
@@ -160,7 +161,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Store, settings: DispatchSettings) -> anyhow::Result<Dispatcher> {
-        let client = client::http_client(
+        let connections = Connections::new(
             settings.policy,
             settings.ca_file.as_deref(),
             settings.timeout,
@@ -169,7 +170,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             store,
             settings,
-            client,
+            connections,
             seal_key: tokio::sync::OnceCell::new(),
             keys: EndpointCache::default(),
             urls: EndpointCache::default(),
@@ -210,6 +211,7 @@ impl Dispatcher {
                     self.report_gauges().await;
                     self.keys.sweep();
                     self.urls.sweep();
+                    self.connections.sweep();
                 }
             }
         }
@@ -330,6 +332,8 @@ impl Dispatcher {
         }
         let endpoints = by_endpoint.into_iter().map(|deliveries| async move {
             let endpoint_id = deliveries[0].endpoint_id;
+            let lane = self.connections.lane(endpoint_id);
+            let lane = &lane;
             let timed_out = AtomicBool::new(false);
             let timed_out = &timed_out;
             let done = stream::iter(deliveries)
@@ -341,7 +345,7 @@ impl Dispatcher {
                     // reads it.
                     let payload = std::mem::take(&mut delivery.payload);
                     let (outcome, answered_in_time) =
-                        self.attempt(seal_key, &delivery, payload).await;
+                        self.attempt(seal_key, lane, &delivery, payload).await;
                     if !answered_in_time {
                         timed_out.store(true, Ordering::Relaxed);
                     }
@@ -421,11 +425,12 @@ impl Dispatcher {
     async fn attempt(
         &self,
         seal_key: &SealKey,
+        lane: &Lane<'_>,
         delivery: &ClaimedDelivery,
         payload: String,
     ) -> (AttemptOutcome, bool) {
         let started = Instant::now();
-        let sent = self.send(seal_key, delivery, payload).await;
+        let sent = self.send(seal_key, lane, delivery, payload).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let at = self.clock.now();
         let in_time = !matches!(
@@ -477,23 +482,29 @@ impl Dispatcher {
         (outcome, in_time)
     }
 
-    /// One signed POST of `payload` (the delivery's). Redirects are
-    /// answers, not followed. The response's body is not read: an
-    /// unfinished one closes its connection instead of returning it to the
-    /// pool.
+    /// One signed POST of `payload` (the delivery's) over the endpoint's
+    /// `lane`. Redirects are answers, not followed. The response's body is
+    /// not read: an unfinished one closes its connection instead of keeping
+    /// it.
     async fn send(
         &self,
         seal_key: &SealKey,
+        lane: &Lane<'_>,
         delivery: &ClaimedDelivery,
         payload: String,
     ) -> Result<StatusCode, NoAnswer> {
         let endpoint = delivery.endpoint_id;
-        let uri = self
+        let target = self
             .urls
             .get(endpoint, delivery.url.as_bytes(), || {
-                self.settings.policy.check_uri(&delivery.url)
+                let uri = self
+                    .settings
+                    .policy
+                    .check_uri(&delivery.url)
+                    .map_err(|e| e.to_string())?;
+                Target::new(uri).map(Arc::new)
             })
-            .map_err(|e| NoAnswer::before_sending(e.to_string()))?;
+            .map_err(NoAnswer::before_sending)?;
         let sealed = &delivery.sealed_secret;
         let key = self
             .keys
@@ -510,9 +521,8 @@ impl Dispatcher {
         let signature = key.sign(&id, &timestamp, &payload);
         let mut request = Request::new(Full::new(Bytes::from(payload)));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
         let headers = request.headers_mut();
-        headers.reserve(6);
+        headers.reserve(7);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         // reqwest's default, kept so that receivers see the same headers.
@@ -529,17 +539,17 @@ impl Dispatcher {
                     .map_err(|e| NoAnswer::before_sending(e.to_string()))?,
             );
         }
-        // hyper-util's errors name no URL (the owner's, which may carry a
-        // token).
-        let response = tokio::time::timeout(self.settings.timeout, self.client.request(request))
+        // hyper's and the connector's errors name no URL (the owner's,
+        // which may carry a token).
+        let response = tokio::time::timeout(self.settings.timeout, lane.send(&target, request))
             .await
             .map_err(|_| NoAnswer {
                 error: "operation timed out".to_string(),
                 timed_out: true,
             })?
             .map_err(|e| NoAnswer {
-                error: chain(&e),
-                timed_out: client::set_up_timed_out(&e),
+                error: chain(&*e),
+                timed_out: client::set_up_timed_out(&*e),
             })?;
         Ok(response.status())
     }
