@@ -17,6 +17,12 @@
 #[path = "keygate_bench/mod.rs"]
 mod bench;
 
+/// keygate's own allocator (src/main.rs), so that the no-op servers this
+/// tool runs as baselines differ from keygate in what they do, not in how
+/// they allocate.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand};
