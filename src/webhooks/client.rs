@@ -226,21 +226,25 @@ pub struct Lane<'a> {
 impl Lane<'_> {
     /// Sends `request` to `target` and returns its answer's head; the body
     /// is left unread (an unfinished one closes its connection rather than
-    /// keeping it). A kept connection that closes before the request goes
-    /// out is replaced, and the request sent again; one that fails once
-    /// it is out fails the attempt, as a new one does.
+    /// keeping it). When a kept connection turns out closed before the
+    /// request goes out, the request is sent once more, over a new
+    /// connection (the other kept ones are likely closed too); a failure
+    /// once it is out fails the attempt, as one on a new connection does.
     pub async fn send(
         &self,
         target: &Arc<Target>,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
+        let mut may_use_kept = true;
         loop {
-            let (mut sender, kept) = match self.take(target) {
+            let kept = may_use_kept.then(|| self.take(target)).flatten();
+            let (mut sender, is_kept) = match kept {
                 Some(sender) => (sender, true),
                 None => (self.connect(target).await?, false),
             };
+            may_use_kept = false;
             if let Err(closed) = sender.ready().await {
-                if kept {
+                if is_kept {
                     continue;
                 }
                 return Err(closed.into());
@@ -251,7 +255,7 @@ impl Lane<'_> {
                     return Ok(response);
                 }
                 Err(mut not_sent) => match not_sent.take_message() {
-                    Some(unsent) if kept => request = unsent,
+                    Some(unsent) if is_kept => request = unsent,
                     _ => return Err(not_sent.into_error().into()),
                 },
             }
