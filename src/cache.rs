@@ -29,10 +29,11 @@
 //!   instead of raced.
 
 use std::{
+    collections::HashSet,
     future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -45,7 +46,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{CheckKey, KeyHash},
-    issued_keys::IssuedKeys,
+    issued_keys::{self, HashPrefix, IssuedKeys},
     store::{Store, StoreError},
 };
 
@@ -195,6 +196,32 @@ enum FillError {
     Credits(#[from] crate::credits::CreditError),
 }
 
+/// What a lookup of a hash the issued-key set does not hold may do.
+enum UnissuedRead<'a> {
+    /// Answer "no such key" without the store: the budget is spent.
+    Refused,
+    /// Join the read another lookup of the same hash has under way.
+    Joins,
+    /// Read the store; later lookups of the hash join it until this ends.
+    Reads(ReadingUnissued<'a>),
+}
+
+/// A read of a hash the issued-key set does not hold, under way until
+/// dropped.
+struct ReadingUnissued<'a> {
+    reading: &'a Mutex<HashSet<HashPrefix, foldhash::fast::RandomState>>,
+    prefix: HashPrefix,
+}
+
+impl Drop for ReadingUnissued<'_> {
+    fn drop(&mut self) {
+        self.reading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.prefix);
+    }
+}
+
 /// The store was needed for a lookup and failed; the cause is kept for the log.
 #[derive(Debug, thiserror::Error)]
 #[error("the key store could not be read")]
@@ -250,6 +277,9 @@ pub struct KeyCache<S = Store> {
     miss_permits: Semaphore,
     issued: IssuedKeys,
     unissued_reads: DefaultDirectRateLimiter,
+    /// Hashes the issued-key set does not hold whose store read is under
+    /// way ([`UnissuedRead`]).
+    unissued_reading: Mutex<HashSet<HashPrefix, foldhash::fast::RandomState>>,
     hits: Counter,
     misses: Counter,
     negative_hits: Counter,
@@ -290,6 +320,7 @@ impl<S: KeySource> KeyCache<S> {
             unissued_reads: governor::RateLimiter::direct(Quota::per_second(
                 UNISSUED_READS_PER_SECOND,
             )),
+            unissued_reading: Mutex::default(),
             hits: metrics::counter!("keygate_cache_hits_total"),
             misses: metrics::counter!("keygate_cache_misses_total"),
             negative_hits: metrics::counter!("keygate_cache_negative_hits_total"),
@@ -318,10 +349,20 @@ impl<S: KeySource> KeyCache<S> {
             self.negative_hits.increment(1);
             return Ok(None);
         }
-        if !self.issued.may_exist(hash) && self.unissued_reads.check().is_err() {
-            self.unissued.increment(1);
-            return Ok(None);
-        }
+        // Held until this lookup ends, when it reads for a hash the
+        // issued-key set does not hold.
+        let _reading = if self.issued.may_exist(hash) {
+            None
+        } else {
+            match self.unissued_read(hash) {
+                UnissuedRead::Refused => {
+                    self.unissued.increment(1);
+                    return Ok(None);
+                }
+                UnissuedRead::Joins => None,
+                UnissuedRead::Reads(reading) => Some(reading),
+            }
+        };
         self.misses.increment(1);
         for _ in 0..MAX_REFILLS {
             let entry = self
@@ -352,6 +393,33 @@ impl<S: KeySource> KeyCache<S> {
             }
         }
         Err(LookupError(Arc::new(FillError::Contended)))
+    }
+
+    /// Whether a lookup of `hash`, which the issued-key set does not hold,
+    /// may read the store: a read of that hash already under way is joined
+    /// (the cache makes it one read), else a new one spends one of
+    /// [`UNISSUED_READS_PER_SECOND`]. A key created on another replica a
+    /// moment ago, its notification not yet here, is such a hash: spending
+    /// the budget once per Check, a burst of its first Checks ran it dry
+    /// while the first read was still out, and the rest were told the key
+    /// did not exist.
+    fn unissued_read(&self, hash: &KeyHash) -> UnissuedRead<'_> {
+        let prefix = issued_keys::prefix(hash);
+        let mut reading = self
+            .unissued_reading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if reading.contains(&prefix) {
+            return UnissuedRead::Joins;
+        }
+        if self.unissued_reads.check().is_err() {
+            return UnissuedRead::Refused;
+        }
+        reading.insert(prefix);
+        UnissuedRead::Reads(ReadingUnissued {
+            reading: &self.unissued_reading,
+            prefix,
+        })
     }
 
     /// An expired entry: one caller at a time reads the store again; the
@@ -663,6 +731,36 @@ mod tests {
     }
 
     type DateTime = chrono::DateTime<Utc>;
+
+    /// A key created on another replica a moment ago, whose notification
+    /// has not come: the issued-key set here does not hold it. A burst of
+    /// its first Checks while the first read is out joins that read, and
+    /// none of them is told the key does not exist.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_first_checks_of_a_key_not_yet_known_as_issued_joins_one_read() {
+        let (cache, mut reads) = scripted_cache();
+        cache.issued().fill(std::iter::empty());
+        assert!(!cache.issued().may_exist(&hash()));
+        let (first, read) = lookup_reading(&cache, &mut reads).await;
+        let burst: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.lookup(&hash()).await })
+            })
+            .collect();
+        // Every lookup of the burst reaches the cache before the read ends.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        read.answer.send(Some(active())).unwrap();
+        assert!(first.await.unwrap().unwrap().is_some());
+        for looking in burst {
+            assert!(
+                looking.await.unwrap().unwrap().is_some(),
+                "a Check of the new key was told it does not exist"
+            );
+        }
+        assert!(reads.try_recv().is_err(), "one read for the burst");
+        assert_eq!(cache.store_reads(), 1);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_hit_needs_no_read() {

@@ -203,7 +203,7 @@ pub struct Store {
 ///   so pages spilled to the WAL mid-transaction: a transaction may now
 ///   hold up to 64 MiB of dirty pages before it spills (`cache_spill`,
 ///   16,384 pages), while the pages kept between transactions are bounded
-///   at 8 MiB (`cache_size`). It was 64 MiB of both until the webhook
+///   at about 8 MiB (`cache_size`). It was 64 MiB of both until the webhook
 ///   dispatcher showed what a large cache costs: a commit after a b-tree
 ///   rebalance (a delivered row grows, so most delivering commits have
 ///   one) walks every cached page (SQLite's `pcache1TruncateUnsafe`: the
