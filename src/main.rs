@@ -7,16 +7,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 mod import_file;
 
-/// mimalloc rather than glibc's allocator for the process's Rust
-/// allocations: a cache-hit Check cost 82,004 instructions instead of
-/// 90,546, and a webhook delivery 122,842 instead of 137,837 (with
-/// SQLite's allocation statistics off, `.cargo/config.toml`), much of
-/// glibc's share being `malloc_consolidate` and its free-list walks
-/// (BENCHMARKS.md, session 21). SQLite's own allocations still go to
-/// glibc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use keygate::{
     admin::AdminRole,
     admin::{Caller, KeyAdmin},
@@ -29,6 +19,16 @@ use keygate::{
     store::{SqliteOwner, Store},
     telemetry,
 };
+
+/// mimalloc rather than glibc's allocator for the process's Rust
+/// allocations: a cache-hit Check cost 82,004 instructions instead of
+/// 90,546, and a webhook delivery 122,842 instead of 137,837 (with
+/// SQLite's allocation statistics off, `.cargo/config.toml`), much of
+/// glibc's share being `malloc_consolidate` and its free-list walks
+/// (BENCHMARKS.md, session 21). SQLite's own allocations still go to
+/// glibc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// API keys for the Envoy / Istio data plane: an ext_authz Check service and
 /// a KeyAdmin gRPC API.

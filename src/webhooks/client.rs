@@ -56,10 +56,10 @@ use super::target::{GuardedResolver, TargetPolicy};
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long a connection is kept unused before it is closed: hyper-util's
 /// pool's default, which the dispatcher used before.
-pub const IDLE_FOR: Duration = Duration::from_secs(90);
+const IDLE_FOR: Duration = Duration::from_secs(90);
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = Full<Bytes>;
 
 /// An endpoint's URL as its requests are written, prepared once per URL

@@ -1,6 +1,7 @@
 //! What the dispatcher prepares from an endpoint's row, kept between
 //! deliveries: the signing key opened from its sealed secret, and its URL
-//! as `TargetPolicy::check_uri` answers it.
+//! as `TargetPolicy::check_uri` answers it, prepared for requests
+//! (`client::Target`).
 //!
 //! Without it every delivery unsealed the secret (AES-256-GCM), set up
 //! HMAC's key (two SHA-256 compressions) and parsed the URL (about 6,000

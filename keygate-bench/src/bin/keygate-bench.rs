@@ -17,17 +17,17 @@
 #[path = "keygate_bench/mod.rs"]
 mod bench;
 
-/// keygate's own allocator (src/main.rs), so that the no-op servers this
-/// tool runs as baselines differ from keygate in what they do, not in how
-/// they allocate.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
 use bench::{admin, check, grpc_body, http, noop, noop_http, propagation, usage_flush};
+
+/// keygate's own allocator (src/main.rs), so that the no-op servers this
+/// tool runs as baselines differ from keygate in what they do, not in how
+/// they allocate.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
