@@ -4,18 +4,13 @@
 
 use crate::common;
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use base64::{
     engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
     Engine,
 };
-use common::{channel, eventually, Backend, Decision, TestDb, TestServer};
+use common::{channel, eventually, process::KeygateProcess, Backend, Decision, TestDb, TestServer};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keygate::{
     admin::AdminRole,
@@ -164,16 +159,9 @@ async fn audit_rows(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("local addr")
-}
-
-async fn listening(addr: SocketAddr, child: &mut Child) -> bool {
+/// Whether `addr` accepts connections within 30 s.
+async fn listening(addr: SocketAddr) -> bool {
     eventually(Duration::from_secs(30), async || {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("keygate exited early with {status}");
-        }
         tokio::net::TcpStream::connect(addr).await.is_ok()
     })
     .await
@@ -199,10 +187,6 @@ async fn scrape(addr: SocketAddr) -> String {
     let response = String::from_utf8(response).expect("UTF-8 metrics");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn authed<T>(message: T, token: &str) -> Request<T> {
@@ -234,34 +218,21 @@ async fn check(authz: &AuthorizationClient<Channel>, key: &str, abilities: &str)
 on_both_backends! {
     async fn the_binary_never_writes_a_key_or_its_hash_to_logs_or_metrics(backend) {
         let db = TestDb::new(backend).await;
-        let dir = tempfile::tempdir().expect("temp dir");
         let (admin_token, admin_line) = new_admin_token("ops", AdminRole::Admin);
         let (service_token, service_line) = new_admin_token("billing", AdminRole::Service);
-        let (authz_addr, admin_addr, metrics_addr) = (free_port(), free_port(), free_port());
-        let http_addr = free_port();
-        let (stdout, stderr) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("serve")
-            .env("KEYGATE_DATABASE_URL", &db.url)
-            .env("KEYGATE_AUTHZ_ADDR", authz_addr.to_string())
-            .env("KEYGATE_ADMIN_ADDR", admin_addr.to_string())
-            .env("KEYGATE_METRICS_ADDR", metrics_addr.to_string())
-            .env("KEYGATE_FORWARD_AUTH_ADDR", free_port().to_string())
-            .env("KEYGATE_HTTP_ADDR", http_addr.to_string())
-            .env("KEYGATE_ADMIN_TOKENS", format!("{admin_line},{service_line}"))
-            .env("KEYGATE_USAGE_FLUSH_INTERVAL", "100ms")
-            .env("KEYGATE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("keygate starts");
-        let pid = child.id().to_string();
-        assert!(listening(admin_addr, &mut child).await, "the admin listener comes up");
-        assert!(listening(authz_addr, &mut child).await, "the Check listener comes up");
-        assert!(listening(metrics_addr, &mut child).await, "the metrics listener comes up");
-        assert!(listening(http_addr, &mut child).await, "the REST listener comes up");
+        let tokens = format!("{admin_line},{service_line}");
+        // Started as every other test's child process is: a port another
+        // test took meanwhile is retried with new ones.
+        let process = KeygateProcess::spawn(
+            &db.url,
+            &[("KEYGATE_ADMIN_TOKENS", &tokens), ("KEYGATE_USAGE_FLUSH_INTERVAL", "100ms"), ("RUST_LOG", "debug")],
+        )
+        .await;
+        let (authz_addr, admin_addr) = (process.authz_addr, process.admin_addr);
+        let (metrics_addr, http_addr) = (process.metrics_addr, process.http_addr);
+        for (addr, listener) in [(authz_addr, "Check"), (metrics_addr, "metrics"), (http_addr, "REST")] {
+            assert!(listening(addr).await, "the {listener} listener comes up");
+        }
 
         let mut admin = KeyAdminClient::new(channel(admin_addr).await);
         let authz = AuthorizationClient::new(channel(authz_addr).await);
@@ -374,21 +345,9 @@ on_both_backends! {
         let metrics = scrape(metrics_addr).await;
         assert!(metrics.contains("keygate_check_decisions_total"), "{metrics}");
 
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-        assert!(killed.success());
-        let mut exit = None;
-        assert!(
-            eventually(Duration::from_secs(30), async || {
-                exit = child.try_wait().expect("wait");
-                exit.is_some()
-            })
-            .await,
-            "keygate stops after SIGTERM"
-        );
-        assert!(exit.expect("exited").success(), "a graceful stop exits 0: {exit:?}");
-
-        let mut output = read(&stdout);
-        output.extend(read(&stderr));
+        let (exit, logs) = process.terminate().await;
+        assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
+        let output = logs.into_bytes();
         let text = String::from_utf8_lossy(&output);
         assert!(!text.trim().is_empty(), "keygate logged nothing");
         for line in text.lines().filter(|l| !l.trim().is_empty()) {

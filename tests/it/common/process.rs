@@ -14,6 +14,7 @@ pub struct KeygateProcess {
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub forward_auth_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub log: PathBuf,
     child: Child,
     /// Threads copying piped output into `log`; they end when the child does.
@@ -80,7 +81,7 @@ impl KeygateProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("keygate.log");
         let (authz_addr, admin_addr, metrics_addr) = (free_addr(), free_addr(), free_addr());
-        let forward_auth_addr = free_addr();
+        let (forward_auth_addr, http_addr) = (free_addr(), free_addr());
         let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
         command
             .arg("serve")
@@ -91,7 +92,7 @@ impl KeygateProcess {
             .env("KEYGATE_ADMIN_ADDR", admin_addr.to_string())
             .env("KEYGATE_METRICS_ADDR", metrics_addr.to_string())
             .env("KEYGATE_FORWARD_AUTH_ADDR", forward_auth_addr.to_string())
-            .env("KEYGATE_HTTP_ADDR", free_addr().to_string())
+            .env("KEYGATE_HTTP_ADDR", http_addr.to_string())
             .env("KEYGATE_LOG_FORMAT", "json")
             .env("KEYGATE_PRUNE_ENABLED", "false")
             // Not about the miss bound: a loaded machine must not fail reads.
@@ -130,6 +131,7 @@ impl KeygateProcess {
             admin_addr,
             metrics_addr,
             forward_auth_addr,
+            http_addr,
             log,
             child,
             copiers,
