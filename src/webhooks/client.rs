@@ -243,7 +243,12 @@ impl Lane<'_> {
             let kept = may_use_kept.then(|| self.take(target)).flatten();
             let (mut sender, is_kept) = match kept {
                 Some(sender) => (sender, true),
-                None => (self.connect(target).await?, false),
+                // Boxed: setting up a connection (TCP, TLS, the
+                // handshake) is a future of ~6.6 KB, most of this one's,
+                // which every attempt would carry and move (into the
+                // dispatcher's `buffer_unordered`, three copies each) though
+                // most attempts reuse a kept connection.
+                None => (Box::pin(self.connect(target)).await?, false),
             };
             may_use_kept = false;
             if let Err(closed) = sender.ready().await {
