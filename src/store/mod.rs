@@ -40,7 +40,8 @@ pub use owners_audit::{AuditFilter, AuditRecord};
 pub use sqlite_owner::{OwnerError, SqliteOwner};
 pub use usage::{PruneSummary, UsageEvent};
 pub use webhooks::{
-    AttemptOutcome, ClaimedDelivery, EndpointPause, NewWebhook, OutboxStats, WebhookChanges,
+    AttemptOutcome, ClaimedDelivery, EndpointPause, EndpointTarget, NewWebhook, OutboxStats,
+    WebhookChanges,
 };
 
 pub(crate) static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =

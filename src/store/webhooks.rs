@@ -174,11 +174,12 @@ const CLAIM_BY_ENDPOINT_POSTGRES: &str = claim_sql!(concat!(
      AND (d.claimed_until IS NULL OR d.claimed_until <= $3)"
 ));
 
-/// What a SQLite round reads of each due delivery ([`ClaimedRow`]).
+/// What a SQLite round reads of each due delivery ([`ClaimedRow`]); its
+/// endpoint's URL and secret are read once for the round
+/// ([`Store::endpoint_targets`]).
 macro_rules! read_due_columns_sqlite {
     () => {
-        "d.event_id, d.endpoint_id, d.payload, d.attempts + 1, d.retry_from, e.url, \
-         e.sealed_secret, d.next_attempt_at"
+        "d.event_id, d.endpoint_id, d.payload, d.attempts + 1, d.retry_from, d.next_attempt_at"
     };
 }
 
@@ -245,9 +246,8 @@ const ANY_DUE: &str = concat!(
 /// derived `FromRow` looks each column up by name, per row); no `read_due`,
 /// the claim guards the outcome. In no order: the dispatcher sends each
 /// endpoint's share oldest event first.
-const SELECT_CLAIMED: &str = "SELECT d.event_id, d.endpoint_id, d.payload, d.attempts, \
-     d.retry_from, e.url, e.sealed_secret, NULL::text, FALSE FROM webhook_deliveries d \
-     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.claim_id = $1";
+const SELECT_CLAIMED: &str = "SELECT event_id, endpoint_id, payload, attempts, retry_from, \
+     NULL::text, FALSE FROM webhook_deliveries WHERE claim_id = $1";
 
 /// A round is recorded from `VALUES` lists of its rows (`o`), a few
 /// statements whatever its size: a statement per delivery cost more than
@@ -509,15 +509,12 @@ pub struct ClaimedDelivery {
     /// This attempt's number, counting from 1.
     pub attempts: i32,
     pub retry_from: DateTime<Utc>,
-    pub url: String,
-    pub sealed_secret: Vec<u8>,
     /// SQLite: `next_attempt_at` as the text read, which the outcome is
     /// recorded against. Postgres guards with the claim: `None`.
     read_due: Option<String>,
 }
 
-/// Without the URL (an owner's, which may carry a token), the payload or
-/// the sealed secret.
+/// Without the payload.
 impl std::fmt::Debug for ClaimedDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClaimedDelivery")
@@ -532,32 +529,38 @@ impl std::fmt::Debug for ClaimedDelivery {
 /// [`SELECT_CLAIMED`]'s and [`READ_DUE_SQLITE`]'s columns, in order; then
 /// `read_due` (NULL from Postgres), and whether the due head is full (read
 /// by [`READ_DUE_SQLITE`]; the other reads say false).
-type ClaimedRow = (
-    Uuid,
-    Uuid,
-    String,
-    i32,
-    DateTime<Utc>,
-    String,
-    Vec<u8>,
-    Option<String>,
-    bool,
-);
+type ClaimedRow = (Uuid, Uuid, String, i32, DateTime<Utc>, Option<String>, bool);
 
 impl From<ClaimedRow> for ClaimedDelivery {
     fn from(row: ClaimedRow) -> Self {
-        let (event_id, endpoint_id, payload, attempts, retry_from, url, sealed_secret, read_due, _) =
-            row;
+        let (event_id, endpoint_id, payload, attempts, retry_from, read_due, _) = row;
         ClaimedDelivery {
             event_id,
             endpoint_id,
             payload,
             attempts,
             retry_from,
-            url,
-            sealed_secret,
             read_due,
         }
+    }
+}
+
+/// Where a round's deliveries to an endpoint go and how they are signed:
+/// its row's URL and sealed secret ([`Store::endpoint_targets`]).
+#[derive(Clone)]
+pub struct EndpointTarget {
+    pub id: Uuid,
+    pub url: String,
+    pub sealed_secret: Vec<u8>,
+}
+
+/// Without the URL (an owner's, which may carry a token) or the sealed
+/// secret.
+impl std::fmt::Debug for EndpointTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointTarget")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -871,7 +874,7 @@ impl Store {
                     .fetch_all(pool)
                     .await?;
                 let head_full = match rows.first() {
-                    Some(row) => row.8,
+                    Some(row) => row.6,
                     None => self.head_full(now, head_last).await?,
                 };
                 if (rows.len() as i64) < limit && head_full {
@@ -886,6 +889,32 @@ impl Store {
                 Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
             }
         }
+    }
+
+    /// The URL and sealed secret of each endpoint of `ids` that still
+    /// exists, read once for a round's deliveries to them rather than with
+    /// each delivery: two columns a row less to copy out of the database
+    /// and into the round, about 2,800 instructions a delivery
+    /// (BENCHMARKS.md, session 22).
+    pub async fn endpoint_targets(&self, ids: &[Uuid]) -> StoreResult<Vec<EndpointTarget>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(&self.main, pool => {
+            let mut select = sqlx::QueryBuilder::new(
+                "SELECT id, url, sealed_secret FROM webhook_endpoints WHERE id IN (",
+            );
+            let mut list = select.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            select.push(")");
+            let rows: Vec<(Uuid, String, Vec<u8>)> = select.build_query_as().fetch_all(pool).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, url, sealed_secret)| EndpointTarget { id, url, sealed_secret })
+                .collect())
+        })
     }
 
     /// Whether the due head, up to its delivery at `head_last` (from 0),

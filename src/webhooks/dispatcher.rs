@@ -20,6 +20,7 @@
 //! the `api_key.expiring` warnings that have come due.
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -51,7 +52,7 @@ use crate::{
     clock::Clock,
     domain::webhook::DeliveryStatus,
     grpc::status::chain,
-    store::{AttemptOutcome, ClaimedDelivery, EndpointPause, Store, StoreResult},
+    store::{AttemptOutcome, ClaimedDelivery, EndpointPause, EndpointTarget, Store, StoreResult},
 };
 
 /// How the dispatcher delivers.
@@ -126,6 +127,12 @@ const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 const USER_AGENT_VALUE: &str = concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// An endpoint ready to be sent to: its URL checked and prepared, its
+/// signing key opened. Or why it is not (a refused URL, a secret that does
+/// not open, the endpoint deleted since the claim): each of its deliveries
+/// fails with that, and is retried.
+type Prepared = Result<(Arc<Target>, SigningKey), String>;
 
 /// What a round's sending came to.
 #[derive(Default)]
@@ -272,7 +279,8 @@ impl Dispatcher {
             .seal_key
             .get_or_try_init(|| SealKey::load(&self.store, self.clock.now()))
             .await?;
-        let sent = self.attempt_all(seal_key, claimed).await;
+        let endpoints = self.prepare_endpoints(seal_key, &claimed).await?;
+        let sent = self.attempt_all(&endpoints, claimed).await;
         count_outcomes(&sent.attempted);
         let (put_back, pauses) = self.put_back_and_pause(sent.unsent, &sent.timed_out);
         match self
@@ -316,7 +324,11 @@ impl Dispatcher {
     /// timeout after it began, rather than one per wave of attempts to it.
     /// Failures that come fast (refused, an HTTP error) hold no round, and
     /// change nothing.
-    async fn attempt_all(&self, seal_key: &SealKey, claimed: Vec<ClaimedDelivery>) -> Sent {
+    async fn attempt_all(
+        &self,
+        endpoints: &HashMap<Uuid, Prepared>,
+        claimed: Vec<ClaimedDelivery>,
+    ) -> Sent {
         let mut by_endpoint: Vec<Vec<ClaimedDelivery>> = Vec::new();
         for delivery in claimed {
             match by_endpoint
@@ -332,6 +344,7 @@ impl Dispatcher {
         }
         let endpoints = by_endpoint.into_iter().map(|deliveries| async move {
             let endpoint_id = deliveries[0].endpoint_id;
+            let prepared = &endpoints[&endpoint_id];
             let lane = self.connections.lane(endpoint_id);
             let lane = &lane;
             let timed_out = AtomicBool::new(false);
@@ -345,7 +358,7 @@ impl Dispatcher {
                     // reads it.
                     let payload = std::mem::take(&mut delivery.payload);
                     let (outcome, answered_in_time) =
-                        self.attempt(seal_key, lane, &delivery, payload).await;
+                        self.attempt(prepared, lane, &delivery, payload).await;
                     if !answered_in_time {
                         timed_out.store(true, Ordering::Relaxed);
                     }
@@ -370,6 +383,58 @@ impl Dispatcher {
             }
         }
         sent
+    }
+
+    /// The round's endpoints, each [`Prepared`] once from its row as read
+    /// now ([`Store::endpoint_targets`]); the prepared URL and key are
+    /// kept between rounds for as long as the row's bytes are the same
+    /// ([`EndpointCache`]).
+    async fn prepare_endpoints(
+        &self,
+        seal_key: &SealKey,
+        claimed: &[ClaimedDelivery],
+    ) -> StoreResult<HashMap<Uuid, Prepared>> {
+        let mut ids: Vec<Uuid> = claimed
+            .iter()
+            .map(|delivery| delivery.endpoint_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut endpoints: HashMap<Uuid, Prepared> = self
+            .store
+            .endpoint_targets(&ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, self.prepare(seal_key, &row)))
+            .collect();
+        for id in ids {
+            // Deleted since the claim, its deliveries with it: what is
+            // recorded for them finds no row.
+            endpoints
+                .entry(id)
+                .or_insert_with(|| Err("the webhook endpoint was deleted".to_string()));
+        }
+        Ok(endpoints)
+    }
+
+    fn prepare(&self, seal_key: &SealKey, row: &EndpointTarget) -> Prepared {
+        let target = self.urls.get(row.id, row.url.as_bytes(), || {
+            let uri = self
+                .settings
+                .policy
+                .check_uri(&row.url)
+                .map_err(|e| e.to_string())?;
+            Target::new(uri).map(Arc::new)
+        })?;
+        let key = self
+            .keys
+            .get(row.id, &row.sealed_secret, || {
+                seal_key
+                    .open(row.id, &row.sealed_secret)
+                    .map(|secret| SigningKey::new(&secret))
+            })
+            .map_err(|e| e.to_string())?;
+        Ok((target, key))
     }
 
     /// When the deliveries a round did not send to an endpoint that let an
@@ -424,13 +489,13 @@ impl Dispatcher {
     /// (with an answer, whatever it was, or a failure that came fast).
     async fn attempt(
         &self,
-        seal_key: &SealKey,
+        endpoint: &Prepared,
         lane: &Lane<'_>,
         delivery: &ClaimedDelivery,
         payload: String,
     ) -> (AttemptOutcome, bool) {
         let started = Instant::now();
-        let sent = self.send(seal_key, lane, delivery, payload).await;
+        let sent = self.send(endpoint, lane, delivery, payload).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let at = self.clock.now();
         let in_time = !matches!(
@@ -482,43 +547,25 @@ impl Dispatcher {
         (outcome, in_time)
     }
 
-    /// One signed POST of `payload` (the delivery's) over the endpoint's
+    /// One signed POST of `payload` (the delivery's) to `endpoint` over its
     /// `lane`. Redirects are answers, not followed. The response's body is
     /// not read: an unfinished one closes its connection instead of keeping
     /// it.
     async fn send(
         &self,
-        seal_key: &SealKey,
+        endpoint: &Prepared,
         lane: &Lane<'_>,
         delivery: &ClaimedDelivery,
         payload: String,
     ) -> Result<StatusCode, NoAnswer> {
-        let endpoint = delivery.endpoint_id;
-        let target = self
-            .urls
-            .get(endpoint, delivery.url.as_bytes(), || {
-                let uri = self
-                    .settings
-                    .policy
-                    .check_uri(&delivery.url)
-                    .map_err(|e| e.to_string())?;
-                Target::new(uri).map(Arc::new)
-            })
-            .map_err(NoAnswer::before_sending)?;
-        let sealed = &delivery.sealed_secret;
-        let key = self
-            .keys
-            .get(endpoint, sealed, || {
-                seal_key
-                    .open(endpoint, sealed)
-                    .map(|secret| SigningKey::new(&secret))
-            })
-            .map_err(|e| NoAnswer::before_sending(e.to_string()))?;
+        let (target, key) = endpoint
+            .as_ref()
+            .map_err(|error| NoAnswer::before_sending(error.clone()))?;
         let id = delivery.event_id.to_string();
         // The receiver compares this with its own clock to refuse replays:
         // it is the wall clock's, whatever a test set `self.clock` to.
         let timestamp = Utc::now().timestamp().to_string();
-        let signature = key.sign(&id, &timestamp, &payload);
+        let signature = key.clone().sign(&id, &timestamp, &payload);
         let mut request = Request::new(Full::new(Bytes::from(payload)));
         *request.method_mut() = Method::POST;
         let headers = request.headers_mut();
@@ -541,7 +588,7 @@ impl Dispatcher {
         }
         // hyper's and the connector's errors name no URL (the owner's,
         // which may carry a token).
-        let response = tokio::time::timeout(self.settings.timeout, lane.send(&target, request))
+        let response = tokio::time::timeout(self.settings.timeout, lane.send(target, request))
             .await
             .map_err(|_| NoAnswer {
                 error: "operation timed out".to_string(),

@@ -6,9 +6,10 @@
 //! Without it every delivery unsealed the secret (AES-256-GCM), set up
 //! HMAC's key (two SHA-256 compressions) and parsed the URL (about 6,000
 //! instructions for `http://127.0.0.1:…/hook`) again, for a row that does
-//! not change (BENCHMARKS.md, session 12). An entry is found by endpoint id,
-//! holds the bytes it was prepared from, and serves only a claimed row
-//! that carries the same bytes: a resealed or rotated secret (no call does
+//! not change (BENCHMARKS.md, session 12). Each round reads its endpoints'
+//! rows once (`Store::endpoint_targets`) and asks here once per endpoint.
+//! An entry is found by endpoint id, holds the bytes it was prepared from,
+//! and serves only a row read with the same bytes: a resealed or rotated secret (no call does
 //! so today) or an updated URL is prepared afresh, so nothing is signed
 //! with a secret, or sent to a URL, that the database no longer holds. What
 //! cannot be prepared (a refused URL, a secret that does not open) is not

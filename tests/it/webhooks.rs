@@ -480,6 +480,32 @@ on_both_backends! {
         server.stop().await;
     }
 
+    async fn an_updated_url_takes_the_next_event_to_the_new_receiver(backend) {
+        // A round reads its endpoints' URLs and secrets once, after its
+        // claim (src/webhooks/dispatcher.rs, `prepare_endpoints`): the new
+        // URL takes the next event, signed as before, and the old one hears
+        // nothing more.
+        let (old, new) = (Receiver::start().await, Receiver::start().await);
+        let mut server = TestServer::start_with(backend, fast_webhooks).await;
+        let (webhook_id, secret) = register(&mut server.admin, &old.url(), &[]).await;
+        create_key(&mut server.admin, "before").await;
+        assert!(verify(&secret, &old.wait_for(1).await[0]));
+
+        server.admin.update_webhook(keygate::proto::UpdateWebhookRequest {
+            owner_id: OWNER.into(),
+            id: webhook_id.clone(),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["url".into()] }),
+            url: new.url(),
+            ..Default::default()
+        }).await.expect("endpoint updated");
+        create_key(&mut server.admin, "after").await;
+        let event = &new.wait_for(1).await[0];
+        assert!(verify(&secret, event), "signed with the endpoint's secret: {event:?}");
+        assert_eq!(body_of(event)["data"]["name"], "after");
+        assert_eq!(old.received().len(), 1, "the old URL hears nothing more");
+        server.stop().await;
+    }
+
     async fn a_receiver_answering_500_is_retried_until_it_accepts(backend) {
         let receiver = Receiver::start().await;
         receiver.script(&[Reply::Status(500)]);
@@ -1456,7 +1482,15 @@ on_both_backends! {
         let second = store.claim_deliveries(claim, seconds(2), seconds(62), 32).await.unwrap();
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].attempts, 2);
+        // A round reads its endpoints after its claim: an id with no
+        // endpoint is left out, and so is one deleted since (the dispatcher
+        // fails its deliveries; what it records for them finds no row).
+        let targets = store.endpoint_targets(&[hook.id, uuid::Uuid::now_v7()]).await.unwrap();
+        assert_eq!(targets.len(), 1);
+        assert_eq!((targets[0].id, targets[0].url.as_str()), (hook.id, hook.url.as_str()));
+        assert!(!targets[0].sealed_secret.is_empty());
         store.delete_webhook(hook.id).await.unwrap();
+        assert!(store.endpoint_targets(&[hook.id]).await.unwrap().is_empty());
         let pause = EndpointPause { endpoint_id: hook.id, until: seconds(30) };
         store
             .record_attempts(claim, &[(second[0].clone(), failed(seconds(3)))], &[], &[pause])
