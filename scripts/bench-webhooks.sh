@@ -51,6 +51,21 @@
 #                WINDOW x windows/2 events: those the API made, copied
 #                under fresh ids as needed. BENCH_WEBHOOK_BUILDS as for
 #                `check`, one run per build.
+#   cpu          keygate's CPU time per delivery, kernel included (what
+#                callgrind does not count: the system calls of the
+#                loopback's TCP and of SQLite's writes), with no Check
+#                load: the time keygate's threads spent on a CPU
+#                (/proc/PID/task/*/schedstat, exact) over BENCH_CPU_SPAN
+#                seconds (default 10) while delivering BENCH_WEBHOOK_RATE
+#                events/s, less their time over as long idle (dispatcher
+#                on, nothing due), divided by the deliveries made.
+#                BENCH_CPU_ROUNDS (default 3) rounds, each an idle span and
+#                a delivering span of every build of BENCH_WEBHOOK_BUILDS,
+#                interleaved. At RATE/s, a delivery of X µs takes X x RATE
+#                / 10,000 % of the core: what Check loses, before its
+#                caches' share. (The core's own busy time, /proc/stat, was
+#                tried: other processes on the core moved the idle span by
+#                more than the deliveries cost.)
 #   instructions instructions keygate's process spends per delivery and per
 #                Check (callgrind): BENCH_CALLGRIND_EVENTS (default 2000)
 #                events made due at once 60 s after keygate starts, its
@@ -66,7 +81,7 @@
 #
 # Usage: scripts/bench-webhooks.sh [PART...]   (default: deliveries,
 #        instructions and windows; parts run in the order deliveries,
-#        backlog, instructions, check, windows; e.g. `instructions` alone fills only
+#        backlog, instructions, cpu, check, windows; e.g. `instructions` alone fills only
 #        the events it needs and skips the others)
 # Env:   BENCH_WEBHOOK_EVENTS (default 20000), BENCH_WEBHOOK_RATE (events/s
 #        delivered during a Check round, default 1000), BENCH_WEBHOOK_POLL
@@ -87,7 +102,7 @@ DURATION="${BENCH_H2LOAD_DURATION:-5}"
 ROUNDS="${BENCH_H2LOAD_ROUNDS:-3}"
 PARTS=" ${*:-deliveries instructions windows} "
 for part in $PARTS; do
-  [[ " deliveries backlog instructions check windows " == *" $part "* ]] || { echo "unknown part: $part" >&2; exit 2; }
+  [[ " deliveries backlog instructions cpu check windows " == *" $part "* ]] || { echo "unknown part: $part" >&2; exit 2; }
 done
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 want instructions && [[ "${BENCH_CALLGRIND:-1}" != 0 ]] || PARTS="${PARTS/ instructions / }"
@@ -167,6 +182,8 @@ want deliveries && fill_count="$EVENTS"
 want backlog && fill_count="$EVENTS"
 want instructions && (( fill_count < ${BENCH_CALLGRIND_EVENTS:-2000} )) && fill_count="${BENCH_CALLGRIND_EVENTS:-2000}"
 want check && (( fill_count < RATE * (DURATION + 3) )) && fill_count=$(( RATE * (DURATION + 3) ))
+CPU_SPAN="${BENCH_CPU_SPAN:-10}"
+want cpu && (( fill_count < RATE * (CPU_SPAN + 4) )) && fill_count=$(( RATE * (CPU_SPAN + 4) ))
 WINDOW="${BENCH_WINDOW_SECONDS:-0.5}"
 WINDOW_RUN="${BENCH_WINDOW_RUN:-300}"
 # The windowed run's events beyond these are copies (copy_events).
@@ -324,6 +341,65 @@ if want instructions; then
   ir="$(callgrind_ir "$KG_PID" "$cg_out")"
   echo "instructions per cache-hit Check (usage on): $((ir / CG_EVENTS)) ($(h2load_2xx "$BENCH_WORK/cg-check.txt") of $CG_EVENTS answered 2xx)"
   stop_pid "$KG_PID"
+fi
+
+# cpu_time: keygate's threads' time on a CPU so far, in ns.
+cpu_time() {
+  cat /proc/"$KG_PID"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%.0f", t }'
+}
+
+# cpu_span NAME: keygate's CPU time over the next CPU_SPAN seconds, with
+# what it delivered meanwhile.
+cpu_span() {
+  local before after delivered_before
+  delivered_before="$(delivered)"
+  before="$(cpu_time)"
+  sleep "$CPU_SPAN"
+  after="$(cpu_time)"
+  echo "$1 $(( $(delivered) - delivered_before )) $before $after" >>"$CPU_RESULTS"
+}
+
+if want cpu; then
+  CPU_RESULTS="$BENCH_WORK/cpu.txt"
+  : >"$CPU_RESULTS"
+  log "cpu: ${CPU_SPAN}s spans, keygate idle vs delivering $RATE events/s, no Check load"
+  for round in $(seq 1 "${BENCH_CPU_ROUNDS:-3}"); do
+    for build in ${BENCH_WEBHOOK_BUILDS:-delivering=$BIN}; do
+      name="${build%%=*}"
+      # Its own copy: the windowed run's needs more events.
+      outbox_for "cpu-$name"
+      # Nothing due until the idle span has been measured; then due
+      # for 2 s more than the delivering span, which starts 2 s in.
+      due_start=$(( $(date +%s) + CPU_SPAN + 8 ))
+      reschedule "$RATE" "$(( RATE * (CPU_SPAN + 4) ))" "@$due_start"
+      BIN="${build#*=}" serve true
+      note_load "cpu-$name" "$BENCH_WORK/load.txt"
+      sleep 1
+      cpu_span "idle-$name"
+      (( $(date +%s) < due_start )) || log "WARNING: the idle span of $name ran into the deliveries"
+      sleep "$(python3 -c "import time; print(max(0.0, $due_start + 2 - time.time()))")"
+      cpu_span "$name"
+      stop_pid "$KG_PID"
+      unset OUTBOX
+    done
+  done
+  python3 - "$CPU_RESULTS" "$CPU_SPAN" <<'PY'
+import collections, statistics, sys
+path, span = sys.argv[1], float(sys.argv[2])
+idle, busy = collections.defaultdict(list), collections.defaultdict(list)
+for line in open(path):
+    name, n, t0, t1 = line.split()
+    seconds = (int(t1) - int(t0)) / 1e9
+    if name.startswith("idle-"):
+        idle[name[5:]].append(seconds)
+    else:
+        busy[name].append((int(n), seconds))
+for name in busy:
+    per = [(s - i) / n * 1e6 for (n, s), i in zip(busy[name], idle[name])]
+    rate = statistics.mean(n for n, _ in busy[name]) / span
+    print(f"{name}: {rate:.0f} deliveries/s; keygate's CPU {' '.join(f'{x:.1f}' for x in per)} us a delivery "
+          f"(median {statistics.median(per):.1f}; idle {statistics.mean(idle[name]) / span * 100:.2f} % of a core)")
+PY
 fi
 
 if want check; then

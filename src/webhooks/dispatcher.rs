@@ -131,7 +131,9 @@ const USER_AGENT_VALUE: &str = concat!("keygate-webhooks/", env!("CARGO_PKG_VERS
 /// An endpoint ready to be sent to: its URL checked and prepared, its
 /// signing key opened. Or why it is not (a refused URL, a secret that does
 /// not open, the endpoint deleted since the claim): each of its deliveries
-/// fails with that, and is retried.
+/// is a failed attempt with that error, retried as any other (a deleted
+/// endpoint's deliveries went with it: their outcomes are recorded on
+/// nothing).
 type Prepared = Result<(Arc<Target>, SigningKey), String>;
 
 /// What a round's sending came to.
@@ -261,8 +263,14 @@ impl Dispatcher {
         }
     }
 
-    /// One round: claim, deliver ([`Self::attempt_all`]), record. Returns how
-    /// many deliveries it claimed.
+    /// One round: claim, read and prepare the claimed deliveries' endpoints
+    /// ([`Self::prepare_endpoints`]), deliver ([`Self::attempt_all`]),
+    /// record. Returns how many deliveries it claimed. A round that fails
+    /// after its claim (the endpoints or the seal key cannot be read)
+    /// sends nothing: on Postgres its rows wait for the lease to lapse, as
+    /// a replica's that died after claiming, their attempt numbers counted
+    /// by the claim (a number with no attempt behind it); on SQLite nothing
+    /// was claimed and the next poll finds them due.
     pub async fn deliver_round(&self) -> StoreResult<usize> {
         let claim_id = Uuid::now_v7();
         let now = self.clock.now();
@@ -279,8 +287,8 @@ impl Dispatcher {
             .seal_key
             .get_or_try_init(|| SealKey::load(&self.store, self.clock.now()))
             .await?;
-        let endpoints = self.prepare_endpoints(seal_key, &claimed).await?;
-        let sent = self.attempt_all(&endpoints, claimed).await;
+        let prepared = self.prepare_endpoints(seal_key, &claimed).await?;
+        let sent = self.attempt_all(&prepared, claimed).await;
         count_outcomes(&sent.attempted);
         let (put_back, pauses) = self.put_back_and_pause(sent.unsent, &sent.timed_out);
         match self
@@ -326,7 +334,7 @@ impl Dispatcher {
     /// change nothing.
     async fn attempt_all(
         &self,
-        endpoints: &HashMap<Uuid, Prepared>,
+        prepared: &HashMap<Uuid, Prepared>,
         claimed: Vec<ClaimedDelivery>,
     ) -> Sent {
         let mut by_endpoint: Vec<Vec<ClaimedDelivery>> = Vec::new();
@@ -344,7 +352,8 @@ impl Dispatcher {
         }
         let endpoints = by_endpoint.into_iter().map(|deliveries| async move {
             let endpoint_id = deliveries[0].endpoint_id;
-            let prepared = &endpoints[&endpoint_id];
+            // `prepare_endpoints` holds every endpoint of `claimed`.
+            let endpoint = &prepared[&endpoint_id];
             let lane = self.connections.lane(endpoint_id);
             let lane = &lane;
             let timed_out = AtomicBool::new(false);
@@ -358,7 +367,7 @@ impl Dispatcher {
                     // reads it.
                     let payload = std::mem::take(&mut delivery.payload);
                     let (outcome, answered_in_time) =
-                        self.attempt(prepared, lane, &delivery, payload).await;
+                        self.attempt(endpoint, lane, &delivery, payload).await;
                     if !answered_in_time {
                         timed_out.store(true, Ordering::Relaxed);
                     }

@@ -1,5 +1,5 @@
 //! What the dispatcher prepares from an endpoint's row, kept between
-//! deliveries: the signing key opened from its sealed secret, and its URL
+//! rounds: the signing key opened from its sealed secret, and its URL
 //! as `TargetPolicy::check_uri` answers it, prepared for requests
 //! (`client::Target`).
 //!
@@ -9,12 +9,13 @@
 //! not change (BENCHMARKS.md, session 12). Each round reads its endpoints'
 //! rows once (`Store::endpoint_targets`) and asks here once per endpoint.
 //! An entry is found by endpoint id, holds the bytes it was prepared from,
-//! and serves only a row read with the same bytes: a resealed or rotated secret (no call does
-//! so today) or an updated URL is prepared afresh, so nothing is signed
-//! with a secret, or sent to a URL, that the database no longer holds. What
-//! cannot be prepared (a refused URL, a secret that does not open) is not
-//! kept: its delivery fails and is retried, prepared again. The URL's
-//! address rule at connect time (`GuardedResolver`) is untouched.
+//! and serves only a row read with the same bytes: a resealed or rotated
+//! secret (no call does so today) or an updated URL is prepared afresh, so
+//! nothing is signed with a secret, or sent to a URL, that the database no
+//! longer holds. What cannot be prepared (a refused URL, a secret that
+//! does not open) is not kept: its deliveries fail and are retried,
+//! prepared again. The URL's address rule at connect time
+//! (`GuardedResolver`) is untouched.
 //!
 //! The keys stay in this process's memory, like the seal key itself, and
 //! are never printed (`SigningKey`'s `Debug` is redacted; entries have

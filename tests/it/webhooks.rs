@@ -481,10 +481,11 @@ on_both_backends! {
     }
 
     async fn an_updated_url_takes_the_next_event_to_the_new_receiver(backend) {
-        // A round reads its endpoints' URLs and secrets once, after its
-        // claim (src/webhooks/dispatcher.rs, `prepare_endpoints`): the new
-        // URL takes the next event, signed as before, and the old one hears
-        // nothing more.
+        // The prepared URL and key are kept between rounds
+        // (src/webhooks/endpoint_cache.rs) and each round reads its
+        // endpoints' rows once (`prepare_endpoints`): an update must still
+        // take the next event to the new URL, signed as before, and the old
+        // one hear nothing more.
         let (old, new) = (Receiver::start().await, Receiver::start().await);
         let mut server = TestServer::start_with(backend, fast_webhooks).await;
         let (webhook_id, secret) = register(&mut server.admin, &old.url(), &[]).await;
