@@ -369,7 +369,7 @@ if want cpu; then
       # Its own copy: the windowed run's needs more events.
       outbox_for "cpu-$name"
       # Nothing due until the idle span has been measured; then due
-      # for 2 s more than the delivering span, which starts 2 s in.
+      # over CPU_SPAN + 4 s, the delivering span 2 s in from either end.
       due_start=$(( $(date +%s) + CPU_SPAN + 8 ))
       reschedule "$RATE" "$(( RATE * (CPU_SPAN + 4) ))" "@$due_start"
       BIN="${build#*=}" serve true

@@ -243,8 +243,9 @@ impl Lane<'_> {
             let kept = may_use_kept.then(|| self.take(target)).flatten();
             let (mut sender, is_kept) = match kept {
                 Some(sender) => (sender, true),
-                // Boxed: setting up a connection (TCP, TLS, the
-                // handshake) is a future of ~6.6 KB, most of this one's,
+                // Boxed: setting up a connection (the connector's call,
+                // itself boxed, then hyper's HTTP/1.1 or HTTP/2
+                // handshake) is a future of 6,624 bytes, most of this one's,
                 // which every attempt would carry and move (into the
                 // dispatcher's `buffer_unordered`, three copies each) though
                 // most attempts reuse a kept connection.
